@@ -1,0 +1,400 @@
+//! One command line -> [`Command`], borrowing the read buffer.
+//!
+//! Verbs are case-insensitive (RFC 5321 §2.4). Lines arrive here without
+//! their terminator. Command lines may end in a bare LF: SMTP smuggling is a
+//! matter of where *message data* ends, and a lenient command reader is what
+//! Postfix and Exim ship; DATA is strict (see `session`).
+
+use super::reply::{self, Reply};
+
+/// Body type declared with MAIL FROM's BODY= (RFC 6152, RFC 3030).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyType {
+    /// No BODY= or BODY=7BIT.
+    #[default]
+    SevenBit,
+    /// BODY=8BITMIME.
+    EightBitMime,
+    /// BODY=BINARYMIME (BDAT only).
+    BinaryMime,
+}
+
+impl BodyType {
+    /// The parameter value as written on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BodyType::SevenBit => "7BIT",
+            BodyType::EightBitMime => "8BITMIME",
+            BodyType::BinaryMime => "BINARYMIME",
+        }
+    }
+}
+
+/// MAIL FROM parameters we understand (RFC 1870, 6152, 6531).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MailParams {
+    /// SIZE= declared by the client.
+    pub size: Option<u64>,
+    /// BODY=.
+    pub body: BodyType,
+    /// SMTPUTF8 was given.
+    pub smtputf8: bool,
+}
+
+/// A parsed command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// `HELO domain`.
+    Helo(&'a str),
+    /// `EHLO domain`.
+    Ehlo(&'a str),
+    /// `MAIL FROM:<path> params`; the path without brackets ("" for `<>`).
+    Mail {
+        /// The reverse path, source route stripped.
+        from: &'a str,
+        /// Parameters as parsed.
+        params: MailParams,
+        /// The raw parameter text, kept for the spool.
+        raw_params: &'a str,
+    },
+    /// `RCPT TO:<path>`.
+    Rcpt {
+        /// The forward path, source route stripped.
+        to: &'a str,
+    },
+    /// `DATA`.
+    Data,
+    /// `BDAT size [LAST]` (RFC 3030).
+    Bdat {
+        /// Chunk size in octets.
+        size: u64,
+        /// LAST was given.
+        last: bool,
+    },
+    /// `RSET`.
+    Rset,
+    /// `NOOP [string]`.
+    Noop,
+    /// `QUIT`.
+    Quit,
+    /// `VRFY string`.
+    Vrfy,
+    /// `HELP [string]`.
+    Help,
+    /// A verb we know of but do not offer (EXPN, TURN, STARTTLS, AUTH, ...).
+    NotImplemented,
+    /// An HTTP request line (GET, POST, ...): someone pointed a browser or
+    /// a cross-protocol attack at us.
+    Http,
+}
+
+/// Why a line is not a valid command; each maps to one reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseError {
+    /// Unknown verb.
+    Unrecognized,
+    /// HELO/EHLO without a domain.
+    HeloSyntax,
+    /// MAIL FROM syntax.
+    MailSyntax,
+    /// RCPT TO syntax.
+    RcptSyntax,
+    /// BDAT syntax.
+    BdatSyntax,
+    /// Arguments on a verb that takes none.
+    NoParams,
+    /// A mailbox that does not parse.
+    BadAddress,
+    /// An unknown or malformed MAIL/RCPT parameter.
+    BadParam,
+    /// SIZE= beyond the limit (known only with the limit, see session).
+    TooBig,
+}
+
+impl ParseError {
+    /// The reply this error earns.
+    pub fn reply(self) -> Reply {
+        match self {
+            ParseError::Unrecognized => reply::UNRECOGNIZED,
+            ParseError::HeloSyntax => reply::HELO_SYNTAX,
+            ParseError::MailSyntax => reply::MAIL_SYNTAX,
+            ParseError::RcptSyntax => reply::RCPT_SYNTAX,
+            ParseError::BdatSyntax => reply::BDAT_SYNTAX,
+            ParseError::NoParams => reply::NO_PARAMS,
+            ParseError::BadAddress => reply::BAD_ADDRESS,
+            ParseError::BadParam => reply::BAD_PARAM,
+            ParseError::TooBig => reply::MESSAGE_TOO_BIG,
+        }
+    }
+}
+
+/// Parses one command line (terminator already removed).
+///
+/// # Errors
+/// A [`ParseError`] naming the reply to send.
+pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
+    // Commands are ASCII except addresses under SMTPUTF8, which must be UTF-8.
+    let line = std::str::from_utf8(line).map_err(|_| ParseError::Unrecognized)?;
+    let (verb, rest) = match line.find(' ') {
+        Some(i) => (&line[..i], &line[i + 1..]),
+        None => (line, ""),
+    };
+    if verb.len() > 8 {
+        return Err(ParseError::Unrecognized);
+    }
+    let mut upper = [0u8; 8];
+    upper[..verb.len()].copy_from_slice(verb.as_bytes());
+    upper.make_ascii_uppercase();
+    let arg = rest.trim_matches(' ');
+    match &upper[..verb.len()] {
+        b"HELO" => domain_arg(arg).map(Command::Helo),
+        b"EHLO" => domain_arg(arg).map(Command::Ehlo),
+        b"MAIL" => parse_mail(rest),
+        b"RCPT" => parse_rcpt(rest),
+        b"DATA" => no_arg(arg, Command::Data),
+        b"BDAT" => parse_bdat(arg),
+        b"RSET" => no_arg(arg, Command::Rset),
+        b"NOOP" => Ok(Command::Noop),
+        b"QUIT" => no_arg(arg, Command::Quit),
+        b"VRFY" => Ok(Command::Vrfy),
+        b"HELP" => Ok(Command::Help),
+        b"EXPN" | b"TURN" | b"ETRN" | b"ATRN" | b"STARTTLS" | b"AUTH" | b"SEND" | b"SOML"
+        | b"SAML" => Ok(Command::NotImplemented),
+        b"GET" | b"POST" | b"HEAD" | b"PUT" | b"DELETE" | b"OPTIONS" | b"CONNECT" | b"PATCH"
+        | b"TRACE" => Ok(Command::Http),
+        _ => Err(ParseError::Unrecognized),
+    }
+}
+
+fn no_arg(arg: &str, c: Command<'static>) -> Result<Command<'static>, ParseError> {
+    if arg.is_empty() {
+        Ok(c)
+    } else {
+        Err(ParseError::NoParams)
+    }
+}
+
+fn domain_arg(arg: &str) -> Result<&str, ParseError> {
+    // RFC 5321 §4.1.1.1: a domain or an address literal. Be liberal in what
+    // the name looks like (it is only recorded), strict that one is there.
+    let name = arg.split(' ').next().unwrap_or("");
+    if name.is_empty() || name.bytes().any(|b| b.is_ascii_control()) {
+        return Err(ParseError::HeloSyntax);
+    }
+    Ok(name)
+}
+
+/// Splits `FROM:` / `TO:` (case-insensitive, optional spaces after the colon
+/// as many clients send them) from the path.
+fn after_keyword<'a>(rest: &'a str, kw: &str) -> Option<&'a str> {
+    let rest = rest.trim_start_matches(' ');
+    if rest.len() < kw.len() || !rest[..kw.len()].eq_ignore_ascii_case(kw) {
+        return None;
+    }
+    Some(rest[kw.len()..].trim_start_matches(' '))
+}
+
+/// Parses `<path> params...` into the mailbox and the parameter text.
+fn path_and_params(s: &str) -> Result<(&str, &str), ParseError> {
+    let s = s.strip_prefix('<').ok_or(ParseError::BadAddress)?;
+    let close = s.find('>').ok_or(ParseError::BadAddress)?;
+    let path = &s[..close];
+    let params = &s[close + 1..];
+    if !(params.is_empty() || params.starts_with(' ')) {
+        return Err(ParseError::BadAddress);
+    }
+    // RFC 5321 §4.1.1.3 / Appendix C: source routes are accepted and ignored.
+    let mailbox = match path.strip_prefix('@') {
+        Some(route) => route.split_once(':').ok_or(ParseError::BadAddress)?.1,
+        None => path,
+    };
+    Ok((mailbox, params.trim_matches(' ')))
+}
+
+/// Checks `local@domain` (RFC 5321 §4.1.2), loosely for the local part and
+/// strictly for what would break a spool record or a downstream parser.
+pub fn valid_mailbox(m: &str) -> bool {
+    let Some((local, domain)) = m.rsplit_once('@') else {
+        return false;
+    };
+    if local.is_empty() || domain.is_empty() || m.len() > 254 + 64 {
+        return false;
+    }
+    if m.bytes().any(|b| b.is_ascii_control() || b == b' ' || b == b'<' || b == b'>') {
+        // Quoted local parts may hold spaces; they are vanishingly rare in
+        // bulk inbound mail and a liability downstream, so refuse them.
+        return false;
+    }
+    if domain.starts_with('[') {
+        return domain.ends_with(']') && domain.len() > 2;
+    }
+    domain
+        .split('.')
+        .all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'))
+}
+
+fn parse_mail(rest: &str) -> Result<Command<'_>, ParseError> {
+    let s = after_keyword(rest, "FROM:").ok_or(ParseError::MailSyntax)?;
+    let (from, raw_params) = path_and_params(s)?;
+    if !from.is_empty() && !valid_mailbox(from) {
+        return Err(ParseError::BadAddress);
+    }
+    let mut params = MailParams::default();
+    for p in raw_params.split(' ').filter(|p| !p.is_empty()) {
+        let (k, v) = match p.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (p, None),
+        };
+        if k.eq_ignore_ascii_case("SIZE") {
+            let v = v.ok_or(ParseError::BadParam)?;
+            if v.is_empty() || v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ParseError::BadParam);
+            }
+            // 20 digits may overflow u64: that is certainly too big.
+            params.size = Some(v.parse().unwrap_or(u64::MAX));
+        } else if k.eq_ignore_ascii_case("BODY") {
+            let v = v.ok_or(ParseError::BadParam)?;
+            params.body = if v.eq_ignore_ascii_case("7BIT") {
+                BodyType::SevenBit
+            } else if v.eq_ignore_ascii_case("8BITMIME") {
+                BodyType::EightBitMime
+            } else if v.eq_ignore_ascii_case("BINARYMIME") {
+                BodyType::BinaryMime
+            } else {
+                return Err(ParseError::BadParam);
+            };
+        } else if k.eq_ignore_ascii_case("SMTPUTF8") && v.is_none() {
+            params.smtputf8 = true;
+        } else {
+            return Err(ParseError::BadParam);
+        }
+    }
+    Ok(Command::Mail { from, params, raw_params })
+}
+
+fn parse_rcpt(rest: &str) -> Result<Command<'_>, ParseError> {
+    let s = after_keyword(rest, "TO:").ok_or(ParseError::RcptSyntax)?;
+    let (to, params) = path_and_params(s)?;
+    // RFC 5321 §4.5.1: <postmaster> without a domain must be accepted.
+    if !(valid_mailbox(to) || to.eq_ignore_ascii_case("postmaster")) {
+        return Err(ParseError::BadAddress);
+    }
+    // We advertise no RCPT parameters (no DSN).
+    if !params.is_empty() {
+        return Err(ParseError::BadParam);
+    }
+    Ok(Command::Rcpt { to })
+}
+
+fn parse_bdat(arg: &str) -> Result<Command<'static>, ParseError> {
+    let mut it = arg.split(' ').filter(|s| !s.is_empty());
+    let size = it.next().ok_or(ParseError::BdatSyntax)?;
+    if size.is_empty() || size.len() > 19 || !size.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ParseError::BdatSyntax);
+    }
+    let size: u64 = size.parse().map_err(|_| ParseError::BdatSyntax)?;
+    let last = match it.next() {
+        None => false,
+        Some(l) if l.eq_ignore_ascii_case("LAST") => true,
+        Some(_) => return Err(ParseError::BdatSyntax),
+    };
+    if it.next().is_some() {
+        return Err(ParseError::BdatSyntax);
+    }
+    Ok(Command::Bdat { size, last })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc5321_2_4_verbs_are_case_insensitive() {
+        for l in ["helo x", "HELO x", "HeLo x"] {
+            assert_eq!(parse(l.as_bytes()), Ok(Command::Helo("x")));
+        }
+        assert_eq!(parse(b"ehlo client.example"), Ok(Command::Ehlo("client.example")));
+        assert_eq!(parse(b"quit"), Ok(Command::Quit));
+        assert_eq!(parse(b"Data"), Ok(Command::Data));
+    }
+
+    #[test]
+    fn rfc5321_4_1_1_2_mail_from() {
+        let c = parse(b"MAIL FROM:<a@b.example> SIZE=1000 BODY=8BITMIME").unwrap();
+        assert_eq!(
+            c,
+            Command::Mail {
+                from: "a@b.example",
+                params: MailParams { size: Some(1000), body: BodyType::EightBitMime, smtputf8: false },
+                raw_params: "SIZE=1000 BODY=8BITMIME",
+            }
+        );
+        // Null reverse path, lower case keyword, a space after the colon.
+        assert!(matches!(parse(b"mail from: <>"), Ok(Command::Mail { from: "", .. })));
+        assert_eq!(parse(b"MAIL FROM:a@b"), Err(ParseError::BadAddress));
+        assert_eq!(parse(b"MAIL TO:<a@b>"), Err(ParseError::MailSyntax));
+        assert_eq!(parse(b"MAIL FROM:<a@b> FOO=1"), Err(ParseError::BadParam));
+        assert_eq!(parse(b"MAIL FROM:<a@b> SIZE=x"), Err(ParseError::BadParam));
+        assert_eq!(parse(b"MAIL FROM:<a@b> BODY=9BIT"), Err(ParseError::BadParam));
+        assert_eq!(parse(b"MAIL FROM:<a@b>SIZE=1"), Err(ParseError::BadAddress));
+        assert_eq!(parse(b"MAIL FROM:<no-at-sign>"), Err(ParseError::BadAddress));
+    }
+
+    #[test]
+    fn rfc1870_size_overflow_is_too_big_not_an_error() {
+        let c = parse(b"MAIL FROM:<a@b> SIZE=99999999999999999999").unwrap();
+        assert!(matches!(c, Command::Mail { params: MailParams { size: Some(u64::MAX), .. }, .. }));
+    }
+
+    #[test]
+    fn rfc5321_4_1_1_3_source_routes_ignored() {
+        assert!(matches!(
+            parse(b"RCPT TO:<@relay.example,@r2.example:user@dest.example>"),
+            Ok(Command::Rcpt { to: "user@dest.example" })
+        ));
+        assert!(matches!(
+            parse(b"MAIL FROM:<@relay.example:user@src.example>"),
+            Ok(Command::Mail { from: "user@src.example", .. })
+        ));
+    }
+
+    #[test]
+    fn rfc5321_4_5_1_postmaster_without_domain() {
+        assert_eq!(parse(b"RCPT TO:<Postmaster>"), Ok(Command::Rcpt { to: "Postmaster" }));
+        assert_eq!(parse(b"RCPT TO:<user>"), Err(ParseError::BadAddress));
+    }
+
+    #[test]
+    fn rfc6531_smtputf8_param_and_utf8_addresses_parse() {
+        let c = parse("MAIL FROM:<j\u{f6}rg@b\u{fc}cher.example> SMTPUTF8".as_bytes()).unwrap();
+        assert!(matches!(c, Command::Mail { params: MailParams { smtputf8: true, .. }, .. }));
+        // Not UTF-8 at all.
+        assert_eq!(parse(b"MAIL FROM:<\xff@b>"), Err(ParseError::Unrecognized));
+    }
+
+    #[test]
+    fn rfc3030_bdat() {
+        assert_eq!(parse(b"BDAT 100"), Ok(Command::Bdat { size: 100, last: false }));
+        assert_eq!(parse(b"bdat 0 last"), Ok(Command::Bdat { size: 0, last: true }));
+        assert_eq!(parse(b"BDAT"), Err(ParseError::BdatSyntax));
+        assert_eq!(parse(b"BDAT -1"), Err(ParseError::BdatSyntax));
+        assert_eq!(parse(b"BDAT 1 FIRST"), Err(ParseError::BdatSyntax));
+        assert_eq!(parse(b"BDAT 1 LAST x"), Err(ParseError::BdatSyntax));
+    }
+
+    #[test]
+    fn others() {
+        assert_eq!(parse(b"RSET"), Ok(Command::Rset));
+        assert_eq!(parse(b"RSET x"), Err(ParseError::NoParams));
+        assert_eq!(parse(b"NOOP anything"), Ok(Command::Noop));
+        assert_eq!(parse(b"VRFY root"), Ok(Command::Vrfy));
+        assert_eq!(parse(b"HELP"), Ok(Command::Help));
+        assert_eq!(parse(b"EXPN list"), Ok(Command::NotImplemented));
+        assert_eq!(parse(b"STARTTLS"), Ok(Command::NotImplemented));
+        assert_eq!(parse(b"GET / HTTP/1.1"), Ok(Command::Http));
+        assert_eq!(parse(b"HELO"), Err(ParseError::HeloSyntax));
+        assert_eq!(parse(b"XYZZY"), Err(ParseError::Unrecognized));
+        assert_eq!(parse(b""), Err(ParseError::Unrecognized));
+        assert_eq!(parse(b"RCPT TO:<a@b> NOTIFY=NEVER"), Err(ParseError::BadParam));
+    }
+}

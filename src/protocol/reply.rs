@@ -1,0 +1,183 @@
+//! Every reply ringmx sends, with its enhanced status code (RFC 2034, 3463),
+//! and the few that carry numbers, encoded into a caller-owned buffer.
+//!
+//! Enhanced codes are sent on every reply but the greeting and the EHLO
+//! lines, whether the client said EHLO or HELO: RFC 2034 §3 requires them
+//! after EHLO and does not forbid them otherwise (Postfix does the same).
+
+/// A fixed reply line, CRLF included.
+pub type Reply = &'static [u8];
+
+// Greeting-time and connection-level replies.
+/// Over the per-shard connection limit (RFC 5321 §3.8).
+pub const TOO_MANY_CONNECTIONS: Reply = b"421 4.3.2 Too many connections, try again later\r\n";
+/// Server shutting down (RFC 5321 §3.8).
+pub const SHUTTING_DOWN: Reply = b"421 4.3.2 Service shutting down, try again later\r\n";
+/// The client was silent for the whole timeout (RFC 5321 §4.5.3.2.7).
+pub const TIMEOUT: Reply = b"421 4.4.2 Timeout waiting for input, closing connection\r\n";
+/// The connection lived longer than server.max_connection_lifetime.
+pub const LIFETIME_EXCEEDED: Reply = b"421 4.4.2 Connection lifetime exceeded, closing\r\n";
+/// Too many failed commands.
+pub const TOO_MANY_ERRORS: Reply = b"421 4.7.0 Too many errors, closing connection\r\n";
+/// An HTTP request was sent to the SMTP port.
+pub const HTTP_REQUEST: Reply = b"500 5.5.1 This is an SMTP server, not HTTP; closing\r\n";
+
+// Success.
+/// Generic success (RSET, NOOP, MAIL).
+pub const OK: Reply = b"250 2.0.0 Ok\r\n";
+/// MAIL FROM accepted.
+pub const SENDER_OK: Reply = b"250 2.1.0 Sender ok\r\n";
+/// RCPT TO accepted.
+pub const RECIPIENT_OK: Reply = b"250 2.1.5 Recipient ok\r\n";
+/// DATA accepted; send the body (RFC 5321 §4.1.1.4).
+pub const START_DATA: Reply = b"354 End data with <CR><LF>.<CR><LF>\r\n";
+/// QUIT (RFC 5321 §4.1.1.10).
+pub const BYE: Reply = b"221 2.0.0 Bye\r\n";
+/// VRFY is not used to disclose mailboxes (RFC 5321 §3.5.3 allows 252).
+pub const VRFY: Reply = b"252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n";
+/// HELP (RFC 5321 §4.1.1.8).
+pub const HELP: Reply = b"214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP\r\n";
+
+// Syntax and sequence errors.
+/// Unknown verb (RFC 5321 §4.2.4).
+pub const UNRECOGNIZED: Reply = b"500 5.5.2 Command unrecognized\r\n";
+/// Command line longer than smtp.max_command_line_bytes (RFC 5321 §4.5.3.1.4).
+pub const LINE_TOO_LONG: Reply = b"500 5.5.2 Line too long\r\n";
+/// A recognised verb that ringmx does not offer (EXPN, TURN, STARTTLS, AUTH...).
+pub const NOT_IMPLEMENTED: Reply = b"502 5.5.1 Command not implemented\r\n";
+/// HELO/EHLO without a domain.
+pub const HELO_SYNTAX: Reply = b"501 5.5.4 Syntax: HELO/EHLO domain\r\n";
+/// MAIL syntax.
+pub const MAIL_SYNTAX: Reply = b"501 5.5.4 Syntax: MAIL FROM:<address> [parameters]\r\n";
+/// RCPT syntax.
+pub const RCPT_SYNTAX: Reply = b"501 5.5.4 Syntax: RCPT TO:<address> [parameters]\r\n";
+/// BDAT syntax (RFC 3030 §2).
+pub const BDAT_SYNTAX: Reply = b"501 5.5.4 Syntax: BDAT size [LAST]\r\n";
+/// A command that takes no argument got one.
+pub const NO_PARAMS: Reply = b"501 5.5.4 This command takes no parameters\r\n";
+/// An address that is not a valid mailbox (RFC 5321 §4.1.2).
+pub const BAD_ADDRESS: Reply = b"501 5.1.3 Bad address syntax\r\n";
+/// Non-ASCII address without SMTPUTF8 (RFC 6531 §3.5).
+pub const UTF8_NOT_ALLOWED: Reply = b"553 5.6.7 Non-ASCII address requires SMTPUTF8\r\n";
+/// A MAIL/RCPT parameter we do not support (RFC 5321 §4.1.1.11).
+pub const BAD_PARAM: Reply = b"555 5.5.4 Unsupported or malformed parameter\r\n";
+/// MAIL before HELO/EHLO.
+pub const NEED_HELO: Reply = b"503 5.5.1 Send HELO/EHLO first\r\n";
+/// MAIL inside a transaction.
+pub const NESTED_MAIL: Reply = b"503 5.5.1 Sender already specified\r\n";
+/// RCPT/DATA/BDAT before MAIL.
+pub const NEED_MAIL: Reply = b"503 5.5.1 Send MAIL first\r\n";
+/// DATA/BDAT with no accepted recipient (RFC 5321 §3.3).
+pub const NEED_RCPT: Reply = b"554 5.5.1 No valid recipients\r\n";
+/// DATA after BDAT in one transaction (RFC 3030 §2).
+pub const DATA_AFTER_BDAT: Reply = b"503 5.5.1 DATA not allowed after BDAT in this transaction\r\n";
+/// BINARYMIME body without BDAT (RFC 3030 §3).
+pub const BINARYMIME_NEEDS_BDAT: Reply = b"503 5.5.1 BODY=BINARYMIME requires BDAT\r\n";
+
+// Policy.
+/// A recipient outside smtp.accepted_domains: no open relay (RFC 5321 §3.6.2).
+pub const RELAY_DENIED: Reply = b"550 5.7.1 Relay access denied\r\n";
+/// Past smtp.max_recipients (RFC 5321 §4.5.3.1.10).
+pub const TOO_MANY_RECIPIENTS: Reply = b"452 4.5.3 Too many recipients\r\n";
+/// SIZE= or the body itself over smtp.max_message_bytes (RFC 1870 §6.1).
+pub const MESSAGE_TOO_BIG: Reply = b"552 5.3.4 Message size exceeds fixed maximum message size\r\n";
+/// A text line in DATA over smtp.max_text_line_bytes (RFC 5321 §4.5.3.1.6).
+pub const TEXT_LINE_TOO_LONG: Reply = b"500 5.5.6 Message rejected: text line too long\r\n";
+/// Bare LF or bare CR in DATA (SMTP smuggling defence, RFC 5321 §2.3.8).
+pub const BARE_NEWLINE: Reply =
+    b"550 5.6.11 Message rejected: bare <LF> or <CR> not allowed, use <CR><LF>\r\n";
+/// Spool full or over its free-space floor (RFC 3463 X.3.1).
+pub const SPOOL_FULL: Reply = b"452 4.3.1 Insufficient system storage, try again later\r\n";
+/// Writing or syncing the spool failed (RFC 3463 X.3.0).
+pub const SPOOL_ERROR: Reply = b"451 4.3.0 Local error in processing, try again later\r\n";
+
+/// Writes the greeting: `220 <hostname> ESMTP ringmx`.
+pub fn write_greeting(out: &mut Vec<u8>, hostname: &str) {
+    out.extend_from_slice(b"220 ");
+    out.extend_from_slice(hostname.as_bytes());
+    out.extend_from_slice(b" ESMTP ringmx\r\n");
+}
+
+/// Writes the EHLO reply (RFC 5321 §4.1.1.1) with our extensions.
+pub fn write_ehlo(out: &mut Vec<u8>, hostname: &str, max_message_bytes: u64) {
+    out.extend_from_slice(b"250-");
+    out.extend_from_slice(hostname.as_bytes());
+    out.extend_from_slice(b"\r\n250-PIPELINING\r\n250-SIZE ");
+    write_u64(out, max_message_bytes);
+    out.extend_from_slice(
+        b"\r\n250-8BITMIME\r\n250-BINARYMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n",
+    );
+}
+
+/// Writes the HELO reply.
+pub fn write_helo(out: &mut Vec<u8>, hostname: &str) {
+    out.extend_from_slice(b"250 ");
+    out.extend_from_slice(hostname.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes `250 2.0.0 Ok: queued as <id>`: the message is durable.
+pub fn write_queued(out: &mut Vec<u8>, queue_id: &str) {
+    out.extend_from_slice(b"250 2.0.0 Ok: queued as ");
+    out.extend_from_slice(queue_id.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the reply to a non-final BDAT chunk (RFC 3030 §2).
+pub fn write_bdat_ok(out: &mut Vec<u8>, octets: u64) {
+    out.extend_from_slice(b"250 2.0.0 ");
+    write_u64(out, octets);
+    out.extend_from_slice(b" octets received\r\n");
+}
+
+/// Appends `n` in decimal without allocating.
+pub fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_fixed_reply_is_one_crlf_line_with_enhanced_code() {
+        let all: &[Reply] = &[
+            TOO_MANY_CONNECTIONS, SHUTTING_DOWN, TIMEOUT, LIFETIME_EXCEEDED, TOO_MANY_ERRORS,
+            HTTP_REQUEST, OK, SENDER_OK, RECIPIENT_OK, BYE, VRFY, HELP, UNRECOGNIZED,
+            LINE_TOO_LONG, NOT_IMPLEMENTED, HELO_SYNTAX, MAIL_SYNTAX, RCPT_SYNTAX, BDAT_SYNTAX,
+            NO_PARAMS, BAD_ADDRESS, UTF8_NOT_ALLOWED, BAD_PARAM, NEED_HELO, NESTED_MAIL,
+            NEED_MAIL, NEED_RCPT, DATA_AFTER_BDAT, BINARYMIME_NEEDS_BDAT, RELAY_DENIED,
+            TOO_MANY_RECIPIENTS, MESSAGE_TOO_BIG, TEXT_LINE_TOO_LONG, BARE_NEWLINE, SPOOL_FULL,
+            SPOOL_ERROR,
+        ];
+        for r in all {
+            let s = std::str::from_utf8(r).unwrap();
+            assert!(s.ends_with("\r\n") && s.matches("\r\n").count() == 1, "{s:?}");
+            let (code, rest) = s.split_at(3);
+            let class = code.as_bytes()[0];
+            assert!(matches!(class, b'2' | b'4' | b'5'), "{s:?}");
+            // RFC 3463: the enhanced code's class matches the reply's.
+            assert_eq!(rest.as_bytes()[1], class, "{s:?}");
+            assert_eq!(rest.as_bytes()[2], b'.', "{s:?}");
+        }
+    }
+
+    #[test]
+    fn numbers_encode() {
+        let mut v = Vec::new();
+        write_u64(&mut v, 0);
+        v.push(b' ');
+        write_u64(&mut v, u64::MAX);
+        assert_eq!(v, b"0 18446744073709551615");
+    }
+}

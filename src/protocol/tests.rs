@@ -1,0 +1,653 @@
+//! Engine tests: bytes in, replies and stored messages out, no sockets.
+//!
+//! [`Harness`] plays the runtime: it keeps the unconsumed tail like a
+//! connection's read buffer does, collects body events into messages and
+//! commits them with sequential queue ids.
+
+use std::rc::Rc;
+
+use proptest::prelude::*;
+
+use super::session::{ClientInfo, CommitError, Event, Session};
+use crate::config::{BareNewline, SmtpConfig};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stored {
+    pub from: String,
+    pub rcpts: Vec<String>,
+    pub body: Vec<u8>,
+}
+
+pub(crate) struct Harness {
+    pub s: Session,
+    pub out: Vec<u8>,
+    pub buf: Vec<u8>,
+    pub stored: Vec<Stored>,
+    current: Option<Stored>,
+    pub aborts: usize,
+    pub closed: bool,
+    /// When set, the next commit fails with this error.
+    pub fail_commit: Option<CommitError>,
+    /// Leave MessageEnd uncommitted (to test shutdown mid-commit).
+    pub hold_commit: bool,
+}
+
+impl Harness {
+    pub fn with(cfg: SmtpConfig) -> Self {
+        let mut out = Vec::new();
+        let s = Session::new(Rc::new(cfg), ClientInfo::default(), &mut out);
+        Self {
+            s,
+            out,
+            buf: Vec::new(),
+            stored: Vec::new(),
+            current: None,
+            aborts: 0,
+            closed: false,
+            fail_commit: None,
+            hold_commit: false,
+        }
+    }
+
+    pub fn new() -> Self {
+        Self::with(cfg())
+    }
+
+    /// Feeds one read's worth of bytes; returns the replies it produced.
+    pub fn feed(&mut self, bytes: &[u8]) -> String {
+        let before = self.out.len();
+        self.buf.extend_from_slice(bytes);
+        self.pump();
+        String::from_utf8_lossy(&self.out[before..]).into_owned()
+    }
+
+    fn pump(&mut self) {
+        while !self.closed && !self.s.awaiting_commit() {
+            let (used, ev) = self.s.handle_input(&self.buf, &mut self.out);
+            let mut ended = false;
+            match ev {
+                Event::NeedInput => {
+                    self.buf.drain(..used);
+                    return;
+                }
+                Event::MessageStart => {
+                    let env = self.s.envelope();
+                    assert!(self.current.is_none(), "MessageStart twice");
+                    self.current = Some(Stored {
+                        from: env.mail_from().into(),
+                        rcpts: env.rcpts().map(String::from).collect(),
+                        body: Vec::new(),
+                    });
+                }
+                Event::Body(b) => {
+                    assert!(!b.is_empty(), "empty Body event");
+                    self.current.as_mut().expect("Body outside a message").body.extend_from_slice(b)
+                }
+                Event::MessageAbort => {
+                    self.current.take().expect("abort outside a message");
+                    self.aborts += 1;
+                }
+                Event::MessageEnd => ended = true,
+                Event::Close => {
+                    self.closed = true;
+                    self.current = None;
+                }
+            }
+            self.buf.drain(..used);
+            if ended {
+                if self.hold_commit {
+                    return;
+                }
+                self.commit();
+            }
+        }
+    }
+
+    pub fn commit(&mut self) {
+        let msg = self.current.take().expect("MessageEnd outside a message");
+        match self.fail_commit.take() {
+            Some(e) => self.s.handle_commit(Err(e), &mut self.out),
+            None => {
+                let id = format!("Q{}", self.stored.len());
+                self.stored.push(msg);
+                self.s.handle_commit(Ok(&id), &mut self.out);
+            }
+        }
+        self.pump();
+    }
+
+    pub fn all_out(&self) -> String {
+        String::from_utf8_lossy(&self.out).into_owned()
+    }
+}
+
+pub(crate) fn cfg() -> SmtpConfig {
+    SmtpConfig {
+        hostname: "mx.test".into(),
+        accepted_domains: vec!["example.com".into(), "test".into()],
+        max_message_bytes: 10_000,
+        ..SmtpConfig::default()
+    }
+}
+
+fn codes(replies: &str) -> Vec<&str> {
+    replies.split("\r\n").filter(|l| !l.is_empty()).map(|l| &l[..3]).collect()
+}
+
+const ENVELOPE: &[u8] = b"EHLO c.test\r\nMAIL FROM:<s@src.test>\r\nRCPT TO:<u@example.com>\r\nDATA\r\n";
+
+#[test]
+fn greeting_and_ehlo_advertise_extensions() {
+    let mut h = Harness::new();
+    assert_eq!(h.all_out(), "220 mx.test ESMTP ringmx\r\n");
+    let r = h.feed(b"EHLO client.test\r\n");
+    assert_eq!(
+        r,
+        "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 10000\r\n250-8BITMIME\r\n250-BINARYMIME\r\n\
+         250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n"
+    );
+    assert_eq!(h.feed(b"HELO client.test\r\n"), "250 mx.test\r\n");
+}
+
+#[test]
+fn rfc5321_full_transaction_and_dot_unstuffing() {
+    let mut h = Harness::new();
+    h.feed(ENVELOPE);
+    let r = h.feed(b"Subject: hi\r\n\r\n..leading dot\r\n.\r\n");
+    assert_eq!(r, "250 2.0.0 Ok: queued as Q0\r\n");
+    assert_eq!(h.stored[0].from, "s@src.test");
+    assert_eq!(h.stored[0].rcpts, ["u@example.com"]);
+    assert_eq!(h.stored[0].body, b"Subject: hi\r\n\r\n.leading dot\r\n");
+    assert_eq!(h.feed(b"QUIT\r\n"), "221 2.0.0 Bye\r\n");
+    assert!(h.closed);
+}
+
+#[test]
+fn rfc2920_pipelined_group_answered_in_order_in_one_batch() {
+    let mut h = Harness::new();
+    let r = h.feed(
+        b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@test>\r\nRCPT TO:<y@other.test>\r\n\
+          RCPT TO:<z@test>\r\nDATA\r\nbody\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<x@test>\r\nDATA\r\n\
+          two\r\n.\r\nQUIT\r\n",
+    );
+    assert_eq!(
+        codes(&r),
+        [
+            "250", "250", "250", "250", "250", "250", "250", "250", // EHLO
+            "250", "250", "550", "250", "354", "250", // first transaction
+            "250", "250", "354", "250", "221"
+        ]
+    );
+    assert_eq!(h.stored.len(), 2);
+    assert_eq!(h.stored[0].rcpts, ["x@test", "z@test"]);
+    assert_eq!(h.stored[1].from, "");
+    assert_eq!(h.stored[1].body, b"two\r\n");
+}
+
+#[test]
+fn two_hundred_messages_on_one_connection() {
+    let mut h = Harness::new();
+    h.feed(b"EHLO c\r\n");
+    for i in 0..200 {
+        let r = h.feed(
+            format!("MAIL FROM:<a@b>\r\nRCPT TO:<x@test>\r\nDATA\r\nmsg {i}\r\n.\r\n").as_bytes(),
+        );
+        assert!(r.ends_with(&format!("queued as Q{i}\r\n")), "{r}");
+    }
+    assert_eq!(h.stored.len(), 200);
+    assert_eq!(h.s.messages_accepted(), 200);
+}
+
+/// SMTP smuggling (CVE-2023-51764/51765/51766): none of these end the data.
+#[test]
+fn rfc5321_4_1_1_4_only_crlf_dot_crlf_ends_data() {
+    for smuggle in [&b"\n.\n"[..], b"\r.\r", b"\r\n.\n", b"\n.\r\n", b"\r.\r\n", b"\n.\r"] {
+        for policy in [BareNewline::Reject, BareNewline::Accept] {
+            let mut h = Harness::with(SmtpConfig { bare_newline: policy, ..cfg() });
+            h.feed(ENVELOPE);
+            let mut body = b"a".to_vec();
+            body.extend_from_slice(smuggle);
+            body.extend_from_slice(b"MAIL FROM:<evil@x>\r\nRCPT TO:<v@test>\r\nDATA\r\nevil\r\n");
+            let r = h.feed(&body);
+            assert_eq!(r, "", "{smuggle:?} ended the data under {policy:?}");
+            let r = h.feed(b".\r\n");
+            match policy {
+                BareNewline::Reject => {
+                    assert_eq!(r, "550 5.6.11 Message rejected: bare <LF> or <CR> not allowed, use <CR><LF>\r\n");
+                    assert!(h.stored.is_empty());
+                    assert_eq!(h.aborts, 1);
+                }
+                BareNewline::Accept => {
+                    assert_eq!(r, "250 2.0.0 Ok: queued as Q0\r\n", "{smuggle:?}");
+                    // The smuggled commands stayed data.
+                    assert_eq!(h.stored.len(), 1);
+                    let evil = b"MAIL FROM:<evil@x>\r\nRCPT TO:<v@test>\r\nDATA\r\nevil\r\n";
+                    assert!(h.stored[0].body.ends_with(evil), "{smuggle:?}");
+                }
+            }
+            // The connection is still usable afterwards.
+            assert_eq!(h.feed(b"NOOP\r\n"), "250 2.0.0 Ok\r\n");
+        }
+    }
+}
+
+#[test]
+fn rfc1870_size_param_over_limit_rejected_at_mail() {
+    let mut h = Harness::new();
+    h.feed(b"EHLO c\r\n");
+    assert_eq!(
+        h.feed(b"MAIL FROM:<a@b> SIZE=10001\r\n"),
+        "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
+    );
+    assert_eq!(h.feed(b"MAIL FROM:<a@b> SIZE=10000\r\n"), "250 2.1.0 Sender ok\r\n");
+}
+
+#[test]
+fn rfc1870_body_over_limit_counted_while_streaming() {
+    let mut h = Harness::new();
+    h.feed(ENVELOPE);
+    let line = [b'x'; 98];
+    let mut emitted_before_abort = 0;
+    for _ in 0..120 {
+        h.feed(&line);
+        h.feed(b"\r\n");
+        if h.aborts == 0 {
+            emitted_before_abort += 100;
+        }
+    }
+    // Aborted as soon as the limit was crossed, not at the end.
+    assert_eq!(h.aborts, 1);
+    assert!(emitted_before_abort <= 10_000, "{emitted_before_abort}");
+    assert_eq!(h.feed(b".\r\n"), "552 5.3.4 Message size exceeds fixed maximum message size\r\n");
+    assert!(h.stored.is_empty());
+    // Next transaction works.
+    h.feed(b"MAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\nDATA\r\nok\r\n");
+    assert_eq!(h.feed(b".\r\n"), "250 2.0.0 Ok: queued as Q0\r\n");
+}
+
+#[test]
+fn message_of_exactly_the_limit_is_accepted() {
+    let mut h = Harness::new();
+    h.feed(ENVELOPE);
+    for _ in 0..100 {
+        h.feed(&[b'y'; 98]);
+        h.feed(b"\r\n");
+    }
+    assert_eq!(h.feed(b".\r\n"), "250 2.0.0 Ok: queued as Q0\r\n");
+    assert_eq!(h.stored[0].body.len(), 10_000);
+}
+
+#[test]
+fn rfc5321_4_5_3_1_4_command_line_limit() {
+    let mut h = Harness::new();
+    h.feed(b"EHLO c\r\n");
+    // 510 + CRLF = 512 is fine; 511 + CRLF is not.
+    let ok = format!("NOOP {}\r\n", "a".repeat(505));
+    assert_eq!(ok.len(), 512);
+    assert_eq!(h.feed(ok.as_bytes()), "250 2.0.0 Ok\r\n");
+    let long = format!("NOOP {}\r\n", "a".repeat(506));
+    assert_eq!(h.feed(long.as_bytes()), "500 5.5.2 Line too long\r\n");
+    // A huge line that arrives in pieces is dropped, not buffered.
+    for _ in 0..100 {
+        assert_eq!(h.feed(&[b'z'; 1000]), "");
+        assert!(h.buf.len() < 1024, "partial line buffered: {}", h.buf.len());
+    }
+    assert_eq!(h.feed(b"\r\nNOOP\r\n"), "500 5.5.2 Line too long\r\n250 2.0.0 Ok\r\n");
+}
+
+#[test]
+fn rfc5321_4_5_3_1_6_text_line_limit() {
+    let mut h = Harness::new();
+    h.feed(ENVELOPE);
+    let ok = format!("{}\r\n", "b".repeat(998));
+    h.feed(ok.as_bytes());
+    assert_eq!(h.aborts, 0);
+    let long = format!("{}\r\n", "b".repeat(999));
+    h.feed(long.as_bytes());
+    assert_eq!(h.aborts, 1);
+    assert_eq!(h.feed(b".\r\n"), "500 5.5.6 Message rejected: text line too long\r\n");
+    // A line far longer than any buffer, in pieces, is dropped as it comes.
+    h.feed(b"MAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\nDATA\r\n");
+    for _ in 0..50 {
+        h.feed(&[b'c'; 700]);
+        assert!(h.buf.len() < 1024);
+    }
+    assert_eq!(h.feed(b"\r\n.\r\n"), "500 5.5.6 Message rejected: text line too long\r\n");
+    assert_eq!(h.aborts, 2);
+    assert_eq!(h.feed(b"NOOP\r\n"), "250 2.0.0 Ok\r\n");
+}
+
+/// Found by fuzzing: a rejected message drops its partial lines, but a CR at
+/// the end of a read must survive, or its CRLF turns into a bare LF and the
+/// terminator after it is missed (the session would hang to its timeout).
+#[test]
+fn doomed_message_keeps_trailing_cr_across_reads() {
+    let mut h = Harness::new();
+    h.feed(ENVELOPE);
+    h.feed(b"bare\rcr\r\n");
+    assert_eq!(h.aborts, 1);
+    assert_eq!(h.feed(b"some text\r"), "");
+    assert_eq!(h.feed(b"\n"), "");
+    assert_eq!(h.feed(b".\r\n"), "550 5.6.11 Message rejected: bare <LF> or <CR> not allowed, use <CR><LF>\r\n");
+}
+
+#[test]
+fn rfc5321_3_6_2_no_open_relay_and_postmaster() {
+    let mut h = Harness::new();
+    h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\n");
+    assert_eq!(h.feed(b"RCPT TO:<x@elsewhere.test>\r\n"), "550 5.7.1 Relay access denied\r\n");
+    assert_eq!(h.feed(b"RCPT TO:<x@EXAMPLE.com>\r\n"), "250 2.1.5 Recipient ok\r\n");
+    assert_eq!(h.feed(b"RCPT TO:<postmaster>\r\n"), "250 2.1.5 Recipient ok\r\n");
+    assert_eq!(h.feed(b"RCPT TO:<x@[192.0.2.1]>\r\n"), "550 5.7.1 Relay access denied\r\n");
+    assert_eq!(h.feed(b"RCPT TO:<x@sub.example.com>\r\n"), "550 5.7.1 Relay access denied\r\n");
+}
+
+#[test]
+fn rfc5321_4_5_3_1_10_too_many_recipients() {
+    let mut h = Harness::with(SmtpConfig { max_recipients: 100, max_errors: 1000, ..cfg() });
+    h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\n");
+    for i in 0..100 {
+        assert_eq!(h.feed(format!("RCPT TO:<u{i}@test>\r\n").as_bytes()), "250 2.1.5 Recipient ok\r\n");
+    }
+    assert_eq!(h.feed(b"RCPT TO:<u100@test>\r\n"), "452 4.5.3 Too many recipients\r\n");
+    h.feed(b"DATA\r\nx\r\n.\r\n");
+    assert_eq!(h.stored[0].rcpts.len(), 100);
+}
+
+#[test]
+fn rfc5321_4_1_4_command_sequence() {
+    let mut h = Harness::new();
+    assert_eq!(h.feed(b"MAIL FROM:<a@b>\r\n"), "503 5.5.1 Send HELO/EHLO first\r\n");
+    h.feed(b"EHLO c\r\n");
+    assert_eq!(h.feed(b"RCPT TO:<u@test>\r\n"), "503 5.5.1 Send MAIL first\r\n");
+    assert_eq!(h.feed(b"DATA\r\n"), "503 5.5.1 Send MAIL first\r\n");
+    h.feed(b"MAIL FROM:<a@b>\r\n");
+    assert_eq!(h.feed(b"MAIL FROM:<a@b>\r\n"), "503 5.5.1 Sender already specified\r\n");
+    assert_eq!(h.feed(b"DATA\r\n"), "554 5.5.1 No valid recipients\r\n");
+    assert_eq!(h.feed(b"RSET\r\n"), "250 2.0.0 Ok\r\n");
+    assert_eq!(h.feed(b"RCPT TO:<u@test>\r\n"), "503 5.5.1 Send MAIL first\r\n");
+    // EHLO resets the transaction too (RFC 5321 §4.1.4).
+    h.feed(b"MAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\nEHLO again\r\n");
+    assert_eq!(h.feed(b"DATA\r\n"), "503 5.5.1 Send MAIL first\r\n");
+}
+
+#[test]
+fn misc_commands() {
+    let mut h = Harness::new();
+    assert_eq!(h.feed(b"NOOP\r\n"), "250 2.0.0 Ok\r\n");
+    assert!(h.feed(b"VRFY root\r\n").starts_with("252 2.5.0"));
+    assert!(h.feed(b"HELP\r\n").starts_with("214 2.0.0"));
+    assert_eq!(h.feed(b"EXPN list\r\n"), "502 5.5.1 Command not implemented\r\n");
+    assert_eq!(h.feed(b"FOO\r\n"), "500 5.5.2 Command unrecognized\r\n");
+    assert_eq!(h.feed(b"HELO\r\n"), "501 5.5.4 Syntax: HELO/EHLO domain\r\n");
+    // Bare LF ends a command line (documented leniency); DATA stays strict.
+    assert_eq!(h.feed(b"NOOP\n"), "250 2.0.0 Ok\r\n");
+    // HELO negotiates no extensions, so MAIL parameters are refused.
+    h.feed(b"HELO c\r\n");
+    assert_eq!(h.feed(b"MAIL FROM:<a@b> SIZE=10\r\n"), "555 5.5.4 Unsupported or malformed parameter\r\n");
+}
+
+#[test]
+fn too_many_errors_closes_with_421() {
+    let mut h = Harness::with(SmtpConfig { max_errors: 3, ..cfg() });
+    h.feed(b"BAD1\r\nBAD2\r\n");
+    assert!(!h.closed);
+    let r = h.feed(b"BAD3\r\nNOOP\r\n");
+    assert_eq!(r, "500 5.5.2 Command unrecognized\r\n421 4.7.0 Too many errors, closing connection\r\n");
+    assert!(h.closed);
+}
+
+#[test]
+fn http_request_is_answered_and_closed() {
+    let mut h = Harness::new();
+    let r = h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(r.starts_with("500 5.5.1"), "{r}");
+    assert!(h.closed);
+}
+
+#[test]
+fn rfc4_5_3_2_timeout_replies_421_and_closes() {
+    let mut h = Harness::new();
+    assert_eq!(h.s.read_timeout(), std::time::Duration::from_secs(300));
+    h.s.handle_timeout(&mut h.out);
+    assert!(h.all_out().ends_with("421 4.4.2 Timeout waiting for input, closing connection\r\n"));
+    assert!(h.s.is_closed());
+}
+
+#[test]
+fn shutdown_idle_session_gets_421_now() {
+    let mut h = Harness::new();
+    h.feed(b"EHLO c\r\n");
+    assert!(h.s.handle_shutdown(&mut h.out));
+    assert!(h.all_out().ends_with("421 4.3.2 Service shutting down, try again later\r\n"));
+}
+
+#[test]
+fn shutdown_lets_transaction_in_flight_finish() {
+    let mut h = Harness::new();
+    h.feed(ENVELOPE);
+    h.feed(b"half a body\r\n");
+    assert!(!h.s.handle_shutdown(&mut h.out));
+    let r = h.feed(b".\r\n");
+    assert_eq!(r, "250 2.0.0 Ok: queued as Q0\r\n421 4.3.2 Service shutting down, try again later\r\n");
+    assert!(h.closed);
+    assert_eq!(h.stored.len(), 1);
+}
+
+#[test]
+fn shutdown_while_awaiting_commit() {
+    let mut h = Harness::new();
+    h.hold_commit = true;
+    h.feed(ENVELOPE);
+    h.feed(b"x\r\n.\r\n");
+    assert!(h.s.awaiting_commit());
+    assert!(!h.s.handle_shutdown(&mut h.out));
+    h.hold_commit = false;
+    h.commit();
+    assert!(h.all_out().ends_with("queued as Q0\r\n421 4.3.2 Service shutting down, try again later\r\n"));
+    assert!(h.closed);
+}
+
+#[test]
+fn commit_failures_are_temporary_and_session_continues() {
+    let mut h = Harness::new();
+    h.fail_commit = Some(CommitError::SpoolFull);
+    h.feed(ENVELOPE);
+    assert_eq!(h.feed(b"x\r\n.\r\n"), "452 4.3.1 Insufficient system storage, try again later\r\n");
+    h.fail_commit = Some(CommitError::Io);
+    h.feed(b"MAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\nDATA\r\n");
+    assert_eq!(h.feed(b"x\r\n.\r\n"), "451 4.3.0 Local error in processing, try again later\r\n");
+    h.feed(b"MAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\nDATA\r\n");
+    assert_eq!(h.feed(b"x\r\n.\r\n"), "250 2.0.0 Ok: queued as Q0\r\n");
+}
+
+#[test]
+fn rfc3030_bdat_chunks() {
+    let mut h = Harness::new();
+    h.feed(b"EHLO c\r\nMAIL FROM:<a@b> BODY=BINARYMIME\r\nRCPT TO:<u@test>\r\n");
+    // Binary data with bare LFs and a "\r\n.\r\n": no meaning inside BDAT.
+    let r = h.feed(b"BDAT 8\r\nab\n\r\n.\r\nBDAT 3 LAST\r\nxyz");
+    assert_eq!(r, "250 2.0.0 8 octets received\r\n250 2.0.0 Ok: queued as Q0\r\n");
+    assert_eq!(h.stored[0].body, b"ab\n\r\n.\r\nxyz");
+}
+
+#[test]
+fn rfc3030_bdat_zero_last_and_data_after_bdat() {
+    let mut h = Harness::new();
+    h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\n");
+    assert_eq!(h.feed(b"BDAT 4\r\nabcd"), "250 2.0.0 4 octets received\r\n");
+    assert_eq!(h.feed(b"DATA\r\n"), "503 5.5.1 DATA not allowed after BDAT in this transaction\r\n");
+    assert_eq!(h.feed(b"BDAT 0 LAST\r\n"), "250 2.0.0 Ok: queued as Q0\r\n");
+    assert_eq!(h.stored[0].body, b"abcd");
+    // BDAT 0 LAST as the only chunk: an empty message.
+    h.feed(b"MAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\n");
+    assert_eq!(h.feed(b"BDAT 0 LAST\r\n"), "250 2.0.0 Ok: queued as Q1\r\n");
+    assert_eq!(h.stored[1].body, b"");
+}
+
+#[test]
+fn rfc3030_bdat_without_transaction_consumes_its_octets() {
+    let mut h = Harness::new();
+    h.feed(b"EHLO c\r\n");
+    // The chunk holds commands; they must never run.
+    let r = h.feed(b"BDAT 41\r\nMAIL FROM:<e@x>\r\nRCPT TO:<v@test>\r\nQUIT\r\nNOOP\r\n");
+    assert_eq!(r, "503 5.5.1 Send MAIL first\r\n250 2.0.0 Ok\r\n");
+    assert!(!h.closed);
+    h.feed(b"MAIL FROM:<a@b>\r\n");
+    assert_eq!(h.feed(b"BDAT 2\r\nhi"), "554 5.5.1 No valid recipients\r\n");
+}
+
+#[test]
+fn rfc3030_bdat_size_limit_and_rset_abort() {
+    let mut h = Harness::new();
+    h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\n");
+    h.feed(b"BDAT 6000\r\n");
+    h.feed(&[b'a'; 6000]);
+    h.feed(b"BDAT 6000 LAST\r\n");
+    let r = h.feed(&[b'a'; 6000]);
+    assert_eq!(r, "552 5.3.4 Message size exceeds fixed maximum message size\r\n");
+    assert_eq!(h.aborts, 1);
+    assert!(h.stored.is_empty());
+    // RSET in the middle of chunking abandons the message.
+    h.feed(b"MAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\nBDAT 3\r\nabc");
+    assert_eq!(h.feed(b"RSET\r\n"), "250 2.0.0 Ok\r\n");
+    assert_eq!(h.aborts, 2);
+    assert!(h.stored.is_empty());
+}
+
+#[test]
+fn rfc6531_utf8_addresses_need_smtputf8() {
+    let mut h = Harness::new();
+    h.feed(b"EHLO c\r\n");
+    let r = h.feed("MAIL FROM:<j\u{f6}rg@b.test>\r\n".as_bytes());
+    assert_eq!(r, "553 5.6.7 Non-ASCII address requires SMTPUTF8\r\n");
+    h.feed(b"MAIL FROM:<a@b>\r\n");
+    let r = h.feed("RCPT TO:<\u{fc}ser@test>\r\n".as_bytes());
+    assert_eq!(r, "553 5.6.7 Non-ASCII address requires SMTPUTF8\r\n");
+    h.feed(b"RSET\r\n");
+    h.feed("MAIL FROM:<j\u{f6}rg@b.test> SMTPUTF8\r\n".as_bytes());
+    assert_eq!(h.feed("RCPT TO:<\u{fc}ser@test>\r\n".as_bytes()), "250 2.1.5 Recipient ok\r\n");
+    assert_eq!(h.s.envelope().protocol, "UTF8SMTP");
+}
+
+#[test]
+fn rfc3030_binarymime_requires_bdat() {
+    let mut h = Harness::new();
+    h.feed(b"EHLO c\r\nMAIL FROM:<a@b> BODY=BINARYMIME\r\nRCPT TO:<u@test>\r\n");
+    assert_eq!(h.feed(b"DATA\r\n"), "503 5.5.1 BODY=BINARYMIME requires BDAT\r\n");
+}
+
+#[test]
+fn dot_lines_inside_body() {
+    let mut h = Harness::new();
+    h.feed(ENVELOPE);
+    // ". " and ".x" lines are stuffed; "..\r\n" is a lone dot.
+    h.feed(b"a\r\n..\r\n.. b\r\n...c\r\n.\r\n");
+    assert_eq!(h.stored[0].body, b"a\r\n.\r\n. b\r\n..c\r\n");
+}
+
+#[test]
+fn empty_body() {
+    let mut h = Harness::new();
+    h.feed(ENVELOPE);
+    assert_eq!(h.feed(b".\r\n"), "250 2.0.0 Ok: queued as Q0\r\n");
+    assert_eq!(h.stored[0].body, b"");
+}
+
+// ---- split invariance -------------------------------------------------
+
+/// Feeds `input` in reads cut at `cuts`; returns replies, stored messages
+/// and whether the session closed.
+fn run_split(cfg: &SmtpConfig, input: &[u8], cuts: &[usize]) -> (String, Vec<Stored>, usize, bool) {
+    let mut h = Harness::with(cfg.clone());
+    let mut last = 0;
+    for &c in cuts.iter().chain(std::iter::once(&input.len())) {
+        let c = c.clamp(last, input.len());
+        h.feed(&input[last..c]);
+        last = c;
+        if h.closed {
+            break;
+        }
+    }
+    (h.all_out(), h.stored, h.aborts, h.closed)
+}
+
+fn smtp_token() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        Just(b"EHLO c.test\r\n".to_vec()),
+        Just(b"HELO c\r\n".to_vec()),
+        Just(b"MAIL FROM:<a@b.test>\r\n".to_vec()),
+        Just(b"MAIL FROM:<> SIZE=20\r\n".to_vec()),
+        Just(b"RCPT TO:<u@test>\r\n".to_vec()),
+        Just(b"RCPT TO:<u@relay.test>\r\n".to_vec()),
+        Just(b"DATA\r\n".to_vec()),
+        Just(b"BDAT 5\r\n".to_vec()),
+        Just(b"BDAT 3 LAST\r\n".to_vec()),
+        Just(b"RSET\r\n".to_vec()),
+        Just(b"NOOP\r\n".to_vec()),
+        Just(b".\r\n".to_vec()),
+        Just(b"..\r\n".to_vec()),
+        Just(b"\r\n".to_vec()),
+        Just(b"\n".to_vec()),
+        Just(b"\r".to_vec()),
+        Just(b".".to_vec()),
+        Just(b"line of text\r\n".to_vec()),
+        Just(vec![b'L'; 600]),
+        proptest::collection::vec(any::<u8>(), 0..12),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Any input, split at any byte positions into reads, gives the same
+    /// replies and the same stored bodies as the input in one read.
+    #[test]
+    fn split_anywhere_same_result(
+        tokens in proptest::collection::vec(smtp_token(), 0..40),
+        mut cuts in proptest::collection::vec(0usize..4000, 0..30),
+        accept_bare in any::<bool>(),
+    ) {
+        let input: Vec<u8> = tokens.concat();
+        cuts.sort_unstable();
+        let cfg = SmtpConfig {
+            bare_newline: if accept_bare { BareNewline::Accept } else { BareNewline::Reject },
+            max_message_bytes: 1000,
+            max_errors: 50,
+            ..cfg()
+        };
+        let whole = run_split(&cfg, &input, &[]);
+        let split = run_split(&cfg, &input, &cuts);
+        prop_assert_eq!(&whole, &split);
+    }
+
+    /// Byte-at-a-time is the most extreme split.
+    #[test]
+    fn byte_at_a_time_same_result(tokens in proptest::collection::vec(smtp_token(), 0..25)) {
+        let input: Vec<u8> = tokens.concat();
+        let cuts: Vec<usize> = (1..input.len()).collect();
+        let whole = run_split(&cfg(), &input, &[]);
+        let split = run_split(&cfg(), &input, &cuts);
+        prop_assert_eq!(whole, split);
+    }
+}
+
+/// Every input the fuzzers ever crashed on, committed under
+/// `fuzz/regressions/<target>/`, replayed through the targets' own code.
+#[test]
+fn fuzz_regressions_replay() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+    let mut n = 0;
+    for (target, run) in [
+        ("session", super::replay::fuzz::raw as fn(&[u8])),
+        ("session_smtp", super::replay::fuzz::smtp_alphabet),
+    ] {
+        let dir = root.join(target);
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            run(&std::fs::read(&path).unwrap());
+            n += 1;
+        }
+    }
+    assert!(n > 0, "no regression inputs found under {}", root.display());
+}
