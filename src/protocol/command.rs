@@ -188,7 +188,10 @@ fn domain_arg(arg: &str) -> Result<&str, ParseError> {
 /// as many clients send them) from the path.
 fn after_keyword<'a>(rest: &'a str, kw: &str) -> Option<&'a str> {
     let rest = rest.trim_start_matches(' ');
-    if rest.len() < kw.len() || !rest[..kw.len()].eq_ignore_ascii_case(kw) {
+    // Compare bytes: `rest` may hold UTF-8, and kw.len() need not be a
+    // char boundary of it (found by fuzzing). Once matched, it is one.
+    let head = rest.as_bytes().get(..kw.len())?;
+    if !head.eq_ignore_ascii_case(kw.as_bytes()) {
         return None;
     }
     Some(rest[kw.len()..].trim_start_matches(' '))
@@ -370,6 +373,9 @@ mod tests {
         assert!(matches!(c, Command::Mail { params: MailParams { smtputf8: true, .. }, .. }));
         // Not UTF-8 at all.
         assert_eq!(parse(b"MAIL FROM:<\xff@b>"), Err(ParseError::Unrecognized));
+        // Multi-byte UTF-8 where the keyword is expected (found by fuzzing).
+        assert_eq!(parse("MAIL FROM\u{1ba}a@b>".as_bytes()), Err(ParseError::MailSyntax));
+        assert_eq!(parse("RCPT \u{e9}".as_bytes()), Err(ParseError::RcptSyntax));
     }
 
     #[test]
