@@ -15,8 +15,8 @@ use std::rc::Rc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ringmx::config::SmtpConfig;
-use ringmx::protocol::scanner::LineScanner;
 use ringmx::protocol::replay::replay;
+use ringmx::protocol::scanner::LineScanner;
 
 /// A mail body of `n` bytes: 76-byte lines, some starting with a dot.
 fn body(n: usize) -> Vec<u8> {
@@ -109,7 +109,10 @@ fn scanner(c: &mut Criterion) {
 }
 
 fn session(c: &mut Criterion) {
-    let cfg = Rc::new(SmtpConfig { accepted_domains: vec!["example.com".into()], ..Default::default() });
+    let cfg = Rc::new(SmtpConfig {
+        accepted_domains: vec!["example.com".into()],
+        ..Default::default()
+    });
     const TX: usize = 1000;
     let wire_body = stuff(&body(1024));
     let mut input = b"EHLO client.example\r\n".to_vec();
@@ -132,7 +135,10 @@ fn session(c: &mut Criterion) {
 }
 
 fn decoder(c: &mut Criterion) {
-    let cfg = Rc::new(SmtpConfig { accepted_domains: vec!["example.com".into()], ..Default::default() });
+    let cfg = Rc::new(SmtpConfig {
+        accepted_domains: vec!["example.com".into()],
+        ..Default::default()
+    });
     let plain = body(64 * 1024);
     let wire = stuff(&plain);
     let mut input = b"EHLO c\r\nMAIL FROM:<s@c>\r\nRCPT TO:<u@example.com>\r\nDATA\r\n".to_vec();

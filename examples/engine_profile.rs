@@ -15,8 +15,14 @@ use ringmx::config::SmtpConfig;
 use ringmx::protocol::replay::replay;
 
 fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(2000);
-    let cfg = Rc::new(SmtpConfig { accepted_domains: vec!["example.com".into()], ..Default::default() });
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(2000);
+    let cfg = Rc::new(SmtpConfig {
+        accepted_domains: vec!["example.com".into()],
+        ..Default::default()
+    });
     let mut line = [b'a'; 76];
     line[74] = b'\r';
     line[75] = b'\n';

@@ -223,7 +223,9 @@ pub fn valid_mailbox(m: &str) -> bool {
     if local.is_empty() || domain.is_empty() || m.len() > 254 + 64 {
         return false;
     }
-    if m.bytes().any(|b| b.is_ascii_control() || b == b' ' || b == b'<' || b == b'>') {
+    if m.bytes()
+        .any(|b| b.is_ascii_control() || b == b' ' || b == b'<' || b == b'>')
+    {
         // Quoted local parts may hold spaces; they are vanishingly rare in
         // bulk inbound mail and a liability downstream, so refuse them.
         return false;
@@ -272,7 +274,11 @@ fn parse_mail(rest: &str) -> Result<Command<'_>, ParseError> {
             return Err(ParseError::BadParam);
         }
     }
-    Ok(Command::Mail { from, params, raw_params })
+    Ok(Command::Mail {
+        from,
+        params,
+        raw_params,
+    })
 }
 
 fn parse_rcpt(rest: &str) -> Result<Command<'_>, ParseError> {
@@ -316,7 +322,10 @@ mod tests {
         for l in ["helo x", "HELO x", "HeLo x"] {
             assert_eq!(parse(l.as_bytes()), Ok(Command::Helo("x")));
         }
-        assert_eq!(parse(b"ehlo client.example"), Ok(Command::Ehlo("client.example")));
+        assert_eq!(
+            parse(b"ehlo client.example"),
+            Ok(Command::Ehlo("client.example"))
+        );
         assert_eq!(parse(b"quit"), Ok(Command::Quit));
         assert_eq!(parse(b"Data"), Ok(Command::Data));
     }
@@ -328,60 +337,111 @@ mod tests {
             c,
             Command::Mail {
                 from: "a@b.example",
-                params: MailParams { size: Some(1000), body: BodyType::EightBitMime, smtputf8: false },
+                params: MailParams {
+                    size: Some(1000),
+                    body: BodyType::EightBitMime,
+                    smtputf8: false
+                },
                 raw_params: "SIZE=1000 BODY=8BITMIME",
             }
         );
         // Null reverse path, lower case keyword, a space after the colon.
-        assert!(matches!(parse(b"mail from: <>"), Ok(Command::Mail { from: "", .. })));
+        assert!(matches!(
+            parse(b"mail from: <>"),
+            Ok(Command::Mail { from: "", .. })
+        ));
         assert_eq!(parse(b"MAIL FROM:a@b"), Err(ParseError::BadAddress));
         assert_eq!(parse(b"MAIL TO:<a@b>"), Err(ParseError::MailSyntax));
         assert_eq!(parse(b"MAIL FROM:<a@b> FOO=1"), Err(ParseError::BadParam));
         assert_eq!(parse(b"MAIL FROM:<a@b> SIZE=x"), Err(ParseError::BadParam));
-        assert_eq!(parse(b"MAIL FROM:<a@b> BODY=9BIT"), Err(ParseError::BadParam));
+        assert_eq!(
+            parse(b"MAIL FROM:<a@b> BODY=9BIT"),
+            Err(ParseError::BadParam)
+        );
         assert_eq!(parse(b"MAIL FROM:<a@b>SIZE=1"), Err(ParseError::BadAddress));
-        assert_eq!(parse(b"MAIL FROM:<no-at-sign>"), Err(ParseError::BadAddress));
+        assert_eq!(
+            parse(b"MAIL FROM:<no-at-sign>"),
+            Err(ParseError::BadAddress)
+        );
     }
 
     #[test]
     fn rfc1870_size_overflow_is_too_big_not_an_error() {
         let c = parse(b"MAIL FROM:<a@b> SIZE=99999999999999999999").unwrap();
-        assert!(matches!(c, Command::Mail { params: MailParams { size: Some(u64::MAX), .. }, .. }));
+        assert!(matches!(
+            c,
+            Command::Mail {
+                params: MailParams {
+                    size: Some(u64::MAX),
+                    ..
+                },
+                ..
+            }
+        ));
     }
 
     #[test]
     fn rfc5321_4_1_1_3_source_routes_ignored() {
         assert!(matches!(
             parse(b"RCPT TO:<@relay.example,@r2.example:user@dest.example>"),
-            Ok(Command::Rcpt { to: "user@dest.example" })
+            Ok(Command::Rcpt {
+                to: "user@dest.example"
+            })
         ));
         assert!(matches!(
             parse(b"MAIL FROM:<@relay.example:user@src.example>"),
-            Ok(Command::Mail { from: "user@src.example", .. })
+            Ok(Command::Mail {
+                from: "user@src.example",
+                ..
+            })
         ));
     }
 
     #[test]
     fn rfc5321_4_5_1_postmaster_without_domain() {
-        assert_eq!(parse(b"RCPT TO:<Postmaster>"), Ok(Command::Rcpt { to: "Postmaster" }));
+        assert_eq!(
+            parse(b"RCPT TO:<Postmaster>"),
+            Ok(Command::Rcpt { to: "Postmaster" })
+        );
         assert_eq!(parse(b"RCPT TO:<user>"), Err(ParseError::BadAddress));
     }
 
     #[test]
     fn rfc6531_smtputf8_param_and_utf8_addresses_parse() {
         let c = parse("MAIL FROM:<j\u{f6}rg@b\u{fc}cher.example> SMTPUTF8".as_bytes()).unwrap();
-        assert!(matches!(c, Command::Mail { params: MailParams { smtputf8: true, .. }, .. }));
+        assert!(matches!(
+            c,
+            Command::Mail {
+                params: MailParams { smtputf8: true, .. },
+                ..
+            }
+        ));
         // Not UTF-8 at all.
         assert_eq!(parse(b"MAIL FROM:<\xff@b>"), Err(ParseError::Unrecognized));
         // Multi-byte UTF-8 where the keyword is expected (found by fuzzing).
-        assert_eq!(parse("MAIL FROM\u{1ba}a@b>".as_bytes()), Err(ParseError::MailSyntax));
+        assert_eq!(
+            parse("MAIL FROM\u{1ba}a@b>".as_bytes()),
+            Err(ParseError::MailSyntax)
+        );
         assert_eq!(parse("RCPT \u{e9}".as_bytes()), Err(ParseError::RcptSyntax));
     }
 
     #[test]
     fn rfc3030_bdat() {
-        assert_eq!(parse(b"BDAT 100"), Ok(Command::Bdat { size: 100, last: false }));
-        assert_eq!(parse(b"bdat 0 last"), Ok(Command::Bdat { size: 0, last: true }));
+        assert_eq!(
+            parse(b"BDAT 100"),
+            Ok(Command::Bdat {
+                size: 100,
+                last: false
+            })
+        );
+        assert_eq!(
+            parse(b"bdat 0 last"),
+            Ok(Command::Bdat {
+                size: 0,
+                last: true
+            })
+        );
         assert_eq!(parse(b"BDAT"), Err(ParseError::BdatSyntax));
         assert_eq!(parse(b"BDAT -1"), Err(ParseError::BdatSyntax));
         assert_eq!(parse(b"BDAT 1 FIRST"), Err(ParseError::BdatSyntax));
@@ -401,6 +461,9 @@ mod tests {
         assert_eq!(parse(b"HELO"), Err(ParseError::HeloSyntax));
         assert_eq!(parse(b"XYZZY"), Err(ParseError::Unrecognized));
         assert_eq!(parse(b""), Err(ParseError::Unrecognized));
-        assert_eq!(parse(b"RCPT TO:<a@b> NOTIFY=NEVER"), Err(ParseError::BadParam));
+        assert_eq!(
+            parse(b"RCPT TO:<a@b> NOTIFY=NEVER"),
+            Err(ParseError::BadParam)
+        );
     }
 }

@@ -75,7 +75,12 @@ impl<'a> Envelope<'a> {
         helo: &'a str,
         protocol: &'static str,
     ) -> Self {
-        Self { arena, client, helo, protocol }
+        Self {
+            arena,
+            client,
+            helo,
+            protocol,
+        }
     }
 
     /// The reverse path; empty for the null sender `<>`.

@@ -69,7 +69,11 @@ pub fn replay(cfg: &Rc<SmtpConfig>, input: &[u8], read: usize, out: &mut Vec<u8>
             }
         }
         buf.drain(..pos);
-        assert!(r.closed || buf.len() <= carry_limit, "carried {} bytes of a partial line", buf.len());
+        assert!(
+            r.closed || buf.len() <= carry_limit,
+            "carried {} bytes of a partial line",
+            buf.len()
+        );
         out.clear();
         if r.closed {
             break;
@@ -90,7 +94,11 @@ pub mod fuzz {
             accepted_domains: vec!["test".into()],
             max_message_bytes,
             max_errors: 1000,
-            bare_newline: if knobs & 1 == 0 { BareNewline::Reject } else { BareNewline::Accept },
+            bare_newline: if knobs & 1 == 0 {
+                BareNewline::Reject
+            } else {
+                BareNewline::Accept
+            },
             ..SmtpConfig::default()
         })
     }
@@ -106,8 +114,14 @@ pub mod fuzz {
     /// Target `session`: the first byte picks policy and read size, the
     /// rest is raw input.
     pub fn raw(data: &[u8]) {
-        let Some((&knobs, input)) = data.split_first() else { return };
-        split_invariant(&config(knobs, 2000), input, 1 + usize::from(knobs >> 1) * 37);
+        let Some((&knobs, input)) = data.split_first() else {
+            return;
+        };
+        split_invariant(
+            &config(knobs, 2000),
+            input,
+            1 + usize::from(knobs >> 1) * 37,
+        );
     }
 
     /// Pieces of SMTP that `smtp_alphabet` strings together.
@@ -144,9 +158,18 @@ pub mod fuzz {
     /// each further byte picks a piece of SMTP, so the fuzzer reaches DATA,
     /// BDAT and the limits quickly.
     pub fn smtp_alphabet(data: &[u8]) {
-        let Some((&knobs, picks)) = data.split_first() else { return };
-        let input: Vec<u8> =
-            picks.iter().flat_map(|&p| ALPHABET[usize::from(p) % ALPHABET.len()]).copied().collect();
-        split_invariant(&config(knobs, 1500), &input, 1 + usize::from(knobs >> 1) * 13);
+        let Some((&knobs, picks)) = data.split_first() else {
+            return;
+        };
+        let input: Vec<u8> = picks
+            .iter()
+            .flat_map(|&p| ALPHABET[usize::from(p) % ALPHABET.len()])
+            .copied()
+            .collect();
+        split_invariant(
+            &config(knobs, 1500),
+            &input,
+            1 + usize::from(knobs >> 1) * 13,
+        );
     }
 }

@@ -34,9 +34,11 @@ pub const START_DATA: Reply = b"354 End data with <CR><LF>.<CR><LF>\r\n";
 /// QUIT (RFC 5321 §4.1.1.10).
 pub const BYE: Reply = b"221 2.0.0 Bye\r\n";
 /// VRFY is not used to disclose mailboxes (RFC 5321 §3.5.3 allows 252).
-pub const VRFY: Reply = b"252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n";
+pub const VRFY: Reply =
+    b"252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n";
 /// HELP (RFC 5321 §4.1.1.8).
-pub const HELP: Reply = b"214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP\r\n";
+pub const HELP: Reply =
+    b"214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP\r\n";
 
 // Syntax and sequence errors.
 /// Unknown verb (RFC 5321 §4.2.4).
@@ -152,17 +154,49 @@ mod tests {
     #[test]
     fn every_fixed_reply_is_one_crlf_line_with_enhanced_code() {
         let all: &[Reply] = &[
-            TOO_MANY_CONNECTIONS, SHUTTING_DOWN, TIMEOUT, LIFETIME_EXCEEDED, TOO_MANY_ERRORS,
-            HTTP_REQUEST, OK, SENDER_OK, RECIPIENT_OK, BYE, VRFY, HELP, UNRECOGNIZED,
-            LINE_TOO_LONG, NOT_IMPLEMENTED, HELO_SYNTAX, MAIL_SYNTAX, RCPT_SYNTAX, BDAT_SYNTAX,
-            NO_PARAMS, BAD_ADDRESS, UTF8_NOT_ALLOWED, BAD_PARAM, NEED_HELO, NESTED_MAIL,
-            NEED_MAIL, NEED_RCPT, DATA_AFTER_BDAT, BINARYMIME_NEEDS_BDAT, RELAY_DENIED,
-            TOO_MANY_RECIPIENTS, MESSAGE_TOO_BIG, TEXT_LINE_TOO_LONG, BARE_NEWLINE, SPOOL_FULL,
+            TOO_MANY_CONNECTIONS,
+            SHUTTING_DOWN,
+            TIMEOUT,
+            LIFETIME_EXCEEDED,
+            TOO_MANY_ERRORS,
+            HTTP_REQUEST,
+            OK,
+            SENDER_OK,
+            RECIPIENT_OK,
+            BYE,
+            VRFY,
+            HELP,
+            UNRECOGNIZED,
+            LINE_TOO_LONG,
+            NOT_IMPLEMENTED,
+            HELO_SYNTAX,
+            MAIL_SYNTAX,
+            RCPT_SYNTAX,
+            BDAT_SYNTAX,
+            NO_PARAMS,
+            BAD_ADDRESS,
+            UTF8_NOT_ALLOWED,
+            BAD_PARAM,
+            NEED_HELO,
+            NESTED_MAIL,
+            NEED_MAIL,
+            NEED_RCPT,
+            DATA_AFTER_BDAT,
+            BINARYMIME_NEEDS_BDAT,
+            RELAY_DENIED,
+            TOO_MANY_RECIPIENTS,
+            MESSAGE_TOO_BIG,
+            TEXT_LINE_TOO_LONG,
+            BARE_NEWLINE,
+            SPOOL_FULL,
             SPOOL_ERROR,
         ];
         for r in all {
             let s = std::str::from_utf8(r).unwrap();
-            assert!(s.ends_with("\r\n") && s.matches("\r\n").count() == 1, "{s:?}");
+            assert!(
+                s.ends_with("\r\n") && s.matches("\r\n").count() == 1,
+                "{s:?}"
+            );
             let (code, rest) = s.split_at(3);
             let class = code.as_bytes()[0];
             assert!(matches!(class, b'2' | b'4' | b'5'), "{s:?}");

@@ -52,7 +52,10 @@ impl LineScanner {
             Some(i) => {
                 let lf = from + i;
                 self.searched = 0;
-                Some(Line { end: lf + 1, crlf: lf > 0 && buf[lf - 1] == b'\r' })
+                Some(Line {
+                    end: lf + 1,
+                    crlf: lf > 0 && buf[lf - 1] == b'\r',
+                })
             }
             None => {
                 self.searched = buf.len();
@@ -81,7 +84,10 @@ mod tests {
         let mut out = Vec::new();
         for (i, &b) in buf.iter().enumerate() {
             if b == b'\n' {
-                out.push(Line { end: i + 1, crlf: i > 0 && buf[i - 1] == b'\r' });
+                out.push(Line {
+                    end: i + 1,
+                    crlf: i > 0 && buf[i - 1] == b'\r',
+                });
             }
         }
         out
@@ -98,7 +104,10 @@ mod tests {
         loop {
             match sc.next_line(&buf[start..avail]) {
                 Some(l) => {
-                    out.push(Line { end: start + l.end, crlf: l.crlf });
+                    out.push(Line {
+                        end: start + l.end,
+                        crlf: l.crlf,
+                    });
                     start += l.end;
                 }
                 None => match cuts.next() {
@@ -112,12 +121,30 @@ mod tests {
     #[test]
     fn finds_crlf_and_bare_lf() {
         let mut sc = LineScanner::new();
-        assert_eq!(sc.next_line(b"HELO x\r\nrest"), Some(Line { end: 8, crlf: true }));
-        assert_eq!(sc.next_line(b"bare\nrest"), Some(Line { end: 5, crlf: false }));
-        assert_eq!(sc.next_line(b"\n"), Some(Line { end: 1, crlf: false }));
+        assert_eq!(
+            sc.next_line(b"HELO x\r\nrest"),
+            Some(Line { end: 8, crlf: true })
+        );
+        assert_eq!(
+            sc.next_line(b"bare\nrest"),
+            Some(Line {
+                end: 5,
+                crlf: false
+            })
+        );
+        assert_eq!(
+            sc.next_line(b"\n"),
+            Some(Line {
+                end: 1,
+                crlf: false
+            })
+        );
         assert_eq!(sc.next_line(b"no end"), None);
         assert_eq!(sc.pending(), 6);
-        assert_eq!(sc.next_line(b"no end\r\n"), Some(Line { end: 8, crlf: true }));
+        assert_eq!(
+            sc.next_line(b"no end\r\n"),
+            Some(Line { end: 8, crlf: true })
+        );
     }
 
     #[test]

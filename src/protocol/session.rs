@@ -255,7 +255,11 @@ impl Session {
     /// The runtime finished committing the message announced by
     /// [`Event::MessageEnd`]; writes the end-of-data reply.
     pub fn handle_commit(&mut self, result: Result<&str, CommitError>, out: &mut Vec<u8>) {
-        debug_assert_eq!(self.mode, Mode::AwaitCommit, "handle_commit without MessageEnd");
+        debug_assert_eq!(
+            self.mode,
+            Mode::AwaitCommit,
+            "handle_commit without MessageEnd"
+        );
         if self.mode != Mode::AwaitCommit {
             return;
         }
@@ -325,13 +329,21 @@ impl Session {
                         return (pos, ev);
                     }
                 }
-                Mode::BdatChunk { remaining, last, reject } => {
+                Mode::BdatChunk {
+                    remaining,
+                    last,
+                    reject,
+                } => {
                     let avail = (input.len() - pos) as u64;
                     let take = remaining.min(avail) as usize;
                     let chunk = &input[pos..pos + take];
                     pos += take;
                     let remaining = remaining - take as u64;
-                    self.mode = Mode::BdatChunk { remaining, last, reject };
+                    self.mode = Mode::BdatChunk {
+                        remaining,
+                        last,
+                        reject,
+                    };
                     if reject.is_none() && take > 0 {
                         self.body_bytes += take as u64;
                         if self.body_bytes > self.cfg.max_message_bytes {
@@ -413,7 +425,11 @@ impl Session {
                 // RFC 5321 §4.1.4: HELO/EHLO resets any transaction.
                 self.reset_transaction()
             }
-            Command::Mail { from, params, raw_params } => {
+            Command::Mail {
+                from,
+                params,
+                raw_params,
+            } => {
                 if self.greeted == Greeted::No {
                     return self.fail_event(out, reply::NEED_HELO);
                 }
@@ -470,7 +486,10 @@ impl Session {
                 out.extend_from_slice(reply::START_DATA);
                 self.body_bytes = 0;
                 self.data_searched = 0;
-                self.mode = Mode::Data { at_line_start: true, fault: None };
+                self.mode = Mode::Data {
+                    at_line_start: true,
+                    fault: None,
+                };
                 Some(Event::MessageStart)
             }
             Command::Bdat { size, last } => {
@@ -481,7 +500,11 @@ impl Session {
                     Tx::Envelope if self.arena.rcpt_count() == 0 => Some(reply::NEED_RCPT),
                     _ => None,
                 };
-                self.mode = Mode::BdatChunk { remaining: size, last, reject };
+                self.mode = Mode::BdatChunk {
+                    remaining: size,
+                    last,
+                    reject,
+                };
                 if reject.is_none() && self.tx == Tx::Envelope {
                     self.tx = Tx::Chunking;
                     self.body_bytes = 0;
@@ -522,9 +545,11 @@ impl Session {
         match to.rsplit_once('@') {
             // Only `postmaster` parses without a domain (§4.5.1).
             None => true,
-            Some((_, domain)) => {
-                self.cfg.accepted_domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
-            }
+            Some((_, domain)) => self
+                .cfg
+                .accepted_domains
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(domain)),
         }
     }
 
@@ -534,7 +559,11 @@ impl Session {
     /// dot-stuffed lines, borrowed from `input`; a partial last line stays
     /// unconsumed (the read buffer is larger than the longest line).
     fn data<'a>(&mut self, input: &'a [u8], out: &mut Vec<u8>) -> (usize, Option<Event<'a>>) {
-        let Mode::Data { mut at_line_start, mut fault } = self.mode else {
+        let Mode::Data {
+            mut at_line_start,
+            mut fault,
+        } = self.mode
+        else {
             unreachable!("data() outside Mode::Data");
         };
         let faulted_before = fault.is_some();
@@ -594,7 +623,10 @@ impl Session {
                     run = pos;
                 }
                 self.data_searched = search - pos;
-                self.mode = Mode::Data { at_line_start, fault };
+                self.mode = Mode::Data {
+                    at_line_start,
+                    fault,
+                };
                 if fault.is_some() && !faulted_before {
                     return (pos, Some(Event::MessageAbort));
                 }
@@ -609,7 +641,10 @@ impl Session {
                 // run stays one contiguous slice of the input.
                 if run < pos && fault.is_none() {
                     self.data_searched = 0;
-                    self.mode = Mode::Data { at_line_start, fault };
+                    self.mode = Mode::Data {
+                        at_line_start,
+                        fault,
+                    };
                     return (pos, Some(Event::Body(&input[run..pos])));
                 }
                 if line == b".\r\n" {
@@ -651,7 +686,10 @@ impl Session {
                 run = pos;
                 if !faulted_before {
                     self.data_searched = 0;
-                    self.mode = Mode::Data { at_line_start, fault };
+                    self.mode = Mode::Data {
+                        at_line_start,
+                        fault,
+                    };
                     return (pos, Some(Event::MessageAbort));
                 }
             }

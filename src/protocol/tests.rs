@@ -81,7 +81,11 @@ impl Harness {
                 }
                 Event::Body(b) => {
                     assert!(!b.is_empty(), "empty Body event");
-                    self.current.as_mut().expect("Body outside a message").body.extend_from_slice(b)
+                    self.current
+                        .as_mut()
+                        .expect("Body outside a message")
+                        .body
+                        .extend_from_slice(b)
                 }
                 Event::MessageAbort => {
                     self.current.take().expect("abort outside a message");
@@ -131,10 +135,15 @@ pub(crate) fn cfg() -> SmtpConfig {
 }
 
 fn codes(replies: &str) -> Vec<&str> {
-    replies.split("\r\n").filter(|l| !l.is_empty()).map(|l| &l[..3]).collect()
+    replies
+        .split("\r\n")
+        .filter(|l| !l.is_empty())
+        .map(|l| &l[..3])
+        .collect()
 }
 
-const ENVELOPE: &[u8] = b"EHLO c.test\r\nMAIL FROM:<s@src.test>\r\nRCPT TO:<u@example.com>\r\nDATA\r\n";
+const ENVELOPE: &[u8] =
+    b"EHLO c.test\r\nMAIL FROM:<s@src.test>\r\nRCPT TO:<u@example.com>\r\nDATA\r\n";
 
 #[test]
 fn greeting_and_ehlo_advertise_extensions() {
@@ -201,9 +210,19 @@ fn two_hundred_messages_on_one_connection() {
 /// SMTP smuggling (CVE-2023-51764/51765/51766): none of these end the data.
 #[test]
 fn rfc5321_4_1_1_4_only_crlf_dot_crlf_ends_data() {
-    for smuggle in [&b"\n.\n"[..], b"\r.\r", b"\r\n.\n", b"\n.\r\n", b"\r.\r\n", b"\n.\r"] {
+    for smuggle in [
+        &b"\n.\n"[..],
+        b"\r.\r",
+        b"\r\n.\n",
+        b"\n.\r\n",
+        b"\r.\r\n",
+        b"\n.\r",
+    ] {
         for policy in [BareNewline::Reject, BareNewline::Accept] {
-            let mut h = Harness::with(SmtpConfig { bare_newline: policy, ..cfg() });
+            let mut h = Harness::with(SmtpConfig {
+                bare_newline: policy,
+                ..cfg()
+            });
             h.feed(ENVELOPE);
             let mut body = b"a".to_vec();
             body.extend_from_slice(smuggle);
@@ -239,7 +258,10 @@ fn rfc1870_size_param_over_limit_rejected_at_mail() {
         h.feed(b"MAIL FROM:<a@b> SIZE=10001\r\n"),
         "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
     );
-    assert_eq!(h.feed(b"MAIL FROM:<a@b> SIZE=10000\r\n"), "250 2.1.0 Sender ok\r\n");
+    assert_eq!(
+        h.feed(b"MAIL FROM:<a@b> SIZE=10000\r\n"),
+        "250 2.1.0 Sender ok\r\n"
+    );
 }
 
 #[test]
@@ -258,7 +280,10 @@ fn rfc1870_body_over_limit_counted_while_streaming() {
     // Aborted as soon as the limit was crossed, not at the end.
     assert_eq!(h.aborts, 1);
     assert!(emitted_before_abort <= 10_000, "{emitted_before_abort}");
-    assert_eq!(h.feed(b".\r\n"), "552 5.3.4 Message size exceeds fixed maximum message size\r\n");
+    assert_eq!(
+        h.feed(b".\r\n"),
+        "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
+    );
     assert!(h.stored.is_empty());
     // Next transaction works.
     h.feed(b"MAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\nDATA\r\nok\r\n");
@@ -292,7 +317,10 @@ fn rfc5321_4_5_3_1_4_command_line_limit() {
         assert_eq!(h.feed(&[b'z'; 1000]), "");
         assert!(h.buf.len() < 1024, "partial line buffered: {}", h.buf.len());
     }
-    assert_eq!(h.feed(b"\r\nNOOP\r\n"), "500 5.5.2 Line too long\r\n250 2.0.0 Ok\r\n");
+    assert_eq!(
+        h.feed(b"\r\nNOOP\r\n"),
+        "500 5.5.2 Line too long\r\n250 2.0.0 Ok\r\n"
+    );
 }
 
 #[test]
@@ -305,14 +333,20 @@ fn rfc5321_4_5_3_1_6_text_line_limit() {
     let long = format!("{}\r\n", "b".repeat(999));
     h.feed(long.as_bytes());
     assert_eq!(h.aborts, 1);
-    assert_eq!(h.feed(b".\r\n"), "500 5.5.6 Message rejected: text line too long\r\n");
+    assert_eq!(
+        h.feed(b".\r\n"),
+        "500 5.5.6 Message rejected: text line too long\r\n"
+    );
     // A line far longer than any buffer, in pieces, is dropped as it comes.
     h.feed(b"MAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\nDATA\r\n");
     for _ in 0..50 {
         h.feed(&[b'c'; 700]);
         assert!(h.buf.len() < 1024);
     }
-    assert_eq!(h.feed(b"\r\n.\r\n"), "500 5.5.6 Message rejected: text line too long\r\n");
+    assert_eq!(
+        h.feed(b"\r\n.\r\n"),
+        "500 5.5.6 Message rejected: text line too long\r\n"
+    );
     assert_eq!(h.aborts, 2);
     assert_eq!(h.feed(b"NOOP\r\n"), "250 2.0.0 Ok\r\n");
 }
@@ -328,28 +362,56 @@ fn doomed_message_keeps_trailing_cr_across_reads() {
     assert_eq!(h.aborts, 1);
     assert_eq!(h.feed(b"some text\r"), "");
     assert_eq!(h.feed(b"\n"), "");
-    assert_eq!(h.feed(b".\r\n"), "550 5.6.11 Message rejected: bare <LF> or <CR> not allowed, use <CR><LF>\r\n");
+    assert_eq!(
+        h.feed(b".\r\n"),
+        "550 5.6.11 Message rejected: bare <LF> or <CR> not allowed, use <CR><LF>\r\n"
+    );
 }
 
 #[test]
 fn rfc5321_3_6_2_no_open_relay_and_postmaster() {
     let mut h = Harness::new();
     h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\n");
-    assert_eq!(h.feed(b"RCPT TO:<x@elsewhere.test>\r\n"), "550 5.7.1 Relay access denied\r\n");
-    assert_eq!(h.feed(b"RCPT TO:<x@EXAMPLE.com>\r\n"), "250 2.1.5 Recipient ok\r\n");
-    assert_eq!(h.feed(b"RCPT TO:<postmaster>\r\n"), "250 2.1.5 Recipient ok\r\n");
-    assert_eq!(h.feed(b"RCPT TO:<x@[192.0.2.1]>\r\n"), "550 5.7.1 Relay access denied\r\n");
-    assert_eq!(h.feed(b"RCPT TO:<x@sub.example.com>\r\n"), "550 5.7.1 Relay access denied\r\n");
+    assert_eq!(
+        h.feed(b"RCPT TO:<x@elsewhere.test>\r\n"),
+        "550 5.7.1 Relay access denied\r\n"
+    );
+    assert_eq!(
+        h.feed(b"RCPT TO:<x@EXAMPLE.com>\r\n"),
+        "250 2.1.5 Recipient ok\r\n"
+    );
+    assert_eq!(
+        h.feed(b"RCPT TO:<postmaster>\r\n"),
+        "250 2.1.5 Recipient ok\r\n"
+    );
+    assert_eq!(
+        h.feed(b"RCPT TO:<x@[192.0.2.1]>\r\n"),
+        "550 5.7.1 Relay access denied\r\n"
+    );
+    assert_eq!(
+        h.feed(b"RCPT TO:<x@sub.example.com>\r\n"),
+        "550 5.7.1 Relay access denied\r\n"
+    );
 }
 
 #[test]
 fn rfc5321_4_5_3_1_10_too_many_recipients() {
-    let mut h = Harness::with(SmtpConfig { max_recipients: 100, max_errors: 1000, ..cfg() });
+    let mut h = Harness::with(SmtpConfig {
+        max_recipients: 100,
+        max_errors: 1000,
+        ..cfg()
+    });
     h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\n");
     for i in 0..100 {
-        assert_eq!(h.feed(format!("RCPT TO:<u{i}@test>\r\n").as_bytes()), "250 2.1.5 Recipient ok\r\n");
+        assert_eq!(
+            h.feed(format!("RCPT TO:<u{i}@test>\r\n").as_bytes()),
+            "250 2.1.5 Recipient ok\r\n"
+        );
     }
-    assert_eq!(h.feed(b"RCPT TO:<u100@test>\r\n"), "452 4.5.3 Too many recipients\r\n");
+    assert_eq!(
+        h.feed(b"RCPT TO:<u100@test>\r\n"),
+        "452 4.5.3 Too many recipients\r\n"
+    );
     h.feed(b"DATA\r\nx\r\n.\r\n");
     assert_eq!(h.stored[0].rcpts.len(), 100);
 }
@@ -357,15 +419,27 @@ fn rfc5321_4_5_3_1_10_too_many_recipients() {
 #[test]
 fn rfc5321_4_1_4_command_sequence() {
     let mut h = Harness::new();
-    assert_eq!(h.feed(b"MAIL FROM:<a@b>\r\n"), "503 5.5.1 Send HELO/EHLO first\r\n");
+    assert_eq!(
+        h.feed(b"MAIL FROM:<a@b>\r\n"),
+        "503 5.5.1 Send HELO/EHLO first\r\n"
+    );
     h.feed(b"EHLO c\r\n");
-    assert_eq!(h.feed(b"RCPT TO:<u@test>\r\n"), "503 5.5.1 Send MAIL first\r\n");
+    assert_eq!(
+        h.feed(b"RCPT TO:<u@test>\r\n"),
+        "503 5.5.1 Send MAIL first\r\n"
+    );
     assert_eq!(h.feed(b"DATA\r\n"), "503 5.5.1 Send MAIL first\r\n");
     h.feed(b"MAIL FROM:<a@b>\r\n");
-    assert_eq!(h.feed(b"MAIL FROM:<a@b>\r\n"), "503 5.5.1 Sender already specified\r\n");
+    assert_eq!(
+        h.feed(b"MAIL FROM:<a@b>\r\n"),
+        "503 5.5.1 Sender already specified\r\n"
+    );
     assert_eq!(h.feed(b"DATA\r\n"), "554 5.5.1 No valid recipients\r\n");
     assert_eq!(h.feed(b"RSET\r\n"), "250 2.0.0 Ok\r\n");
-    assert_eq!(h.feed(b"RCPT TO:<u@test>\r\n"), "503 5.5.1 Send MAIL first\r\n");
+    assert_eq!(
+        h.feed(b"RCPT TO:<u@test>\r\n"),
+        "503 5.5.1 Send MAIL first\r\n"
+    );
     // EHLO resets the transaction too (RFC 5321 §4.1.4).
     h.feed(b"MAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\nEHLO again\r\n");
     assert_eq!(h.feed(b"DATA\r\n"), "503 5.5.1 Send MAIL first\r\n");
@@ -377,23 +451,38 @@ fn misc_commands() {
     assert_eq!(h.feed(b"NOOP\r\n"), "250 2.0.0 Ok\r\n");
     assert!(h.feed(b"VRFY root\r\n").starts_with("252 2.5.0"));
     assert!(h.feed(b"HELP\r\n").starts_with("214 2.0.0"));
-    assert_eq!(h.feed(b"EXPN list\r\n"), "502 5.5.1 Command not implemented\r\n");
+    assert_eq!(
+        h.feed(b"EXPN list\r\n"),
+        "502 5.5.1 Command not implemented\r\n"
+    );
     assert_eq!(h.feed(b"FOO\r\n"), "500 5.5.2 Command unrecognized\r\n");
-    assert_eq!(h.feed(b"HELO\r\n"), "501 5.5.4 Syntax: HELO/EHLO domain\r\n");
+    assert_eq!(
+        h.feed(b"HELO\r\n"),
+        "501 5.5.4 Syntax: HELO/EHLO domain\r\n"
+    );
     // Bare LF ends a command line (documented leniency); DATA stays strict.
     assert_eq!(h.feed(b"NOOP\n"), "250 2.0.0 Ok\r\n");
     // HELO negotiates no extensions, so MAIL parameters are refused.
     h.feed(b"HELO c\r\n");
-    assert_eq!(h.feed(b"MAIL FROM:<a@b> SIZE=10\r\n"), "555 5.5.4 Unsupported or malformed parameter\r\n");
+    assert_eq!(
+        h.feed(b"MAIL FROM:<a@b> SIZE=10\r\n"),
+        "555 5.5.4 Unsupported or malformed parameter\r\n"
+    );
 }
 
 #[test]
 fn too_many_errors_closes_with_421() {
-    let mut h = Harness::with(SmtpConfig { max_errors: 3, ..cfg() });
+    let mut h = Harness::with(SmtpConfig {
+        max_errors: 3,
+        ..cfg()
+    });
     h.feed(b"BAD1\r\nBAD2\r\n");
     assert!(!h.closed);
     let r = h.feed(b"BAD3\r\nNOOP\r\n");
-    assert_eq!(r, "500 5.5.2 Command unrecognized\r\n421 4.7.0 Too many errors, closing connection\r\n");
+    assert_eq!(
+        r,
+        "500 5.5.2 Command unrecognized\r\n421 4.7.0 Too many errors, closing connection\r\n"
+    );
     assert!(h.closed);
 }
 
@@ -410,7 +499,9 @@ fn rfc4_5_3_2_timeout_replies_421_and_closes() {
     let mut h = Harness::new();
     assert_eq!(h.s.read_timeout(), std::time::Duration::from_secs(300));
     h.s.handle_timeout(&mut h.out);
-    assert!(h.all_out().ends_with("421 4.4.2 Timeout waiting for input, closing connection\r\n"));
+    assert!(h
+        .all_out()
+        .ends_with("421 4.4.2 Timeout waiting for input, closing connection\r\n"));
     assert!(h.s.is_closed());
 }
 
@@ -419,7 +510,9 @@ fn shutdown_idle_session_gets_421_now() {
     let mut h = Harness::new();
     h.feed(b"EHLO c\r\n");
     assert!(h.s.handle_shutdown(&mut h.out));
-    assert!(h.all_out().ends_with("421 4.3.2 Service shutting down, try again later\r\n"));
+    assert!(h
+        .all_out()
+        .ends_with("421 4.3.2 Service shutting down, try again later\r\n"));
 }
 
 #[test]
@@ -429,7 +522,10 @@ fn shutdown_lets_transaction_in_flight_finish() {
     h.feed(b"half a body\r\n");
     assert!(!h.s.handle_shutdown(&mut h.out));
     let r = h.feed(b".\r\n");
-    assert_eq!(r, "250 2.0.0 Ok: queued as Q0\r\n421 4.3.2 Service shutting down, try again later\r\n");
+    assert_eq!(
+        r,
+        "250 2.0.0 Ok: queued as Q0\r\n421 4.3.2 Service shutting down, try again later\r\n"
+    );
     assert!(h.closed);
     assert_eq!(h.stored.len(), 1);
 }
@@ -444,7 +540,9 @@ fn shutdown_while_awaiting_commit() {
     assert!(!h.s.handle_shutdown(&mut h.out));
     h.hold_commit = false;
     h.commit();
-    assert!(h.all_out().ends_with("queued as Q0\r\n421 4.3.2 Service shutting down, try again later\r\n"));
+    assert!(h
+        .all_out()
+        .ends_with("queued as Q0\r\n421 4.3.2 Service shutting down, try again later\r\n"));
     assert!(h.closed);
 }
 
@@ -453,10 +551,16 @@ fn commit_failures_are_temporary_and_session_continues() {
     let mut h = Harness::new();
     h.fail_commit = Some(CommitError::SpoolFull);
     h.feed(ENVELOPE);
-    assert_eq!(h.feed(b"x\r\n.\r\n"), "452 4.3.1 Insufficient system storage, try again later\r\n");
+    assert_eq!(
+        h.feed(b"x\r\n.\r\n"),
+        "452 4.3.1 Insufficient system storage, try again later\r\n"
+    );
     h.fail_commit = Some(CommitError::Io);
     h.feed(b"MAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\nDATA\r\n");
-    assert_eq!(h.feed(b"x\r\n.\r\n"), "451 4.3.0 Local error in processing, try again later\r\n");
+    assert_eq!(
+        h.feed(b"x\r\n.\r\n"),
+        "451 4.3.0 Local error in processing, try again later\r\n"
+    );
     h.feed(b"MAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\nDATA\r\n");
     assert_eq!(h.feed(b"x\r\n.\r\n"), "250 2.0.0 Ok: queued as Q0\r\n");
 }
@@ -467,7 +571,10 @@ fn rfc3030_bdat_chunks() {
     h.feed(b"EHLO c\r\nMAIL FROM:<a@b> BODY=BINARYMIME\r\nRCPT TO:<u@test>\r\n");
     // Binary data with bare LFs and a "\r\n.\r\n": no meaning inside BDAT.
     let r = h.feed(b"BDAT 8\r\nab\n\r\n.\r\nBDAT 3 LAST\r\nxyz");
-    assert_eq!(r, "250 2.0.0 8 octets received\r\n250 2.0.0 Ok: queued as Q0\r\n");
+    assert_eq!(
+        r,
+        "250 2.0.0 8 octets received\r\n250 2.0.0 Ok: queued as Q0\r\n"
+    );
     assert_eq!(h.stored[0].body, b"ab\n\r\n.\r\nxyz");
 }
 
@@ -476,7 +583,10 @@ fn rfc3030_bdat_zero_last_and_data_after_bdat() {
     let mut h = Harness::new();
     h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\n");
     assert_eq!(h.feed(b"BDAT 4\r\nabcd"), "250 2.0.0 4 octets received\r\n");
-    assert_eq!(h.feed(b"DATA\r\n"), "503 5.5.1 DATA not allowed after BDAT in this transaction\r\n");
+    assert_eq!(
+        h.feed(b"DATA\r\n"),
+        "503 5.5.1 DATA not allowed after BDAT in this transaction\r\n"
+    );
     assert_eq!(h.feed(b"BDAT 0 LAST\r\n"), "250 2.0.0 Ok: queued as Q0\r\n");
     assert_eq!(h.stored[0].body, b"abcd");
     // BDAT 0 LAST as the only chunk: an empty message.
@@ -505,7 +615,10 @@ fn rfc3030_bdat_size_limit_and_rset_abort() {
     h.feed(&[b'a'; 6000]);
     h.feed(b"BDAT 6000 LAST\r\n");
     let r = h.feed(&[b'a'; 6000]);
-    assert_eq!(r, "552 5.3.4 Message size exceeds fixed maximum message size\r\n");
+    assert_eq!(
+        r,
+        "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
+    );
     assert_eq!(h.aborts, 1);
     assert!(h.stored.is_empty());
     // RSET in the middle of chunking abandons the message.
@@ -526,7 +639,10 @@ fn rfc6531_utf8_addresses_need_smtputf8() {
     assert_eq!(r, "553 5.6.7 Non-ASCII address requires SMTPUTF8\r\n");
     h.feed(b"RSET\r\n");
     h.feed("MAIL FROM:<j\u{f6}rg@b.test> SMTPUTF8\r\n".as_bytes());
-    assert_eq!(h.feed("RCPT TO:<\u{fc}ser@test>\r\n".as_bytes()), "250 2.1.5 Recipient ok\r\n");
+    assert_eq!(
+        h.feed("RCPT TO:<\u{fc}ser@test>\r\n".as_bytes()),
+        "250 2.1.5 Recipient ok\r\n"
+    );
     assert_eq!(h.s.envelope().protocol, "UTF8SMTP");
 }
 
@@ -534,7 +650,10 @@ fn rfc6531_utf8_addresses_need_smtputf8() {
 fn rfc3030_binarymime_requires_bdat() {
     let mut h = Harness::new();
     h.feed(b"EHLO c\r\nMAIL FROM:<a@b> BODY=BINARYMIME\r\nRCPT TO:<u@test>\r\n");
-    assert_eq!(h.feed(b"DATA\r\n"), "503 5.5.1 BODY=BINARYMIME requires BDAT\r\n");
+    assert_eq!(
+        h.feed(b"DATA\r\n"),
+        "503 5.5.1 BODY=BINARYMIME requires BDAT\r\n"
+    );
 }
 
 #[test]

@@ -55,7 +55,9 @@ pub fn write_received(
 
 /// The HELO name is client-controlled: keep it on one header line.
 fn sanitize(s: &str) -> &str {
-    if s.bytes().any(|b| b.is_ascii_control() || b == b'(' || b == b')') {
+    if s.bytes()
+        .any(|b| b.is_ascii_control() || b == b'(' || b == b')')
+    {
         "invalid-helo"
     } else {
         s
@@ -80,7 +82,10 @@ pub fn write_rfc5322_date(out: &mut Vec<u8>, unix_secs: i64) {
     out.push(b' ');
     write_u64(out, y as u64);
     out.push(b' ');
-    for (i, v) in [secs / 3600, secs / 60 % 60, secs % 60].into_iter().enumerate() {
+    for (i, v) in [secs / 3600, secs / 60 % 60, secs % 60]
+        .into_iter()
+        .enumerate()
+    {
         if i > 0 {
             out.push(b':');
         }
@@ -129,7 +134,12 @@ mod tests {
         let mut a = TxArena::default();
         a.set_mail("s@src.example", MailParams::default(), "");
         a.add_rcpt("u@example.com");
-        let env = Envelope::new(&a, Some("192.0.2.1:40000".parse().unwrap()), "client.example", "ESMTP");
+        let env = Envelope::new(
+            &a,
+            Some("192.0.2.1:40000".parse().unwrap()),
+            "client.example",
+            "ESMTP",
+        );
         let mut v = Vec::new();
         write_received(&mut v, &env, "mx.example", "Q1", 1_795_959_882);
         assert_eq!(
@@ -138,11 +148,19 @@ mod tests {
              id Q1\r\n\tfor <u@example.com>; Sun, 29 Nov 2026 13:44:42 +0000\r\n"
         );
         a.add_rcpt("v@example.com");
-        let env = Envelope::new(&a, Some("[2001:db8::1]:25".parse().unwrap()), "x\r\ny", "SMTP");
+        let env = Envelope::new(
+            &a,
+            Some("[2001:db8::1]:25".parse().unwrap()),
+            "x\r\ny",
+            "SMTP",
+        );
         let mut v = Vec::new();
         write_received(&mut v, &env, "mx.example", "Q2", 0);
         let s = String::from_utf8(v).unwrap();
-        assert!(s.starts_with("Received: from invalid-helo ([IPv6:2001:db8::1])\r\n"), "{s}");
+        assert!(
+            s.starts_with("Received: from invalid-helo ([IPv6:2001:db8::1])\r\n"),
+            "{s}"
+        );
         assert!(!s.contains("for <"), "{s}");
     }
 }
