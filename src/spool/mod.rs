@@ -1,0 +1,52 @@
+//! The durable per-core spool: every accepted message is appended to its
+//! shard's segment files and made durable (group commit) before `250`.
+//!
+//! ```text
+//! <spool>/LOCK                                   flock: one writer process per spool
+//! <spool>/shard-<n>/ringmx-v1-<seq:016x>.seg     append-only segments, rotated at segment_bytes
+//! ```
+//!
+//! The server uses [`ShardSpool`] (one per shard, on its glommio executor):
+//! [`ShardSpool::next_queue_id`], [`ShardSpool::begin`], then
+//! [`MessageWriter::write`] per body chunk and [`MessageWriter::commit`].
+//! Everything else reads the spool with [`SpoolReader`] (blocking `std::fs`,
+//! safe while a server runs) or the `ringmx spool` commands in [`cli`].
+//! The byte layout is in SPOOL-FORMAT.md at the repository root.
+//!
+//! | concern | file |
+//! |---|---|
+//! | errors, and which reply each maps to | [`error`](SpoolError) |
+//! | queue ids: format and parsing | [`queue_id`](QueueId) |
+//! | byte layout: headers, records, payloads | [`format`](mod@format) |
+//! | per-shard segments, writer task, group commit | `segment.rs` ([`ShardSpool`]) |
+//! | one message: buffering, fragments, commit | `message.rs` ([`MessageWriter`]) |
+//! | one writer per spool: `LOCK` | `lock.rs` ([`DirLock`]) |
+//! | start-up scan, cutting a torn tail | `recovery.rs` ([`RecoveryReport`]) |
+//! | walking a segment record by record | `scan.rs` |
+//! | iterate, look up, verify committed messages | `reader.rs` ([`SpoolReader`]) |
+//! | `ringmx spool ls/cat/export/verify/stats` | [`cli`] |
+
+pub mod cli;
+mod error;
+pub mod format;
+mod lock;
+mod message;
+mod queue_id;
+mod reader;
+mod recovery;
+mod scan;
+mod segment;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::SpoolError;
+pub use format::EnvelopeRecord;
+pub use lock::{lock_holder, DirLock, LOCK_FILE};
+pub use message::MessageWriter;
+pub use queue_id::QueueId;
+pub use reader::{
+    BodyReader, Problem, ShardMessages, ShardSummary, SpoolReader, StoredEnvelope, StoredMessage,
+};
+pub use recovery::{RecoveryReport, TailCut};
+pub use segment::{Location, ShardSpool, SpoolStats};

@@ -1,0 +1,849 @@
+//! Reading the spool from outside the server, with plain blocking `std::fs`:
+//! iterate committed messages per shard in the order they were committed,
+//! look one up by queue id, verify every checksum, count what is on disk.
+//! Works while a server appends to the same spool; takes no lock.
+//!
+//! What a reader sees: `Message` and `Commit` records only, so an aborted or
+//! still-streaming message never shows. A record becomes visible once it is
+//! *written*, which is a moment before the server's fdatasync returns and it
+//! replies `250`. If that fdatasync fails, the server cuts the record away
+//! again and the client is told to retry: a consumer that races the server
+//! can, in that rare case, see a message that the spool then drops and the
+//! client re-sends. Consumers that must not see it should stay behind the
+//! newest segment, or re-check after a moment.
+//!
+//! At the end of the newest segment a record that is not intact is where the
+//! server is writing now (or a torn tail the next start will cut): iteration
+//! ends there quietly. The same anywhere else is corruption: an error naming
+//! the segment file and offset.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use super::error::SpoolError;
+use super::format::{
+    decode_message, parse_shard_dir_name, segment_file_name, shard_dir_name, FragRef, Kind,
+    RecordHeader, FILE_HEADER_LEN, RECORD_HEADER_LEN,
+};
+use super::lock::lock_holder;
+use super::queue_id::QueueId;
+use super::scan::{list_segments, OpenError, Payload, SegmentFile, Step};
+use super::segment::Location;
+
+/// A read-only view of a spool directory.
+///
+/// # Example
+/// ```no_run
+/// use ringmx::spool::SpoolReader;
+/// let spool = SpoolReader::open("spool")?;
+/// for msg in spool.messages()? {
+///     let msg = msg?;
+///     println!("{} from <{}>: {} bytes", msg.id, msg.envelope.mail_from, msg.body_len);
+///     let body: Vec<u8> = msg.body_bytes()?; // or stream it: `msg.body()` is a `Read`
+///     assert_eq!(body.len() as u64, msg.body_len);
+/// }
+/// # Ok::<(), ringmx::spool::SpoolError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct SpoolReader {
+    root: PathBuf,
+}
+
+/// The envelope of a stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEnvelope {
+    /// Arrival time, unix seconds.
+    pub arrival_unix: i64,
+    /// The client's address, when the server knew it.
+    pub client: Option<SocketAddr>,
+    /// HELO/EHLO name.
+    pub helo: String,
+    /// Reverse path; empty for the null sender.
+    pub mail_from: String,
+    /// MAIL FROM parameters as sent.
+    pub mail_params: String,
+    /// Recipients, in order.
+    pub rcpts: Vec<String>,
+}
+
+/// A committed message. Holds the envelope, the trace header and at most
+/// `max_buffered_message_bytes` of body; the rest is read from its fragments
+/// by [`StoredMessage::body`].
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    /// Its queue id.
+    pub id: QueueId,
+    /// Where its `Message` or `Commit` record starts.
+    pub location: Location,
+    /// The envelope.
+    pub envelope: StoredEnvelope,
+    /// The `Received:` header the server added (CRLF-terminated).
+    pub received: Vec<u8>,
+    /// Body length in bytes.
+    pub body_len: u64,
+    frags: Vec<FragRef>,
+    tail: Vec<u8>,
+    shard_dir: PathBuf,
+}
+
+impl StoredMessage {
+    /// How many fragment records hold the start of the body (0: stored whole).
+    pub fn fragments(&self) -> usize {
+        self.frags.len()
+    }
+
+    /// A reader over the body, streaming fragments from disk with bounded
+    /// memory. Each fragment's CRC is checked as its last byte is read; a
+    /// mismatch is an `InvalidData` error whose inner error is a
+    /// [`SpoolError::Corrupt`].
+    pub fn body(&self) -> BodyReader<'_> {
+        BodyReader {
+            msg: self,
+            frag: 0,
+            in_frag: 0,
+            crc: None,
+            seg: None,
+            tail_pos: 0,
+        }
+    }
+
+    /// The whole body in memory (small messages, tests).
+    ///
+    /// # Errors
+    /// A fragment missing, unreadable or failing its CRC.
+    pub fn body_bytes(&self) -> Result<Vec<u8>, SpoolError> {
+        let mut v = Vec::with_capacity(usize::try_from(self.body_len).unwrap_or(0));
+        self.body()
+            .read_to_end(&mut v)
+            .map_err(|e| unwrap_io(e, &self.shard_dir))?;
+        Ok(v)
+    }
+
+    /// `Return-Path: <sender>` (RFC 5321 §4.4), CRLF-terminated.
+    pub fn return_path(&self) -> Vec<u8> {
+        format!("Return-Path: <{}>\r\n", self.envelope.mail_from).into_bytes()
+    }
+
+    /// Writes the message as delivered: `Return-Path:`, the `Received:`
+    /// header, then the body as stored.
+    ///
+    /// # Errors
+    /// Reading the body or writing `out` failing.
+    pub fn write_to(&self, out: &mut dyn Write) -> Result<(), SpoolError> {
+        let werr = |e: io::Error| SpoolError::io("writing", "output", e);
+        out.write_all(&self.return_path()).map_err(werr)?;
+        out.write_all(&self.received).map_err(werr)?;
+        let mut body = self.body();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = body
+                .read(&mut buf)
+                .map_err(|e| unwrap_io(e, &self.shard_dir))?;
+            if n == 0 {
+                return Ok(());
+            }
+            out.write_all(&buf[..n]).map_err(werr)?;
+        }
+    }
+}
+
+/// Turns an I/O error from [`BodyReader`] back into the spool error inside it.
+fn unwrap_io(e: io::Error, path: &Path) -> SpoolError {
+    if e.get_ref().is_some_and(|i| i.is::<SpoolError>()) {
+        if let Some(inner) = e.into_inner() {
+            if let Ok(s) = inner.downcast::<SpoolError>() {
+                return *s;
+            }
+        }
+        // The downcast was checked just above.
+        return SpoolError::corrupt(path, 0, "unreadable body");
+    }
+    SpoolError::io("reading body from", path, e)
+}
+
+/// Streams a message body: fragments in order, then the tail.
+pub struct BodyReader<'a> {
+    msg: &'a StoredMessage,
+    frag: usize,
+    in_frag: u32,
+    /// CRC of the current fragment so far; `None` until its header is checked.
+    crc: Option<u32>,
+    seg: Option<SegmentFile>,
+    tail_pos: usize,
+}
+
+fn invalid(e: SpoolError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl BodyReader<'_> {
+    fn open_fragment(&mut self, f: FragRef) -> Result<(), SpoolError> {
+        if self
+            .seg
+            .as_ref()
+            .is_none_or(|s| s.header.segment != f.segment)
+        {
+            let path = self.msg.shard_dir.join(segment_file_name(f.segment));
+            self.seg = Some(SegmentFile::open(&path).map_err(|e| match e {
+                OpenError::Spool(s) => s,
+                OpenError::Header(h, _) => {
+                    SpoolError::corrupt(&path, 0, format!("bad header: {h:?}"))
+                }
+            })?);
+        }
+        let Some(seg) = self.seg.as_ref() else {
+            unreachable!("opened just above")
+        };
+        let mut hb = [0u8; RECORD_HEADER_LEN];
+        seg.read_exact_at(&mut hb, f.offset)?;
+        let ok = RecordHeader::decode(&hb).is_some_and(|h| {
+            h.kind == Kind::Fragment && h.id_seq == self.msg.id.seq() && h.len == f.len
+        });
+        if !ok {
+            return Err(SpoolError::corrupt(
+                seg.path(),
+                f.offset,
+                format!("message {}: no matching fragment record here", self.msg.id),
+            ));
+        }
+        self.crc = Some(RecordHeader::crc_start(&hb));
+        Ok(())
+    }
+}
+
+impl Read for BodyReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        while let Some(&f) = self.msg.frags.get(self.frag) {
+            if self.crc.is_none() {
+                self.open_fragment(f).map_err(invalid)?;
+            }
+            let left = f.len - self.in_frag;
+            if left == 0 {
+                // An empty fragment (never written, but valid): next.
+                self.frag += 1;
+                self.in_frag = 0;
+                self.crc = None;
+                continue;
+            }
+            let n = (left as usize).min(out.len());
+            let (Some(seg), Some(crc)) = (self.seg.as_ref(), self.crc) else {
+                unreachable!("open_fragment set both")
+            };
+            let pos = f.offset + RECORD_HEADER_LEN as u64 + u64::from(self.in_frag);
+            seg.read_exact_at(&mut out[..n], pos).map_err(invalid)?;
+            let crc = crc32c::crc32c_append(crc, &out[..n]);
+            self.in_frag += n as u32;
+            if self.in_frag == f.len {
+                let mut hb = [0u8; RECORD_HEADER_LEN];
+                seg.read_exact_at(&mut hb, f.offset).map_err(invalid)?;
+                if RecordHeader::decode(&hb).map(|h| h.crc) != Some(crc) {
+                    return Err(invalid(SpoolError::corrupt(
+                        seg.path(),
+                        f.offset,
+                        format!("message {}: fragment CRC32C mismatch", self.msg.id),
+                    )));
+                }
+                self.frag += 1;
+                self.in_frag = 0;
+                self.crc = None;
+            } else {
+                self.crc = Some(crc);
+            }
+            return Ok(n);
+        }
+        let rest = &self.msg.tail[self.tail_pos..];
+        let n = rest.len().min(out.len());
+        out[..n].copy_from_slice(&rest[..n]);
+        self.tail_pos += n;
+        Ok(n)
+    }
+}
+
+fn header_error(path: &Path, e: OpenError) -> SpoolError {
+    match e {
+        OpenError::Spool(s) => s,
+        OpenError::Header(super::format::HeaderError::Version(found), _) => {
+            SpoolError::UnsupportedVersion {
+                path: path.to_owned(),
+                found,
+            }
+        }
+        OpenError::Header(h, _) => {
+            SpoolError::corrupt(path, 0, format!("bad segment header: {h:?}"))
+        }
+    }
+}
+
+/// Builds a [`StoredMessage`] from a loaded `Message`/`Commit` payload.
+fn stored(
+    shard: u32,
+    shard_dir: &Path,
+    seg: &SegmentFile,
+    offset: u64,
+    id_seq: u64,
+    payload: &[u8],
+) -> Result<StoredMessage, SpoolError> {
+    let m = decode_message(payload).map_err(|r| SpoolError::corrupt(seg.path(), offset, r))?;
+    Ok(StoredMessage {
+        id: QueueId::new(shard, id_seq)?,
+        location: Location {
+            segment: seg.header.segment,
+            offset,
+        },
+        envelope: StoredEnvelope {
+            arrival_unix: m.arrival_unix,
+            client: m.client,
+            helo: m.helo.to_owned(),
+            mail_from: m.mail_from.to_owned(),
+            mail_params: m.mail_params.to_owned(),
+            rcpts: m.rcpts.iter().map(|s| (*s).to_owned()).collect(),
+        },
+        received: m.received.to_vec(),
+        body_len: m.body_len,
+        frags: m.frags,
+        tail: m.tail.to_vec(),
+        shard_dir: shard_dir.to_owned(),
+    })
+}
+
+fn check_segment_header(seg: &SegmentFile, shard: u32, seq: u64) -> Result<(), SpoolError> {
+    if seg.header.shard != shard || seg.header.segment != seq {
+        return Err(SpoolError::corrupt(
+            seg.path(),
+            0,
+            format!(
+                "header says shard {} segment {}, the name says shard {shard} segment {seq}",
+                seg.header.shard, seg.header.segment
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl SpoolReader {
+    /// Opens the spool at `root`.
+    ///
+    /// # Errors
+    /// `root` is not a directory.
+    pub fn open(root: impl AsRef<Path>) -> Result<Self, SpoolError> {
+        let root = root.as_ref();
+        let meta = std::fs::metadata(root).map_err(|e| SpoolError::io("opening spool", root, e))?;
+        if !meta.is_dir() {
+            let e = io::Error::new(io::ErrorKind::NotADirectory, "not a directory");
+            return Err(SpoolError::io("opening spool", root, e));
+        }
+        Ok(Self {
+            root: root.to_owned(),
+        })
+    }
+
+    /// The spool root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The shards present, ascending.
+    ///
+    /// # Errors
+    /// The root cannot be listed.
+    pub fn shards(&self) -> Result<Vec<u32>, SpoolError> {
+        let rd =
+            std::fs::read_dir(&self.root).map_err(|e| SpoolError::io("listing", &self.root, e))?;
+        let mut v = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| SpoolError::io("listing", &self.root, e))?;
+            if let Some(n) = parse_shard_dir_name(&entry.file_name().to_string_lossy()) {
+                if entry.path().is_dir() {
+                    v.push(n);
+                }
+            }
+        }
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    fn shard_dir(&self, shard: u32) -> PathBuf {
+        self.root.join(shard_dir_name(shard))
+    }
+
+    /// Committed messages of one shard, in commit order.
+    pub fn shard_messages(&self, shard: u32) -> ShardMessages {
+        ShardMessages {
+            shard,
+            dir: self.shard_dir(shard),
+            pending: Vec::new(),
+            listed_up_to: None,
+            cur: None,
+            pos: 0,
+            buf: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// Committed messages of every shard: shard 0's in order, then shard 1's, ...
+    ///
+    /// # Errors
+    /// The root cannot be listed.
+    pub fn messages(
+        &self,
+    ) -> Result<impl Iterator<Item = Result<StoredMessage, SpoolError>> + '_, SpoolError> {
+        Ok(self
+            .shards()?
+            .into_iter()
+            .flat_map(move |s| self.shard_messages(s)))
+    }
+
+    /// The committed message with this id.
+    ///
+    /// Segments sealed before the id was issued are skipped by their seal;
+    /// the rest are walked header to header without reading payloads.
+    ///
+    /// # Errors
+    /// [`SpoolError::NotFound`]; corruption met on the way.
+    pub fn get(&self, id: QueueId) -> Result<StoredMessage, SpoolError> {
+        let dir = self.shard_dir(id.shard());
+        if !dir.is_dir() {
+            return Err(SpoolError::NotFound(id));
+        }
+        let (segs, _) = list_segments(&dir)?;
+        let mut buf = Vec::new();
+        let n = segs.len();
+        for (i, (seq, path)) in segs.iter().enumerate() {
+            let seg = match SegmentFile::open(path) {
+                Ok(s) => s,
+                // A segment being created right now holds nothing yet.
+                Err(OpenError::Header(_, len)) if len <= FILE_HEADER_LEN as u64 => continue,
+                Err(e) => return Err(header_error(path, e)),
+            };
+            check_segment_header(&seg, id.shard(), *seq)?;
+            if seg.read_seal()?.is_some_and(|s| s.next_id_seq <= id.seq()) {
+                continue;
+            }
+            let mut pos = FILE_HEADER_LEN as u64;
+            loop {
+                match seg.next(pos, Payload::Skip)? {
+                    Step::End => break,
+                    // The newest segment's tail: a write in progress or a torn tail.
+                    Step::Bad(_) if i + 1 == n => break,
+                    Step::Bad(reason) => return Err(SpoolError::corrupt(path, pos, reason)),
+                    Step::Record(m) => {
+                        let h = m.header;
+                        if h.id_seq == id.seq() && matches!(h.kind, Kind::Message | Kind::Commit) {
+                            return match seg.next(pos, Payload::Load(&mut buf))? {
+                                Step::Record(_) => {
+                                    stored(id.shard(), &dir, &seg, pos, h.id_seq, &buf)
+                                }
+                                Step::Bad(reason) => Err(SpoolError::corrupt(path, pos, reason)),
+                                Step::End => Err(SpoolError::NotFound(id)),
+                            };
+                        }
+                        pos = m.end();
+                    }
+                }
+            }
+        }
+        Err(SpoolError::NotFound(id))
+    }
+
+    /// Checks every record of every shard: header, CRC32C, message payload,
+    /// that each commit's fragments exist where it says, seals. A bad record
+    /// at the end of a shard's newest segment while a server holds the spool
+    /// is reported apart, as a write in progress.
+    ///
+    /// # Errors
+    /// Only failures to read at all; damage goes into the report.
+    pub fn verify(&self) -> Result<Vec<ShardSummary>, SpoolError> {
+        self.summarize(true)
+    }
+
+    /// Counts what is on disk per shard, checking only what it must read
+    /// anyway (message records), not fragment CRCs.
+    ///
+    /// # Errors
+    /// As [`SpoolReader::verify`].
+    pub fn disk_stats(&self) -> Result<Vec<ShardSummary>, SpoolError> {
+        self.summarize(false)
+    }
+
+    fn summarize(&self, verify: bool) -> Result<Vec<ShardSummary>, SpoolError> {
+        let in_use = lock_holder(&self.root)?.is_some();
+        self.shards()?
+            .into_iter()
+            .map(|s| self.summarize_shard(s, verify, in_use))
+            .collect()
+    }
+
+    fn summarize_shard(
+        &self,
+        shard: u32,
+        verify: bool,
+        in_use: bool,
+    ) -> Result<ShardSummary, SpoolError> {
+        let dir = self.shard_dir(shard);
+        let mut sum = ShardSummary {
+            shard,
+            ..Default::default()
+        };
+        let segs = match list_segments(&dir) {
+            Ok((segs, _)) => segs,
+            Err(e @ SpoolError::UnsupportedVersion { .. }) => {
+                sum.problems.push(Problem {
+                    path: dir.clone(),
+                    offset: 0,
+                    reason: e.to_string(),
+                });
+                return Ok(sum);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut buf = Vec::new();
+        // One open segment for fragment reference checks: most point at the
+        // segment being walked or the one before.
+        let mut ref_seg: Option<SegmentFile> = None;
+        let n = segs.len();
+        for (i, (seq, path)) in segs.iter().enumerate() {
+            let last = i + 1 == n;
+            sum.segments += 1;
+            let problem = |sum: &mut ShardSummary, offset: u64, reason: String| {
+                let p = Problem {
+                    path: path.clone(),
+                    offset,
+                    reason,
+                };
+                if last && in_use {
+                    sum.in_progress.push(p);
+                } else {
+                    sum.problems.push(p);
+                }
+            };
+            let seg = match SegmentFile::open(path) {
+                Ok(s) => s,
+                Err(OpenError::Header(h, len)) if len <= FILE_HEADER_LEN as u64 => {
+                    problem(
+                        &mut sum,
+                        0,
+                        format!("segment has no complete header ({h:?})"),
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    sum.problems.push(Problem {
+                        path: path.clone(),
+                        offset: 0,
+                        reason: header_error(path, e).to_string(),
+                    });
+                    continue;
+                }
+            };
+            if let Err(e) = check_segment_header(&seg, shard, *seq) {
+                sum.problems.push(Problem {
+                    path: path.clone(),
+                    offset: 0,
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+            sum.bytes += seg.len();
+            let mut pos = FILE_HEADER_LEN as u64;
+            loop {
+                let mode = if verify {
+                    Payload::Verify
+                } else {
+                    Payload::Skip
+                };
+                let step = seg.next(pos, mode)?;
+                let m = match step {
+                    Step::End => break,
+                    Step::Bad(reason) => {
+                        problem(&mut sum, pos, reason.to_owned());
+                        break;
+                    }
+                    Step::Record(m) => m,
+                };
+                sum.records += 1;
+                match m.header.kind {
+                    Kind::Fragment => {
+                        sum.fragments += 1;
+                        sum.fragment_bytes += u64::from(m.header.len);
+                    }
+                    Kind::Seal => {
+                        if m.end() != seg.len() || seg.read_seal()?.is_none() {
+                            problem(
+                                &mut sum,
+                                pos,
+                                "seal record is not a valid end of its segment".into(),
+                            );
+                            break;
+                        }
+                        sum.sealed_segments += 1;
+                    }
+                    Kind::Message | Kind::Commit => {
+                        if let Step::Bad(reason) = seg.next(pos, Payload::Load(&mut buf))? {
+                            problem(&mut sum, pos, reason.to_owned());
+                            break;
+                        }
+                        match decode_message(&buf) {
+                            Err(r) => sum.problems.push(Problem {
+                                path: path.clone(),
+                                offset: pos,
+                                reason: r.to_owned(),
+                            }),
+                            Ok(msg) => {
+                                sum.messages += 1;
+                                sum.body_bytes += msg.body_len;
+                                sum.referenced_fragments += msg.frags.len() as u64;
+                                sum.oldest_arrival =
+                                    Some(sum.oldest_arrival.map_or(msg.arrival_unix, |t: i64| {
+                                        t.min(msg.arrival_unix)
+                                    }));
+                                sum.newest_arrival =
+                                    Some(sum.newest_arrival.map_or(msg.arrival_unix, |t: i64| {
+                                        t.max(msg.arrival_unix)
+                                    }));
+                                if verify {
+                                    for f in &msg.frags {
+                                        if let Err(reason) =
+                                            check_frag_ref(&dir, &mut ref_seg, f, m.header.id_seq)
+                                        {
+                                            sum.problems.push(Problem {
+                                                path: path.clone(),
+                                                offset: pos,
+                                                reason: format!(
+                                                    "message {}: fragment at segment {} offset {}: {reason}",
+                                                    QueueId::new(shard, m.header.id_seq)?,
+                                                    f.segment,
+                                                    f.offset
+                                                ),
+                                            });
+                                            break;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                pos = m.end();
+            }
+        }
+        Ok(sum)
+    }
+}
+
+/// Checks that a commit's fragment reference points at a fragment record of
+/// the same message and length (its CRC is checked by the sequential walk).
+fn check_frag_ref(
+    dir: &Path,
+    cache: &mut Option<SegmentFile>,
+    f: &FragRef,
+    id_seq: u64,
+) -> Result<(), String> {
+    if cache.as_ref().is_none_or(|s| s.header.segment != f.segment) {
+        let path = dir.join(segment_file_name(f.segment));
+        *cache =
+            Some(SegmentFile::open(&path).map_err(|_| "segment missing or unreadable".to_owned())?);
+    }
+    let Some(seg) = cache.as_ref() else {
+        unreachable!("filled just above")
+    };
+    let mut hb = [0u8; RECORD_HEADER_LEN];
+    if f.offset + RECORD_HEADER_LEN as u64 + u64::from(f.len) > seg.len() {
+        return Err("points past the end of its segment".into());
+    }
+    seg.read_exact_at(&mut hb, f.offset)
+        .map_err(|e| e.to_string())?;
+    match RecordHeader::decode(&hb) {
+        Some(h) if h.kind == Kind::Fragment && h.id_seq == id_seq && h.len == f.len => Ok(()),
+        _ => Err("no matching fragment record there".into()),
+    }
+}
+
+/// A damaged spot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The segment file (or shard directory).
+    pub path: PathBuf,
+    /// Byte offset in it.
+    pub offset: u64,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// What one shard holds on disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardSummary {
+    /// The shard number.
+    pub shard: u32,
+    /// Segment files.
+    pub segments: u64,
+    /// Of which end with a valid seal.
+    pub sealed_segments: u64,
+    /// Bytes in segment files.
+    pub bytes: u64,
+    /// Intact records.
+    pub records: u64,
+    /// Committed messages.
+    pub messages: u64,
+    /// Their body bytes.
+    pub body_bytes: u64,
+    /// Fragment records.
+    pub fragments: u64,
+    /// Their payload bytes.
+    pub fragment_bytes: u64,
+    /// Fragment references in commit records; `fragments` minus this is the
+    /// number of orphans (aborted streamed messages).
+    pub referenced_fragments: u64,
+    /// Earliest arrival among the messages, unix seconds.
+    pub oldest_arrival: Option<i64>,
+    /// Latest arrival.
+    pub newest_arrival: Option<i64>,
+    /// Corruption found.
+    pub problems: Vec<Problem>,
+    /// Incomplete records at the end of the newest segment while a server
+    /// holds the spool: most likely a write in progress.
+    pub in_progress: Vec<Problem>,
+}
+
+impl ShardSummary {
+    /// Fragments no commit refers to (dead space from aborted messages).
+    pub fn orphan_fragments(&self) -> u64 {
+        self.fragments.saturating_sub(self.referenced_fragments)
+    }
+}
+
+/// Committed messages of one shard, in order. Ends at the end of the newest
+/// segment present when it gets there. After an error it yields nothing more.
+pub struct ShardMessages {
+    shard: u32,
+    dir: PathBuf,
+    /// Segments listed but not yet opened, in reverse order (pop = next).
+    pending: Vec<(u64, PathBuf)>,
+    /// The highest segment sequence listed so far.
+    listed_up_to: Option<u64>,
+    cur: Option<SegmentFile>,
+    pos: u64,
+    buf: Vec<u8>,
+    done: bool,
+}
+
+impl ShardMessages {
+    /// Lists segments newer than those already seen; true if there are any.
+    fn refill(&mut self) -> Result<bool, SpoolError> {
+        if !self.pending.is_empty() {
+            return Ok(true);
+        }
+        if !self.dir.is_dir() {
+            return Ok(false);
+        }
+        let (segs, _) = list_segments(&self.dir)?;
+        let after = self.listed_up_to;
+        let mut newer: Vec<(u64, PathBuf)> = segs
+            .into_iter()
+            .filter(|(s, _)| after.is_none_or(|a| *s > a))
+            .collect();
+        if let Some((s, _)) = newer.last() {
+            self.listed_up_to = Some(*s);
+        }
+        newer.reverse();
+        self.pending = newer;
+        Ok(!self.pending.is_empty())
+    }
+
+    fn step(&mut self) -> Result<Option<StoredMessage>, SpoolError> {
+        loop {
+            if self.cur.is_none() {
+                if !self.refill()? {
+                    return Ok(None);
+                }
+                let Some((seq, path)) = self.pending.pop() else {
+                    return Ok(None);
+                };
+                let seg = match SegmentFile::open(&path) {
+                    Ok(s) => s,
+                    // Being created right now, or a failed creation: no records.
+                    Err(OpenError::Header(_, len)) if len <= FILE_HEADER_LEN as u64 => continue,
+                    Err(e) => return Err(header_error(&path, e)),
+                };
+                check_segment_header(&seg, self.shard, seq)?;
+                self.cur = Some(seg);
+                self.pos = FILE_HEADER_LEN as u64;
+            }
+            let Some(seg) = self.cur.as_mut() else {
+                continue;
+            };
+            if self.pos >= seg.len() {
+                // Catch records appended since the file was opened.
+                seg.refresh_len()?;
+            }
+            match seg.next(self.pos, Payload::Skip)? {
+                Step::End => {
+                    if !self.refill()? {
+                        return Ok(None);
+                    }
+                    self.cur = None;
+                }
+                Step::Bad(reason) => {
+                    let (path, pos) = (seg.path().to_owned(), self.pos);
+                    if self.refill()? {
+                        return Err(SpoolError::corrupt(path, pos, reason));
+                    }
+                    // The newest segment's tail: a write in progress or a torn tail.
+                    return Ok(None);
+                }
+                Step::Record(m) => {
+                    let pos = self.pos;
+                    self.pos = m.end();
+                    if !matches!(m.header.kind, Kind::Message | Kind::Commit) {
+                        continue;
+                    }
+                    match seg.next(pos, Payload::Load(&mut self.buf))? {
+                        Step::Record(_) => {
+                            return stored(
+                                self.shard,
+                                &self.dir,
+                                seg,
+                                pos,
+                                m.header.id_seq,
+                                &self.buf,
+                            )
+                            .map(Some)
+                        }
+                        Step::Bad(reason) => {
+                            let path = seg.path().to_owned();
+                            if self.refill()? {
+                                return Err(SpoolError::corrupt(path, pos, reason));
+                            }
+                            return Ok(None);
+                        }
+                        Step::End => return Ok(None),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Iterator for ShardMessages {
+    type Item = Result<StoredMessage, SpoolError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.step() {
+            Ok(Some(m)) => Some(Ok(m)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}

@@ -1,0 +1,983 @@
+//! Spool tests that need the crate's internals: fault injection
+//! (`segment::faults`), test hooks, and the segment scanner for offset sweeps.
+//! Black-box tests of the public API live in `tests/spool_*.rs`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+use super::format::{segment_file_name, Kind, FILE_HEADER_LEN};
+use super::scan::{Payload, SegmentFile, Step};
+use super::segment::faults;
+use super::*;
+use crate::config::{Durability, SpoolConfig};
+
+/// A directory under the system temp dir, removed on drop.
+pub(crate) struct TempDir(PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "ringmx-spool-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+    /// On /dev/shm when there is one: the offset sweeps open a spool
+    /// thousands of times, and recovery's fsyncs cost nothing on tmpfs.
+    pub(crate) fn in_memory(tag: &str) -> Self {
+        let shm = Path::new("/dev/shm");
+        if !shm.is_dir() {
+            return Self::new(tag);
+        }
+        let t = Self::new(tag);
+        let p = shm.join(t.0.file_name().unwrap());
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `f` on a fresh glommio executor (small io_memory: the default
+/// 8 MiB memlock limit is enough).
+fn run<F: Future>(f: impl FnOnce() -> F) -> F::Output {
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(256 << 10)
+        .make()
+        .expect("glommio executor (io_uring, memlock)")
+        .run(f())
+}
+
+fn cfg(buffered: usize, segment_bytes: u64, durability: Durability) -> SpoolConfig {
+    SpoolConfig {
+        dir: PathBuf::new(),
+        segment_bytes,
+        durability,
+        max_buffered_message_bytes: buffered,
+        min_free_bytes: 0,
+    }
+}
+
+/// Deterministic bytes with CRLF lines, distinct per seed.
+fn body(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if x % 61 == 0 {
+            v.extend_from_slice(b"\r\n");
+        } else {
+            v.push(b' ' + (x % 94) as u8);
+        }
+    }
+    v.truncate(len);
+    v
+}
+
+const RCPTS: &[&str] = &["one@example.com", "two@example.com"];
+
+fn envelope(helo: &str) -> EnvelopeRecord<'_> {
+    EnvelopeRecord {
+        arrival_unix: 1_795_880_682,
+        client: Some("192.0.2.7:40000".parse().unwrap()),
+        helo,
+        mail_from: "sender@example.org",
+        mail_params: "BODY=8BITMIME SIZE=100",
+        rcpts: RCPTS,
+    }
+}
+
+fn received(id: QueueId) -> Vec<u8> {
+    format!("Received: from client.example by mx.example with ESMTP id {id}\r\n").into_bytes()
+}
+
+/// Begins, writes `data` in `chunk`-byte pieces, commits.
+async fn store(spool: &Rc<ShardSpool>, data: &[u8], chunk: usize) -> Result<QueueId, SpoolError> {
+    let id = spool.next_queue_id();
+    let mut w = spool.begin(id, &envelope("client.example"), &received(id))?;
+    for c in data.chunks(chunk.max(1)) {
+        w.write(c).await?;
+    }
+    w.commit().await
+}
+
+/// Every committed message: id -> body, checking envelope and trace header.
+fn read_all(root: &Path) -> BTreeMap<QueueId, Vec<u8>> {
+    let r = SpoolReader::open(root).unwrap();
+    let mut out = BTreeMap::new();
+    for m in r.messages().unwrap() {
+        let m = m.unwrap();
+        assert_eq!(m.envelope.rcpts, RCPTS);
+        assert_eq!(m.envelope.mail_from, "sender@example.org");
+        assert_eq!(m.envelope.mail_params, "BODY=8BITMIME SIZE=100");
+        assert_eq!(m.envelope.client, Some("192.0.2.7:40000".parse().unwrap()));
+        assert_eq!(m.received, received(m.id));
+        let b = m.body_bytes().unwrap();
+        assert_eq!(b.len() as u64, m.body_len);
+        assert!(out.insert(m.id, b).is_none(), "{} listed twice", m.id);
+    }
+    out
+}
+
+fn assert_verify_clean(root: &Path) {
+    for s in SpoolReader::open(root).unwrap().verify().unwrap() {
+        assert!(s.problems.is_empty() && s.in_progress.is_empty(), "{s:#?}");
+    }
+}
+
+#[test]
+fn small_and_streamed_messages_round_trip_across_reopen() {
+    let dir = TempDir::new("roundtrip");
+    let root = dir.path().to_owned();
+    // 4 KiB buffer, 64 KiB segments: many fragments and many rotations.
+    let c = cfg(4096, 64 << 10, Durability::Fsync);
+    let mut want = BTreeMap::new();
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        for i in 0..150u64 {
+            let b = body((i as usize * 37) % 4200, i);
+            want.insert(store(&spool, &b, 1 + (i as usize % 700)).await.unwrap(), b);
+        }
+        // Multi-MiB streamed bodies, in odd chunk sizes.
+        for (i, (len, chunk)) in [
+            (3 << 20, 65_536),
+            (1 << 20, 1_000),
+            (70_000, 4096),
+            (4097, 4097),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let b = body(len, 1000 + i as u64);
+            want.insert(store(&spool, &b, chunk).await.unwrap(), b);
+        }
+        let st = spool.stats();
+        assert!(st.segments_created > 10, "{st:?}");
+        assert!(st.fragments >= (3 << 20) / 4096, "{st:?}");
+        assert_eq!(st.commits, 154);
+        assert_eq!(st.written, st.durable);
+        spool.close().await.unwrap();
+    });
+    assert_eq!(read_all(&root), want);
+    assert_verify_clean(&root);
+    // Reopen: recovery scans the newest segment only (the rest are sealed),
+    // cuts nothing, and appending resumes.
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        let rep = spool.recovery().clone();
+        assert!(rep.cuts.is_empty() && rep.removed.is_empty(), "{rep:?}");
+        assert_eq!(rep.scanned_segments, 1, "{rep:?}");
+        let b = body(5000, 99);
+        want.insert(store(&spool, &b, 512).await.unwrap(), b);
+        spool.close().await.unwrap();
+    });
+    assert_eq!(read_all(&root), want);
+    let r = SpoolReader::open(&root).unwrap();
+    for (id, b) in &want {
+        assert_eq!(&r.get(*id).unwrap().body_bytes().unwrap(), b);
+    }
+    let sum = &r.disk_stats().unwrap()[0];
+    assert_eq!(sum.sealed_segments + 1, sum.segments, "{sum:?}");
+    assert_eq!(sum.messages, want.len() as u64);
+    assert_eq!(sum.orphan_fragments(), 0);
+}
+
+#[test]
+fn streaming_memory_is_bounded_by_one_fragment() {
+    let dir = TempDir::new("bounded");
+    let root = dir.path().to_owned();
+    let limit = 64 << 10;
+    let c = cfg(limit, 64 << 20, Durability::None);
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        let id = spool.next_queue_id();
+        let mut w = spool.begin(id, &envelope("h"), &received(id)).unwrap();
+        let chunk = body(48 << 10, 1);
+        let mut peak = 0;
+        for _ in 0..(50 << 20) / chunk.len() {
+            w.write(&chunk).await.unwrap();
+            peak = peak.max(w.buffered_capacity());
+        }
+        // One fragment buffer plus the envelope part, never the 50 MiB.
+        assert!(peak < 2 * limit + 4096, "peak buffer {peak} bytes");
+        w.commit().await.unwrap();
+        spool.close().await.unwrap();
+    });
+    let r = SpoolReader::open(&root).unwrap();
+    let m = r.messages().unwrap().next().unwrap().unwrap();
+    assert_eq!(m.body_len, ((50 << 20) / (48 << 10) * (48 << 10)) as u64);
+    assert!(m.fragments() > 700);
+}
+
+#[test]
+fn concurrent_sessions_never_interleave_records() {
+    let dir = TempDir::new("concurrent");
+    let root = dir.path().to_owned();
+    let c = cfg(8192, 256 << 10, Durability::Fsync);
+    let want = run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        let mut tasks = Vec::new();
+        for t in 0..24u64 {
+            let spool = Rc::clone(&spool);
+            tasks.push(glommio::spawn_local(async move {
+                // Half stream 200 KiB in 1000-byte reads, half send small messages.
+                let b = body(
+                    if t % 2 == 0 {
+                        200_000
+                    } else {
+                        300 + t as usize
+                    },
+                    t,
+                );
+                let id = spool.next_queue_id();
+                let mut w = spool
+                    .begin(id, &envelope("client.example"), &received(id))
+                    .unwrap();
+                for c in b.chunks(1000) {
+                    w.write(c).await.unwrap();
+                    glommio::executor().yield_task_queue_now().await;
+                }
+                (w.commit().await.unwrap(), b)
+            }));
+        }
+        let mut want = BTreeMap::new();
+        for t in tasks {
+            let (id, b) = t.await;
+            want.insert(id, b);
+        }
+        spool.close().await.unwrap();
+        want
+    });
+    assert_eq!(want.len(), 24);
+    assert_eq!(read_all(&root), want);
+    assert_verify_clean(&root);
+}
+
+#[test]
+fn aborted_messages_are_never_visible() {
+    let dir = TempDir::new("abort");
+    let root = dir.path().to_owned();
+    let c = cfg(1024, 1 << 20, Durability::Fsync);
+    let mut want = BTreeMap::new();
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        let keep = body(100, 1);
+        want.insert(store(&spool, &keep, 10).await.unwrap(), keep);
+        // Streamed and aborted: its fragments reach the disk.
+        let id = spool.next_queue_id();
+        let mut w = spool.begin(id, &envelope("h"), &received(id)).unwrap();
+        w.write(&body(10_000, 2)).await.unwrap();
+        w.abort();
+        // Buffered and dropped (client gone mid-DATA).
+        let id = spool.next_queue_id();
+        let mut w = spool.begin(id, &envelope("h"), &received(id)).unwrap();
+        w.write(b"partial").await.unwrap();
+        drop(w);
+        let keep = body(5000, 3);
+        want.insert(store(&spool, &keep, 999).await.unwrap(), keep);
+        assert_eq!(spool.stats().aborted, 2);
+        assert!(spool.stats().fragments >= 9 + 4);
+        spool.close().await.unwrap();
+    });
+    assert_eq!(read_all(&root), want);
+    let sum = &SpoolReader::open(&root).unwrap().disk_stats().unwrap()[0];
+    assert_eq!(sum.orphan_fragments(), 9, "{sum:?}");
+    // Still invisible after recovery.
+    run(|| async {
+        ShardSpool::open(&root, 0, &c)
+            .await
+            .unwrap()
+            .close()
+            .await
+            .unwrap()
+    });
+    assert_eq!(read_all(&root), want);
+}
+
+#[test]
+fn group_commit_shares_one_fdatasync_among_many_commits() {
+    let dir = TempDir::new("group");
+    let root = dir.path().to_owned();
+    let c = cfg(64 << 10, 64 << 20, Durability::Fsync);
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        let tasks: Vec<_> = (0..64u64)
+            .map(|i| {
+                let spool = Rc::clone(&spool);
+                glommio::spawn_local(
+                    async move { store(&spool, &body(500, i), 500).await.unwrap() },
+                )
+            })
+            .collect();
+        let mut ids = HashSet::new();
+        for t in tasks {
+            assert!(ids.insert(t.await));
+        }
+        let st = spool.stats();
+        assert_eq!(st.commits, 64);
+        assert!(st.fdatasyncs >= 1);
+        assert!(
+            st.commits_per_fdatasync() >= 4.0,
+            "group commit did not batch: {} commits, {} fdatasyncs",
+            st.commits,
+            st.fdatasyncs
+        );
+        assert_eq!(st.written, st.durable, "{st:?}");
+        spool.close().await.unwrap();
+    });
+}
+
+#[test]
+fn durability_none_never_syncs_but_commits() {
+    let dir = TempDir::new("none");
+    let root = dir.path().to_owned();
+    let c = cfg(1024, 8 << 10, Durability::None);
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        for i in 0..50 {
+            store(&spool, &body(700, i), 100).await.unwrap();
+        }
+        let st = spool.stats();
+        assert_eq!((st.commits, st.fdatasyncs), (50, 0), "{st:?}");
+        spool.close().await.unwrap();
+    });
+    assert_eq!(read_all(&root).len(), 50);
+}
+
+/// Records of a segment: (offset, end, kind, id seq).
+fn records(path: &Path) -> Vec<(u64, u64, Kind, u64)> {
+    let seg = SegmentFile::open(path).unwrap();
+    let mut pos = FILE_HEADER_LEN as u64;
+    let mut v = Vec::new();
+    loop {
+        match seg.next(pos, Payload::Verify).unwrap() {
+            Step::End => return v,
+            Step::Bad(r) => panic!("{r} at {pos}"),
+            Step::Record(m) => {
+                v.push((m.offset, m.end(), m.header.kind, m.header.id_seq));
+                pos = m.end();
+            }
+        }
+    }
+}
+
+/// Committed messages of a sweep fixture: id seq -> (record end, body).
+type Committed = BTreeMap<u64, (u64, Vec<u8>)>;
+
+/// A one-segment spool: two messages, then the sweep region: a small
+/// message, a streamed one (3 fragments + commit), an aborted streamed one
+/// (2 fragments), another small one. Returns (segment bytes, sweep start,
+/// committed messages).
+fn sweep_fixture(root: &Path) -> (Vec<u8>, u64, Committed) {
+    let c = cfg(256, 1 << 20, Durability::Fsync);
+    let mut bodies = BTreeMap::new();
+    run(|| async {
+        let spool = ShardSpool::open(root, 0, &c).await.unwrap();
+        for (len, seed) in [(40, 1), (60, 2), (50, 3), (700, 4)] {
+            let b = body(len, seed);
+            bodies.insert(store(&spool, &b, 100).await.unwrap().seq(), b);
+        }
+        let id = spool.next_queue_id();
+        let mut w = spool.begin(id, &envelope("h"), &received(id)).unwrap();
+        w.write(&body(600, 5)).await.unwrap();
+        drop(w);
+        let b = body(30, 6);
+        bodies.insert(store(&spool, &b, 100).await.unwrap().seq(), b);
+        spool.close().await.unwrap();
+    });
+    let path = root.join("shard-0").join(segment_file_name(1));
+    let recs = records(&path);
+    let kinds: Vec<Kind> = recs.iter().map(|r| r.2).collect();
+    use Kind::*;
+    assert_eq!(
+        kinds,
+        [Message, Message, Message, Fragment, Fragment, Commit, Fragment, Fragment, Message]
+    );
+    let committed = recs
+        .iter()
+        .filter(|r| matches!(r.2, Message | Commit))
+        .map(|r| (r.3, (r.1, bodies[&r.3].clone())))
+        .collect();
+    (std::fs::read(&path).unwrap(), recs[2].0, committed)
+}
+
+/// Writes `bytes` as the only segment of a fresh spool, opens it (recovery),
+/// appends one message, and checks what is visible: exactly the committed
+/// messages whose record ends at or before `cut`, plus the new one.
+async fn check_recovered(
+    root: &Path,
+    bytes: &[u8],
+    cut: u64,
+    committed: &Committed,
+    boundaries: &[u64],
+) {
+    let _ = std::fs::remove_dir_all(root);
+    let shard = root.join("shard-0");
+    std::fs::create_dir_all(&shard).unwrap();
+    std::fs::write(shard.join(segment_file_name(1)), bytes).unwrap();
+    let c = cfg(256, 1 << 20, Durability::None);
+    let extra = body(77, 77);
+    let spool = ShardSpool::open(root, 0, &c).await.unwrap();
+    // The file now ends at the last record boundary at or before `cut`.
+    let keep = boundaries
+        .iter()
+        .copied()
+        .filter(|&b| b <= cut)
+        .max()
+        .unwrap();
+    let rep = spool.recovery().clone();
+    let want_cut = (keep < bytes.len() as u64).then_some(keep);
+    assert_eq!(rep.cuts.first().map(|c| c.offset), want_cut, "cut {cut}");
+    let extra_id = store(&spool, &extra, 50).await.unwrap();
+    spool.close().await.unwrap();
+    drop(spool);
+    let mut want: BTreeMap<QueueId, Vec<u8>> = committed
+        .iter()
+        .filter(|(_, (end, _))| *end <= cut)
+        .map(|(seq, (_, b))| (QueueId::new(0, *seq).unwrap(), b.clone()))
+        .collect();
+    want.insert(extra_id, extra);
+    assert_eq!(read_all(root), want, "cut at {cut}");
+    assert_verify_clean(root);
+}
+
+#[test]
+fn torn_tail_cut_at_every_offset_loses_no_committed_message() {
+    let dir = TempDir::in_memory("torn");
+    let (bytes, start, committed) = sweep_fixture(dir.path());
+    let path = dir.path().join("shard-0").join(segment_file_name(1));
+    let mut boundaries: Vec<u64> = records(&path).iter().map(|r| r.1).collect();
+    boundaries.push(FILE_HEADER_LEN as u64);
+    let root = dir.path().join("sweep");
+    run(|| async {
+        for cut in start..=bytes.len() as u64 {
+            check_recovered(&root, &bytes[..cut as usize], cut, &committed, &boundaries).await;
+        }
+    });
+}
+
+#[test]
+fn flipped_byte_at_every_offset_of_the_tail_is_cut_not_surfaced() {
+    let dir = TempDir::in_memory("flip");
+    let (bytes, start, committed) = sweep_fixture(dir.path());
+    let path = dir.path().join("shard-0").join(segment_file_name(1));
+    let recs = records(&path);
+    let mut boundaries: Vec<u64> = recs.iter().map(|r| r.0).collect();
+    boundaries.push(FILE_HEADER_LEN as u64);
+    let root = dir.path().join("sweep");
+    run(|| async {
+        for at in start..bytes.len() as u64 {
+            let mut b = bytes.clone();
+            b[at as usize] ^= 0x5a;
+            // Recovery cuts at the start of the record holding the flipped byte.
+            let rec_start = recs.iter().find(|r| r.0 <= at && at < r.1).unwrap().0;
+            check_recovered(&root, &b, rec_start, &committed, &boundaries).await;
+        }
+    });
+}
+
+#[test]
+fn ids_stay_unique_and_increasing_across_reopen_even_if_the_clock_lags() {
+    let dir = TempDir::new("ids");
+    let root = dir.path().to_owned();
+    let c = cfg(1024, 4096, Durability::None);
+    let mut seen = HashSet::new();
+    let far = run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        for _ in 0..20 {
+            assert!(seen.insert(store(&spool, b"x", 1).await.unwrap()));
+        }
+        // As if the clock had been a day ahead in the previous run.
+        let far = spool.next_queue_id().seq() + 86_400_000_000;
+        spool.set_next_id_seq(far);
+        assert_eq!(store(&spool, b"y", 1).await.unwrap().seq(), far);
+        spool.close().await.unwrap();
+        far
+    });
+    // Floor from the records of the newest (unsealed) segment.
+    let far2 = run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        let id = spool.next_queue_id();
+        assert!(id.seq() > far, "{} <= {far}", id.seq());
+        assert!(seen.insert(id));
+        // Fill segments until one is sealed after an id far ahead again.
+        let far2 = id.seq() + 86_400_000_000;
+        spool.set_next_id_seq(far2);
+        for _ in 0..40 {
+            assert!(seen.insert(store(&spool, &body(300, 1), 300).await.unwrap()));
+        }
+        spool.close().await.unwrap();
+        far2
+    });
+    // Floor from the seal of a sealed segment: delete the newest segment
+    // (as a consumer might once it is done with it). Its ids' own floor goes
+    // with it, but the seal before it still lifts ids past everything left.
+    let shard = root.join("shard-0");
+    let (segs, _) = super::scan::list_segments(&shard).unwrap();
+    assert!(segs.len() > 2);
+    std::fs::remove_file(&segs.last().unwrap().1).unwrap();
+    let left = read_all(&root);
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        let id = spool.next_queue_id();
+        assert!(id.seq() > far2, "{} <= {far2}", id.seq());
+        assert!(left.keys().all(|k| k.seq() < id.seq()));
+        spool.close().await.unwrap();
+    });
+    // Ids of other shards never collide with shard 0's.
+    run(|| async {
+        let s1 = ShardSpool::open(&root, 1, &c).await.unwrap();
+        let id = s1.next_queue_id();
+        assert_eq!(id.shard(), 1);
+        assert!(!seen.contains(&id));
+        s1.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_shard_opens_once_per_process_and_a_foreign_lock_is_refused() {
+    let dir = TempDir::new("lock");
+    let root = dir.path().to_owned();
+    let c = cfg(1024, 1 << 20, Durability::None);
+    run(|| async {
+        let s0 = ShardSpool::open(&root, 0, &c).await.unwrap();
+        assert!(matches!(
+            ShardSpool::open(&root, 0, &c).await.err(),
+            Some(SpoolError::ShardBusy { shard: 0, .. })
+        ));
+        // Another shard of the same process shares the lock.
+        let s1 = ShardSpool::open(&root, 1, &c).await.unwrap();
+        s0.close().await.unwrap();
+        s1.close().await.unwrap();
+        drop((s0, s1));
+    });
+    // A lock held through another open file description, as another
+    // process would hold it; the pid comes from the file.
+    use std::os::unix::io::AsRawFd;
+    std::fs::write(root.join(LOCK_FILE), "4242\n").unwrap();
+    let f = std::fs::File::open(root.join(LOCK_FILE)).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let err = run(|| async { ShardSpool::open(&root, 0, &c).await.err() }).unwrap();
+    assert!(
+        matches!(
+            err,
+            SpoolError::Locked {
+                pid: Some(4242),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .ends_with("is in use by another ringmx (pid 4242)"),
+        "{err}"
+    );
+    drop(f);
+    run(|| async {
+        ShardSpool::open(&root, 0, &c)
+            .await
+            .unwrap()
+            .close()
+            .await
+            .unwrap()
+    });
+}
+
+#[test]
+fn write_error_fails_only_its_message_and_leaves_no_half_record() {
+    let dir = TempDir::new("eio");
+    let root = dir.path().to_owned();
+    let c = cfg(1024, 1 << 20, Durability::Fsync);
+    let mut want = BTreeMap::new();
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        let b = body(300, 1);
+        want.insert(store(&spool, &b, 300).await.unwrap(), b);
+        // ENOSPC after a few bytes: "full".
+        faults::fail_write(10, libc::ENOSPC);
+        let e = store(&spool, &body(300, 3), 300).await.unwrap_err();
+        assert!(e.is_full(), "{e}");
+        // A streamed message whose second fragment fails.
+        let id = spool.next_queue_id();
+        let mut w = spool.begin(id, &envelope("h"), &received(id)).unwrap();
+        w.write(&body(1500, 4)).await.unwrap();
+        faults::fail_write(0, libc::ENOSPC);
+        assert!(w.write(&body(1500, 5)).await.unwrap_err().is_full());
+        assert!(w.commit().await.unwrap_err().is_full());
+        // Most of a record reaches the file, then EIO: not "full".
+        faults::fail_write(900, libc::EIO);
+        let e = store(&spool, &body(1000, 2), 1000).await.unwrap_err();
+        assert!(!e.is_full(), "{e}");
+        // The writer goes on in the same segment; this record is shorter
+        // than the failed one's leftovers would be, had they not been cut.
+        let b = body(10, 6);
+        let id = store(&spool, &b, 7).await.unwrap();
+        want.insert(id, b);
+        let st = spool.stats();
+        assert_eq!((st.full_errors, st.io_errors), (2, 1), "{st:?}");
+        assert_eq!(st.written.segment, 1);
+        spool.close().await.unwrap();
+    });
+    assert_eq!(read_all(&root), want);
+    assert_verify_clean(&root);
+}
+
+/// Three 600 KiB messages committed at once: one batch, three write runs.
+async fn store_three(
+    spool: &Rc<ShardSpool>,
+    seed: u64,
+) -> Vec<(Result<QueueId, SpoolError>, Vec<u8>)> {
+    let tasks: Vec<_> = (0..3)
+        .map(|i| {
+            let spool = Rc::clone(spool);
+            let b = body(600 << 10, seed + i);
+            glommio::spawn_local(async move { (store(&spool, &b, 64 << 10).await, b) })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await);
+    }
+    out
+}
+
+#[test]
+fn records_written_before_a_failed_uncut_write_are_synced_in_their_own_segment() {
+    let dir = TempDir::new("uncut");
+    let root = dir.path().to_owned();
+    let c = cfg(1 << 20, 64 << 20, Durability::Fsync);
+    let mut want = BTreeMap::new();
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        // A is written; B is half written, then EIO, and the truncate that
+        // would undo it fails too, so the segment is abandoned; C then goes
+        // to a new segment. A must be made durable in *its* segment before
+        // that: fail that fdatasync, and A must fail (not be acknowledged by
+        // C's fdatasync of the new segment).
+        faults::pass_write();
+        faults::fail_write(1000, libc::EIO);
+        faults::fail_truncate(libc::EIO);
+        faults::fail_sync(libc::EIO);
+        let r = store_three(&spool, 10).await;
+        let e = r[0].0.as_ref().unwrap_err();
+        let seg1 = segment_file_name(1);
+        assert!(
+            matches!(e, SpoolError::Io { op: "fdatasync", path, .. } if path.ends_with(&seg1)),
+            "{e:?}"
+        );
+        assert!(r[1].0.is_err());
+        want.insert(*r[2].0.as_ref().unwrap(), r[2].1.clone());
+        // Again without the sync failure: A is durable in segment 2, C in 3.
+        faults::pass_write();
+        faults::fail_write(1000, libc::EIO);
+        faults::fail_truncate(libc::EIO);
+        let r = store_three(&spool, 20).await;
+        assert!(r[1].0.is_err());
+        for i in [0, 2] {
+            want.insert(*r[i].0.as_ref().unwrap(), r[i].1.clone());
+        }
+        let st = spool.stats();
+        assert_eq!((st.durable, st.written), (st.written, st.written));
+        assert_eq!(st.written.segment, 3, "{st:?}");
+        spool.close().await.unwrap();
+    });
+    // Segment 1 was cut back to its header by the failed fdatasync; segment
+    // 2 ends in a zeroed header slot and junk, which the next start cuts.
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        let cuts = &spool.recovery().cuts;
+        assert_eq!(cuts.len(), 1, "{:?}", spool.recovery());
+        assert!(cuts[0].path.ends_with(segment_file_name(2)), "{cuts:?}");
+        spool.close().await.unwrap();
+    });
+    assert_eq!(read_all(&root), want);
+    assert_verify_clean(&root);
+}
+
+#[test]
+fn failed_fdatasync_abandons_the_segment_and_fails_its_waiters() {
+    let dir = TempDir::new("fsyncfail");
+    let root = dir.path().to_owned();
+    let c = cfg(1024, 1 << 20, Durability::Fsync);
+    let mut want = BTreeMap::new();
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        let b = body(300, 1);
+        want.insert(store(&spool, &b, 300).await.unwrap(), b);
+        // A streamed message has fragments written but not yet synced ...
+        let id = spool.next_queue_id();
+        let mut streamed = spool.begin(id, &envelope("h"), &received(id)).unwrap();
+        streamed.write(&body(3000, 2)).await.unwrap();
+        // ... when the next group commit's fdatasync fails.
+        faults::fail_sync(libc::EIO);
+        let e = store(&spool, &body(300, 3), 300).await.unwrap_err();
+        assert!(!e.is_full(), "{e}");
+        // Its fragments were cut away with the segment's unsynced tail.
+        let e = streamed.commit().await.unwrap_err();
+        assert!(matches!(e, SpoolError::FragmentsLost(_)), "{e}");
+        // New messages go to a new segment.
+        let b = body(300, 4);
+        let id = store(&spool, &b, 300).await.unwrap();
+        want.insert(id, b);
+        assert_eq!(spool.stats().written.segment, 2);
+        // ENOSPC from fdatasync (delayed allocation) is "full".
+        faults::fail_sync(libc::ENOSPC);
+        assert!(store(&spool, &body(300, 5), 300)
+            .await
+            .unwrap_err()
+            .is_full());
+        let b = body(300, 6);
+        want.insert(store(&spool, &b, 300).await.unwrap(), b);
+        assert_eq!(spool.stats().written.segment, 3);
+        spool.close().await.unwrap();
+    });
+    assert_eq!(read_all(&root), want);
+    assert_verify_clean(&root);
+    // The abandoned segments are unsealed: recovery scans them in full.
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        assert_eq!(
+            spool.recovery().scanned_segments,
+            3,
+            "{:?}",
+            spool.recovery()
+        );
+        assert!(spool.recovery().cuts.is_empty());
+        spool.close().await.unwrap();
+    });
+}
+
+#[test]
+fn recovery_removes_an_unfinished_segment_and_ignores_foreign_files() {
+    let dir = TempDir::new("cruft");
+    let root = dir.path().to_owned();
+    let c = cfg(1024, 1 << 20, Durability::None);
+    let mut want = BTreeMap::new();
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        let b = body(100, 1);
+        want.insert(store(&spool, &b, 100).await.unwrap(), b);
+        spool.close().await.unwrap();
+    });
+    let shard = root.join("shard-0");
+    // A crash between creating segment 2 and writing its header.
+    std::fs::write(shard.join(segment_file_name(2)), [0u8; 20]).unwrap();
+    std::fs::write(shard.join("notes.txt"), "operator was here").unwrap();
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        let rep = spool.recovery();
+        let names = |v: &[PathBuf]| -> Vec<String> {
+            v.iter()
+                .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(names(&rep.removed), [segment_file_name(2)]);
+        assert_eq!(names(&rep.foreign), ["notes.txt"]);
+        let b = body(100, 2);
+        want.insert(store(&spool, &b, 100).await.unwrap(), b);
+        spool.close().await.unwrap();
+    });
+    assert_eq!(read_all(&root), want);
+    // A segment of a newer format refuses the start instead of being misread.
+    std::fs::write(shard.join("ringmx-v2-0000000000000009.seg"), b"future").unwrap();
+    let e = run(|| async { ShardSpool::open(&root, 0, &c).await.err() }).unwrap();
+    assert!(
+        matches!(e, SpoolError::UnsupportedVersion { found: 2, .. }),
+        "{e}"
+    );
+}
+
+#[test]
+fn reader_sees_committed_messages_while_the_server_writes() {
+    let dir = TempDir::new("live");
+    let root = dir.path().to_owned();
+    let c = cfg(1024, 1 << 20, Durability::Fsync);
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        for i in 0..3 {
+            store(&spool, &body(200, i), 200).await.unwrap();
+        }
+        assert_eq!(read_all(&root).len(), 3);
+        let id = spool.next_queue_id();
+        let mut w = spool
+            .begin(id, &envelope("client.example"), &received(id))
+            .unwrap();
+        w.write(&body(5000, 9)).await.unwrap();
+        // Fragments are on disk, the message is not committed: invisible.
+        assert_eq!(read_all(&root).len(), 3);
+        assert!(matches!(
+            SpoolReader::open(&root).unwrap().get(id),
+            Err(SpoolError::NotFound(_))
+        ));
+        w.commit().await.unwrap();
+        let all = read_all(&root);
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[&id], body(5000, 9));
+        spool.close().await.unwrap();
+    });
+}
+
+#[test]
+fn free_space_floor_refuses_before_writing() {
+    let dir = TempDir::new("floor");
+    let root = dir.path().to_owned();
+    let mut c = cfg(1024, 1 << 20, Durability::None);
+    c.min_free_bytes = u64::MAX;
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        let id = spool.next_queue_id();
+        let e = spool.begin(id, &envelope("h"), &received(id)).unwrap_err();
+        assert!(
+            e.is_full() && matches!(e, SpoolError::BelowFreeFloor { .. }),
+            "{e}"
+        );
+        assert_eq!(spool.stats().full_errors, 1);
+        spool.close().await.unwrap();
+    });
+}
+
+/// Mounts a tmpfs of `size` at `at`; unmounts on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> std::io::Result<Self> {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let target = CString::new(at.as_os_str().as_bytes()).unwrap();
+        let opts = CString::new(format!("size={size}")).unwrap();
+        // SAFETY: every pointer is a NUL-terminated string that outlives the call.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self(at.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        use std::os::unix::ffi::OsStrExt;
+        if let Ok(t) = std::ffi::CString::new(self.0.as_os_str().as_bytes()) {
+            // SAFETY: a NUL-terminated path that outlives the call.
+            unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+/// Fills the filesystem holding `path` with one file until ENOSPC.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0xAAu8; 4096];
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => panic!("filling: {e}"),
+        }
+    }
+}
+
+#[test]
+fn disk_full_for_real_fails_with_full_and_recovers_when_space_returns() {
+    let dir = TempDir::new("full");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let tmpfs = match Tmpfs::mount(&mnt, "1m") {
+        Ok(t) => Some(t),
+        Err(e) => {
+            eprintln!(
+                "WARNING: cannot mount a tmpfs here ({e}); disk-full falls back to injected \
+                 ENOSPC. Run as root with CAP_SYS_ADMIN for the real test."
+            );
+            None
+        }
+    };
+    let root = mnt.join("spool");
+    let filler = mnt.join("filler");
+    let c = cfg(16 << 10, 256 << 10, Durability::Fsync);
+    let mut want = BTreeMap::new();
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        for i in 0..5 {
+            let b = body(2000, i);
+            want.insert(store(&spool, &b, 700).await.unwrap(), b);
+        }
+        if tmpfs.is_some() {
+            fill(&filler);
+        } else {
+            faults::fail_write(100, libc::ENOSPC);
+            faults::fail_write(0, libc::ENOSPC);
+        }
+        let e = store(&spool, &body(64 << 10, 10), 4096).await.unwrap_err();
+        assert!(e.is_full(), "{e}");
+        if tmpfs.is_some() {
+            // The kernel's ENOSPC, not the free-space floor (which is 0 here).
+            assert!(matches!(e, SpoolError::NoSpace { .. }), "{e:?}");
+        }
+        let e = store(&spool, &body(8 << 10, 11), 4096).await.unwrap_err();
+        assert!(e.is_full(), "{e}");
+        // Everything acknowledged before is intact, even with the disk full.
+        assert_eq!(read_all(&root), want);
+        assert_verify_clean(&root);
+        if tmpfs.is_some() {
+            std::fs::remove_file(&filler).unwrap();
+        }
+        let b = body(8 << 10, 12);
+        want.insert(store(&spool, &b, 4096).await.unwrap(), b);
+        let st = spool.stats();
+        assert!(st.full_errors >= 2, "{st:?}");
+        spool.close().await.unwrap();
+    });
+    assert_eq!(read_all(&root), want);
+    assert_verify_clean(&root);
+    // The free-space floor on the same filesystem: 2 MiB wanted, 1 MiB exists.
+    let mut floor = c.clone();
+    floor.min_free_bytes = if tmpfs.is_some() { 2 << 20 } else { u64::MAX };
+    let want_floor = floor.min_free_bytes;
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &floor).await.unwrap();
+        let id = spool.next_queue_id();
+        let e = spool.begin(id, &envelope("h"), &received(id)).unwrap_err();
+        assert!(
+            matches!(e, SpoolError::BelowFreeFloor { min_free, .. } if min_free == want_floor),
+            "{e}"
+        );
+        spool.close().await.unwrap();
+    });
+    drop(tmpfs);
+}
