@@ -180,17 +180,26 @@ pub enum Durability {
 pub struct SpoolConfig {
     /// Root directory; shard n writes `<dir>/shard-<n>/`.
     pub dir: PathBuf,
-    /// A segment is sealed and a new one opened past this size, bytes.
+    /// A segment is sealed and a new one opened past this size, bytes (it
+    /// may exceed it by one record). Larger: fewer rotations (each costs a
+    /// seal, two fdatasyncs and a directory fsync); smaller: a faster start,
+    /// since recovery scans only the newest segment, and finer-grained
+    /// deletion by consumers.
     #[serde(deserialize_with = "de_bytes_u64")]
     pub segment_bytes: u64,
     /// When `250` may be sent.
     pub durability: Durability,
     /// Buffered body bytes per message before it is streamed to disk as
-    /// fragments: bounds memory per connection for huge messages.
+    /// fragments: bounds memory per connection for huge messages. A body up
+    /// to this size is one record and one write; a larger one is written in
+    /// fragments of this size. Worst case per shard: connections in DATA at
+    /// once times this (plus their envelopes).
     #[serde(deserialize_with = "de_bytes_usize")]
     pub max_buffered_message_bytes: usize,
     /// Reject new messages with `452 4.3.1` when the spool's filesystem has
-    /// less than this free, bytes.
+    /// less than this free, bytes (checked at the start of each message,
+    /// re-read at most every 250 ms or 1 MiB appended). 0 disables the check;
+    /// a full disk then still gives `452 4.3.1`, from the failed write.
     #[serde(deserialize_with = "de_bytes_u64")]
     pub min_free_bytes: u64,
 }
@@ -199,9 +208,18 @@ impl Default for SpoolConfig {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("spool"),
+            // Recovery reads and checks at most this much at start (well under
+            // a second from page cache or SSD); rotation cost is amortised
+            // over 64 MiB of mail.
             segment_bytes: 64 * 1024 * 1024,
+            // DESIGN.md §1: `250` means durable.
             durability: Durability::Fsync,
+            // Most mail is far smaller, so it stays one record and one write;
+            // 10,000 connections all mid-DATA stay under 2.5 GiB per shard.
             max_buffered_message_bytes: 256 * 1024,
+            // Room for the messages already in flight to finish and for a
+            // segment rotation, so a filling disk refuses new mail cleanly
+            // (452) before writes start failing mid-message.
             min_free_bytes: 64 * 1024 * 1024,
         }
     }
@@ -285,9 +303,15 @@ impl Config {
         if s.listen.is_empty() {
             return Err(ConfigError::NoListen);
         }
-        let line = self.smtp.max_command_line_bytes.max(self.smtp.max_text_line_bytes);
+        let line = self
+            .smtp
+            .max_command_line_bytes
+            .max(self.smtp.max_text_line_bytes);
         if s.read_buffer_bytes <= line {
-            return Err(ConfigError::BufferSmallerThanLine { buffer: s.read_buffer_bytes, line });
+            return Err(ConfigError::BufferSmallerThanLine {
+                buffer: s.read_buffer_bytes,
+                line,
+            });
         }
         if s.max_connections_per_shard == 0 {
             return Err(ConfigError::Zero("server.max_connections_per_shard"));
@@ -325,7 +349,9 @@ impl SmtpConfig {
             return Err(ConfigError::TooFewRecipients(self.max_recipients));
         }
         if self.max_command_line_bytes < 512 {
-            return Err(ConfigError::CommandLineTooShort(self.max_command_line_bytes));
+            return Err(ConfigError::CommandLineTooShort(
+                self.max_command_line_bytes,
+            ));
         }
         if self.max_text_line_bytes < 1000 {
             return Err(ConfigError::TextLineTooShort(self.max_text_line_bytes));
@@ -383,15 +409,20 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "kb" => 1000,
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?}: use KiB, MiB, GiB, kB, MB, GB")),
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?}: use KiB, MiB, GiB, kB, MB, GB"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Formats a duration the way [`parse_duration`] reads it.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if !ms.is_multiple_of(1000) {
+    if ms % 1000 != 0 {
         format!("{ms}ms")
     } else {
         format!("{}s", d.as_secs())
@@ -450,7 +481,9 @@ impl FromStr for Cores {
         if let Ok(n) = s.parse::<usize>() {
             return Ok(Cores::Count(n));
         }
-        let bad = || format!("{s:?} is not a core selection: use all, a count (4) or a list (0,2 or 0-3)");
+        let bad = || {
+            format!("{s:?} is not a core selection: use all, a count (4) or a list (0,2 or 0-3)")
+        };
         let cpu = |t: &str| t.trim().parse::<usize>().map_err(|_| bad());
         let mut cpus = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -511,7 +544,9 @@ impl<'de> Deserialize<'de> for Cores {
             List(Vec<usize>),
         }
         let raw = Raw::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("cores must be \"all\", a count (4) or a list of CPUs ([0, 1])")
+            serde::de::Error::custom(
+                "cores must be \"all\", a count (4) or a list of CPUs ([0, 1])",
+            )
         })?;
         match raw {
             Raw::Num(n) => usize::try_from(n)
@@ -529,12 +564,21 @@ impl Cores {
     ///
     /// # Errors
     /// [`ConfigError::Cores`] naming the CPU or count that does not fit.
+    ///
+    /// # Example
+    /// ```
+    /// use ringmx::config::Cores;
+    /// let allowed = [0, 1, 2, 3];
+    /// assert_eq!("2".parse::<Cores>().unwrap().resolve(&allowed).unwrap(), [0, 1]);
+    /// assert_eq!("1-2".parse::<Cores>().unwrap().resolve(&allowed).unwrap(), [1, 2]);
+    /// assert!("7,".parse::<Cores>().unwrap().resolve(&allowed).is_err());
+    /// ```
     pub fn resolve(&self, allowed: &[usize]) -> Result<Vec<usize>, ConfigError> {
         let avail = || format_cpus(allowed);
         match self {
-            Cores::All if allowed.is_empty() => {
-                Err(ConfigError::Cores("no CPU is available to this process".into()))
-            }
+            Cores::All if allowed.is_empty() => Err(ConfigError::Cores(
+                "no CPU is available to this process".into(),
+            )),
             Cores::All => Ok(allowed.to_vec()),
             Cores::Count(0) => Err(ConfigError::Zero("server.cores")),
             Cores::Count(n) if *n > allowed.len() => Err(ConfigError::Cores(format!(
@@ -657,7 +701,10 @@ impl Config {
         set(&mut srv.write_buffer_bytes, &flags.write_buffer);
         set(&mut srv.tcp_nodelay, &flags.tcp_nodelay);
         set(&mut srv.shutdown_grace, &flags.shutdown_grace);
-        set(&mut srv.max_connection_lifetime, &flags.max_connection_lifetime);
+        set(
+            &mut srv.max_connection_lifetime,
+            &flags.max_connection_lifetime,
+        );
         set(&mut srv.log_level, &flags.log_level);
         set(&mut smtp.hostname, &flags.hostname);
         if !flags.domain.is_empty() {
@@ -674,7 +721,10 @@ impl Config {
         set(&mut spool.dir, &flags.spool);
         set(&mut spool.segment_bytes, &flags.segment_size);
         set(&mut spool.durability, &flags.durability);
-        set(&mut spool.max_buffered_message_bytes, &flags.max_buffered_message);
+        set(
+            &mut spool.max_buffered_message_bytes,
+            &flags.max_buffered_message,
+        );
         set(&mut spool.min_free_bytes, &flags.min_free);
     }
 }
@@ -778,7 +828,11 @@ impl ConfigOverrides {
         vec![
             (
                 "listen",
-                srv.listen.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+                srv.listen
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" "),
             ),
             ("cores", srv.cores.to_string()),
             ("max_connections", srv.max_connections_per_shard.to_string()),
@@ -787,7 +841,10 @@ impl ConfigOverrides {
             ("write_buffer", size(srv.write_buffer_bytes as u64)),
             ("tcp_nodelay", srv.tcp_nodelay.to_string()),
             ("shutdown_grace", format_duration(srv.shutdown_grace)),
-            ("max_connection_lifetime", format_duration(srv.max_connection_lifetime)),
+            (
+                "max_connection_lifetime",
+                format_duration(srv.max_connection_lifetime),
+            ),
             ("log_level", srv.log_level.clone()),
             ("hostname", smtp.hostname.clone()),
             ("domain", smtp.accepted_domains.join(" ")),
@@ -802,7 +859,10 @@ impl ConfigOverrides {
             ("spool", spool.dir.display().to_string()),
             ("segment_size", size(spool.segment_bytes)),
             ("durability", enum_name(&spool.durability)),
-            ("max_buffered_message", size(spool.max_buffered_message_bytes as u64)),
+            (
+                "max_buffered_message",
+                size(spool.max_buffered_message_bytes as u64),
+            ),
             ("min_free", size(spool.min_free_bytes)),
         ]
     }
@@ -810,14 +870,25 @@ impl ConfigOverrides {
 
 /// A serde unit enum's lowercase name (`reject`, `fsync`).
 fn enum_name<T: Serialize>(v: &T) -> String {
-    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// Formats a size the way [`parse_bytes`] reads it, in the largest exact
 /// binary unit (`50MiB`, `16KiB`, `1000`).
+///
+/// # Example
+/// ```
+/// use ringmx::config::{format_bytes, parse_bytes};
+/// assert_eq!(format_bytes(50 << 20), "50MiB");
+/// assert_eq!(format_bytes(1000), "1000");
+/// assert_eq!(parse_bytes(&format_bytes(16 << 10)), Ok(16 << 10));
+/// ```
 pub fn format_bytes(n: u64) -> String {
     for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
-        if n != 0 && n.is_multiple_of(1 << shift) {
+        if n != 0 && n % (1 << shift) == 0 {
             return format!("{}{unit}", n >> shift);
         }
     }
@@ -872,7 +943,10 @@ mod tests {
     fn read_buffer_must_hold_a_line() {
         let mut c = Config::default();
         c.server.read_buffer_bytes = 1000;
-        assert!(matches!(c.validate(), Err(ConfigError::BufferSmallerThanLine { .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::BufferSmallerThanLine { .. })
+        ));
     }
 
     #[test]
@@ -902,5 +976,138 @@ mod tests {
         assert!(err.to_string().contains("hostnme"), "{err}");
         let back: Config = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
+    }
+    #[test]
+    fn cores_in_toml_all_count_list_and_ranges() {
+        let cores = |t: &str| {
+            toml::from_str::<Config>(&format!("[server]\ncores = {t}\n")).map(|c| c.server.cores)
+        };
+        assert_eq!(cores("\"all\"").unwrap(), Cores::All);
+        assert_eq!(cores("4").unwrap(), Cores::Count(4));
+        assert_eq!(cores("[0, 1]").unwrap(), Cores::List(vec![0, 1]));
+        assert_eq!(cores("\"0-2,5\"").unwrap(), Cores::List(vec![0, 1, 2, 5]));
+        assert_eq!(cores("\"3,\"").unwrap(), Cores::List(vec![3]));
+        assert!(cores("\"some\"")
+            .unwrap_err()
+            .to_string()
+            .contains("not a core selection"));
+        assert!(cores("true").is_err());
+        // Round trip, including a one-CPU list (which must not become a count).
+        for c in [
+            Cores::All,
+            Cores::Count(2),
+            Cores::List(vec![1]),
+            Cores::List(vec![0, 2]),
+        ] {
+            let mut cfg = Config::default();
+            cfg.server.cores = c.clone();
+            let back: Config = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
+            assert_eq!(back.server.cores, c);
+            assert_eq!(c.to_string().parse::<Cores>().unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn cores_resolve_against_the_affinity_mask() {
+        let allowed = [0, 1, 2, 3];
+        assert_eq!(Cores::All.resolve(&allowed).unwrap(), allowed);
+        assert_eq!(Cores::Count(2).resolve(&[2, 3]).unwrap(), [2, 3]);
+        assert_eq!(Cores::List(vec![3, 1]).resolve(&allowed).unwrap(), [3, 1]);
+        let e = Cores::List(vec![0, 9])
+            .resolve(&allowed)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "server.cores: CPU 9 is not available to this process (available: 0-3)"
+        );
+        let e = Cores::Count(5).resolve(&[0, 1, 3]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "server.cores: 5 shards asked for, but only 3 CPUs are available (0-1,3)"
+        );
+        assert!(Cores::List(vec![1, 1]).resolve(&allowed).is_err());
+        assert_eq!(
+            Cores::Count(0).resolve(&allowed),
+            Err(ConfigError::Zero("server.cores"))
+        );
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_the_defaults() {
+        let mut c = Config::from_toml(
+            "[smtp]\nhostname = \"file.example\"\nmax_errors = 3\n[server]\nbacklog = 7\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let flags = ConfigOverrides {
+            hostname: Some("flag.example".into()),
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            domain: vec!["a.example".into(), "b.example".into()],
+            command_timeout: Some(Duration::from_secs(9)),
+            ..ConfigOverrides::default()
+        };
+        c.apply(&flags);
+        assert_eq!(c.smtp.hostname, "flag.example");
+        assert_eq!(c.smtp.max_errors, 3);
+        assert_eq!(c.server.backlog, 7);
+        assert_eq!(c.server.listen, ["127.0.0.1:0".parse().unwrap()]);
+        assert_eq!(c.smtp.accepted_domains, ["a.example", "b.example"]);
+        assert_eq!(c.smtp.command_timeout, Duration::from_secs(9));
+        assert_eq!(c.smtp.data_timeout, SmtpConfig::default().data_timeout);
+    }
+
+    #[test]
+    fn file_errors_name_line_and_column() {
+        let e = Config::from_toml(
+            "[smtp]\nhostname = \"x\"\nhostnme = 1\n",
+            Path::new("f.toml"),
+        )
+        .unwrap_err();
+        let ConfigError::Parse {
+            line,
+            column,
+            reason,
+            ..
+        } = &e
+        else {
+            panic!("{e}")
+        };
+        assert_eq!((*line, *column), (3, 1), "{e}");
+        assert!(reason.starts_with("unknown field `hostnme`"), "{reason}");
+        assert!(!e.to_string().contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn every_flag_shows_a_default_from_config_default() {
+        use clap::Args;
+        let cmd = ConfigOverrides::augment_args(clap::Command::new("serve"));
+        let defaults = ConfigOverrides::help_defaults();
+        for a in cmd.get_arguments() {
+            let id = a.get_id().as_str();
+            if id == "config" {
+                continue;
+            }
+            assert!(
+                defaults.iter().any(|(d, _)| *d == id),
+                "--{id} has no default for --help"
+            );
+        }
+        assert_eq!(defaults.len(), cmd.get_arguments().count() - 1);
+        let get = |id: &str| defaults.iter().find(|(d, _)| *d == id).unwrap().1.clone();
+        assert_eq!(get("max_message_size"), "50MiB");
+        assert_eq!(get("listen"), "127.0.0.1:2525");
+        assert_eq!(get("bare_newline"), "reject");
+        assert_eq!(get("command_timeout"), "300s");
+    }
+
+    #[test]
+    fn validation_catches_duplicates_and_empty_lists() {
+        let mut c = Config::default();
+        c.server.listen = vec!["127.0.0.1:25".parse().unwrap(); 2];
+        assert!(matches!(c.validate(), Err(ConfigError::DuplicateListen(_))));
+        let mut c = Config::default();
+        c.smtp.accepted_domains.clear();
+        assert_eq!(c.validate(), Err(ConfigError::NoDomains));
     }
 }

@@ -1,1 +1,96 @@
-fn main() {}
+//! The `ringmx` binary: flags, then the library. No logic lives here.
+//!
+//! * `ringmx serve [FLAGS]`: run the SMTP server ([`ringmx::server::serve`]).
+//! * `ringmx spool ...`: read the spool ([`ringmx::spool::cli`]).
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use ringmx::config::{Config, ConfigOverrides};
+use ringmx::server::ServerError;
+
+// mimalloc: per-thread free lists suit one executor per core, and it returns
+// memory of idle connections' buffers promptly.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// ringmx: a thread-per-core SMTP server for bulk inbound mail.
+#[derive(Debug, Parser)]
+#[command(name = "ringmx", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Accept mail: one shard per core, each with its own SO_REUSEPORT listener.
+    ///
+    /// Settings come from the defaults, then --config FILE, then the flags.
+    /// Sizes: 1000, 64KiB, 50MiB, 10MB. Durations: 250ms, 300s, 5m, 1h.
+    /// SIGTERM/SIGINT: graceful shutdown (a second one exits at once).
+    Serve(ConfigOverrides),
+    /// Read the spool: ls, cat, export, verify, stats.
+    Spool(ringmx::spool::cli::SpoolArgs),
+}
+
+fn main() {
+    let cli = parse();
+    let code = match cli.command {
+        Command::Serve(flags) => serve(&flags),
+        Command::Spool(args) => spool(args),
+    };
+    std::process::exit(code);
+}
+
+/// Parses the command line, with every `serve` default shown in `--help`.
+fn parse() -> Cli {
+    let defaults = ConfigOverrides::help_defaults();
+    let cmd = Cli::command().mut_subcommand("serve", |mut sc| {
+        for (id, default) in defaults {
+            sc = sc.mut_arg(id, |a| {
+                let help = a.get_help().map(ToString::to_string).unwrap_or_default();
+                a.help(format!("{help} [default: {default}]"))
+            });
+        }
+        sc
+    });
+    let matches = cmd.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+fn serve(flags: &ConfigOverrides) -> i32 {
+    let cfg = match Config::load(flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringmx: {e}");
+            return 2;
+        }
+    };
+    match ringmx::server::serve(cfg) {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("ringmx: {e}");
+            // 2 for settings (like a usage error), 1 for the environment.
+            match e {
+                ServerError::Config(_) => 2,
+                _ => 1,
+            }
+        }
+    }
+}
+
+fn spool(args: ringmx::spool::cli::SpoolArgs) -> i32 {
+    match args.run() {
+        // `verify` reports damage through its exit code.
+        Ok(code) => {
+            if code == std::process::ExitCode::SUCCESS {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!("ringmx: {e}");
+            1
+        }
+    }
+}

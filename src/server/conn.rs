@@ -1,0 +1,709 @@
+//! One client connection: the only code that reads or writes a client
+//! socket. It drives the sans-IO [`Session`] (see its call order) and moves
+//! message bodies into the shard's store.
+//!
+//! Owns: the read buffer (compacted, released when idle), the reply buffer
+//! (one write per batch of input: RFC 2920 pipelining), read and write
+//! timeouts (RFC 5321 §4.5.3.2 via [`Session::read_timeout`]), the
+//! connection lifetime limit, reacting to shutdown, the lingering close, and
+//! the per-connection and per-message log lines.
+//! Leaves to the session: every SMTP decision and reply text; to the store:
+//! durability; to [`super::shard`]: accepting and the connection limit.
+//!
+//! A connection never blocks its shard: every wait (read, write, commit) is
+//! an await on the shard's executor, so a slow or silent client only holds
+//! its own task.
+
+use std::fmt;
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use glommio::sync::StaticPermit;
+use glommio::timer::sleep;
+
+use super::shard::{ActiveGuard, Shard, Stats};
+use super::store::{self, EnvelopeRecord, MessageWriter, ShardSpool, SpoolError};
+use crate::protocol::{reply, trace, ClientInfo, CommitError, Event, Session};
+
+/// A connection that has waited this long for input gives its read and reply
+/// buffers back to the allocator and waits with a 1-byte read instead, so an
+/// idle connection costs its session state, not its buffers (see
+/// tuning/mem-per-conn.md). Far above any round-trip time, so a busy client
+/// never pays the extra read it costs.
+const IDLE_RELEASE: Duration = Duration::from_secs(1);
+
+/// After the last reply, how long to read and discard what the client still
+/// sends before closing. Closing with unread input makes the kernel send a
+/// RST, which can destroy the last reply before the client reads it.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Serves one accepted connection to the end, then logs one line about it.
+pub(crate) async fn serve(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    permit: StaticPermit,
+    guard: ActiveGuard,
+) {
+    let started = Instant::now();
+    let peer = stream.peer_addr().ok();
+    let mut out = Vec::with_capacity(shard.server.write_buffer_bytes);
+    let session = Session::new(Rc::clone(&shard.smtp), ClientInfo { peer }, &mut out);
+    let deadline = started.checked_add(shard.server.max_connection_lifetime);
+    let mut c = Conn {
+        shard,
+        stream,
+        session,
+        rbuf: ReadBuf::default(),
+        out,
+        msg: Msg::None,
+        deadline,
+        shutdown_seen: false,
+        bytes_in: 0,
+        bytes_out: 0,
+    };
+    let outcome = c.run().await;
+    crate::info!(
+        "conn peer={} shard={} duration_ms={} messages={} bytes_in={} bytes_out={} outcome={}",
+        PeerDisplay(peer),
+        c.shard.id,
+        started.elapsed().as_millis(),
+        c.session.messages_accepted(),
+        c.bytes_in,
+        c.bytes_out,
+        outcome,
+    );
+    drop(c);
+    drop(permit);
+    drop(guard);
+}
+
+/// How a connection ended, for its log line.
+#[derive(Debug)]
+enum Outcome {
+    /// QUIT, answered 221.
+    Quit,
+    /// The session closed after the reply with this code (421 for too many
+    /// errors, 500 for an HTTP request, ...).
+    Closed(u16),
+    /// The client closed without QUIT.
+    PeerClosed,
+    /// No input within the session's read timeout: 421 4.4.2.
+    Timeout,
+    /// server.max_connection_lifetime reached: 421 4.4.2.
+    Lifetime,
+    /// Server shutdown: 421 4.3.2 (at once if idle, after the transaction
+    /// otherwise).
+    Shutdown,
+    /// The grace period ran out mid-transaction: 421 4.3.2, message dropped.
+    CutOff,
+    /// Reading failed.
+    ReadError(io::ErrorKind),
+    /// Writing failed.
+    WriteError(io::ErrorKind),
+    /// The client did not read our replies within the timeout.
+    WriteTimeout,
+    /// The read buffer filled without the session consuming it: a bug.
+    Stuck,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Quit => f.write_str("quit"),
+            Outcome::Closed(code) => write!(f, "closed-{code}"),
+            Outcome::PeerClosed => f.write_str("peer-closed"),
+            Outcome::Timeout => f.write_str("timeout"),
+            Outcome::Lifetime => f.write_str("lifetime"),
+            Outcome::Shutdown => f.write_str("shutdown"),
+            Outcome::CutOff => f.write_str("cut-off"),
+            Outcome::ReadError(k) => write!(f, "read-error:{k:?}"),
+            Outcome::WriteError(k) => write!(f, "write-error:{k:?}"),
+            Outcome::WriteTimeout => f.write_str("write-timeout"),
+            Outcome::Stuck => f.write_str("stuck"),
+        }
+    }
+}
+
+/// `-` for an unknown peer.
+pub(crate) struct PeerDisplay(pub(crate) Option<SocketAddr>);
+
+impl fmt::Display for PeerDisplay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(a) => write!(f, "{a}"),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// The message being received.
+enum Msg {
+    None,
+    /// Body bytes go here.
+    Open(MessageWriter),
+    /// The store refused it; the body is read and dropped, and the end of
+    /// data gets this error.
+    Failed(CommitError),
+}
+
+/// What woke a wait for input.
+enum Wake {
+    Data(usize),
+    Eof,
+    Error(io::Error),
+    Timer,
+    Shutdown,
+    HardStop,
+    /// No room to read: the session left a full buffer unconsumed.
+    Stuck,
+}
+
+/// The first read buffer of an active connection, before it proves to need
+/// server.read_buffer_bytes: one page covers any command batch of a
+/// non-pipelining client, and a connection that only said EHLO keeps no
+/// more (tuning/mem-per-conn.md).
+const FIRST_READ_BYTES: usize = 4096;
+
+/// The connection's read buffer: `buf[start..end]` is input not yet
+/// consumed by the session. Allocated on the first read with
+/// [`FIRST_READ_BYTES`], grown to the configured size once a read fills it
+/// (bulk data, deep pipelining), given back when the connection idles with
+/// nothing unconsumed.
+#[derive(Default)]
+struct ReadBuf {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The last read filled the buffer: more is probably waiting.
+    filled_up: bool,
+}
+
+impl ReadBuf {
+    fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        debug_assert!(self.start <= self.end);
+        if self.start >= self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Room to read into, after moving the unconsumed tail to the front.
+    /// Empty only if `size` bytes are unconsumed.
+    fn spare(&mut self, size: usize) -> &mut [u8] {
+        if self.buf.is_empty() {
+            self.buf = vec![0; FIRST_READ_BYTES.min(size)];
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        // Grow to the full size for bulk input, and whenever the tail takes
+        // more than half: the session relies on room for a whole line.
+        if self.buf.len() < size && (self.filled_up || self.end * 2 > self.buf.len()) {
+            self.buf.resize(size, 0);
+        }
+        &mut self.buf[self.end..]
+    }
+
+    fn filled(&mut self, n: usize) {
+        self.end += n;
+        self.filled_up = self.end == self.buf.len();
+    }
+
+    /// Frees the buffer if nothing is unconsumed.
+    fn release(&mut self) {
+        if self.start == self.end {
+            *self = ReadBuf::default();
+        }
+    }
+}
+
+struct Conn {
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    session: Session,
+    rbuf: ReadBuf,
+    /// Replies not yet written.
+    out: Vec<u8>,
+    msg: Msg,
+    /// End of server.max_connection_lifetime (`None`: too far to represent).
+    deadline: Option<Instant>,
+    /// `handle_shutdown` was called.
+    shutdown_seen: bool,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// What `process` left to do.
+enum Step {
+    NeedInput,
+    Close,
+}
+
+impl Conn {
+    async fn run(&mut self) -> Outcome {
+        loop {
+            if let Step::Close = self.process().await {
+                let outcome = self.closed_outcome();
+                self.finish().await;
+                return outcome;
+            }
+            // RFC 2920: everything the batch produced leaves in one write.
+            if let Err(o) = self.flush().await {
+                return o;
+            }
+            // A shutdown that happened while this connection was busy (or
+            // while its client kept the socket readable) is noticed here.
+            if self.shard.hard_stop.is_fired() {
+                return self.cut_off().await;
+            }
+            if self.shard.shutdown.is_fired() && !self.shutdown_seen {
+                if let Some(o) = self.on_shutdown().await {
+                    return o;
+                }
+                continue;
+            }
+            let (wake, by_lifetime) = self.wait_input().await;
+            match wake {
+                Wake::Data(n) => self.bytes_in += n as u64,
+                Wake::Eof => return Outcome::PeerClosed,
+                Wake::Error(e) => return Outcome::ReadError(e.kind()),
+                Wake::Timer if by_lifetime => {
+                    self.session
+                        .close_with(&mut self.out, reply::LIFETIME_EXCEEDED);
+                    self.finish().await;
+                    return Outcome::Lifetime;
+                }
+                Wake::Timer => {
+                    self.session.handle_timeout(&mut self.out);
+                    self.finish().await;
+                    return Outcome::Timeout;
+                }
+                Wake::Shutdown => {
+                    if let Some(o) = self.on_shutdown().await {
+                        return o;
+                    }
+                }
+                Wake::HardStop => return self.cut_off().await,
+                Wake::Stuck => return Outcome::Stuck,
+            }
+        }
+    }
+
+    /// Tells the session about the shutdown; an idle one closes now.
+    async fn on_shutdown(&mut self) -> Option<Outcome> {
+        self.shutdown_seen = true;
+        if self.session.handle_shutdown(&mut self.out) {
+            self.finish().await;
+            return Some(Outcome::Shutdown);
+        }
+        None
+    }
+
+    /// The grace period is over: `421` now, whatever is in flight.
+    async fn cut_off(&mut self) -> Outcome {
+        let in_tx = self.session.in_transaction();
+        self.session.close_with(&mut self.out, reply::SHUTTING_DOWN);
+        if let Msg::Open(w) = std::mem::replace(&mut self.msg, Msg::None) {
+            w.abort();
+        }
+        self.finish().await;
+        if in_tx {
+            Outcome::CutOff
+        } else {
+            Outcome::Shutdown
+        }
+    }
+
+    /// Feeds all unconsumed input to the session and acts on its events
+    /// until it needs more input or closes.
+    async fn process(&mut self) -> Step {
+        loop {
+            let (used, ev) = self.session.handle_input(self.rbuf.data(), &mut self.out);
+            match ev {
+                Event::NeedInput => {
+                    self.rbuf.consume(used);
+                    return Step::NeedInput;
+                }
+                Event::Body(bytes) => {
+                    if let Msg::Open(w) = &mut self.msg {
+                        if let Err(e) = w.write(bytes).await {
+                            self.msg = Msg::Failed(self.store_failed("write", &e));
+                        }
+                    }
+                    self.rbuf.consume(used);
+                }
+                Event::MessageStart => {
+                    self.rbuf.consume(used);
+                    self.begin_message();
+                }
+                Event::MessageAbort => {
+                    self.rbuf.consume(used);
+                    if let Msg::Open(w) = std::mem::replace(&mut self.msg, Msg::None) {
+                        w.abort();
+                    }
+                }
+                Event::MessageEnd => {
+                    self.rbuf.consume(used);
+                    self.commit_message().await;
+                }
+                Event::Close => {
+                    self.rbuf.consume(used);
+                    if let Msg::Open(w) = std::mem::replace(&mut self.msg, Msg::None) {
+                        w.abort();
+                    }
+                    return Step::Close;
+                }
+            }
+        }
+    }
+
+    /// A body begins: open a record with the envelope and trace header.
+    fn begin_message(&mut self) {
+        let spool = &self.shard.spool;
+        let id = spool.next_queue_id();
+        let now = unix_now();
+        let env = self.session.envelope();
+        let mut received = Vec::with_capacity(256);
+        trace::write_received(
+            &mut received,
+            &env,
+            &self.shard.smtp.hostname,
+            id.as_str(),
+            now,
+        );
+        let rcpts: Vec<&str> = env.rcpts().collect();
+        let rec = EnvelopeRecord {
+            arrival_unix: now,
+            client: env.client,
+            helo: env.helo,
+            mail_from: env.mail_from(),
+            mail_params: env.raw_params(),
+            rcpts: &rcpts,
+        };
+        self.msg = match ShardSpool::begin(spool, id, &rec, &received) {
+            Ok(w) => Msg::Open(w),
+            Err(e) => Msg::Failed(self.store_failed("begin", &e)),
+        };
+    }
+
+    /// End of data: make the message durable, then let the session reply.
+    async fn commit_message(&mut self) {
+        let result = match std::mem::replace(&mut self.msg, Msg::None) {
+            Msg::Open(w) => match w.commit().await {
+                Ok(id) => Ok(id),
+                Err(e) => Err(self.store_failed("commit", &e)),
+            },
+            Msg::Failed(e) => Err(e),
+            Msg::None => {
+                crate::error!(
+                    "shard {}: MessageEnd without MessageStart (engine bug); answering 451",
+                    self.shard.id
+                );
+                Err(CommitError::Io)
+            }
+        };
+        if let Ok(id) = &result {
+            let size = self.session.body_bytes();
+            let st = &self.shard.stats;
+            Stats::add(&st.messages, 1);
+            Stats::add(&st.message_bytes, size);
+            if crate::log::enabled(crate::log::Level::Info) {
+                let env = self.session.envelope();
+                crate::info!(
+                    "msg id={id} shard={} from=<{}> rcpts={} to={} size={size}",
+                    self.shard.id,
+                    env.mail_from(),
+                    env.rcpts().len(),
+                    RcptList(&env),
+                );
+            }
+        }
+        let result = result.as_ref().map(store::QueueId::as_str).map_err(|e| *e);
+        self.session.handle_commit(result, &mut self.out);
+    }
+
+    fn store_failed(&self, what: &str, e: &SpoolError) -> CommitError {
+        crate::warn!("shard {}: store {what} failed: {e}", self.shard.id);
+        if e.is_full() {
+            CommitError::SpoolFull
+        } else {
+            CommitError::Io
+        }
+    }
+
+    /// The code of the last reply, to say why the session closed.
+    fn closed_outcome(&self) -> Outcome {
+        let out = self.out.strip_suffix(b"\r\n").unwrap_or(&self.out);
+        let last = out.rsplit(|&b| b == b'\n').next().unwrap_or(&[]);
+        let code = std::str::from_utf8(last.get(..3).unwrap_or(b""))
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if code == 221 {
+            Outcome::Quit
+        } else {
+            Outcome::Closed(code)
+        }
+    }
+
+    /// Writes the reply buffer, bounded by the session's timeout (a client
+    /// that does not read its replies is as stalled as one that does not
+    /// send) and by the hard stop.
+    async fn flush(&mut self) -> Result<(), Outcome> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let limit = self.session.read_timeout();
+        let res = write_bounded(&mut self.stream, &self.out, limit, &self.shard, true).await;
+        self.bytes_out += self.out.len() as u64;
+        self.out.clear();
+        // A huge pipelined batch grew it; do not keep that for the session's life.
+        let keep = self.shard.server.write_buffer_bytes;
+        if self.out.capacity() > 4 * keep {
+            self.out = Vec::with_capacity(keep);
+        }
+        match res {
+            Ok(()) => Ok(()),
+            Err(None) => Err(Outcome::WriteTimeout),
+            Err(Some(k)) => Err(Outcome::WriteError(k)),
+        }
+    }
+
+    /// Last reply, then a lingering close.
+    async fn finish(&mut self) {
+        if !self.out.is_empty() {
+            let res = write_bounded(&mut self.stream, &self.out, LINGER, &self.shard, false).await;
+            if res.is_ok() {
+                self.bytes_out += self.out.len() as u64;
+            }
+            self.out.clear();
+        }
+        let _ = self.stream.shutdown(Shutdown::Write).await;
+        // Read and drop what the client still sends, until it closes (or
+        // the server shuts down: nothing is left to deliver).
+        let until = Instant::now() + LINGER;
+        let mut sink = [0u8; 64];
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.shard.shutdown.is_fired() {
+                break;
+            }
+            let r = future::or(async { Some(self.stream.read(&mut sink).await) }, async {
+                future::or(sleep(left), self.shard.shutdown.wait()).await;
+                None
+            })
+            .await;
+            match r {
+                Some(Ok(n)) if n > 0 => {}
+                _ => break,
+            }
+        }
+    }
+
+    /// Waits for input, the session's read timeout (or the end of the
+    /// connection's lifetime, whichever is first; `true` for the latter),
+    /// shutdown or hard stop.
+    async fn wait_input(&mut self) -> (Wake, bool) {
+        let timeout = self.session.read_timeout();
+        let life = self
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        let (limit, by_lifetime) = match life {
+            Some(l) if l <= timeout => (l, true),
+            _ => (timeout, false),
+        };
+        let size = self.shard.server.read_buffer_bytes;
+        let watch_shutdown = !self.shutdown_seen;
+        let first = limit.min(IDLE_RELEASE);
+        let spare = self.rbuf.spare(size);
+        if spare.is_empty() {
+            // The session always consumes enough to leave room (the buffer is
+            // larger than any line); if it did not, reading would spin.
+            crate::error!(
+                "shard {}: read buffer full and unconsumed (engine bug); closing",
+                self.shard.id
+            );
+            return (Wake::Stuck, false);
+        }
+        let wake = wait_readable(&mut self.stream, spare, first, &self.shard, watch_shutdown).await;
+        if let Wake::Data(n) = wake {
+            self.rbuf.filled(n);
+            return (wake, false);
+        }
+        if !matches!(wake, Wake::Timer) || limit <= IDLE_RELEASE {
+            return (wake, by_lifetime);
+        }
+        // Idle: give the buffers back and wait with a 1-byte read.
+        self.rbuf.release();
+        self.out = Vec::new();
+        let mut one = [0u8; 1];
+        let rest = limit - first;
+        let wake = wait_readable(
+            &mut self.stream,
+            &mut one,
+            rest,
+            &self.shard,
+            watch_shutdown,
+        )
+        .await;
+        self.out.reserve(self.shard.server.write_buffer_bytes);
+        if let Wake::Data(n) = wake {
+            let spare = self.rbuf.spare(size);
+            spare[..n].copy_from_slice(&one[..n]);
+            self.rbuf.filled(n);
+            return (wake, false);
+        }
+        (wake, by_lifetime)
+    }
+}
+
+/// Races a read against a timer, shutdown (if `watch_shutdown`) and the hard
+/// stop. The read is polled first, so input already there always wins.
+/// Dropping a pending glommio read consumes nothing, so the losers of the
+/// race lose no bytes.
+async fn wait_readable(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    limit: Duration,
+    shard: &Shard,
+    watch_shutdown: bool,
+) -> Wake {
+    let read = async {
+        match stream.read(buf).await {
+            Ok(0) => Wake::Eof,
+            Ok(n) => Wake::Data(n),
+            Err(e) => Wake::Error(e),
+        }
+    };
+    let timer = async {
+        sleep(limit).await;
+        Wake::Timer
+    };
+    let stop = async {
+        if watch_shutdown {
+            future::or(
+                async {
+                    shard.shutdown.wait().await;
+                    Wake::Shutdown
+                },
+                async {
+                    shard.hard_stop.wait().await;
+                    Wake::HardStop
+                },
+            )
+            .await
+        } else {
+            shard.hard_stop.wait().await;
+            Wake::HardStop
+        }
+    };
+    future::or(read, future::or(timer, stop)).await
+}
+
+/// `write_all` bounded by `limit` and, if `watch_hard_stop`, by the hard stop.
+/// `Err(None)`: timed out or stopped.
+async fn write_bounded(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    limit: Duration,
+    shard: &Shard,
+    watch_hard_stop: bool,
+) -> Result<(), Option<io::ErrorKind>> {
+    future::or(
+        async { stream.write_all(bytes).await.map_err(|e| Some(e.kind())) },
+        async {
+            if watch_hard_stop {
+                future::or(sleep(limit), shard.hard_stop.wait()).await;
+            } else {
+                sleep(limit).await;
+            }
+            Err(None)
+        },
+    )
+    .await
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Up to five recipients, then a count of the rest.
+struct RcptList<'a, 'e>(&'a crate::protocol::Envelope<'e>);
+
+impl fmt::Display for RcptList<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 5;
+        let n = self.0.rcpts().len();
+        for (i, r) in self.0.rcpts().take(SHOWN).enumerate() {
+            write!(f, "{}<{r}>", if i > 0 { "," } else { "" })?;
+        }
+        if n > SHOWN {
+            write!(f, ",(+{} more)", n - SHOWN)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_buffer_starts_small_grows_for_bulk_and_keeps_the_tail() {
+        let mut b = ReadBuf::default();
+        assert_eq!(b.spare(16384).len(), FIRST_READ_BYTES);
+        b.spare(16384)[..10].copy_from_slice(b"MAIL FROM:");
+        b.filled(10);
+        b.consume(5);
+        assert_eq!(b.data(), b"FROM:");
+        // Compaction moves the tail to the front; still the small buffer.
+        assert_eq!(b.spare(16384).len(), FIRST_READ_BYTES - 5);
+        assert_eq!(b.data(), b"FROM:");
+        // A read that fills it means bulk input: the next one gets it all.
+        let n = b.spare(16384).len();
+        b.filled(n);
+        assert_eq!(b.spare(16384).len(), 16384 - FIRST_READ_BYTES);
+        assert_eq!(&b.data()[..5], b"FROM:");
+    }
+
+    #[test]
+    fn a_tail_over_half_the_small_buffer_gets_the_full_size() {
+        let mut b = ReadBuf::default();
+        let half = FIRST_READ_BYTES / 2 + 1;
+        b.spare(16384);
+        b.filled(half);
+        assert_eq!(b.spare(16384).len(), 16384 - half);
+    }
+
+    #[test]
+    fn release_frees_only_an_empty_buffer() {
+        let mut b = ReadBuf::default();
+        b.spare(16384);
+        b.filled(3);
+        b.release();
+        assert_eq!(b.data().len(), 3, "unconsumed bytes must survive");
+        b.consume(3);
+        b.release();
+        assert_eq!(b.buf.capacity(), 0);
+        assert_eq!(b.spare(16384).len(), FIRST_READ_BYTES);
+    }
+
+    #[test]
+    fn a_small_configured_buffer_is_never_exceeded() {
+        let mut b = ReadBuf::default();
+        assert_eq!(b.spare(1500).len(), 1500);
+    }
+}

@@ -1,0 +1,380 @@
+//! The server runtime: one glommio executor per selected core, each a shard
+//! with its own listeners, connections and store, sharing nothing.
+//!
+//! | concern | file |
+//! |---|---|
+//! | start-up checks, resource limits, signals, executor pool | this file |
+//! | SO_REUSEPORT listener sockets, port-in-use probe | [`listener`] |
+//! | per-core state, accept loop, connection limit, shutdown | `shard.rs` |
+//! | one client connection driving the session | `conn.rs` |
+//!
+//! Start-up, on the main thread: resolve the cores, raise RLIMIT_NOFILE and
+//! RLIMIT_MEMLOCK where allowed, bind every shard's sockets (so "port in use"
+//! is reported before anything runs), block SIGINT/SIGTERM and start the
+//! signal thread, start the executors and wait until each reports that its
+//! store is open and its listeners are running. Any failure is one line and
+//! [`serve`] returns an error.
+//!
+//! Shutdown: the first SIGTERM/SIGINT writes a byte to each shard's stop
+//! socket; each shard stops accepting, answers idle sessions `421 4.3.2`,
+//! lets transactions in flight finish for `server.shutdown_grace`, then cuts
+//! off the rest. [`serve`] returns once every shard has stopped. A second
+//! signal exits the process at once (status 128 + signal).
+
+pub mod listener;
+
+mod conn;
+mod shard;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc;
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+pub use shard::ShardSummary;
+
+// The message store: the per-core spool (`250` means durable).
+use crate::spool as store;
+
+use crate::config::{Config, ConfigError};
+use crate::log::Level;
+
+/// glommio's I/O buffer pool per executor (its default, `io_memory`). glommio
+/// registers it with each of its three rings; that pins
+/// 3 × this many bytes per shard, accounted against RLIMIT_MEMLOCK unless
+/// the process has CAP_IPC_LOCK. See README "Locked memory".
+pub const IO_MEMORY_BYTES: u64 = 10 << 20;
+
+/// Rings registered per executor (main, latency, poll).
+const RINGS_PER_EXECUTOR: u64 = 3;
+
+/// glommio refuses to start an executor below this RLIMIT_MEMLOCK.
+pub const MIN_MEMLOCK_BYTES: u64 = 512 << 10;
+
+/// File descriptors beyond the connections: listeners, rings, eventfds,
+/// stop sockets, spool files.
+const FD_SLACK: u64 = 256;
+
+/// Why the server could not start or run; each message is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A setting that cannot work here.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listen address that cannot be used.
+    #[error(transparent)]
+    Listen(#[from] listener::ListenError),
+    /// RLIMIT_MEMLOCK below what io_uring needs, and it cannot be raised.
+    #[error(
+        "locked-memory limit (RLIMIT_MEMLOCK) is {have} KiB; io_uring needs at least {need} KiB: \
+         raise it (ulimit -l, LimitMEMLOCK= in systemd) or run with CAP_IPC_LOCK"
+    )]
+    Memlock {
+        /// Current soft limit, KiB.
+        have: u64,
+        /// The minimum, KiB.
+        need: u64,
+    },
+    /// A shard failed to start (store, executor, CPU placement).
+    #[error("shard {shard}: {reason}")]
+    Shard {
+        /// The shard.
+        shard: u32,
+        /// What failed.
+        reason: String,
+    },
+    /// A system call the start-up needs failed.
+    #[error("{0}")]
+    System(String),
+}
+
+/// Runs the server until a signal stops it; see the module docs.
+///
+/// Blocks SIGINT and SIGTERM in the calling thread (and so in every thread it
+/// starts): a dedicated thread waits for them.
+///
+/// # Errors
+/// A [`ServerError`] at start-up, or if a shard dies.
+pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
+    cfg.validate()?;
+    let level = Level::parse(&cfg.server.log_level)
+        .ok_or_else(|| ConfigError::LogLevel(cfg.server.log_level.clone()))?;
+    crate::log::set_level(level);
+    crate::log::install();
+
+    let allowed = allowed_cpus()?;
+    let cpus = cfg.server.cores.resolve(&allowed)?;
+    let shards = cpus.len() as u64;
+
+    raise_nofile(shards * cfg.server.max_connections_per_shard as u64 + FD_SLACK);
+    check_memlock(shards)?;
+
+    let bound = listener::bind_all(&cfg.server.listen, cpus.len(), &cfg.server)?;
+
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut stops = Vec::with_capacity(cpus.len());
+    let mut starts = Vec::with_capacity(cpus.len());
+    for (i, (cpu, sockets)) in cpus.iter().zip(bound.per_shard).enumerate() {
+        let (ours, theirs) = UnixStream::pair()
+            .map_err(|e| ServerError::System(format!("cannot create a socket pair: {e}")))?;
+        stops.push(ours);
+        starts.push(shard::ShardStart {
+            id: i as u32,
+            cpu: *cpu,
+            config: cfg.clone(),
+            sockets,
+            stop: OwnedFd::from(theirs),
+            ready: shard::Ready::new(i as u32, ready_tx.clone()),
+        });
+    }
+    drop(ready_tx);
+
+    block_signals()?;
+    spawn_signal_thread(stops, cfg.server.shutdown_grace)?;
+
+    let mut handles = Vec::with_capacity(starts.len());
+    for start in starts {
+        let (id, cpu) = (start.id, start.cpu);
+        let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("ringmx-shard{id}"))
+            .io_memory(IO_MEMORY_BYTES as usize)
+            .spawn(move || shard::run(start))
+            .map_err(|e| ServerError::Shard {
+                shard: id,
+                reason: format!("CPU {cpu}: {e}"),
+            })?;
+        handles.push((id, h));
+    }
+
+    // Every shard reports exactly once (see `shard::Ready`): its store is
+    // open and its listeners run, or what failed.
+    let mut handles: Vec<_> = handles.into_iter().map(Some).collect();
+    for _ in 0..handles.len() {
+        let Ok((id, r)) = ready_rx.recv() else { break };
+        let reason = match r {
+            Ok(()) => continue,
+            Err(Some(reason)) => reason,
+            // The executor never ran the shard: the reason is in its result.
+            Err(None) => match handles[id as usize].take().map(|(_, h)| h.join()) {
+                Some(Err(e)) => one_line(&e),
+                _ => "stopped during start-up".into(),
+            },
+        };
+        return Err(ServerError::Shard { shard: id, reason });
+    }
+
+    let addrs: Vec<String> = bound.addrs.iter().map(SocketAddr::to_string).collect();
+    // Always written, whatever the level: scripts and tests wait for it.
+    crate::log::write(
+        Level::Info,
+        format_args!(
+            "listening on {} ({} shards on CPUs {cpus:?})",
+            addrs.join(" "),
+            cpus.len()
+        ),
+    );
+    if cfg.spool.durability == crate::config::Durability::None {
+        crate::warn!(
+            "spool.durability = none: 250 is sent before messages reach the disk; a crash \
+             or power loss LOSES ACKNOWLEDGED MAIL. Use this for benchmarks only."
+        );
+    }
+
+    let mut summaries = Vec::with_capacity(handles.len());
+    for (id, h) in handles.into_iter().flatten() {
+        match h.join() {
+            Ok(s) => summaries.push(s),
+            Err(e) => {
+                return Err(ServerError::Shard {
+                    shard: id,
+                    reason: one_line(&e),
+                })
+            }
+        }
+    }
+    let total: u64 = summaries.iter().map(|s| s.messages).sum();
+    crate::info!(
+        "stopped: {} shards, {total} messages accepted",
+        summaries.len()
+    );
+    Ok(summaries)
+}
+
+fn one_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The CPUs this process may run on (its affinity mask), ascending.
+fn allowed_cpus() -> Result<Vec<usize>, ServerError> {
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the pointer and size describe `set`, which outlives the call.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(ServerError::System(format!(
+            "cannot read the CPU affinity mask: {e}"
+        )));
+    }
+    // SAFETY: CPU_ISSET reads `set` within CPU_SETSIZE.
+    Ok((0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect())
+}
+
+fn getrlimit(res: libc::__rlimit_resource_t) -> (u64, u64) {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `r` is a valid rlimit to write into.
+    unsafe { libc::getrlimit(res, &mut r) };
+    (r.rlim_cur, r.rlim_max)
+}
+
+fn setrlimit(res: libc::__rlimit_resource_t, soft: u64, hard: u64) -> bool {
+    let r = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `r` is a valid rlimit.
+    unsafe { libc::setrlimit(res, &r) == 0 }
+}
+
+/// Raises a soft limit to `want`: first within the hard limit, then (with
+/// CAP_SYS_RESOURCE) the hard limit too. Returns the soft limit in force.
+fn raise_limit(res: libc::__rlimit_resource_t, want: u64) -> u64 {
+    let (soft, hard) = getrlimit(res);
+    if soft >= want {
+        return soft;
+    }
+    if hard < want && setrlimit(res, want, want) {
+        return want;
+    }
+    let to = want.min(hard);
+    if to > soft && setrlimit(res, to, hard) {
+        return to;
+    }
+    soft
+}
+
+fn raise_nofile(want: u64) {
+    let got = raise_limit(libc::RLIMIT_NOFILE, want);
+    if got < want {
+        crate::warn!(
+            "open-file limit (RLIMIT_NOFILE) is {got}, below shards x max_connections + \
+             {FD_SLACK} = {want}: connections past it fail to accept; raise ulimit -n \
+             (LimitNOFILE= in systemd)"
+        );
+    }
+}
+
+/// Whether the process has CAP_IPC_LOCK (the kernel then does not count
+/// io_uring's pinned buffers against RLIMIT_MEMLOCK).
+fn has_cap_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("CapEff:"))?;
+            u64::from_str_radix(line["CapEff:".len()..].trim(), 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
+
+/// Raises RLIMIT_MEMLOCK to what glommio's buffer registration needs; fails
+/// below io_uring's minimum, warns when registration will be skipped.
+fn check_memlock(shards: u64) -> Result<(), ServerError> {
+    let want = shards * RINGS_PER_EXECUTOR * IO_MEMORY_BYTES;
+    let got = raise_limit(libc::RLIMIT_MEMLOCK, want);
+    if got < MIN_MEMLOCK_BYTES {
+        return Err(ServerError::Memlock {
+            have: got >> 10,
+            need: MIN_MEMLOCK_BYTES >> 10,
+        });
+    }
+    if got < want && !has_cap_ipc_lock() {
+        crate::warn!(
+            "locked-memory limit (RLIMIT_MEMLOCK) is {} KiB, below the {} KiB that {shards} \
+             shards need to register their I/O buffers with io_uring (3 rings x {} KiB each); \
+             glommio will skip registration (spool I/O then copies through unregistered \
+             buffers). Raise ulimit -l / LimitMEMLOCK= (see README)",
+            got >> 10,
+            want >> 10,
+            IO_MEMORY_BYTES >> 10
+        );
+    }
+    Ok(())
+}
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+    }
+    set
+}
+
+/// Blocks SIGINT/SIGTERM here; threads started later inherit the mask, so
+/// only the signal thread's `sigwait` ever sees them.
+fn block_signals() -> Result<(), ServerError> {
+    let set = signal_set();
+    // SAFETY: `set` is a valid sigset_t; the old mask is not wanted.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(ServerError::System(format!(
+            "cannot block signals: {}",
+            std::io::Error::from_raw_os_error(rc)
+        )));
+    }
+    Ok(())
+}
+
+fn spawn_signal_thread(
+    stops: Vec<UnixStream>,
+    grace: std::time::Duration,
+) -> Result<(), ServerError> {
+    std::thread::Builder::new()
+        .name("ringmx-signals".into())
+        .spawn(move || {
+            let set = signal_set();
+            let mut first = true;
+            loop {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: `set` and `sig` are valid for the call.
+                if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                    continue;
+                }
+                let name = if sig == libc::SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
+                if first {
+                    first = false;
+                    crate::info!(
+                        "{name}: shutting down: no new connections, idle sessions get 421, \
+                         transactions in flight have {grace:?}; send it again to exit at once"
+                    );
+                    for mut s in &stops {
+                        let _ = s.write_all(b"x");
+                    }
+                } else {
+                    crate::warn!("{name} again: exiting at once");
+                    std::process::exit(128 + sig);
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| ServerError::System(format!("cannot start the signal thread: {e}")))
+}

@@ -1,0 +1,409 @@
+//! One shard: the state and tasks of one executor on one core.
+//!
+//! Owns: the shard's listeners and accept loops, the connection permits
+//! (the per-shard connection limit), the shutdown sequence (stop accepting,
+//! tell connections, wait for the grace period, cut off what is left, close
+//! the store) and the shard's counters. Everything here is single-threaded
+//! (`Rc`, `Cell`); the only thing that crosses threads is the byte on the
+//! stop socket that [`super`] writes when a signal arrives.
+//! Leaves to [`super::conn`]: everything that happens on a client socket.
+
+use std::cell::Cell;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream, UnixStream};
+use glommio::sync::{Semaphore, StaticPermit};
+use glommio::timer::sleep;
+
+use super::conn;
+use super::store;
+use crate::config::{Config, ServerConfig, SmtpConfig};
+use crate::protocol::reply;
+
+/// When the shard is full, how long the accept loop waits for a slot before
+/// it accepts the next connection anyway and answers it `421 4.3.2`. Meanwhile
+/// new connections queue in the kernel (the listen backlog), so a burst at
+/// exactly the limit is absorbed as the first connections close, while a
+/// client over the limit hears `421` in a fraction of a second instead of
+/// sitting silent until its 5-minute greeting timeout (RFC 5321 §4.5.3.2.1)
+/// on a shard that cannot serve it.
+const OVERLOAD_WAIT: Duration = Duration::from_millis(100);
+
+/// After `accept` fails for lack of file descriptors or memory, pause before
+/// trying again rather than spin on the same error.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Once the grace period is over and connections were told to stop, how long
+/// to wait for them to write their `421` and go.
+const HARD_STOP_WAIT: Duration = Duration::from_secs(2);
+
+/// A one-shot, many-waiter notification: `fire` wakes every `wait`, now and
+/// later. Built on a closed semaphore, whose waiter list is intrusive (no
+/// allocation per waiter) and cleaned up when a waiting future is dropped.
+pub(crate) struct Trigger {
+    fired: Cell<bool>,
+    sem: Semaphore,
+}
+
+impl Trigger {
+    fn new() -> Self {
+        Self {
+            fired: Cell::new(false),
+            sem: Semaphore::new(0),
+        }
+    }
+
+    /// Wakes every waiter; later waits return at once.
+    pub(crate) fn fire(&self) {
+        if !self.fired.replace(true) {
+            self.sem.close();
+        }
+    }
+
+    /// Whether [`Trigger::fire`] was called.
+    pub(crate) fn is_fired(&self) -> bool {
+        self.fired.get()
+    }
+
+    /// Returns once fired.
+    pub(crate) async fn wait(&self) {
+        if !self.fired.get() {
+            // Nobody ever signals the semaphore: acquire returns only with
+            // the error that `close` causes.
+            let _ = self.sem.acquire(1).await;
+        }
+    }
+}
+
+/// Counters of one shard, logged when it stops.
+#[derive(Default)]
+pub(crate) struct Stats {
+    /// Connections given a session.
+    pub(crate) connections: Cell<u64>,
+    /// Connections answered `421 4.3.2` over the limit.
+    pub(crate) rejected: Cell<u64>,
+    /// Messages acknowledged with `250`.
+    pub(crate) messages: Cell<u64>,
+    /// Body bytes of those messages.
+    pub(crate) message_bytes: Cell<u64>,
+    /// Failed `accept` calls (out of descriptors, aborted handshakes).
+    pub(crate) accept_errors: Cell<u64>,
+}
+
+impl Stats {
+    /// Adds `n` to counter `c`.
+    pub(crate) fn add(c: &Cell<u64>, n: u64) {
+        c.set(c.get() + n);
+    }
+}
+
+/// The per-core state every connection task of the shard shares.
+pub(crate) struct Shard {
+    /// Shard number (0-based), in logs and queue ids.
+    pub(crate) id: u32,
+    /// Network knobs.
+    pub(crate) server: ServerConfig,
+    /// What each session needs.
+    pub(crate) smtp: Rc<SmtpConfig>,
+    /// Where accepted messages go.
+    pub(crate) spool: Rc<store::ShardSpool>,
+    /// One permit per open connection: the per-shard connection limit.
+    permits: Rc<Semaphore>,
+    /// Connection tasks alive (served or being rejected).
+    active: Cell<usize>,
+    /// Fired at the first signal: stop accepting; idle sessions get `421`.
+    pub(crate) shutdown: Trigger,
+    /// Fired when the grace period is over: every session gets `421` now.
+    pub(crate) hard_stop: Trigger,
+    /// Fired when `active` drops to zero after shutdown.
+    drained: Trigger,
+    pub(crate) stats: Stats,
+}
+
+/// Keeps [`Shard::active`] up to date; held by every connection task.
+pub(crate) struct ActiveGuard(Rc<Shard>);
+
+impl ActiveGuard {
+    fn new(shard: &Rc<Shard>) -> Self {
+        shard.active.set(shard.active.get() + 1);
+        ActiveGuard(Rc::clone(shard))
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        let s = &self.0;
+        s.active.set(s.active.get() - 1);
+        if s.active.get() == 0 && s.shutdown.is_fired() {
+            s.drained.fire();
+        }
+    }
+}
+
+/// Everything a shard thread needs; built on the main thread.
+pub(crate) struct ShardStart {
+    pub(crate) id: u32,
+    pub(crate) cpu: usize,
+    pub(crate) config: Config,
+    /// Bound and listening, one per listen address.
+    pub(crate) sockets: Vec<socket2::Socket>,
+    /// Readable (a byte, or EOF) when the process is told to stop.
+    pub(crate) stop: OwnedFd,
+    /// Start-up result, so the main thread can report it in one line.
+    pub(crate) ready: Ready,
+}
+
+/// What a shard reports to the main thread at start: `Ok`, `Err(Some(why))`,
+/// or `Err(None)` when the executor never ran the shard (the reason is then
+/// in the executor's join result).
+pub(crate) type ReadyMsg = (u32, Result<(), Option<String>>);
+
+/// Reports a shard's start exactly once: explicitly, or with `Err(None)` when
+/// dropped unreported (the executor failed before running the shard, or the
+/// shard panicked), so the main thread never waits forever.
+pub(crate) struct Ready {
+    id: u32,
+    tx: Option<mpsc::Sender<ReadyMsg>>,
+}
+
+impl Ready {
+    pub(crate) fn new(id: u32, tx: mpsc::Sender<ReadyMsg>) -> Self {
+        Self { id, tx: Some(tx) }
+    }
+
+    fn report(&mut self, r: Result<(), String>) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send((self.id, r.map_err(Some)));
+        }
+    }
+}
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send((self.id, Err(None)));
+        }
+    }
+}
+
+/// What a shard did, for the exit summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ShardSummary {
+    /// Connections served.
+    pub connections: u64,
+    /// Connections answered `421` over the limit.
+    pub rejected: u64,
+    /// Messages accepted.
+    pub messages: u64,
+    /// Connections still open when the shard stopped (cut off).
+    pub cut_off: usize,
+}
+
+/// The shard's main future: start, serve until told to stop, shut down.
+pub(crate) async fn run(start: ShardStart) -> ShardSummary {
+    let ShardStart {
+        id,
+        cpu,
+        config,
+        sockets,
+        stop,
+        mut ready,
+    } = start;
+    let spool = match store::ShardSpool::open(&config.spool.dir, id, &config.spool).await {
+        Ok(s) => s,
+        Err(e) => {
+            ready.report(Err(e.to_string()));
+            return ShardSummary::default();
+        }
+    };
+    let listeners: Vec<TcpListener> = sockets
+        .into_iter()
+        // SAFETY: each fd is a bound, listening TCP socket that we own and
+        // give away here; nothing else closes or uses it afterwards.
+        .map(|s| unsafe { TcpListener::from_raw_fd(s.into_raw_fd()) })
+        .collect();
+    // SAFETY: `stop` is one end of a Unix socket pair, owned and given away.
+    let stop = unsafe { UnixStream::from_raw_fd(stop.into_raw_fd()) };
+    let max = config.server.max_connections_per_shard as u64;
+    let shard = Rc::new(Shard {
+        id,
+        server: config.server.clone(),
+        smtp: Rc::new(config.smtp.clone()),
+        spool,
+        permits: Rc::new(Semaphore::new(max)),
+        active: Cell::new(0),
+        shutdown: Trigger::new(),
+        hard_stop: Trigger::new(),
+        drained: Trigger::new(),
+        stats: Stats::default(),
+    });
+    let accept_loops: Vec<_> = listeners
+        .into_iter()
+        .map(|l| glommio::spawn_local(accept_loop(Rc::clone(&shard), l)))
+        .collect();
+    crate::debug!("shard {id} running on CPU {cpu}");
+    ready.report(Ok(()));
+
+    // Wait for the stop byte (EOF counts too: the main thread is gone).
+    let mut stop = stop;
+    let _ = stop.read(&mut [0u8; 1]).await;
+    shutdown(&shard, accept_loops).await
+}
+
+async fn shutdown(shard: &Rc<Shard>, accept_loops: Vec<glommio::Task<()>>) -> ShardSummary {
+    let id = shard.id;
+    shard.shutdown.fire();
+    // Stop accepting: the loops return and drop their listeners.
+    for l in accept_loops {
+        l.await;
+    }
+    let grace = shard.server.shutdown_grace;
+    crate::debug!(
+        "shard {id}: stopped accepting; {} connections finishing (grace {grace:?})",
+        shard.active.get()
+    );
+    if shard.active.get() > 0 {
+        future::or(shard.drained.wait(), sleep(grace)).await;
+    }
+    let mut cut_off = 0;
+    if shard.active.get() > 0 {
+        cut_off = shard.active.get();
+        crate::warn!(
+            "shard {id}: grace period ({grace:?}) over; cutting off {cut_off} connections"
+        );
+        shard.hard_stop.fire();
+        future::or(shard.drained.wait(), sleep(HARD_STOP_WAIT)).await;
+    }
+    // Commits in flight finish; the store syncs and releases its files.
+    if let Err(e) = shard.spool.close().await {
+        crate::error!("shard {id}: closing the store: {e}");
+    }
+    let st = &shard.stats;
+    let sp = shard.spool.stats();
+    crate::info!(
+        "shard {id} stopped: connections={} rejected={} messages={} message_bytes={} \
+         accept_errors={} cut_off={cut_off} spool_records={} fdatasyncs={} \
+         commits_per_fdatasync={:.2}",
+        st.connections.get(),
+        st.rejected.get(),
+        st.messages.get(),
+        st.message_bytes.get(),
+        st.accept_errors.get(),
+        sp.records,
+        sp.fdatasyncs,
+        sp.commits_per_fdatasync(),
+    );
+    ShardSummary {
+        connections: st.connections.get(),
+        rejected: st.rejected.get(),
+        messages: st.messages.get(),
+        cut_off,
+    }
+}
+
+enum Slot {
+    Permit(StaticPermit),
+    Full,
+    Shutdown,
+}
+
+/// Accepts on one listener until shutdown. A connection permit is taken
+/// before `accept`, so when the shard is full new connections wait in the
+/// kernel queue; see [`OVERLOAD_WAIT`] for what happens past that.
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        let slot = match shard.permits.try_acquire_static_permit(1) {
+            Ok(p) => Slot::Permit(p),
+            Err(_) => {
+                future::or(
+                    async {
+                        match shard.permits.acquire_static_permit(1).await {
+                            Ok(p) => Slot::Permit(p),
+                            Err(_) => Slot::Shutdown,
+                        }
+                    },
+                    future::or(
+                        async {
+                            sleep(OVERLOAD_WAIT).await;
+                            Slot::Full
+                        },
+                        async {
+                            shard.shutdown.wait().await;
+                            Slot::Shutdown
+                        },
+                    ),
+                )
+                .await
+            }
+        };
+        if matches!(slot, Slot::Shutdown) {
+            return;
+        }
+        let accepted = future::or(async { Some(listener.accept().await) }, async {
+            shard.shutdown.wait().await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => return,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                Stats::add(&shard.stats.accept_errors, 1);
+                let e = std::io::Error::from(e);
+                crate::warn!("shard {}: accept failed: {e}", shard.id);
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                ) {
+                    sleep(ACCEPT_ERROR_PAUSE).await;
+                }
+                continue;
+            }
+        };
+        let guard = ActiveGuard::new(&shard);
+        match slot {
+            Slot::Permit(permit) => {
+                Stats::add(&shard.stats.connections, 1);
+                glommio::spawn_local(conn::serve(Rc::clone(&shard), stream, permit, guard))
+                    .detach();
+            }
+            Slot::Full => {
+                Stats::add(&shard.stats.rejected, 1);
+                glommio::spawn_local(reject(Rc::clone(&shard), stream, guard)).detach();
+            }
+            Slot::Shutdown => unreachable!("returned above"),
+        }
+    }
+}
+
+/// Over the connection limit: `421 4.3.2` and close (RFC 5321 §3.8).
+async fn reject(shard: Rc<Shard>, mut stream: TcpStream, _guard: ActiveGuard) {
+    let peer = stream.peer_addr().ok();
+    let start = std::time::Instant::now();
+    // A fresh socket's send buffer is empty: this write does not block.
+    let ok = future::or(
+        async { stream.write_all(reply::TOO_MANY_CONNECTIONS).await.is_ok() },
+        async {
+            sleep(OVERLOAD_WAIT).await;
+            false
+        },
+    )
+    .await;
+    let _ = stream.close().await;
+    crate::info!(
+        "conn peer={} shard={} duration_ms={} messages=0 bytes_in=0 bytes_out={} \
+         outcome=too-many-connections",
+        conn::PeerDisplay(peer),
+        shard.id,
+        start.elapsed().as_millis(),
+        if ok {
+            reply::TOO_MANY_CONNECTIONS.len()
+        } else {
+            0
+        },
+    );
+}

@@ -1,0 +1,194 @@
+//! Connection-level limits: connections per shard, timeouts (RFC 5321
+//! §4.5.3.2), connection lifetime, and that a slow client never delays others.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Client, Server};
+
+#[test]
+fn over_the_connection_limit_gets_421_and_close() {
+    let s = Server::start(&["--max-connections", "2"]);
+    let mut a = s.client();
+    let _b = s.client();
+    let mut over = Client::connect(s.addr);
+    over.expect("421 4.3.2 Too many connections");
+    over.expect_eof();
+    // A freed slot is usable again.
+    a.send("QUIT\r\n");
+    a.expect("221 ");
+    a.expect_eof();
+    let until = Instant::now() + common::STEP;
+    loop {
+        let mut c = Client::connect(s.addr);
+        let r = c.reply();
+        if r[0].starts_with("220 ") {
+            break;
+        }
+        assert!(r[0].starts_with("421 4.3.2"), "{r:?}");
+        assert!(Instant::now() < until, "slot never freed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        s.logs().contains("outcome=too-many-connections"),
+        "{}",
+        s.logs()
+    );
+}
+
+#[test]
+fn a_silent_client_times_out_with_421() {
+    let s = Server::start(&["--command-timeout", "1s"]);
+    let mut c = s.client();
+    c.ehlo();
+    let t = Instant::now();
+    c.expect("421 4.4.2");
+    c.expect_eof();
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert!(
+        s.wait_log("outcome=timeout", common::STEP).is_some(),
+        "{}",
+        s.logs()
+    );
+}
+
+#[test]
+fn a_silent_client_mid_data_times_out_with_421() {
+    let s = Server::start(&["--data-timeout", "1s"]);
+    let mut c = s.client();
+    c.ehlo();
+    c.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<u@localhost>\r\nDATA\r\n");
+    c.expect("250 ");
+    c.expect("250 ");
+    c.expect("354 ");
+    c.send("Subject: partial\r\n\r\nno end");
+    let t = Instant::now();
+    c.expect("421 4.4.2");
+    c.expect_eof();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+#[test]
+fn connection_lifetime_is_bounded() {
+    let s = Server::start(&["--max-connection-lifetime", "2s"]);
+    let mut c = s.client();
+    let t = Instant::now();
+    // Busy, not idle: a command every 200 ms never hits the idle timeout.
+    loop {
+        c.send("NOOP\r\n");
+        let l = c.line();
+        if l.starts_with("421 4.4.2") {
+            break;
+        }
+        assert!(l.starts_with("250 "), "{l}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "lifetime not enforced"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(1800), "{took:?}");
+    c.expect_eof();
+    assert!(
+        s.wait_log("outcome=lifetime", common::STEP).is_some(),
+        "{}",
+        s.logs()
+    );
+}
+
+#[test]
+fn stalled_clients_do_not_delay_others() {
+    let s = Server::start(&[]);
+    // One client stops mid-line, one mid-DATA, one floods pipelined NOOPs
+    // and never reads the replies (its socket buffers fill up and the
+    // server's writes to it block).
+    let mut mid_line = s.client();
+    mid_line.send("MAIL FROM:<stal");
+    let mut mid_data = s.client();
+    mid_data.ehlo();
+    mid_data.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<u@localhost>\r\nDATA\r\n");
+    mid_data.expect("250 ");
+    mid_data.expect("250 ");
+    mid_data.expect("354 ");
+    mid_data.send("Subject: slow\r\n\r\npart");
+    let flood = s.client();
+    let flood_addr = flood.stream().try_clone().unwrap();
+    let flooder = std::thread::spawn(move || {
+        let mut w = flood_addr;
+        let chunk = "NOOP\r\n".repeat(10_000);
+        // Stops once the kernel buffers are full and the write times out.
+        w.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut sent = 0usize;
+        while std::io::Write::write_all(&mut w, chunk.as_bytes()).is_ok() {
+            sent += chunk.len();
+            if sent > 64 << 20 {
+                break;
+            }
+        }
+        sent
+    });
+    std::thread::sleep(Duration::from_millis(500));
+
+    let t = Instant::now();
+    let mut c = s.client();
+    c.ehlo();
+    for i in 0..20 {
+        c.transaction(
+            "fast@example.org",
+            "u@localhost",
+            &format!("Subject: {i}\r\n\r\nx\r\n"),
+        );
+    }
+    c.send("QUIT\r\n");
+    c.expect("221 ");
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "20 transactions took {took:?} next to stalled clients"
+    );
+    let sent = flooder.join().unwrap();
+    assert!(sent > 0);
+    // The stalled ones are still being served (not closed, not answered).
+    mid_line.send("x@example.org>\r\n");
+    mid_line.expect("503 5.5.1");
+    mid_data.send("\r\n.\r\n");
+    mid_data.expect("250 2.0.0 Ok: queued as");
+    drop(flood);
+}
+
+#[test]
+fn a_client_slower_than_the_idle_buffer_release_keeps_its_bytes() {
+    // The server gives idle connections' buffers back after a second; bytes
+    // that straddle that (a partial line, a partial body) must survive.
+    let mut s = Server::start(&[]);
+    let mut c = s.client();
+    c.send("EHLO slow.example\r\n");
+    c.expect("250 ");
+    std::thread::sleep(Duration::from_millis(1300));
+    c.send("MAIL FROM:<slow@exa");
+    std::thread::sleep(Duration::from_millis(1300));
+    c.send("mple.org>\r\nRCPT TO:<u@localhost>\r\nDATA\r\n");
+    c.expect("250 2.1.0");
+    c.expect("250 2.1.5");
+    c.expect("354 ");
+    c.send("Subject: slow\r\n\r\nfirst");
+    std::thread::sleep(Duration::from_millis(1300));
+    c.send(" line\r\n");
+    std::thread::sleep(Duration::from_millis(1300));
+    c.send(".\r\nQUIT\r\n");
+    c.expect("250 2.0.0 Ok: queued as");
+    c.expect("221 ");
+    assert!(s.stop().success());
+    let stored = s.stored();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].mail_from, "slow@example.org");
+    assert!(stored[0]
+        .text()
+        .ends_with("Subject: slow\r\n\r\nfirst line\r\n"));
+}
