@@ -1,0 +1,423 @@
+//! What a run is asked to do: the validated configuration, and the parsers for
+//! the flag values that are more than a number (sizes, size distributions,
+//! durations).
+//!
+//! `main.rs` owns the flags and their help text; this file owns what they mean.
+//! Everything here is checked once, before any connection is opened, and each
+//! error carries the offending text.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A flag value that could not be understood, or flags that contradict each other.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A size such as `1k`, `64k` or `1m` did not parse.
+    #[error("bad size {0:?}: expected a byte count with an optional k, m or g suffix (1k = 1024)")]
+    Size(String),
+    /// A size distribution such as `1k:80,64k:15,1m:5` did not parse.
+    #[error("bad size distribution {0:?}: expected SIZE or SIZE:WEIGHT,SIZE:WEIGHT,...")]
+    SizeDist(String),
+    /// A duration such as `30s`, `500ms` or `2m` did not parse.
+    #[error("bad duration {0:?}: expected a number with a unit (ms, s, m, h), e.g. 30s")]
+    Duration(String),
+    /// Two flags, or a flag's value, cannot be honoured together.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// How the next message's start time is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Load {
+    /// Closed loop: each connection starts its next message as soon as the
+    /// previous one is answered. Throughput is whatever the server allows.
+    Closed,
+    /// Open loop: messages are due at a fixed average rate whatever the server
+    /// does; latency is measured from each message's due time.
+    Open {
+        /// Messages per second over all connections and cores.
+        rate: f64,
+        /// How due times are spaced.
+        arrivals: Arrivals,
+    },
+}
+
+/// Spacing of due times in open loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Arrivals {
+    /// Evenly spaced, 1/rate apart (as wrk2 does).
+    Constant,
+    /// A Poisson process: exponential gaps with mean 1/rate, as independent
+    /// senders would produce.
+    Poisson,
+}
+
+/// When to send commands without waiting for each reply (RFC 2920).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Pipelining {
+    /// Pipeline when the server's EHLO reply advertises PIPELINING.
+    Auto,
+    /// Always pipeline, advertised or not (tests a server's tolerance).
+    On,
+    /// Never pipeline: one command, one reply, one round trip each.
+    Off,
+}
+
+/// What one "message" of the run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// A full mail transaction: MAIL, RCPT..., DATA or BDAT, body.
+    Mail,
+    /// One NOOP round trip; with `--msgs-per-conn 1` this is connect + EHLO +
+    /// NOOP + QUIT, the cost of a session without the transaction.
+    Noop,
+}
+
+/// One entry of a message size distribution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SizeWeight {
+    /// Message size in bytes, headers included, as sent before dot-stuffing.
+    pub bytes: usize,
+    /// Relative weight; the weights need not add up to 100.
+    pub weight: f64,
+}
+
+/// The message sizes a run draws from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SizeDist {
+    /// Sizes with their weights, in the order given.
+    pub entries: Vec<SizeWeight>,
+    /// The flag text it was parsed from, for reports.
+    pub spec: String,
+}
+
+impl SizeDist {
+    /// Parses `1k` (one fixed size) or `1k:80,64k:15,1m:5` (weighted sizes).
+    ///
+    /// # Errors
+    /// [`ConfigError::SizeDist`] or [`ConfigError::Size`] naming the bad text.
+    ///
+    /// # Example
+    /// ```
+    /// let d = loadgen::config::SizeDist::parse("1k:80,64k:20").unwrap();
+    /// assert_eq!(d.entries[1].bytes, 65536);
+    /// assert_eq!(d.entries[1].weight, 20.0);
+    /// ```
+    pub fn parse(text: &str) -> Result<SizeDist, ConfigError> {
+        let bad = || ConfigError::SizeDist(text.to_string());
+        let mut entries = Vec::new();
+        for part in text.split(',') {
+            let part = part.trim();
+            let (size, weight) = match part.split_once(':') {
+                Some((s, w)) => (s, w.trim().parse::<f64>().map_err(|_| bad())?),
+                None => (part, 1.0),
+            };
+            if !(weight.is_finite() && weight > 0.0) {
+                return Err(bad());
+            }
+            entries.push(SizeWeight {
+                bytes: parse_size(size)?,
+                weight,
+            });
+        }
+        if entries.is_empty() {
+            return Err(bad());
+        }
+        Ok(SizeDist {
+            entries,
+            spec: text.to_string(),
+        })
+    }
+
+    /// Picks an entry index for a uniform random `u` in [0, 1).
+    pub fn pick(&self, u: f64) -> usize {
+        let total: f64 = self.entries.iter().map(|e| e.weight).sum();
+        let mut x = u * total;
+        for (i, e) in self.entries.iter().enumerate() {
+            if x < e.weight {
+                return i;
+            }
+            x -= e.weight;
+        }
+        self.entries.len() - 1
+    }
+
+    /// Mean message size in bytes, weighted.
+    pub fn mean_bytes(&self) -> f64 {
+        let total: f64 = self.entries.iter().map(|e| e.weight).sum();
+        self.entries
+            .iter()
+            .map(|e| e.bytes as f64 * e.weight)
+            .sum::<f64>()
+            / total
+    }
+}
+
+/// Parses a byte size: `512`, `1k`, `64K`, `1m`, `1MiB`, `2g` (binary units: 1k = 1024).
+///
+/// # Errors
+/// [`ConfigError::Size`] when the text is not a whole number with an optional unit.
+///
+/// # Example
+/// ```
+/// assert_eq!(loadgen::config::parse_size("64k").unwrap(), 65536);
+/// assert_eq!(loadgen::config::parse_size("1MiB").unwrap(), 1 << 20);
+/// ```
+pub fn parse_size(text: &str) -> Result<usize, ConfigError> {
+    let bad = || ConfigError::Size(text.to_string());
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: usize = num.parse().map_err(|_| bad())?;
+    let mult: usize = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
+}
+
+/// Parses a duration: `500ms`, `30s`, `2m`, `1h`, `1.5s`; a bare number is seconds.
+///
+/// # Errors
+/// [`ConfigError::Duration`] when the text has no number or an unknown unit.
+///
+/// # Example
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(loadgen::config::parse_duration("250ms").unwrap(), Duration::from_millis(250));
+/// assert_eq!(loadgen::config::parse_duration("2m").unwrap(), Duration::from_secs(120));
+/// ```
+pub fn parse_duration(text: &str) -> Result<Duration, ConfigError> {
+    let bad = || ConfigError::Duration(text.to_string());
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => n / 1e3,
+        "" | "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad()),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| bad())
+}
+
+/// Formats a byte count the way sizes are written on the command line.
+pub fn format_size(bytes: usize) -> String {
+    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 1 << 10 && bytes % (1 << 10) == 0 {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+/// Everything `loadgen run` needs, validated.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The server, resolved once at start.
+    pub target: SocketAddr,
+    /// The target as the user wrote it, for reports.
+    pub target_text: String,
+    /// Concurrent connections over all cores; in open loop, the most messages
+    /// in flight at once.
+    pub connections: usize,
+    /// Generator threads (glommio executors), one per CPU.
+    pub cores: usize,
+    /// Closed or open loop.
+    pub load: Load,
+    /// Measured run length; `None` with `messages` set means "until N messages".
+    pub duration: Option<Duration>,
+    /// Stop after this many messages (attempts, failed ones included), not
+    /// counting warm-up.
+    pub messages: Option<u64>,
+    /// Time before measurement starts; its samples are shown live but left out
+    /// of totals and logs.
+    pub warmup: Duration,
+    /// Message sizes to draw from.
+    pub sizes: SizeDist,
+    /// Recipients per message.
+    pub rcpts: usize,
+    /// Messages per connection before QUIT; 0 = keep the connection for the run.
+    pub msgs_per_conn: u64,
+    /// RFC 2920 command pipelining.
+    pub pipelining: Pipelining,
+    /// Send the body with BDAT (RFC 3030) instead of DATA.
+    pub bdat: bool,
+    /// Mail transaction or NOOP round trip.
+    pub scenario: Scenario,
+    /// Reverse path for MAIL FROM.
+    pub from: String,
+    /// Domain of the generated recipients `user<N>@DOMAIN`.
+    pub to_domain: String,
+    /// Name sent in EHLO/HELO.
+    pub ehlo: String,
+    /// Longest wait for any one read of a server reply (or write).
+    pub reply_timeout: Duration,
+    /// Longest wait for a TCP connect.
+    pub connect_timeout: Duration,
+    /// File that receives every acknowledged queue id, one per line.
+    pub ack_log: Option<PathBuf>,
+    /// File that receives the JSON summary.
+    pub json: Option<PathBuf>,
+    /// Prefix for `.hlog` interval logs and `.hgrm` percentile files.
+    pub hist_out: Option<PathBuf>,
+    /// Name of this run in reports and in `compare`.
+    pub label: String,
+    /// Seed for size choice and Poisson gaps; the same seed gives the same draws.
+    pub seed: u64,
+    /// Print one line per second while running.
+    pub live: bool,
+}
+
+impl RunConfig {
+    /// Checks flag combinations that each parse but cannot run together.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] with the numbers involved.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |s: String| Err(ConfigError::Invalid(s));
+        if self.connections == 0 {
+            return invalid("--connections must be at least 1".into());
+        }
+        if self.cores == 0 {
+            return invalid("--cores must be at least 1".into());
+        }
+        if self.rcpts == 0 {
+            return invalid("--rcpts must be at least 1".into());
+        }
+        if let Load::Open { rate, .. } = self.load {
+            if !(rate.is_finite() && rate > 0.0) {
+                return invalid(format!("--rate must be a positive number, got {rate}"));
+            }
+        }
+        if self.duration.is_none() && self.messages.is_none() {
+            return invalid("give --duration or --messages".into());
+        }
+        if self.duration == Some(Duration::ZERO) {
+            return invalid("--duration must be longer than 0".into());
+        }
+        if self.messages == Some(0) {
+            return invalid("--messages must be at least 1".into());
+        }
+        if self.reply_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return invalid("--timeout and --connect-timeout must be longer than 0".into());
+        }
+        for (what, addr) in [("--from", &self.from), ("--to-domain", &self.to_domain)] {
+            if addr
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b == b'<' || b == b'>')
+            {
+                return invalid(format!(
+                    "{what} {addr:?} may not hold spaces or angle brackets"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Cores that get at least one connection: more would idle.
+    pub fn effective_cores(&self) -> usize {
+        self.cores.min(self.connections)
+    }
+}
+
+impl fmt::Display for Load {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Load::Closed => write!(f, "closed loop"),
+            Load::Open { rate, arrivals } => {
+                let a = match arrivals {
+                    Arrivals::Constant => "constant",
+                    Arrivals::Poisson => "Poisson",
+                };
+                write!(f, "open loop at {rate} msgs/s ({a} arrivals)")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        for (text, want) in [
+            ("0", 0),
+            ("512", 512),
+            ("1k", 1024),
+            ("1K", 1024),
+            ("64kb", 65536),
+            ("1m", 1 << 20),
+            ("1MiB", 1 << 20),
+            ("2g", 2 << 30),
+            ("100b", 100),
+        ] {
+            assert_eq!(parse_size(text), Ok(want), "{text}");
+        }
+        for text in ["", "k", "1x", "1.5k", "-1", "1 k"] {
+            assert!(parse_size(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for text in ["", "s", "5x", "1..2s", "-1s"] {
+            assert!(parse_duration(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn distributions() {
+        let d = SizeDist::parse("1k:80,64k:15,1m:5").unwrap();
+        assert_eq!(d.entries.len(), 3);
+        assert_eq!(d.pick(0.0), 0);
+        assert_eq!(d.pick(0.79), 0);
+        assert_eq!(d.pick(0.81), 1);
+        assert_eq!(d.pick(0.96), 2);
+        assert_eq!(d.pick(0.999_999), 2);
+        let mean = d.mean_bytes();
+        let want = 0.80 * 1024.0 + 0.15 * 65536.0 + 0.05 * 1048576.0;
+        assert!((mean - want).abs() < 1e-6);
+        let single = SizeDist::parse("4k").unwrap();
+        assert_eq!(
+            single.entries,
+            vec![SizeWeight {
+                bytes: 4096,
+                weight: 1.0
+            }]
+        );
+        for text in ["", "1k:", "1k:0", "1k:-3", "1k:80,,2k:20", "zz:1"] {
+            assert!(SizeDist::parse(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn size_names() {
+        assert_eq!(format_size(1024), "1 KiB");
+        assert_eq!(format_size(1 << 20), "1 MiB");
+        assert_eq!(format_size(1000), "1000 B");
+    }
+}

@@ -1,0 +1,509 @@
+//! loadgen against a scripted fake SMTP server: queue ids and the ack log,
+//! BDAT, pipelining policy, refusals by class, and server misbehaviour
+//! (garbage, early close, slowness, silence, refused connections, 421) — each
+//! must be counted and reported, never a panic or a hang. Also Ctrl-C and
+//! coordinated-omission correction.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{
+    count, dead_port, loadgen, run_loadgen, summary, wait_bounded, FakeServer, Script, TempDir,
+};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs loadgen against `target` with `extra` flags and returns the JSON summary.
+fn run_json(target: &str, extra: &[&str]) -> (serde_json::Value, common::Finished) {
+    let dir = TempDir::new("fake");
+    let json = dir.path("run.json");
+    let mut args = vec![
+        "run",
+        "--target",
+        target,
+        "-q",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = run_loadgen(&args, LIMIT);
+    out.assert_ok();
+    (summary(&json), out)
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[test]
+fn ack_log_holds_exactly_the_acknowledged_queue_ids() {
+    let server = FakeServer::start(Script::default());
+    let dir = TempDir::new("acks");
+    let acks = dir.path("acks.txt");
+    let (s, out) = run_json(
+        &server.target(),
+        &[
+            "-c",
+            "4",
+            "--messages",
+            "500",
+            "--ack-log",
+            acks.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(count(&s, &["messages", "ok"]), 500, "{}", out.stdout);
+    let logged: Vec<String> = std::fs::read_to_string(&acks)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let issued = server.seen.lock().unwrap().queue_ids.clone();
+    assert_eq!(logged.len(), 500);
+    assert_eq!(sorted(logged), sorted(issued));
+    // DATA bodies arrive whole: 1 KiB each after unstuffing.
+    assert!(server
+        .seen
+        .lock()
+        .unwrap()
+        .data_bodies
+        .iter()
+        .all(|&b| b == 1024));
+}
+
+#[test]
+fn two_cores_merge_counts_and_acks() {
+    let server = FakeServer::start(Script::default());
+    let dir = TempDir::new("cores");
+    let acks = dir.path("acks.txt");
+    let (s, out) = run_json(
+        &server.target(),
+        &[
+            "--cores",
+            "2",
+            "-c",
+            "5",
+            "--messages",
+            "301",
+            "--ack-log",
+            acks.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(s["config"]["cores"], 2);
+    assert_eq!(count(&s, &["messages", "ok"]), 301, "{}", out.stdout);
+    assert_eq!(count(&s, &["connections", "opened"]), 5);
+    assert_eq!(count(&s, &["latency_ms", "e2e", "count"]), 301);
+    let logged: Vec<String> = std::fs::read_to_string(&acks)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        sorted(logged),
+        sorted(server.seen.lock().unwrap().queue_ids.clone())
+    );
+}
+
+#[test]
+fn ack_log_falls_back_to_the_reply_text() {
+    let server = FakeServer::start(Script {
+        eod_reply: "250 Message Queued ({id})".into(),
+        ..Script::default()
+    });
+    let dir = TempDir::new("acks-text");
+    let acks = dir.path("acks.txt");
+    run_json(
+        &server.target(),
+        &[
+            "-c",
+            "1",
+            "--messages",
+            "3",
+            "--ack-log",
+            acks.to_str().unwrap(),
+        ],
+    );
+    let text = std::fs::read_to_string(&acks).unwrap();
+    assert_eq!(
+        text,
+        "Message Queued (Q000001)\nMessage Queued (Q000002)\nMessage Queued (Q000003)\n"
+    );
+}
+
+#[test]
+fn bdat_pipelined_and_not() {
+    for pipelining in ["auto", "off"] {
+        let server = FakeServer::start(Script::default());
+        let dir = TempDir::new("bdat");
+        let acks = dir.path("acks.txt");
+        let (s, out) = run_json(
+            &server.target(),
+            &[
+                "-c",
+                "2",
+                "--messages",
+                "100",
+                "--bdat",
+                "--size",
+                "4k:50,64k:50",
+                "--pipelining",
+                pipelining,
+                "--ack-log",
+                acks.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(count(&s, &["messages", "ok"]), 100, "{}", out.stdout);
+        assert_eq!(count(&s, &["replies", "bdat", "2xx"]), 100);
+        assert_eq!(count(&s, &["replies", "data", "3xx"]), 0);
+        let opened = count(&s, &["connections", "opened"]);
+        assert_eq!(count(&s, &["connections", "chunking"]), opened);
+        let seen = server.seen.lock().unwrap();
+        assert_eq!(seen.bdat_bodies.len(), 100);
+        assert!(
+            seen.bdat_bodies.iter().all(|&b| b == 4096 || b == 65536),
+            "{:?}",
+            seen.bdat_bodies
+        );
+        assert!(seen.data_bodies.is_empty());
+        assert_eq!(seen.pipelined_input, pipelining == "auto");
+        let logged: Vec<String> = std::fs::read_to_string(&acks)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        assert_eq!(sorted(logged), sorted(seen.queue_ids.clone()));
+        // Mean size is reported as bytes of accepted messages.
+        let mb = s["mb_per_s"].as_f64().unwrap();
+        assert!(mb > 0.0);
+    }
+}
+
+#[test]
+fn pipelining_follows_ehlo_unless_forced() {
+    let no_pipelining = Script {
+        ehlo_keywords: vec!["8BITMIME".into()],
+        ..Script::default()
+    };
+    for (mode, expect) in [("auto", false), ("on", true), ("off", false)] {
+        let server = FakeServer::start(no_pipelining.clone());
+        let (s, _) = run_json(
+            &server.target(),
+            &["-c", "1", "--messages", "20", "--pipelining", mode],
+        );
+        assert_eq!(count(&s, &["messages", "ok"]), 20);
+        assert_eq!(
+            server.seen.lock().unwrap().pipelined_input,
+            expect,
+            "--pipelining {mode}"
+        );
+        assert_eq!(count(&s, &["connections", "pipelined"]), u64::from(expect));
+    }
+}
+
+#[test]
+fn refusals_are_counted_by_class_and_command() {
+    // Every RCPT refused temporarily: the message fails 4xx, DATA is refused
+    // (the fake server says 354 anyway, so loadgen ends the empty data).
+    let server = FakeServer::start(Script {
+        rcpt_reply: "450 4.2.1 Mailbox busy".into(),
+        ..Script::default()
+    });
+    let (s, out) = run_json(&server.target(), &["-c", "2", "--messages", "50"]);
+    assert_eq!(count(&s, &["messages", "temp_fail"]), 50, "{}", out.stdout);
+    assert_eq!(count(&s, &["messages", "ok"]), 0);
+    assert_eq!(count(&s, &["replies", "rcpt", "4xx"]), 50);
+    assert_eq!(
+        count(&s, &["replies", "rset", "2xx"]),
+        50,
+        "RSET after each refusal"
+    );
+    assert_eq!(s["errors"], serde_json::json!({}));
+    assert!(
+        server
+            .seen
+            .lock()
+            .unwrap()
+            .data_bodies
+            .iter()
+            .all(|&b| b == 0),
+        "empty data only"
+    );
+
+    let server = FakeServer::start(Script {
+        mail_reply: "550 5.7.1 Sender rejected".into(),
+        ..Script::default()
+    });
+    let (s, _) = run_json(
+        &server.target(),
+        &["-c", "2", "--messages", "50", "--pipelining", "off"],
+    );
+    assert_eq!(count(&s, &["messages", "perm_fail"]), 50);
+    assert_eq!(count(&s, &["replies", "mail", "5xx"]), 50);
+    assert_eq!(
+        count(&s, &["replies", "rcpt", "2xx"]),
+        0,
+        "no RCPT after MAIL was refused"
+    );
+    assert!(
+        s["latency_ms"]["e2e"]["count"] == 0,
+        "refused messages have no latency sample"
+    );
+}
+
+#[test]
+fn final_reply_refusal() {
+    let server = FakeServer::start(Script {
+        eod_reply: "554 5.7.1 Spam".into(),
+        ..Script::default()
+    });
+    let (s, _) = run_json(&server.target(), &["-c", "1", "--messages", "10"]);
+    assert_eq!(count(&s, &["messages", "perm_fail"]), 10);
+    assert_eq!(count(&s, &["replies", "data-end", "5xx"]), 10);
+}
+
+#[test]
+fn garbage_reply_is_a_protocol_error() {
+    let server = FakeServer::start(Script {
+        garbage_on: Some(("MAIL".into(), "HTTP/1.1 400 Bad Request\r\n\r\n".into())),
+        ..Script::default()
+    });
+    let (s, out) = run_json(&server.target(), &["-c", "2", "--duration", "1s"]);
+    assert!(count(&s, &["errors", "protocol"]) > 0, "{}", out.stdout);
+    assert_eq!(count(&s, &["messages", "ok"]), 0);
+    assert!(
+        s["first_errors"]["protocol"]
+            .as_str()
+            .unwrap()
+            .contains("garbage"),
+        "{s}"
+    );
+    assert!(out.stdout.contains("protocol"), "{}", out.stdout);
+}
+
+#[test]
+fn early_close_is_counted_and_the_run_goes_on() {
+    let server = FakeServer::start(Script {
+        close_on: Some("DATA".into()),
+        ..Script::default()
+    });
+    let (s, out) = run_json(&server.target(), &["-c", "2", "--duration", "1s"]);
+    let closes = count(&s, &["errors", "early-close"]) + count(&s, &["errors", "reset"]);
+    assert!(closes > 5, "{}", out.stdout);
+    assert_eq!(count(&s, &["messages", "error"]), closes);
+    // Each broken connection is replaced.
+    assert!(count(&s, &["connections", "opened"]) > 5);
+}
+
+#[test]
+fn slow_replies_time_out() {
+    let server = FakeServer::start(Script {
+        eod_delay: Duration::from_secs(3),
+        ..Script::default()
+    });
+    let started = Instant::now();
+    let (s, out) = run_json(
+        &server.target(),
+        &["-c", "2", "--duration", "1s", "--timeout", "300ms"],
+    );
+    assert!(count(&s, &["errors", "timeout"]) >= 2, "{}", out.stdout);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn silent_server_times_out_on_the_greeting() {
+    let server = FakeServer::start(Script {
+        greeting: None,
+        ..Script::default()
+    });
+    let (s, out) = run_json(
+        &server.target(),
+        &["-c", "2", "--duration", "1s", "--timeout", "200ms"],
+    );
+    assert!(count(&s, &["errors", "timeout"]) >= 2, "{}", out.stdout);
+    assert!(
+        s["first_errors"]["timeout"]
+            .as_str()
+            .unwrap()
+            .starts_with("greeting"),
+        "{s}"
+    );
+}
+
+#[test]
+fn refused_connections_are_counted_with_backoff() {
+    let addr = dead_port().to_string();
+    let started = Instant::now();
+    let (s, out) = run_json(&addr, &["-c", "2", "--duration", "1s"]);
+    let refused = count(&s, &["errors", "connect-refused"]);
+    // Backoff keeps this to a few dozen attempts, not a busy loop.
+    assert!(
+        (2..200).contains(&refused),
+        "{refused} refused\n{}",
+        out.stdout
+    );
+    assert_eq!(count(&s, &["messages", "error"]), refused);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn greeting_421_and_ehlo_refusal() {
+    let server = FakeServer::start(Script {
+        greeting: Some("421 4.3.2 Busy".into()),
+        ..Script::default()
+    });
+    let (s, _) = run_json(&server.target(), &["-c", "1", "--duration", "1s"]);
+    assert!(count(&s, &["messages", "temp_fail"]) > 0);
+    assert!(count(&s, &["replies", "greeting", "4xx"]) > 0);
+
+    // A server that does not know EHLO gets HELO, and no pipelining.
+    let server = FakeServer::start(Script {
+        ehlo_reply: Some("502 5.5.2 Error: command not recognized".into()),
+        ..Script::default()
+    });
+    let (s, _) = run_json(&server.target(), &["-c", "1", "--messages", "5"]);
+    assert_eq!(count(&s, &["messages", "ok"]), 5);
+    assert_eq!(count(&s, &["replies", "helo", "2xx"]), 1);
+    assert_eq!(count(&s, &["connections", "pipelined"]), 0);
+}
+
+#[test]
+fn code_421_mid_transaction_drops_the_connection() {
+    let server = FakeServer::start(Script {
+        mail_reply: "421 4.7.0 Closing".into(),
+        ..Script::default()
+    });
+    let (s, _) = run_json(
+        &server.target(),
+        &["-c", "1", "--messages", "5", "--pipelining", "off"],
+    );
+    assert_eq!(count(&s, &["messages", "temp_fail"]), 5);
+    assert_eq!(
+        count(&s, &["connections", "opened"]),
+        5,
+        "a new connection after each 421"
+    );
+    assert_eq!(count(&s, &["replies", "rset", "2xx"]), 0);
+}
+
+#[test]
+fn noop_scenario() {
+    let server = FakeServer::start(Script::default());
+    let (s, _) = run_json(
+        &server.target(),
+        &[
+            "-c",
+            "2",
+            "--messages",
+            "40",
+            "--scenario",
+            "noop",
+            "--msgs-per-conn",
+            "1",
+        ],
+    );
+    assert_eq!(count(&s, &["messages", "ok"]), 40);
+    assert_eq!(count(&s, &["replies", "noop", "2xx"]), 40);
+    assert_eq!(count(&s, &["connections", "opened"]), 40);
+    assert_eq!(count(&s, &["replies", "mail", "2xx"]), 0);
+}
+
+#[test]
+fn open_loop_latency_counts_the_queueing() {
+    // The server takes 100 ms per message; one connection can do 10/s, but 40/s
+    // are due. Measured from the intended start, latency grows with the queue
+    // (coordinated omission corrected); the transaction itself stays ~100 ms.
+    let server = FakeServer::start(Script {
+        eod_delay: Duration::from_millis(100),
+        ..Script::default()
+    });
+    let (s, out) = run_json(
+        &server.target(),
+        &["-c", "1", "--rate", "40", "--duration", "2s"],
+    );
+    let e2e_p99 = s["latency_ms"]["e2e"]["p99"].as_f64().unwrap();
+    let txn_p99 = s["latency_ms"]["transaction"]["p99"].as_f64().unwrap();
+    assert!(
+        txn_p99 > 90.0 && txn_p99 < 250.0,
+        "transaction p99 {txn_p99}\n{}",
+        out.stdout
+    );
+    assert!(
+        e2e_p99 > 1000.0,
+        "e2e p99 {e2e_p99} should include the queueing\n{}",
+        out.stdout
+    );
+    assert!(count(&s, &["messages", "backlog"]) > 30, "{}", out.stdout);
+    assert!(out.stdout.contains("target not met"), "{}", out.stdout);
+}
+
+#[test]
+fn ctrl_c_prints_the_summary_so_far() {
+    let server = FakeServer::start(Script::default());
+    let dir = TempDir::new("sigint");
+    let json = dir.path("run.json");
+    let child = loadgen()
+        .args([
+            "run",
+            "--target",
+            &server.target(),
+            "-c",
+            "2",
+            "--duration",
+            "60s",
+            "--json",
+        ])
+        .arg(&json)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let out = wait_bounded(child, Duration::from_secs(10));
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(out.stdout.contains("INTERRUPTED"), "{}", out.stdout);
+    let s = summary(&json);
+    assert_eq!(s["aborted"], true);
+    assert!(count(&s, &["messages", "ok"]) > 0);
+    let measured = s["measured_s"].as_f64().unwrap();
+    assert!(measured > 1.0 && measured < 5.0, "measured {measured}");
+}
+
+#[test]
+fn help_and_bad_flags() {
+    let out = run_loadgen(&["run", "--help"], LIMIT);
+    out.assert_ok();
+    assert!(
+        out.stdout.contains("coordinated omission"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("[default: 16]"),
+        "defaults shown: {}",
+        out.stdout
+    );
+    for bad in [
+        vec!["run", "--target", "127.0.0.1:1", "--size", "1x"],
+        vec!["run", "--target", "127.0.0.1:1", "--rate", "0"],
+        vec!["run", "--target", "127.0.0.1:1", "-c", "0"],
+        vec!["run", "--target", "127.0.0.1"],
+        vec!["compare", "/nonexistent.json"],
+    ] {
+        let out = run_loadgen(&bad, LIMIT);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", out.stderr);
+        assert!(!out.stderr.is_empty());
+    }
+}
