@@ -27,7 +27,7 @@ enum Command {
     /// Settings come from the defaults, then --config FILE, then the flags.
     /// Sizes: 1000, 64KiB, 50MiB, 10MB. Durations: 250ms, 300s, 5m, 1h.
     /// SIGTERM/SIGINT: graceful shutdown (a second one exits at once).
-    Serve(ConfigOverrides),
+    Serve(Box<ConfigOverrides>),
     /// Read the spool: ls, cat, export, verify, stats.
     Spool(ringmx::spool::cli::SpoolArgs),
 }

@@ -144,7 +144,7 @@ impl fmt::Display for PeerDisplay {
 enum Msg {
     None,
     /// Body bytes go here.
-    Open(MessageWriter),
+    Open(Box<MessageWriter>),
     /// The store refused it; the body is read and dropped, and the end of
     /// data gets this error.
     Failed(CommitError),
@@ -392,7 +392,7 @@ impl Conn {
             rcpts: &rcpts,
         };
         self.msg = match ShardSpool::begin(spool, id, &rec, &received) {
-            Ok(w) => Msg::Open(w),
+            Ok(w) => Msg::Open(Box::new(w)),
             Err(e) => Msg::Failed(self.store_failed("begin", &e)),
         };
     }
