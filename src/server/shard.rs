@@ -284,18 +284,23 @@ async fn shutdown(shard: &Rc<Shard>, accept_loops: Vec<glommio::Task<()>>) -> Sh
     }
     let st = &shard.stats;
     let sp = shard.spool.stats();
-    crate::info!(
-        "shard {id} stopped: connections={} rejected={} messages={} message_bytes={} \
+    // Always written, whatever the level: the shard's totals and the
+    // spool's group-commit batching are what an operator checks after a run.
+    crate::log::write(
+        crate::log::Level::Info,
+        format_args!(
+            "shard {id} stopped: connections={} rejected={} messages={} message_bytes={} \
          accept_errors={} cut_off={cut_off} spool_records={} fdatasyncs={} \
          commits_per_fdatasync={:.2}",
-        st.connections.get(),
-        st.rejected.get(),
-        st.messages.get(),
-        st.message_bytes.get(),
-        st.accept_errors.get(),
-        sp.records,
-        sp.fdatasyncs,
-        sp.commits_per_fdatasync(),
+            st.connections.get(),
+            st.rejected.get(),
+            st.messages.get(),
+            st.message_bytes.get(),
+            st.accept_errors.get(),
+            sp.records,
+            sp.fdatasyncs,
+            sp.commits_per_fdatasync(),
+        ),
     );
     ShardSummary {
         connections: st.connections.get(),
