@@ -298,6 +298,13 @@ fn parse_rcpt(rest: &str) -> Result<Command<'_>, ParseError> {
 fn parse_bdat(arg: &str) -> Result<Command<'static>, ParseError> {
     let mut it = arg.split(' ').filter(|s| !s.is_empty());
     let size = it.next().ok_or(ParseError::BdatSyntax)?;
+    // Leading zeros are legal digits; only the value must fit.
+    let digits = size.trim_start_matches('0');
+    let size = if digits.is_empty() && !size.is_empty() {
+        "0"
+    } else {
+        digits
+    };
     if size.is_empty() || size.len() > 19 || !size.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ParseError::BdatSyntax);
     }
@@ -443,6 +450,24 @@ mod tests {
             })
         );
         assert_eq!(parse(b"BDAT"), Err(ParseError::BdatSyntax));
+        assert_eq!(
+            parse(b"BDAT 000000000000000000000100"),
+            Ok(Command::Bdat {
+                size: 100,
+                last: false
+            })
+        );
+        assert_eq!(
+            parse(b"BDAT 000 LAST"),
+            Ok(Command::Bdat {
+                size: 0,
+                last: true
+            })
+        );
+        assert_eq!(
+            parse(b"BDAT 99999999999999999999"),
+            Err(ParseError::BdatSyntax)
+        );
         assert_eq!(parse(b"BDAT -1"), Err(ParseError::BdatSyntax));
         assert_eq!(parse(b"BDAT 1 FIRST"), Err(ParseError::BdatSyntax));
         assert_eq!(parse(b"BDAT 1 LAST x"), Err(ParseError::BdatSyntax));

@@ -151,6 +151,8 @@ pub struct Session {
     body_bytes: u64,
     /// Bytes of the pending partial DATA line already searched for CR/LF.
     data_searched: usize,
+    /// Text checks over BDAT chunks (bare newlines, line length).
+    bdat_text: BdatText,
     errors: u32,
     shutdown_requested: bool,
     messages_accepted: u64,
@@ -171,6 +173,7 @@ impl Session {
             scanner: LineScanner::new(),
             body_bytes: 0,
             data_searched: 0,
+            bdat_text: BdatText::default(),
             errors: 0,
             shutdown_requested: false,
             messages_accepted: 0,
@@ -346,11 +349,18 @@ impl Session {
                     };
                     if reject.is_none() && take > 0 {
                         self.body_bytes += take as u64;
-                        if self.body_bytes > self.cfg.max_message_bytes {
+                        let fault = if self.body_bytes > self.cfg.max_message_bytes {
+                            Some(Fault::TooBig)
+                        } else if self.arena.params.body != BodyType::BinaryMime {
+                            self.bdat_text.scan(chunk, &self.cfg)
+                        } else {
+                            None
+                        };
+                        if let Some(f) = fault {
                             self.mode = Mode::BdatChunk {
                                 remaining,
                                 last,
-                                reject: Some(reply::MESSAGE_TOO_BIG),
+                                reject: Some(f.reply()),
                             };
                             return (pos, Event::MessageAbort);
                         }
@@ -367,6 +377,16 @@ impl Session {
                                 self.end_transaction();
                             }
                             self.fail(out, r);
+                        }
+                        // A CR that ends the message is a bare CR.
+                        None if last
+                            && self.bdat_text.cr_pending
+                            && self.cfg.bare_newline == BareNewline::Reject
+                            && self.arena.params.body != BodyType::BinaryMime =>
+                        {
+                            self.end_transaction();
+                            self.fail(out, reply::BARE_NEWLINE);
+                            return (pos, Event::MessageAbort);
                         }
                         None if last => {
                             self.mode = Mode::AwaitCommit;
@@ -409,6 +429,14 @@ impl Session {
     fn handle_command(&mut self, line: &[u8], out: &mut Vec<u8>) -> Option<Event<'static>> {
         let cmd = match command::parse(line) {
             Ok(c) => c,
+            // Without a valid size we cannot tell where the chunk that
+            // follows ends; reading it as commands would let its bytes
+            // smuggle commands in. Close instead.
+            Err(command::ParseError::BdatSyntax) => {
+                out.extend_from_slice(reply::BDAT_SYNTAX);
+                self.close_with(out, reply::BDAT_UNKNOWN_SIZE);
+                return Some(Event::Close);
+            }
             Err(e) => return self.fail_event(out, e.reply()),
         };
         match cmd {
@@ -430,6 +458,13 @@ impl Session {
                 params,
                 raw_params,
             } => {
+                // Shutting down: no new transaction (one pipelined right
+                // after the last message would otherwise hold the session
+                // open until the grace period cuts it off).
+                if self.shutdown_requested {
+                    self.close_with(out, reply::SHUTTING_DOWN);
+                    return Some(Event::Close);
+                }
                 if self.greeted == Greeted::No {
                     return self.fail_event(out, reply::NEED_HELO);
                 }
@@ -496,6 +531,8 @@ impl Session {
                 // RFC 3030 §2: the chunk's octets follow whatever the reply,
                 // so they are always consumed, never read as commands.
                 let reject = match self.tx {
+                    // CHUNKING is advertised only in the EHLO reply.
+                    _ if self.greeted != Greeted::Ehlo => Some(reply::BDAT_NEEDS_EHLO),
                     Tx::Idle => Some(reply::NEED_MAIL),
                     Tx::Envelope if self.arena.rcpt_count() == 0 => Some(reply::NEED_RCPT),
                     _ => None,
@@ -508,6 +545,7 @@ impl Session {
                 if reject.is_none() && self.tx == Tx::Envelope {
                     self.tx = Tx::Chunking;
                     self.body_bytes = 0;
+                    self.bdat_text = BdatText::default();
                     return Some(Event::MessageStart);
                 }
                 None
@@ -694,5 +732,52 @@ impl Session {
                 }
             }
         }
+    }
+}
+
+/// The text rules of DATA applied to BDAT chunks of a 7BIT/8BITMIME body:
+/// BDAT has no dot-stuffing, but a bare LF or CR, or an overlong line,
+/// stored here would reach downstream MTAs just the same (only
+/// BODY=BINARYMIME lifts them, RFC 3030 §3). State carries across chunks.
+#[derive(Debug, Default, Clone, Copy)]
+struct BdatText {
+    /// Bytes of the current line so far (no LF seen yet).
+    line_len: usize,
+    /// The previous chunk ended in CR: this one must start with LF.
+    cr_pending: bool,
+}
+
+impl BdatText {
+    fn scan(&mut self, chunk: &[u8], cfg: &SmtpConfig) -> Option<Fault> {
+        let reject_bare = cfg.bare_newline == BareNewline::Reject;
+        if chunk.is_empty() {
+            return None;
+        }
+        if self.cr_pending && chunk[0] != b'\n' && reject_bare {
+            return Some(Fault::BareNewline);
+        }
+        let mut line_start = 0;
+        for p in memchr::memchr2_iter(b'\r', b'\n', chunk) {
+            if chunk[p] == b'\n' {
+                let crlf = if p == 0 {
+                    self.cr_pending
+                } else {
+                    chunk[p - 1] == b'\r'
+                };
+                if !crlf && reject_bare {
+                    return Some(Fault::BareNewline);
+                }
+                if self.line_len + (p + 1 - line_start) > cfg.max_text_line_bytes {
+                    return Some(Fault::LongLine);
+                }
+                self.line_len = 0;
+                line_start = p + 1;
+            } else if reject_bare && chunk.get(p + 1).is_some_and(|&b| b != b'\n') {
+                return Some(Fault::BareNewline);
+            }
+        }
+        self.cr_pending = chunk[chunk.len() - 1] == b'\r';
+        self.line_len += chunk.len() - line_start;
+        (self.line_len >= cfg.max_text_line_bytes).then_some(Fault::LongLine)
     }
 }

@@ -610,7 +610,7 @@ fn rfc3030_bdat_without_transaction_consumes_its_octets() {
 #[test]
 fn rfc3030_bdat_size_limit_and_rset_abort() {
     let mut h = Harness::new();
-    h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\n");
+    h.feed(b"EHLO c\r\nMAIL FROM:<a@b> BODY=BINARYMIME\r\nRCPT TO:<u@test>\r\n");
     h.feed(b"BDAT 6000\r\n");
     h.feed(&[b'a'; 6000]);
     h.feed(b"BDAT 6000 LAST\r\n");
@@ -644,6 +644,96 @@ fn rfc6531_utf8_addresses_need_smtputf8() {
         "250 2.1.5 Recipient ok\r\n"
     );
     assert_eq!(h.s.envelope().protocol, "UTF8SMTP");
+}
+
+/// Found in review: BDAT must not be a way around the bare-newline policy
+/// or the text line limit, unless BODY=BINARYMIME lifts them.
+#[test]
+fn rfc3030_bdat_text_rules_unless_binarymime() {
+    for (chunks, reply) in [
+        (&[&b"a\n.\nb\r\n.\r\nc\r\n"[..]][..], "550 5.6.11"),
+        (&[&b"a\r.\rb\r\n"[..]][..], "550 5.6.11"),
+        // A CR at the end of one chunk, no LF at the start of the next.
+        (&[&b"ab\r"[..], &b"x\r\n"[..]][..], "550 5.6.11"),
+        (&[&[b'y'; 1001][..]][..], "500 5.5.6"),
+        (&[&[b'y'; 600][..], &[b'y'; 600][..]][..], "500 5.5.6"),
+    ] {
+        let mut h = Harness::new();
+        h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\n");
+        let mut r = String::new();
+        for (i, c) in chunks.iter().enumerate() {
+            let last = if i + 1 == chunks.len() { " LAST" } else { "" };
+            r += &h.feed(format!("BDAT {}{last}\r\n", c.len()).as_bytes());
+            r += &h.feed(c);
+        }
+        assert!(r.contains(reply), "{chunks:?}: {r}");
+        assert!(h.stored.is_empty(), "{chunks:?}");
+        assert_eq!(h.aborts, 1);
+        assert_eq!(h.feed(b"NOOP\r\n"), "250 2.0.0 Ok\r\n");
+    }
+    // CRLF split across chunks is fine; BINARYMIME takes anything.
+    let mut h = Harness::new();
+    h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\nBDAT 3\r\nab\r");
+    assert_eq!(
+        h.feed(b"BDAT 3 LAST\r\n\nc\n"),
+        "550 5.6.11 Message rejected: bare <LF> or <CR> not allowed, use <CR><LF>\r\n"
+    );
+    h.feed(b"MAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\nBDAT 3\r\nab\r");
+    assert_eq!(
+        h.feed(b"BDAT 3 LAST\r\n\nc\r"),
+        "550 5.6.11 Message rejected: bare <LF> or <CR> not allowed, use <CR><LF>\r\n"
+    );
+    h.feed(b"MAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\nBDAT 3\r\nab\r");
+    assert_eq!(
+        h.feed(b"BDAT 3 LAST\r\n\ncd"),
+        "250 2.0.0 Ok: queued as Q0\r\n"
+    );
+    let mut h = Harness::new();
+    h.feed(b"EHLO c\r\nMAIL FROM:<a@b> BODY=BINARYMIME\r\nRCPT TO:<u@test>\r\n");
+    assert_eq!(
+        h.feed(b"BDAT 5 LAST\r\na\nb\rc"),
+        "250 2.0.0 Ok: queued as Q0\r\n"
+    );
+}
+
+#[test]
+fn rfc3030_bdat_needs_ehlo_and_its_octets_are_still_consumed() {
+    let mut h = Harness::new();
+    h.feed(b"HELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\n");
+    assert_eq!(
+        h.feed(b"BDAT 6 LAST\r\nQUIT\r\n"),
+        "503 5.5.1 BDAT requires EHLO\r\n"
+    );
+    assert!(!h.closed);
+    assert!(h.stored.is_empty());
+}
+
+#[test]
+fn malformed_bdat_closes_since_its_chunk_end_is_unknown() {
+    let mut h = Harness::new();
+    h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\n");
+    let r = h.feed(b"BDAT 99999999999999999999999\r\nRCPT TO:<x@test>\r\n");
+    assert!(r.starts_with("501 5.5.4 Syntax: BDAT"), "{r}");
+    assert!(
+        r.ends_with("421 4.5.4 Malformed BDAT: cannot tell where its data ends, closing\r\n"),
+        "{r}"
+    );
+    assert!(h.closed);
+}
+
+#[test]
+fn shutdown_refuses_a_new_transaction_pipelined_after_the_last() {
+    let mut h = Harness::new();
+    h.hold_commit = true;
+    h.feed(ENVELOPE);
+    h.feed(b"x\r\n.\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\n");
+    assert!(!h.s.handle_shutdown(&mut h.out));
+    h.hold_commit = false;
+    h.commit();
+    assert!(h
+        .all_out()
+        .ends_with("queued as Q0\r\n421 4.3.2 Service shutting down, try again later\r\n"));
+    assert!(h.closed);
 }
 
 #[test]
