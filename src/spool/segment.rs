@@ -767,10 +767,13 @@ impl Writer {
                         self.core.shard,
                         seg.durable
                     );
-                    if let Err(t) = truncate(&seg.file, &seg.path, seg.durable).await {
-                        crate::error!("spool shard={}: {t}", self.core.shard);
-                    }
-                    seg.size = seg.durable;
+                    // Cut back as after a failed write: if the truncate
+                    // fails too, the header slot at `durable` is zeroed so
+                    // recovery and readers stop there. Left in place, the
+                    // intact records after it would be listed again after a
+                    // restart, though their clients were told they failed.
+                    let durable = seg.durable;
+                    rollback_write(seg, durable).await;
                     seg.broken = true;
                     self.core.frag_epoch.set(self.core.frag_epoch.get() + 1);
                     self.core.stats.borrow_mut().written = seg.at(seg.size);
@@ -818,12 +821,19 @@ impl Writer {
                     }
                 }
             }
-            // A sound segment is synced in full, seal included. A broken one
-            // (a write and its truncate failed) still holds intact records
-            // written earlier in this batch, before the failed one: they
-            // must be synced here, in this file, or fail.
-            let force = !seg.broken;
-            self.sync(&mut seg, unsynced, force).await;
+            // Always sync what no fdatasync covered yet, sound segment or
+            // broken (a write or the seal failed and its truncate too): the
+            // intact records before `seg.size` include fragments, which
+            // completed when written with no job waiting for a sync. Their
+            // commit goes to the next segment and is acknowledged after
+            // *that* file's sync, so they must be durable here first. If
+            // this sync fails, `sync` bumps `frag_epoch` and those commits
+            // fail instead. (Not `force = !seg.broken`: a failed seal sets
+            // `broken` just above, and nothing would be synced.)
+            self.sync(&mut seg, unsynced, true).await;
+            // Never drop a segment with unsynced bytes under fsync: they
+            // were either synced or cut away (and the epoch bumped).
+            debug_assert!(self.core.cfg.durability != Durability::Fsync || seg.durable == seg.size);
             if let Err(e) = seg.file.close().await {
                 crate::warn!(
                     "spool shard={}: closing {}: {e}",
@@ -902,20 +912,22 @@ impl Writer {
     }
 }
 
-/// Undoes a failed write that began at `start`: truncate back so the next
-/// record does not follow half a record. If truncating fails, zero the
-/// header slot at `start` (so a scan stops there) and abandon the segment.
+/// Undoes a failed write (or a failed fdatasync) from `start` on: truncate
+/// back so the next record does not follow half a record, and nothing after
+/// `start` is ever read. If truncating fails, zero the header slot at
+/// `start` (so a scan stops there) and abandon the segment.
 async fn rollback_write(seg: &mut Segment, start: u64) {
     seg.size = start;
-    if truncate(&seg.file, &seg.path, start).await.is_ok() {
+    let Err(t) = truncate(&seg.file, &seg.path, start).await else {
         return;
-    }
+    };
+    crate::error!("spool: {t}; marking offset {start} as the end instead");
     seg.broken = true;
     let zeros = vec![0u8; super::format::RECORD_HEADER_LEN];
     if let Err(e) = write_all(&seg.file, &seg.path, zeros, start).await {
         crate::error!(
-            "spool {}: cannot cut or mark a failed write at offset {start}: {e}; \
-             recovery will cut it at the next start",
+            "spool {}: cannot cut or mark the end at offset {start}: {e}; \
+             the next start cuts only records after it that are not intact",
             seg.path.display()
         );
     }
@@ -993,16 +1005,23 @@ async fn sync_file(file: &BufferedFile, path: &Path) -> Result<(), SpoolError> {
     }
     file.fdatasync()
         .await
-        .map_err(|e| SpoolError::glommio("fdatasync", path, e))
+        .map_err(|e| SpoolError::glommio("fdatasync", path, e))?;
+    #[cfg(test)]
+    faults::note_sync(path);
+    Ok(())
 }
 
 /// Test-only fault injection: the next writes or syncs on this thread fail.
 #[cfg(test)]
 pub(crate) mod faults {
     use std::cell::RefCell;
-    use std::collections::VecDeque;
+    use std::collections::{HashMap, VecDeque};
+    use std::path::{Path, PathBuf};
 
     thread_local! {
+        /// Per file, its length when its last fdatasync returned: what a
+        /// power loss would leave of it.
+        static SYNCED: RefCell<HashMap<PathBuf, u64>> = RefCell::new(HashMap::new());
         static WRITES: RefCell<VecDeque<Option<(usize, i32)>>> =
             const { RefCell::new(VecDeque::new()) };
         static SYNCS: RefCell<VecDeque<i32>> = const { RefCell::new(VecDeque::new()) };
@@ -1040,5 +1059,18 @@ pub(crate) mod faults {
 
     pub(super) fn take_sync() -> Option<i32> {
         SYNCS.with(|s| s.borrow_mut().pop_front())
+    }
+
+    pub(super) fn note_sync(path: &Path) {
+        let len = std::fs::metadata(path).map_or(0, |m| m.len());
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+        SYNCED.with(|s| s.borrow_mut().insert(path, len));
+    }
+
+    /// The length of `path` when an fdatasync of it last returned on this
+    /// thread; `None` if none did.
+    pub(crate) fn synced_len(path: &Path) -> Option<u64> {
+        let path = std::fs::canonicalize(path).ok()?;
+        SYNCED.with(|s| s.borrow().get(&path).copied())
     }
 }

@@ -981,3 +981,135 @@ fn disk_full_for_real_fails_with_full_and_recovers_when_space_returns() {
     });
     drop(tmpfs);
 }
+
+/// Simulates a power loss: cuts every segment of shard 0 back to the length
+/// its last fdatasync covered (`faults::synced_len`).
+fn lose_unsynced(root: &Path) {
+    let shard = root.join(super::format::shard_dir_name(0));
+    for e in std::fs::read_dir(&shard).unwrap() {
+        let p = e.unwrap().path();
+        let synced =
+            faults::synced_len(&p).unwrap_or_else(|| panic!("{} was never synced", p.display()));
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        if f.metadata().unwrap().len() > synced {
+            f.set_len(synced).unwrap();
+        }
+    }
+}
+
+#[test]
+fn fragments_in_a_broken_segment_are_synced_before_their_commit_is_acknowledged() {
+    let dir = TempDir::new("brokenfrag");
+    let root = dir.path().to_owned();
+    let c = cfg(1024, 64 << 20, Durability::Fsync);
+    let mut want = BTreeMap::new();
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        // A streamed message has two fragments written, not yet synced ...
+        let id = spool.next_queue_id();
+        let mut w = spool.begin(id, &envelope("h"), &received(id)).unwrap();
+        let b = body(3000, 2);
+        w.write(&b).await.unwrap();
+        assert!(spool.stats().durable < spool.stats().written);
+        // ... when another message's write fails and so does the truncate
+        // that would undo it: segment 1 is abandoned with no job waiting.
+        faults::fail_write(10, libc::EIO);
+        faults::fail_truncate(libc::EIO);
+        assert!(store(&spool, &body(300, 3), 300).await.is_err());
+        // The commit goes to segment 2; its 250 must wait until the
+        // fragments in segment 1 are durable too.
+        want.insert(w.commit().await.unwrap(), b);
+        assert_eq!(spool.stats().written.segment, 2);
+        // Same again, but the fdatasync of the abandoned segment fails:
+        // the fragments are lost, so the commit must fail.
+        let id = spool.next_queue_id();
+        let mut w = spool.begin(id, &envelope("h"), &received(id)).unwrap();
+        w.write(&body(3000, 4)).await.unwrap();
+        faults::fail_write(10, libc::EIO);
+        faults::fail_truncate(libc::EIO);
+        assert!(store(&spool, &body(300, 5), 300).await.is_err());
+        faults::fail_sync(libc::EIO);
+        let e = w.commit().await.unwrap_err();
+        assert!(matches!(e, SpoolError::FragmentsLost(_)), "{e:?}");
+        let b = body(300, 6);
+        want.insert(store(&spool, &b, 300).await.unwrap(), b);
+        spool.close().await.unwrap();
+    });
+    lose_unsynced(&root);
+    run(|| async {
+        ShardSpool::open(&root, 0, &c)
+            .await
+            .unwrap()
+            .close()
+            .await
+            .unwrap()
+    });
+    assert_eq!(read_all(&root), want);
+    assert_verify_clean(&root);
+}
+
+#[test]
+fn fragments_before_a_failed_uncut_seal_are_synced_before_their_commit_is_acknowledged() {
+    let dir = TempDir::new("brokenseal");
+    let root = dir.path().to_owned();
+    // Two 1 KiB fragments fill most of a segment: the commit rotates.
+    let c = cfg(1024, 2500, Durability::Fsync);
+    let mut want = BTreeMap::new();
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        let id = spool.next_queue_id();
+        let mut w = spool.begin(id, &envelope("h"), &received(id)).unwrap();
+        let b = body(3000, 2);
+        w.write(&b).await.unwrap();
+        // The seal fails, and so does the truncate that would undo it.
+        faults::fail_write(0, libc::EIO);
+        faults::fail_truncate(libc::EIO);
+        want.insert(w.commit().await.unwrap(), b);
+        assert_eq!(spool.stats().written.segment, 2);
+        spool.close().await.unwrap();
+    });
+    lose_unsynced(&root);
+    run(|| async {
+        ShardSpool::open(&root, 0, &c)
+            .await
+            .unwrap()
+            .close()
+            .await
+            .unwrap()
+    });
+    assert_eq!(read_all(&root), want);
+    assert_verify_clean(&root);
+}
+
+#[test]
+fn a_message_failed_by_fdatasync_stays_gone_when_the_truncate_fails_too() {
+    let dir = TempDir::new("syncnocut");
+    let root = dir.path().to_owned();
+    let c = cfg(1024, 1 << 20, Durability::Fsync);
+    let mut want = BTreeMap::new();
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        let b = body(300, 1);
+        want.insert(store(&spool, &b, 300).await.unwrap(), b);
+        // The fdatasync fails and the truncate back to the durable offset
+        // fails too: the client hears 451, so the record must not come back.
+        faults::fail_sync(libc::EIO);
+        faults::fail_truncate(libc::EIO);
+        assert!(store(&spool, &body(300, 3), 300).await.is_err());
+        let b = body(300, 4);
+        want.insert(store(&spool, &b, 300).await.unwrap(), b);
+        assert_eq!(spool.stats().written.segment, 2);
+        spool.close().await.unwrap();
+    });
+    // A restart without a crash: the page cache still holds what was written.
+    run(|| async {
+        ShardSpool::open(&root, 0, &c)
+            .await
+            .unwrap()
+            .close()
+            .await
+            .unwrap()
+    });
+    assert_eq!(read_all(&root), want);
+    assert_verify_clean(&root);
+}
