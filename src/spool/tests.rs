@@ -303,14 +303,7 @@ fn aborted_messages_are_never_visible() {
     let sum = &SpoolReader::open(&root).unwrap().disk_stats().unwrap()[0];
     assert_eq!(sum.orphan_fragments(), 9, "{sum:?}");
     // Still invisible after recovery.
-    run(|| async {
-        ShardSpool::open(&root, 0, &c)
-            .await
-            .unwrap()
-            .close()
-            .await
-            .unwrap()
-    });
+    reopen(&root, &c);
     assert_eq!(read_all(&root), want);
 }
 
@@ -598,14 +591,7 @@ fn a_shard_opens_once_per_process_and_a_foreign_lock_is_refused() {
         "{err}"
     );
     drop(f);
-    run(|| async {
-        ShardSpool::open(&root, 0, &c)
-            .await
-            .unwrap()
-            .close()
-            .await
-            .unwrap()
-    });
+    reopen(&root, &c);
 }
 
 #[test]
@@ -982,6 +968,18 @@ fn disk_full_for_real_fails_with_full_and_recovers_when_space_returns() {
     drop(tmpfs);
 }
 
+/// Opens shard 0 (running recovery) and closes it again: a restart.
+fn reopen(root: &Path, c: &SpoolConfig) {
+    run(|| async {
+        ShardSpool::open(root, 0, c)
+            .await
+            .unwrap()
+            .close()
+            .await
+            .unwrap()
+    });
+}
+
 /// Simulates a power loss: cuts every segment of shard 0 back to the length
 /// its last fdatasync covered (`faults::synced_len`).
 fn lose_unsynced(root: &Path) {
@@ -1036,14 +1034,7 @@ fn fragments_in_a_broken_segment_are_synced_before_their_commit_is_acknowledged(
         spool.close().await.unwrap();
     });
     lose_unsynced(&root);
-    run(|| async {
-        ShardSpool::open(&root, 0, &c)
-            .await
-            .unwrap()
-            .close()
-            .await
-            .unwrap()
-    });
+    reopen(&root, &c);
     assert_eq!(read_all(&root), want);
     assert_verify_clean(&root);
 }
@@ -1069,14 +1060,7 @@ fn fragments_before_a_failed_uncut_seal_are_synced_before_their_commit_is_acknow
         spool.close().await.unwrap();
     });
     lose_unsynced(&root);
-    run(|| async {
-        ShardSpool::open(&root, 0, &c)
-            .await
-            .unwrap()
-            .close()
-            .await
-            .unwrap()
-    });
+    reopen(&root, &c);
     assert_eq!(read_all(&root), want);
     assert_verify_clean(&root);
 }
@@ -1102,14 +1086,7 @@ fn a_message_failed_by_fdatasync_stays_gone_when_the_truncate_fails_too() {
         spool.close().await.unwrap();
     });
     // A restart without a crash: the page cache still holds what was written.
-    run(|| async {
-        ShardSpool::open(&root, 0, &c)
-            .await
-            .unwrap()
-            .close()
-            .await
-            .unwrap()
-    });
+    reopen(&root, &c);
     assert_eq!(read_all(&root), want);
     assert_verify_clean(&root);
 }
