@@ -65,6 +65,7 @@ fn cfg() -> SpoolConfig {
         durability: Durability::None,
         max_buffered_message_bytes: 256 << 10,
         min_free_bytes: 0,
+        ..SpoolConfig::default()
     }
 }
 

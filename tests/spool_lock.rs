@@ -20,6 +20,7 @@ fn cfg() -> SpoolConfig {
         durability: Durability::None,
         max_buffered_message_bytes: 1024,
         min_free_bytes: 0,
+        ..SpoolConfig::default()
     }
 }
 

@@ -18,9 +18,10 @@ spreads; otherwise the verdict is "within noise".
 
 Knobs: cores (1 vs 2 shards; with 2 the server gets CPUs 0-1 and loadgen
 shares CPU 1, which is what a 2-core box can do), read-buffer, segment-size,
-max-buffered-message (64 KiB messages), connections (the group-commit lever:
-ringmx has no batching knob; a batch is whatever commits are pending when the
-previous fdatasync returns, so concurrency sets the batch size).
+max-buffered-message (64 KiB messages), group-commit-delay (spool.group_commit_delay:
+how long the writer waits for more commits before each fdatasync; without it a
+batch is whatever commits are pending when the previous fdatasync returns),
+connections (concurrency sets the natural batch size).
 Env: KNOBS, ROUNDS (3), DURATION (4s), WARMUP (1s), OUT
 (tuning/results/sweep-<date>).
 """
@@ -56,6 +57,8 @@ KNOBS = {
                                for v in ("4MiB", "16MiB", "64MiB")]),
     "max-buffered-message": ("256KiB", [(v, {"size": "64k", "args": ["--cores", "1", "--max-buffered-message", v]})
                                         for v in ("16KiB", "256KiB")]),
+    "group-commit-delay": ("0s", [(v, {"conns": 16, "args": ["--cores", "1", "--group-commit-delay", v]})
+                                  for v in ("0s", "200us", "1ms", "3ms")]),
     "connections": ("64", [(str(c), {"conns": c}) for c in (16, 64, 256, 1024)]),
 }
 SELECTED = [k for k in E.get("KNOBS", ",".join(KNOBS)).split(",") if k]

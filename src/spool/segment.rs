@@ -593,7 +593,13 @@ struct Writer {
 
 impl Writer {
     async fn run(mut self) -> Result<(), SpoolError> {
-        while let Some(batch) = self.core.next_batch().await {
+        while let Some(mut batch) = self.core.next_batch().await {
+            let delay = self.core.cfg.group_commit_delay;
+            if !delay.is_zero() && self.core.cfg.durability == Durability::Fsync {
+                // spool.group_commit_delay: let more commits join this batch.
+                glommio::timer::sleep(delay).await;
+                batch.extend(self.core.queue.borrow_mut().drain(..));
+            }
             self.core.stats.borrow_mut().batches += 1;
             self.process(batch).await;
         }

@@ -73,6 +73,7 @@ fn cfg(buffered: usize, segment_bytes: u64, durability: Durability) -> SpoolConf
         durability,
         max_buffered_message_bytes: buffered,
         min_free_bytes: 0,
+        ..SpoolConfig::default()
     }
 }
 
@@ -336,6 +337,38 @@ fn group_commit_shares_one_fdatasync_among_many_commits() {
             st.fdatasyncs
         );
         assert_eq!(st.written, st.durable, "{st:?}");
+        spool.close().await.unwrap();
+    });
+}
+
+/// spool.group_commit_delay: commits that trickle in within the delay
+/// share one fdatasync even though each would have found the writer idle.
+#[test]
+fn group_commit_delay_gathers_staggered_commits_into_one_fdatasync() {
+    let dir = TempDir::new("delay");
+    let root = dir.path().to_owned();
+    let c = SpoolConfig {
+        group_commit_delay: std::time::Duration::from_millis(300),
+        ..cfg(64 << 10, 64 << 20, Durability::Fsync)
+    };
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        let before = spool.stats().fdatasyncs;
+        let tasks: Vec<_> = (0..8u64)
+            .map(|i| {
+                let spool = Rc::clone(&spool);
+                glommio::spawn_local(async move {
+                    glommio::timer::sleep(std::time::Duration::from_millis(2 * i)).await;
+                    store(&spool, &body(500, i), 500).await.unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await;
+        }
+        let st = spool.stats();
+        assert_eq!(st.commits, 8);
+        assert_eq!(st.fdatasyncs - before, 1, "{st:?}");
         spool.close().await.unwrap();
     });
 }
