@@ -1,6 +1,8 @@
 //! Hot paths of the sans-IO engine, each beside a naive baseline:
 //!
 //! * `scanner/64KiB`: finding every line end in a 64 KiB buffer.
+//! * `parser/envelope_commands`: one command line -> `Command`, over a
+//!   typical envelope's lines.
 //! * `session/pipelined_1KiB_tx`: whole pipelined transactions (MAIL, RCPT,
 //!   DATA, a 1 KiB body, end of data, commit) through a `Session`, fed in
 //!   16 KiB reads as a connection would.
@@ -15,6 +17,7 @@ use std::rc::Rc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ringmx::config::SmtpConfig;
+use ringmx::protocol::command::{self, Command};
 use ringmx::protocol::replay::replay;
 use ringmx::protocol::scanner::LineScanner;
 
@@ -108,6 +111,47 @@ fn scanner(c: &mut Criterion) {
     g.finish();
 }
 
+fn parser(c: &mut Criterion) {
+    const LINES: &[&[u8]] = &[
+        b"EHLO client.example.org",
+        b"MAIL FROM:<newsletter-bounces+abc123@lists.example.org> SIZE=24576 BODY=8BITMIME",
+        b"RCPT TO:<first.last@example.com>",
+        b"RCPT TO:<Second.User@EXAMPLE.COM>",
+        b"DATA",
+        b"BDAT 65536 LAST",
+        b"RSET",
+        b"QUIT",
+    ];
+    let mut g = c.benchmark_group("parser");
+    g.throughput(Throughput::Elements(LINES.len() as u64));
+    g.bench_function("envelope_commands/ringmx", |b| {
+        b.iter(|| {
+            let mut rcpts = 0;
+            for l in LINES {
+                if let Ok(Command::Rcpt { .. }) = command::parse(black_box(l)) {
+                    rcpts += 1;
+                }
+            }
+            assert_eq!(rcpts, 2);
+        })
+    });
+    // The textbook way: an owned, upper-cased copy split into owned words.
+    g.bench_function("envelope_commands/naive", |b| {
+        b.iter(|| {
+            let mut rcpts = 0;
+            for l in LINES {
+                let text = String::from_utf8_lossy(black_box(l)).to_ascii_uppercase();
+                let words: Vec<String> = text.split(' ').map(str::to_owned).collect();
+                if words[0] == "RCPT" && words.get(1).is_some_and(|w| w.starts_with("TO:<")) {
+                    rcpts += 1;
+                }
+            }
+            assert_eq!(rcpts, 2);
+        })
+    });
+    g.finish();
+}
+
 fn session(c: &mut Criterion) {
     let cfg = Rc::new(SmtpConfig {
         accepted_domains: vec!["example.com".into()],
@@ -167,5 +211,5 @@ fn decoder(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, scanner, session, decoder);
+criterion_group!(benches, scanner, parser, session, decoder);
 criterion_main!(benches);
