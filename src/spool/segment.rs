@@ -10,7 +10,9 @@
 //! fdatasync for the batch, and only then completes the jobs that wait for
 //! durability. Jobs queued
 //! while that fdatasync runs form the next batch: the more sessions commit at
-//! once, the more records share an fdatasync.
+//! once, the more records share an fdatasync. `spool.group_commit_delay`
+//! (default 0) makes the task wait that long after waking for more jobs to
+//! join the batch.
 //!
 //! Two positions are kept apart ([`SpoolStats::written`],
 //! [`SpoolStats::durable`]): a commit completes only once the durable
