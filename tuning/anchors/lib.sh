@@ -77,6 +77,31 @@ wait_pid_gone() { # PID SECONDS
     return 1
 }
 
+# Stops a single-process anchor: TERM, then KILL if it lingers; removes its
+# pid file and waits until its port (WORKDIR/port) is free.
+stop_single() { # WORKDIR PID PIDFILE
+    local w=$1 pid=$2 pidfile=$3 port
+    port=$(cat "$w/port" 2>/dev/null || true)
+    if [ -n "$pid" ]; then
+        kill -TERM "$pid" 2>/dev/null || true
+        wait_pid_gone "$pid" 10 || kill -9 "$pid" 2>/dev/null || true
+        wait_pid_gone "$pid" 5 || die "pid $pid would not die"
+    fi
+    rm -f "$pidfile"
+    if [ -n "$port" ] && ! wait_port_free "$port" 10; then
+        die "port $port still in use after stop"
+    fi
+    note "stopped ($w)"
+}
+
+# `check`: the anchor's process (PID, empty if none) runs and greets on its port.
+check_running() { # WORKDIR PID WHAT
+    local port
+    port=$(cat "$1/port" 2>/dev/null) || die 2 "no port file under $1"
+    [ -n "$2" ] || die "$3 not running"
+    wait_banner "$port" 5 || die "no 220 greeting on 127.0.0.1:$port"
+}
+
 # Installs Debian packages if COMMAND is missing; runs `apt-get update` once.
 ensure_apt() { # COMMAND PACKAGE...
     local cmd=$1

@@ -216,10 +216,7 @@ cmd_count() { # WORKDIR
 
 cmd_check() { # WORKDIR
     [ $# -eq 1 ] || usage
-    local port
-    port=$(cat "$1/port" 2>/dev/null) || die 2 "no port file under $1"
-    [ -n "$(master_pid "$1")" ] || die "master not running"
-    wait_banner "$port" 5 || die "no 220 greeting on 127.0.0.1:$port"
+    check_running "$1" "$(master_pid "$1")" master
 }
 
 case ${1:-} in

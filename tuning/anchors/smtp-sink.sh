@@ -66,19 +66,7 @@ cmd_start() { # PORT WORKDIR
 cmd_stop() { # WORKDIR
     [ $# -eq 1 ] || usage
     [ -d "$1" ] || die 2 "no such WORKDIR: $1"
-    local w=$1 pid port
-    port=$(cat "$w/port" 2>/dev/null || true)
-    pid=$(sink_pid "$w")
-    if [ -n "$pid" ]; then
-        kill -TERM "$pid" 2>/dev/null || true
-        wait_pid_gone "$pid" 10 || kill -9 "$pid" 2>/dev/null || true
-        wait_pid_gone "$pid" 5 || die "pid $pid would not die"
-    fi
-    rm -f "$w/smtp-sink.pid"
-    if [ -n "$port" ] && ! wait_port_free "$port" 10; then
-        die "port $port still in use after stop"
-    fi
-    note "stopped ($w)"
+    stop_single "$1" "$(sink_pid "$1")" "$1/smtp-sink.pid"
 }
 
 cmd_count() { # WORKDIR
@@ -93,10 +81,7 @@ cmd_count() { # WORKDIR
 
 cmd_check() { # WORKDIR
     [ $# -eq 1 ] || usage
-    local port
-    port=$(cat "$1/port" 2>/dev/null) || die 2 "no port file under $1"
-    [ -n "$(sink_pid "$1")" ] || die "smtp-sink not running"
-    wait_banner "$port" 5 || die "no 220 greeting on 127.0.0.1:$port"
+    check_running "$1" "$(sink_pid "$1")" smtp-sink
 }
 
 case ${1:-} in
