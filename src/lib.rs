@@ -7,9 +7,11 @@
 //! | durable per-core spool: segments, group commit, recovery, reader, `ringmx spool` | [`spool`] |
 //! | executors, listeners, connection tasks (glommio) | [`server`] |
 //! | leveled stderr logging | [`log`] |
+//! | sizes and durations as written in flags and TOML | [`units`] |
 
 pub mod config;
 pub mod log;
 pub mod protocol;
 pub mod server;
 pub mod spool;
+pub mod units;
