@@ -34,18 +34,29 @@ pub enum Level {
     Debug = 3,
 }
 
-impl Level {
-    /// Parses `error`, `warn`, `info`, `debug`.
-    pub fn parse(s: &str) -> Option<Level> {
+impl std::str::FromStr for Level {
+    type Err = String;
+
+    /// `error`, `warn`, `info` or `debug`: the setting `server.log_level`.
+    fn from_str(s: &str) -> Result<Level, String> {
         match s {
-            "error" => Some(Level::Error),
-            "warn" => Some(Level::Warn),
-            "info" => Some(Level::Info),
-            "debug" => Some(Level::Debug),
-            _ => None,
+            "error" => Ok(Level::Error),
+            "warn" => Ok(Level::Warn),
+            "info" => Ok(Level::Info),
+            "debug" => Ok(Level::Debug),
+            _ => Err(format!("{s:?}: use error, warn, info or debug")),
         }
     }
+}
 
+impl fmt::Display for Level {
+    /// The lowercase name, as [`FromStr`](std::str::FromStr) reads it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name().to_ascii_lowercase())
+    }
+}
+
+impl Level {
     fn name(self) -> &'static str {
         match self {
             Level::Error => "ERROR",
@@ -244,8 +255,9 @@ mod tests {
 
     #[test]
     fn levels_filter() {
-        assert_eq!(Level::parse("warn"), Some(Level::Warn));
-        assert_eq!(Level::parse("loud"), None);
+        assert_eq!("warn".parse(), Ok(Level::Warn));
+        assert!("loud".parse::<Level>().is_err());
+        assert_eq!(Level::Debug.to_string(), "debug");
         assert!(Level::Error < Level::Debug);
     }
 }

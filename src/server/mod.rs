@@ -100,9 +100,7 @@ pub enum ServerError {
 /// A [`ServerError`] at start-up, or if a shard dies.
 pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
     cfg.validate()?;
-    let level = Level::parse(&cfg.server.log_level)
-        .ok_or_else(|| ConfigError::LogLevel(cfg.server.log_level.clone()))?;
-    crate::log::set_level(level);
+    crate::log::set_level(cfg.server.log_level);
     crate::log::install();
 
     let allowed = allowed_cpus()?;

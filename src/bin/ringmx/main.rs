@@ -3,9 +3,11 @@
 //! * `ringmx serve [FLAGS]`: run the SMTP server ([`ringmx::server::serve`]).
 //! * `ringmx spool ...`: read the spool ([`ringmx::spool::cli`]).
 
+mod settings;
+
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use ringmx::config::{Config, ConfigOverrides};
 use ringmx::server::ServerError;
+use settings::ConfigOverrides;
 
 // mimalloc: per-thread free lists suit one executor per core, and it returns
 // memory of idle connections' buffers promptly.
@@ -25,8 +27,8 @@ enum Command {
     /// Accept mail: one shard per core, each with its own SO_REUSEPORT listener.
     ///
     /// Settings come from the defaults, then --config FILE, then the flags.
-    /// Sizes: 1000, 64KiB, 50MiB, 10MB. Durations: 250ms, 300s, 5m, 1h.
     /// SIGTERM/SIGINT: graceful shutdown (a second one exits at once).
+    #[command(after_help = ringmx::units::FORMS_HELP)]
     Serve(Box<ConfigOverrides>),
     /// Read the spool: ls, cat, export, verify, stats.
     Spool(ringmx::spool::cli::SpoolArgs),
@@ -58,7 +60,7 @@ fn parse() -> Cli {
 }
 
 fn serve(flags: &ConfigOverrides) -> i32 {
-    let cfg = match Config::load(flags) {
+    let cfg = match flags.load() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ringmx: {e}");
