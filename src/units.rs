@@ -369,7 +369,10 @@ mod tests {
         for (text, want) in [
             ("0", Duration::ZERO),
             ("7", Duration::from_secs(7)),
+            ("30", Duration::from_secs(30)),
             ("30s", Duration::from_secs(30)),
+            ("100ms", ms(100)),
+            ("2m", Duration::from_secs(120)),
             ("1.5s", ms(1500)),
             ("0.25", ms(250)),
             ("250ms", ms(250)),

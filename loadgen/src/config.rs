@@ -1,6 +1,6 @@
-//! What a run is asked to do: the validated configuration, and the parsers for
-//! the flag values that are more than a number (sizes, size distributions,
-//! durations).
+//! What a run is asked to do: the validated configuration, and the parser for
+//! size distributions. Sizes and durations are read by [`ringmx::units`], as
+//! the server reads them.
 //!
 //! `main.rs` owns the flags and their help text; this file owns what they mean.
 //! Everything here is checked once, before any connection is opened, and each
@@ -11,20 +11,19 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ringmx::units::{parse_size_as, UnitError};
 use serde::{Deserialize, Serialize};
 
 /// A flag value that could not be understood, or flags that contradict each other.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    /// A size such as `1k`, `64k` or `1m` did not parse.
-    #[error("bad size {0:?}: expected a byte count with an optional k, m or g suffix (1k = 1024)")]
-    Size(String),
+    /// A size such as `1k`, `64KiB` or `1MB` did not parse (the forms of
+    /// [`ringmx::units`], shared with the server).
+    #[error("bad size: {0}")]
+    Size(#[from] UnitError),
     /// A size distribution such as `1k:80,64k:15,1m:5` did not parse.
     #[error("bad size distribution {0:?}: expected SIZE or SIZE:WEIGHT,SIZE:WEIGHT,...")]
     SizeDist(String),
-    /// A duration such as `30s`, `500ms` or `2m` did not parse.
-    #[error("bad duration {0:?}: expected a number with a unit (ms, s, m, h), e.g. 30s")]
-    Duration(String),
     /// Two flags, or a flag's value, cannot be honoured together.
     #[error("{0}")]
     Invalid(String),
@@ -107,8 +106,9 @@ impl SizeDist {
     ///
     /// # Example
     /// ```
-    /// let d = loadgen::config::SizeDist::parse("1k:80,64k:20").unwrap();
+    /// let d = loadgen::config::SizeDist::parse("1k:80,64k:20,1MB:1").unwrap();
     /// assert_eq!(d.entries[1].bytes, 65536);
+    /// assert_eq!(d.entries[2].bytes, 1_000_000);
     /// assert_eq!(d.entries[1].weight, 20.0);
     /// ```
     pub fn parse(text: &str) -> Result<SizeDist, ConfigError> {
@@ -124,7 +124,7 @@ impl SizeDist {
                 return Err(bad());
             }
             entries.push(SizeWeight {
-                bytes: parse_size(size)?,
+                bytes: parse_size_as(size)?,
                 weight,
             });
         }
@@ -159,61 +159,6 @@ impl SizeDist {
             .sum::<f64>()
             / total
     }
-}
-
-/// Parses a byte size: `512`, `1k`, `64K`, `1m`, `1MiB`, `2g` (binary units: 1k = 1024).
-///
-/// # Errors
-/// [`ConfigError::Size`] when the text is not a whole number with an optional unit.
-///
-/// # Example
-/// ```
-/// assert_eq!(loadgen::config::parse_size("64k").unwrap(), 65536);
-/// assert_eq!(loadgen::config::parse_size("1MiB").unwrap(), 1 << 20);
-/// ```
-pub fn parse_size(text: &str) -> Result<usize, ConfigError> {
-    let bad = || ConfigError::Size(text.to_string());
-    let t = text.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(digits);
-    let n: usize = num.parse().map_err(|_| bad())?;
-    let mult: usize = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(mult).ok_or_else(bad)
-}
-
-/// Parses a duration: `500ms`, `30s`, `2m`, `1h`, `1.5s`; a bare number is seconds.
-///
-/// # Errors
-/// [`ConfigError::Duration`] when the text has no number or an unknown unit.
-///
-/// # Example
-/// ```
-/// use std::time::Duration;
-/// assert_eq!(loadgen::config::parse_duration("250ms").unwrap(), Duration::from_millis(250));
-/// assert_eq!(loadgen::config::parse_duration("2m").unwrap(), Duration::from_secs(120));
-/// ```
-pub fn parse_duration(text: &str) -> Result<Duration, ConfigError> {
-    let bad = || ConfigError::Duration(text.to_string());
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "ms" => n / 1e3,
-        "" | "s" => n,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(bad()),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| bad())
 }
 
 /// Formats a byte count the way sizes are written on the command line.
@@ -357,35 +302,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes() {
+    fn sizes_have_the_servers_meaning() {
         for (text, want) in [
             ("0", 0),
             ("512", 512),
             ("1k", 1024),
             ("1K", 1024),
-            ("64kb", 65536),
+            ("64kb", 64_000),
             ("1m", 1 << 20),
             ("1MiB", 1 << 20),
+            ("10MB", 10_000_000),
             ("2g", 2 << 30),
             ("100b", 100),
+            ("1 k", 1024),
         ] {
-            assert_eq!(parse_size(text), Ok(want), "{text}");
+            let d = SizeDist::parse(text).unwrap();
+            assert_eq!(d.entries[0].bytes, want, "{text}");
         }
-        for text in ["", "k", "1x", "1.5k", "-1", "1 k"] {
-            assert!(parse_size(text).is_err(), "{text}");
-        }
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        for text in ["", "s", "5x", "1..2s", "-1s"] {
-            assert!(parse_duration(text).is_err(), "{text}");
+        for text in ["", "k", "1x", "1.5k", "-1", "99999999999GiB"] {
+            assert!(SizeDist::parse(text).is_err(), "{text}");
         }
     }
 

@@ -6,11 +6,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use ringmx::units::parse_duration;
 
 use loadgen::compare;
-use loadgen::config::{
-    parse_duration, Arrivals, ConfigError, Load, Pipelining, RunConfig, Scenario, SizeDist,
-};
+use loadgen::config::{Arrivals, ConfigError, Load, Pipelining, RunConfig, Scenario, SizeDist};
 use loadgen::engine;
 use loadgen::stats::Phase;
 
@@ -26,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a load test against an SMTP server.
-    #[command(long_about = RUN_ABOUT)]
+    #[command(long_about = RUN_ABOUT, after_help = ringmx::units::FORMS_HELP)]
     Run(Box<RunArgs>),
     /// Compare runs: percentiles side by side with ratios, and a plot.
     #[command(long_about = COMPARE_ABOUT)]
