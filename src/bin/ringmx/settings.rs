@@ -73,6 +73,16 @@ macro_rules! define_overrides {
                 }
             }
 
+            /// Takes every flag that `newer` gives (clap's "update").
+            pub(super) fn update(&mut self, newer: Self) {
+                if newer.config.is_some() {
+                    self.config = newer.config;
+                }
+                $($(
+                    kind!(update $kind, self.$flag, newer.$flag);
+                )*)*
+            }
+
             /// Overwrites every setting of `cfg` that a flag gives.
             pub fn apply(&self, cfg: &mut Config) {
                 $($(
@@ -126,6 +136,17 @@ macro_rules! kind {
         }
     };
 
+    (update "list", $dst:expr, $src:expr) => {
+        if !$src.is_empty() {
+            $dst = $src;
+        }
+    };
+    (update $kind:tt, $dst:expr, $src:expr) => {
+        if $src.is_some() {
+            $dst = $src;
+        }
+    };
+
     (show "plain", $v:expr) => { kinds::plain::show($v) };
     (show "path", $v:expr) => { kinds::path::show($v) };
     (show "list", $v:expr) => { kinds::list::show($v) };
@@ -170,7 +191,7 @@ impl FromArgMatches for ConfigOverrides {
     }
 
     fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
-        *self = Self::from_matches(m);
+        self.update(Self::from_matches(m));
         Ok(())
     }
 }
@@ -299,6 +320,17 @@ mod tests {
                 ..SmtpConfig::default()
             }
         );
+    }
+
+    #[test]
+    fn an_update_keeps_what_the_new_matches_leave_out() {
+        let mut f = parse(&["--hostname", "a.example", "--domain", "a.example"]).unwrap();
+        let cmd = ConfigOverrides::augment_args(Command::new("serve").no_binary_name(true));
+        let m = cmd.try_get_matches_from(["--backlog", "5"]).unwrap();
+        f.update_from_arg_matches(&m).unwrap();
+        assert_eq!(f.hostname.as_deref(), Some("a.example"));
+        assert_eq!(f.domain, ["a.example"]);
+        assert_eq!(f.backlog, Some(5));
     }
 
     #[test]
