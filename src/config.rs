@@ -584,8 +584,8 @@ pub enum ConfigError {
     /// An empty hostname would make the greeting invalid.
     #[error("smtp.hostname is empty")]
     EmptyHostname,
-    /// A size or duration out of range (a duration past
-    /// [`units::MAX_DURATION`]), with the setting's key.
+    /// A duration past [`units::MAX_DURATION`], with the setting's key
+    /// (a config built in code; the parsers refuse such text already).
     #[error("{0}: {1}")]
     Unit(&'static str, UnitError),
     /// A core selection that cannot be placed on this machine.
@@ -670,7 +670,8 @@ impl SmtpConfig {
     /// The protocol-only part of [`Config::validate`].
     ///
     /// # Errors
-    /// The first setting below an RFC minimum.
+    /// The first setting below an RFC minimum, empty, or (a timeout) past
+    /// [`units::MAX_DURATION`].
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_recipients < 100 {
             return Err(ConfigError::TooFewRecipients(self.max_recipients));
