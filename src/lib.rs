@@ -7,7 +7,9 @@
 //! | durable per-core spool: segments, group commit, recovery, reader, `ringmx spool` | [`spool`] |
 //! | executors, listeners, connection tasks (glommio) | [`server`] |
 //! | leveled stderr logging | [`log`] |
+//! | calendar dates from Unix time, RFC 5322 dates | [`civil`] |
 
+pub mod civil;
 pub mod config;
 pub mod log;
 pub mod protocol;

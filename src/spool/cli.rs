@@ -29,6 +29,7 @@ use std::process::ExitCode;
 use super::error::SpoolError;
 use super::queue_id::QueueId;
 use super::reader::{ShardSummary, SpoolReader, StoredMessage};
+use crate::civil::DateTime;
 
 /// `ringmx spool …`: the spool directory and what to do with it.
 #[derive(Debug, Clone, clap::Args)]
@@ -524,51 +525,27 @@ impl<W: Write> Write for LfWriter<W> {
     }
 }
 
-/// (year, month 1-12, day, hour, minute, second, weekday 0=Sunday) in UTC.
-/// Howard Hinnant's `civil_from_days` (as protocol/trace.rs uses for
-/// `Received:` dates, where it is private).
-fn civil(unix: i64) -> (i64, u32, u32, u32, u32, u32, u32) {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    // 1970-01-01 was a Thursday (4).
-    let wd = (days + 4).rem_euclid(7) as u32;
-    (
-        y,
-        m,
-        d,
-        (secs / 3600) as u32,
-        (secs / 60 % 60) as u32,
-        (secs % 60) as u32,
-        wd,
-    )
-}
-
 /// `2026-11-29 13:44:42` (UTC).
 fn iso_date(unix: i64) -> String {
-    let (y, mo, d, h, mi, s, _) = civil(unix);
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}")
+    let t = DateTime::from_unix(unix);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
+    )
 }
 
 /// `Sun Nov 29 13:44:42 2026`: the asctime form mbox `From ` lines use.
 fn asctime(unix: i64) -> String {
-    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let (y, mo, d, h, mi, s, wd) = civil(unix);
+    let t = DateTime::from_unix(unix);
     format!(
-        "{} {} {d:>2} {h:02}:{mi:02}:{s:02} {y}",
-        DAYS[wd as usize],
-        MONTHS[(mo - 1) as usize]
+        "{} {} {:>2} {:02}:{:02}:{:02} {}",
+        t.weekday_name(),
+        t.month_name(),
+        t.day,
+        t.hour,
+        t.minute,
+        t.second,
+        t.year
     )
 }
 
