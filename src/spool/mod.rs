@@ -18,7 +18,7 @@
 //! | errors, and which reply each maps to | [`error`](SpoolError) |
 //! | queue ids: format and parsing | [`queue_id`](QueueId) |
 //! | byte layout: headers, records, payloads | [`format`](mod@format) |
-//! | per-shard segments, writer task, group commit | `segment.rs` ([`ShardSpool`]) |
+//! | per-shard segments, writer task, group commit | `segment/` ([`ShardSpool`]) |
 //! | one message: buffering, fragments, commit | `message.rs` ([`MessageWriter`]) |
 //! | one writer per spool: `LOCK` | `lock.rs` ([`DirLock`]) |
 //! | start-up scan, cutting a torn tail | `recovery.rs` ([`RecoveryReport`]) |
@@ -41,7 +41,7 @@ mod segment;
 mod tests;
 
 pub use error::SpoolError;
-pub use format::EnvelopeRecord;
+pub use format::{EnvelopeRecord, Location};
 pub use lock::{lock_holder, DirLock, LOCK_FILE};
 pub use message::MessageWriter;
 pub use queue_id::QueueId;
@@ -49,4 +49,4 @@ pub use reader::{
     BodyReader, Problem, ShardMessages, ShardSummary, SpoolReader, StoredEnvelope, StoredMessage,
 };
 pub use recovery::{RecoveryReport, TailCut};
-pub use segment::{Location, ShardSpool, SpoolStats};
+pub use segment::{ShardSpool, SpoolStats};

@@ -24,12 +24,11 @@ use std::path::{Path, PathBuf};
 use super::error::SpoolError;
 use super::format::{
     decode_message, parse_shard_dir_name, segment_file_name, shard_dir_name, FragRef, Kind,
-    RecordHeader, FILE_HEADER_LEN, RECORD_HEADER_LEN,
+    Location, RecordHeader, FILE_HEADER_LEN, RECORD_HEADER_LEN,
 };
 use super::lock::lock_holder;
 use super::queue_id::QueueId;
 use super::scan::{list_segments, OpenError, Payload, SegmentFile, Step};
-use super::segment::Location;
 
 /// A read-only view of a spool directory.
 ///
