@@ -4,7 +4,7 @@
 //! |---|---|
 //! | every limit and tunable, with defaults | [`config`] |
 //! | SMTP protocol, sans-IO (no sockets, files, clocks) | [`protocol`] |
-//! | durable per-core spool: segments, group commit, recovery, reader, `ringmx spool` | [`spool`] |
+//! | durable per-core spool: segments, group commit, recovery, reader | [`spool`] |
 //! | executors, listeners, connection tasks (glommio) | [`server`] |
 //! | leveled stderr logging | [`log`] |
 //! | calendar dates from Unix time, RFC 5322 dates | [`civil`] |

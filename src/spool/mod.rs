@@ -10,7 +10,7 @@
 //! [`ShardSpool::next_queue_id`], [`ShardSpool::begin`], then
 //! [`MessageWriter::write`] per body chunk and [`MessageWriter::commit`].
 //! Everything else reads the spool with [`SpoolReader`] (blocking `std::fs`,
-//! safe while a server runs) or the `ringmx spool` commands in [`cli`].
+//! safe while a server runs), as the binary's `ringmx spool` commands do.
 //! The byte layout is in SPOOL-FORMAT.md at the repository root.
 //!
 //! | concern | file |
@@ -24,9 +24,7 @@
 //! | start-up scan, cutting a torn tail | `recovery.rs` ([`RecoveryReport`]) |
 //! | walking a segment record by record | `scan.rs` |
 //! | iterate, look up, verify committed messages | `reader.rs` ([`SpoolReader`]) |
-//! | `ringmx spool ls/cat/export/verify/stats` | [`cli`] |
 
-pub mod cli;
 mod error;
 pub mod format;
 mod lock;

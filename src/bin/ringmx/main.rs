@@ -1,7 +1,9 @@
 //! The `ringmx` binary: flags, then the library. No logic lives here.
 //!
 //! * `ringmx serve [FLAGS]`: run the SMTP server ([`ringmx::server::serve`]).
-//! * `ringmx spool ...`: read the spool ([`ringmx::spool::cli`]).
+//! * `ringmx spool ...`: read the spool ([`spool`]).
+
+mod spool;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use ringmx::config::{Config, ConfigOverrides};
@@ -29,7 +31,7 @@ enum Command {
     /// SIGTERM/SIGINT: graceful shutdown (a second one exits at once).
     Serve(Box<ConfigOverrides>),
     /// Read the spool: ls, cat, export, verify, stats.
-    Spool(ringmx::spool::cli::SpoolArgs),
+    Spool(spool::SpoolArgs),
 }
 
 fn main() {
@@ -78,7 +80,7 @@ fn serve(flags: &ConfigOverrides) -> i32 {
     }
 }
 
-fn spool(args: ringmx::spool::cli::SpoolArgs) -> i32 {
+fn spool(args: spool::SpoolArgs) -> i32 {
     match args.run() {
         // `verify` reports damage through its exit code.
         Ok(code) => {

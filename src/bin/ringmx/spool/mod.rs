@@ -1,11 +1,10 @@
 //! `ringmx spool ls | cat | export | verify | stats`: the operator's view of a
-//! spool directory, built on [`SpoolReader`]. The binary embeds [`SpoolArgs`]
-//! (`Spool(ringmx::spool::cli::SpoolArgs)`: the subcommand plus a global
-//! `--spool DIR`, default `./spool`) and calls [`SpoolArgs::run`], or uses
-//! [`SpoolCommand`] with its own `--spool` and [`run`]. Errors are returned,
-//! for the binary to print; `verify` finding damage is exit status 1.
-//! Everything writes to a caller-given `Write` ([`run_to`]), so it is
-//! testable without a process.
+//! spool directory, built on the library's [`SpoolReader`]. Command-line
+//! only, so it lives beside the binary: `main.rs` embeds [`SpoolArgs`] (the
+//! subcommand plus a global `--spool DIR`, default `./spool`) and calls
+//! [`SpoolArgs::run`]. Errors are returned, for `main` to print; `verify`
+//! finding damage is exit status 1. tests/spool_cli.rs drives it through the
+//! built binary.
 //!
 //! Output formats:
 //! * `ls`: one line per committed message, `ID  ARRIVAL(UTC)  BODY-BYTES  <FROM>  RCPT,...`;
@@ -21,15 +20,16 @@
 //!   exit status 1 if there is any.
 //! * `stats`: per-shard counts from disk (`--json` for one JSON object).
 
-use std::fs::{self, File};
+mod export;
+
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use super::error::SpoolError;
-use super::queue_id::QueueId;
-use super::reader::{ShardSummary, SpoolReader, StoredMessage};
-use crate::civil::DateTime;
+use ringmx::civil::DateTime;
+use ringmx::spool::{QueueId, ShardSummary, SpoolError, SpoolReader};
+
+use export::{export, ExportFormat};
 
 /// `ringmx spool …`: the spool directory and what to do with it.
 #[derive(Debug, Clone, clap::Args)]
@@ -75,34 +75,51 @@ pub enum SpoolCommand {
     },
 }
 
-/// Formats for `ringmx spool export`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ExportFormat {
-    /// One mboxrd file, `DIR/ringmx.mbox`.
-    Mbox,
-    /// A Maildir: `DIR/new/<time>.<id>.ringmx`.
-    Maildir,
-    /// `DIR/<id>.eml` per message.
-    Eml,
-}
-
 impl SpoolArgs {
     /// Runs the command on `--spool`, writing to stdout; see [`run`].
     ///
     /// # Errors
     /// As [`run`].
-    pub fn run(self) -> Result<ExitCode, SpoolError> {
+    pub fn run(self) -> Result<ExitCode, CliError> {
         run(self.command, &self.spool)
     }
 }
 
-impl SpoolCommand {
-    /// Runs the command on the spool at `spool_dir`, writing to stdout; see [`run`].
-    ///
-    /// # Errors
-    /// As [`run`].
-    pub fn run(self, spool_dir: &Path) -> Result<ExitCode, SpoolError> {
-        run(self, spool_dir)
+/// Why a `ringmx spool` command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The spool could not be read, or holds something unreadable.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// Writing the output (stdout, an export file or directory) failed.
+    #[error("{op} {}: {source}", path.display())]
+    Write {
+        /// What was being done, e.g. "creating".
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+impl CliError {
+    fn write(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Self::Write {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// The reader of our stdout went away (`ringmx spool ls | head`).
+    fn is_broken_pipe(&self) -> bool {
+        let kind = match self {
+            Self::Write { source, .. } => source.kind(),
+            Self::Spool(SpoolError::Io { source, .. }) => source.kind(),
+            Self::Spool(_) => return false,
+        };
+        kind == io::ErrorKind::BrokenPipe
     }
 }
 
@@ -115,40 +132,30 @@ pub enum Outcome {
     Problems,
 }
 
-/// Runs `args.command` on `args.spool`, writing to stdout.
-///
-/// # Errors
-/// As [`run`].
-pub fn run_args(args: SpoolArgs) -> Result<ExitCode, SpoolError> {
-    run(args.command, &args.spool)
-}
-
 /// Runs a command on the spool at `spool_dir`, writing to stdout. A closed
 /// stdout (`ringmx spool ls | head`) ends the command quietly.
 ///
 /// # Errors
 /// The spool cannot be read, a message is not found (`cat`), the export
 /// target cannot be written; a corrupt record met by `ls`, `cat` or `export`.
-pub fn run(cmd: SpoolCommand, spool_dir: &Path) -> Result<ExitCode, SpoolError> {
+pub fn run(cmd: SpoolCommand, spool_dir: &Path) -> Result<ExitCode, CliError> {
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let r = run_to(cmd, spool_dir, &mut out).and_then(|o| {
         out.flush()
-            .map_err(|e| SpoolError::io("writing", "stdout", e))?;
+            .map_err(|e| CliError::write("writing", "stdout", e))?;
         Ok(o)
     });
     match r {
         Ok(Outcome::Clean) => Ok(ExitCode::SUCCESS),
         Ok(Outcome::Problems) => Ok(ExitCode::from(1)),
-        Err(SpoolError::Io { source, .. }) if source.kind() == io::ErrorKind::BrokenPipe => {
-            Ok(ExitCode::SUCCESS)
-        }
+        Err(e) if e.is_broken_pipe() => Ok(ExitCode::SUCCESS),
         Err(e) => Err(e),
     }
 }
 
-fn werr(e: io::Error) -> SpoolError {
-    SpoolError::io("writing", "output", e)
+fn werr(e: io::Error) -> CliError {
+    CliError::write("writing", "output", e)
 }
 
 /// [`run`], writing to `out`.
@@ -159,7 +166,7 @@ pub fn run_to(
     cmd: SpoolCommand,
     spool_dir: &Path,
     out: &mut dyn Write,
-) -> Result<Outcome, SpoolError> {
+) -> Result<Outcome, CliError> {
     let reader = SpoolReader::open(spool_dir)?;
     match cmd {
         SpoolCommand::Ls { json } => ls(&reader, json, out),
@@ -174,7 +181,7 @@ pub fn run_to(
     }
 }
 
-fn ls(reader: &SpoolReader, json: bool, out: &mut dyn Write) -> Result<Outcome, SpoolError> {
+fn ls(reader: &SpoolReader, json: bool, out: &mut dyn Write) -> Result<Outcome, CliError> {
     for m in reader.messages()? {
         let m = m?;
         if json {
@@ -209,7 +216,7 @@ fn ls(reader: &SpoolReader, json: bool, out: &mut dyn Write) -> Result<Outcome, 
     Ok(Outcome::Clean)
 }
 
-fn verify(reader: &SpoolReader, out: &mut dyn Write) -> Result<Outcome, SpoolError> {
+fn verify(reader: &SpoolReader, out: &mut dyn Write) -> Result<Outcome, CliError> {
     let shards = reader.verify()?;
     let mut problems = 0usize;
     for s in &shards {
@@ -259,7 +266,7 @@ fn verify(reader: &SpoolReader, out: &mut dyn Write) -> Result<Outcome, SpoolErr
     }
 }
 
-fn stats(reader: &SpoolReader, json: bool, out: &mut dyn Write) -> Result<Outcome, SpoolError> {
+fn stats(reader: &SpoolReader, json: bool, out: &mut dyn Write) -> Result<Outcome, CliError> {
     let shards = reader.disk_stats()?;
     let total = shards.iter().fold(ShardSummary::default(), |mut t, s| {
         t.segments += s.segments;
@@ -335,217 +342,12 @@ fn stats(reader: &SpoolReader, json: bool, out: &mut dyn Write) -> Result<Outcom
     Ok(Outcome::Clean)
 }
 
-fn export(
-    reader: &SpoolReader,
-    format: ExportFormat,
-    dir: &Path,
-    out: &mut dyn Write,
-) -> Result<Outcome, SpoolError> {
-    fs::create_dir_all(dir).map_err(|e| SpoolError::io("creating", dir, e))?;
-    let mut n = 0u64;
-    match format {
-        ExportFormat::Eml => {
-            for m in reader.messages()? {
-                let m = m?;
-                let path = dir.join(format!("{}.eml", m.id));
-                let mut f = create(&path)?;
-                m.write_to(&mut f)?;
-                f.flush().map_err(|e| SpoolError::io("writing", &path, e))?;
-                n += 1;
-            }
-        }
-        ExportFormat::Maildir => {
-            for sub in ["tmp", "new", "cur"] {
-                let d = dir.join(sub);
-                fs::create_dir_all(&d).map_err(|e| SpoolError::io("creating", &d, e))?;
-            }
-            for m in reader.messages()? {
-                let m = m?;
-                // Maildir names: time.unique.host; the queue id is unique.
-                let name = format!("{}.{}.ringmx", m.envelope.arrival_unix, m.id);
-                let tmp = dir.join("tmp").join(&name);
-                let mut f = create(&tmp)?;
-                let mut lf = LfWriter::new(&mut f, false);
-                write_converted(&m, &mut lf)?;
-                lf.finish()
-                    .map_err(|e| SpoolError::io("writing", &tmp, e))?;
-                f.flush().map_err(|e| SpoolError::io("writing", &tmp, e))?;
-                drop(f);
-                let new = dir.join("new").join(&name);
-                fs::rename(&tmp, &new).map_err(|e| SpoolError::io("renaming into", &new, e))?;
-                n += 1;
-            }
-        }
-        ExportFormat::Mbox => {
-            let path = dir.join("ringmx.mbox");
-            let mut f = create(&path)?;
-            for m in reader.messages()? {
-                let m = m?;
-                let sender = if m.envelope.mail_from.is_empty() {
-                    "MAILER-DAEMON"
-                } else {
-                    m.envelope.mail_from.as_str()
-                };
-                writeln!(f, "From {sender} {}", asctime(m.envelope.arrival_unix))
-                    .map_err(|e| SpoolError::io("writing", &path, e))?;
-                let mut lf = LfWriter::new(&mut f, true);
-                write_converted(&m, &mut lf)?;
-                lf.finish()
-                    .map_err(|e| SpoolError::io("writing", &path, e))?;
-                // mbox: a message ends with a blank line before the next `From `.
-                f.write_all(b"\n")
-                    .map_err(|e| SpoolError::io("writing", &path, e))?;
-                n += 1;
-            }
-            f.flush().map_err(|e| SpoolError::io("writing", &path, e))?;
-        }
-    }
-    writeln!(out, "exported {n} messages to {}", dir.display()).map_err(werr)?;
-    Ok(Outcome::Clean)
-}
-
-fn create(path: &Path) -> Result<BufWriter<File>, SpoolError> {
-    File::create(path)
-        .map(BufWriter::new)
-        .map_err(|e| SpoolError::io("creating", path, e))
-}
-
-fn write_converted<W: Write>(m: &StoredMessage, lf: &mut LfWriter<W>) -> Result<(), SpoolError> {
-    m.write_to(lf)
-}
-
-/// Streams bytes with CRLF turned into LF and, for mboxrd, every line that
-/// matches `>*From ` quoted with one more `>`. Constant memory: at a line
-/// start it holds at most a count of `>` and four bytes of `From`.
-struct LfWriter<W: Write> {
-    inner: W,
-    mbox: bool,
-    pending_cr: bool,
-    /// At a line start: `>` seen, then bytes of "From " matched.
-    line_start: Option<(usize, usize)>,
-    out: Vec<u8>,
-}
-
-const FROM: &[u8] = b"From ";
-
-impl<W: Write> LfWriter<W> {
-    fn new(inner: W, mbox: bool) -> Self {
-        Self {
-            inner,
-            mbox,
-            pending_cr: false,
-            line_start: Some((0, 0)),
-            out: Vec::with_capacity(8192),
-        }
-    }
-
-    /// After CRLF → LF: handles the `From ` quoting.
-    fn emit(&mut self, b: u8) {
-        if !self.mbox {
-            self.out.push(b);
-            return;
-        }
-        if let Some((gts, matched)) = self.line_start {
-            if matched == 0 && b == b'>' {
-                self.line_start = Some((gts + 1, 0));
-                return;
-            }
-            if b == FROM[matched] {
-                if matched + 1 == FROM.len() {
-                    self.out.push(b'>');
-                    self.out.extend(std::iter::repeat_n(b'>', gts));
-                    self.out.extend_from_slice(FROM);
-                    self.line_start = None;
-                } else {
-                    self.line_start = Some((gts, matched + 1));
-                }
-                return;
-            }
-            self.flush_line_start();
-        }
-        self.out.push(b);
-        if b == b'\n' {
-            self.line_start = Some((0, 0));
-        }
-    }
-
-    fn flush_line_start(&mut self) {
-        if let Some((gts, matched)) = self.line_start.take() {
-            self.out.extend(std::iter::repeat_n(b'>', gts));
-            self.out.extend_from_slice(&FROM[..matched]);
-        }
-    }
-
-    fn feed(&mut self, b: u8) {
-        if self.pending_cr {
-            self.pending_cr = false;
-            if b == b'\n' {
-                self.emit(b'\n');
-                return;
-            }
-            self.emit(b'\r');
-        }
-        if b == b'\r' {
-            self.pending_cr = true;
-        } else {
-            self.emit(b);
-        }
-    }
-
-    /// Flushes what is held back at the end of a message.
-    fn finish(&mut self) -> io::Result<()> {
-        if self.pending_cr {
-            self.pending_cr = false;
-            self.emit(b'\r');
-        }
-        self.flush_line_start();
-        self.line_start = Some((0, 0));
-        self.inner.write_all(&self.out)?;
-        self.out.clear();
-        Ok(())
-    }
-}
-
-impl<W: Write> Write for LfWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        for &b in buf {
-            self.feed(b);
-        }
-        if self.out.len() >= 8192 {
-            self.inner.write_all(&self.out)?;
-            self.out.clear();
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.write_all(&self.out)?;
-        self.out.clear();
-        self.inner.flush()
-    }
-}
-
 /// `2026-11-29 13:44:42` (UTC).
 fn iso_date(unix: i64) -> String {
     let t = DateTime::from_unix(unix);
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
         t.year, t.month, t.day, t.hour, t.minute, t.second
-    )
-}
-
-/// `Sun Nov 29 13:44:42 2026`: the asctime form mbox `From ` lines use.
-fn asctime(unix: i64) -> String {
-    let t = DateTime::from_unix(unix);
-    format!(
-        "{} {} {:>2} {:02}:{:02}:{:02} {}",
-        t.weekday_name(),
-        t.month_name(),
-        t.day,
-        t.hour,
-        t.minute,
-        t.second,
-        t.year
     )
 }
 
@@ -602,37 +404,5 @@ mod tests {
     fn dates() {
         assert_eq!(iso_date(0), "1970-01-01 00:00:00");
         assert_eq!(iso_date(1_795_959_882), "2026-11-29 13:44:42");
-        assert_eq!(asctime(1_795_959_882), "Sun Nov 29 13:44:42 2026");
-        assert_eq!(asctime(1_795_880_682), "Sat Nov 28 15:44:42 2026");
-        assert_eq!(asctime(951_782_400), "Tue Feb 29 00:00:00 2000");
-        assert_eq!(asctime(0), "Thu Jan  1 00:00:00 1970");
-    }
-
-    fn convert(input: &[u8], mbox: bool, chunk: usize) -> Vec<u8> {
-        let mut v = Vec::new();
-        let mut w = LfWriter::new(&mut v, mbox);
-        for c in input.chunks(chunk) {
-            w.write_all(c).unwrap();
-        }
-        w.finish().unwrap();
-        drop(w);
-        v
-    }
-
-    #[test]
-    fn mboxrd_quoting_and_lf_at_every_split() {
-        let input: &[u8] =
-            b"From me\r\n>From x\r\n>>From y\r\nFro\r\nFrom\r\n>Fromage\r\nbare\rcr\r\n\r\nFrom ";
-        let want: &[u8] = b">From me\n>>From x\n>>>From y\nFro\nFrom\n>Fromage\nbare\rcr\n\n>From ";
-        for chunk in 1..=input.len() {
-            assert_eq!(convert(input, true, chunk), want, "chunk {chunk}");
-        }
-        let maildir = convert(input, false, 3);
-        assert_eq!(
-            maildir,
-            b"From me\n>From x\n>>From y\nFro\nFrom\n>Fromage\nbare\rcr\n\nFrom "
-        );
-        assert_eq!(convert(b"x\r", true, 1), b"x\r");
-        assert_eq!(convert(b">>", true, 1), b">>");
     }
 }
