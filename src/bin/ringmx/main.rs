@@ -1,7 +1,7 @@
 //! The `ringmx` binary: flags, then the library. No logic lives here.
 //!
 //! * `ringmx serve [FLAGS]`: run the SMTP server ([`ringmx::server::serve`]).
-//! * `ringmx spool ...`: read the spool ([`spool`]).
+//! * `ringmx spool ...`: read the spool ([`spool`](mod@spool)).
 
 mod spool;
 
