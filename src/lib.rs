@@ -4,11 +4,13 @@
 //! |---|---|
 //! | every limit and tunable, with defaults | [`config`] |
 //! | SMTP protocol, sans-IO (no sockets, files, clocks) | [`protocol`] |
-//! | durable per-core spool: segments, group commit, recovery, reader, `ringmx spool` | [`spool`] |
+//! | durable per-core spool: segments, group commit, recovery, reader | [`spool`] |
 //! | executors, listeners, connection tasks (glommio) | [`server`] |
 //! | leveled stderr logging | [`log`] |
 //! | sizes and durations as written in flags and TOML | [`units`] |
+//! | calendar dates from Unix time, RFC 5322 dates | [`civil`] |
 
+pub mod civil;
 pub mod config;
 pub mod log;
 pub mod protocol;

@@ -1,12 +1,14 @@
 //! `ringmx spool ls | cat | export | verify | stats` against a spool written
 //! through the public `ShardSpool` API (two shards, small segments, small
-//! and streamed messages), called through `spool::cli::run_to`.
+//! and streamed messages), run as the built binary: stdout, stderr and the
+//! exit status are what is checked.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use ringmx::config::{Durability, SpoolConfig};
-use ringmx::spool::cli::{run_to, ExportFormat, Outcome, SpoolCommand};
 use ringmx::spool::{EnvelopeRecord, QueueId, ShardSpool, SpoolError, SpoolReader};
 
 struct TempDir(PathBuf);
@@ -92,15 +94,53 @@ fn write_spool(root: &Path) -> BTreeMap<QueueId, (String, Vec<u8>)> {
     })
 }
 
-fn run(cmd: SpoolCommand, root: &Path) -> (Result<Outcome, SpoolError>, String) {
-    let mut out = Vec::new();
-    let r = run_to(cmd, root, &mut out);
+/// How `ringmx spool` ended when it did not fail.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Exit status 0, nothing on stderr.
+    Clean,
+    /// Exit status 1, nothing on stderr: `verify` found damage.
+    Problems,
+}
+
+/// Runs `ringmx spool --spool ROOT ARGS...`: the outcome (or, on failure,
+/// its stderr) and the raw stdout.
+fn run_raw<S: AsRef<OsStr>>(root: &Path, args: &[S]) -> (Result<Outcome, String>, Vec<u8>) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmx"))
+        .arg("spool")
+        .arg("--spool")
+        .arg(root)
+        .args(args)
+        .output()
+        .expect("running ringmx");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let r = match (out.status.code(), stderr.is_empty()) {
+        (Some(0), true) => Ok(Outcome::Clean),
+        (Some(1), true) => Ok(Outcome::Problems),
+        (Some(1), false) => Err(stderr),
+        (code, _) => panic!("ringmx spool {code:?}: {stderr}"),
+    };
+    (r, out.stdout)
+}
+
+fn run<S: AsRef<OsStr>>(root: &Path, args: &[S]) -> (Result<Outcome, String>, String) {
+    let (r, out) = run_raw(root, args);
     (r, String::from_utf8(out).unwrap())
 }
 
+fn export(root: &Path, format: &str, dir: &Path) -> (Result<Outcome, String>, String) {
+    let args: [&OsStr; 4] = [
+        "export".as_ref(),
+        "--format".as_ref(),
+        format.as_ref(),
+        dir.as_ref(),
+    ];
+    run(root, &args)
+}
+
 fn cat(root: &Path, id: QueueId) -> Vec<u8> {
-    let mut out = Vec::new();
-    run_to(SpoolCommand::Cat { id: id.to_string() }, root, &mut out).unwrap();
+    let (r, out) = run_raw(root, &["cat", id.as_str()]);
+    assert_eq!(r.unwrap(), Outcome::Clean);
     out
 }
 
@@ -108,7 +148,7 @@ fn cat(root: &Path, id: QueueId) -> Vec<u8> {
 fn spool_ls_lists_every_committed_message_as_text_and_json() {
     let d = TempDir::new("ls");
     let want = write_spool(&d.0);
-    let (r, text) = run(SpoolCommand::Ls { json: false }, &d.0);
+    let (r, text) = run(&d.0, &["ls"]);
     assert_eq!(r.unwrap(), Outcome::Clean);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), want.len(), "{text}");
@@ -118,7 +158,7 @@ fn spool_ls_lists_every_committed_message_as_text_and_json() {
         assert!(line.contains(&format!(" {} ", b.len())), "{line}");
         assert!(line.ends_with("a@example.com,b@example.com"), "{line}");
     }
-    let (r, json) = run(SpoolCommand::Ls { json: true }, &d.0);
+    let (r, json) = run(&d.0, &["ls", "--json"]);
     assert_eq!(r.unwrap(), Outcome::Clean);
     let mut seen = BTreeMap::new();
     for line in json.lines() {
@@ -157,23 +197,15 @@ fn spool_cat_prints_return_path_received_then_the_body_as_stored() {
         expect.extend_from_slice(b);
         assert_eq!(cat(&d.0, *id), expect, "{id}");
     }
-    let (r, _) = run(
-        SpoolCommand::Cat {
-            id: "not-an-id".into(),
-        },
-        &d.0,
-    );
-    assert!(matches!(r, Err(SpoolError::BadQueueId(_))), "{r:?}");
+    let (r, _) = run(&d.0, &["cat", "not-an-id"]);
+    let bad = "not-an-id".parse::<QueueId>().unwrap_err();
+    assert!(matches!(bad, SpoolError::BadQueueId(_)), "{bad:?}");
+    assert_eq!(r, Err(format!("ringmx: {bad}\n")));
     let unknown = QueueId::new(1, 7).unwrap();
-    let (r, _) = run(
-        SpoolCommand::Cat {
-            id: unknown.to_string(),
-        },
-        &d.0,
-    );
-    assert!(
-        matches!(r, Err(SpoolError::NotFound(id)) if id == unknown),
-        "{r:?}"
+    let (r, _) = run(&d.0, &["cat", unknown.as_str()]);
+    assert_eq!(
+        r,
+        Err(format!("ringmx: {}\n", SpoolError::NotFound(unknown)))
     );
 }
 
@@ -197,13 +229,7 @@ fn spool_export_writes_eml_maildir_and_mbox() {
     let want = write_spool(&d.0);
     let out = d.0.join("out");
 
-    let (r, text) = run(
-        SpoolCommand::Export {
-            format: ExportFormat::Eml,
-            dir: out.join("eml"),
-        },
-        &d.0,
-    );
+    let (r, text) = export(&d.0, "eml", &out.join("eml"));
     assert_eq!(r.unwrap(), Outcome::Clean);
     assert!(
         text.starts_with(&format!("exported {} messages", want.len())),
@@ -216,13 +242,7 @@ fn spool_export_writes_eml_maildir_and_mbox() {
         );
     }
 
-    let (r, _) = run(
-        SpoolCommand::Export {
-            format: ExportFormat::Maildir,
-            dir: out.join("md"),
-        },
-        &d.0,
-    );
+    let (r, _) = export(&d.0, "maildir", &out.join("md"));
     assert_eq!(r.unwrap(), Outcome::Clean);
     assert_eq!(std::fs::read_dir(out.join("md/tmp")).unwrap().count(), 0);
     assert_eq!(std::fs::read_dir(out.join("md/cur")).unwrap().count(), 0);
@@ -236,13 +256,7 @@ fn spool_export_writes_eml_maildir_and_mbox() {
         assert_eq!(std::fs::read(file).unwrap(), to_lf(&cat(&d.0, *id)));
     }
 
-    let (r, _) = run(
-        SpoolCommand::Export {
-            format: ExportFormat::Mbox,
-            dir: out.join("mbox"),
-        },
-        &d.0,
-    );
+    let (r, _) = export(&d.0, "mbox", &out.join("mbox"));
     assert_eq!(r.unwrap(), Outcome::Clean);
     let mbox = std::fs::read_to_string(out.join("mbox/ringmx.mbox")).unwrap();
     let seps: Vec<&str> = mbox.lines().filter(|l| l.starts_with("From ")).collect();
@@ -270,7 +284,7 @@ fn spool_export_writes_eml_maildir_and_mbox() {
 fn spool_verify_names_segment_and_offset_of_a_flipped_byte() {
     let d = TempDir::new("verify");
     let want = write_spool(&d.0);
-    let (r, text) = run(SpoolCommand::Verify, &d.0);
+    let (r, text) = run(&d.0, &["verify"]);
     assert_eq!(r.unwrap(), Outcome::Clean, "{text}");
     assert!(text.ends_with("verify: ok\n"), "{text}");
 
@@ -286,7 +300,7 @@ fn spool_verify_names_segment_and_offset_of_a_flipped_byte() {
     bytes[victim.location.offset as usize + 60] ^= 0x01;
     std::fs::write(&seg, &bytes).unwrap();
 
-    let (r, text) = run(SpoolCommand::Verify, &d.0);
+    let (r, text) = run(&d.0, &["verify"]);
     assert_eq!(r.unwrap(), Outcome::Problems, "{text}");
     let needle = format!(
         "CORRUPT {} offset {}: CRC32C mismatch",
@@ -326,7 +340,7 @@ fn spool_verify_tells_a_torn_tail_from_a_write_in_progress() {
             .open(&newest)
             .unwrap();
         std::io::Write::write_all(&mut f, &[0xEE; 11]).unwrap();
-        let (r, text) = run(SpoolCommand::Verify, &d.0);
+        let (r, text) = run(&d.0, &["verify"]);
         assert_eq!(r.unwrap(), Outcome::Clean, "{text}");
         assert!(
             text.contains(&format!("in progress {} offset {len}", newest.display())),
@@ -336,7 +350,7 @@ fn spool_verify_tells_a_torn_tail_from_a_write_in_progress() {
         // a torn tail, and verify fails until the next start cuts it.
         spool.close().await.unwrap();
         drop(spool);
-        let (r, text) = run(SpoolCommand::Verify, &d.0);
+        let (r, text) = run(&d.0, &["verify"]);
         assert_eq!(r.unwrap(), Outcome::Problems, "{text}");
         assert!(
             text.contains(&format!("CORRUPT {} offset {len}", newest.display())),
@@ -347,7 +361,7 @@ fn spool_verify_tells_a_torn_tail_from_a_write_in_progress() {
         assert_eq!(spool.recovery().cuts[0].offset, len);
         spool.close().await.unwrap();
     });
-    let (r, text) = run(SpoolCommand::Verify, &d.0);
+    let (r, text) = run(&d.0, &["verify"]);
     assert_eq!(r.unwrap(), Outcome::Clean, "{text}");
 }
 
@@ -355,7 +369,7 @@ fn spool_verify_tells_a_torn_tail_from_a_write_in_progress() {
 fn spool_stats_counts_segments_messages_and_fragments() {
     let d = TempDir::new("stats");
     let want = write_spool(&d.0);
-    let (r, text) = run(SpoolCommand::Stats { json: true }, &d.0);
+    let (r, text) = run(&d.0, &["stats", "--json"]);
     assert_eq!(r.unwrap(), Outcome::Clean);
     let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
     assert_eq!(v["total"]["messages"], want.len());
@@ -365,7 +379,7 @@ fn spool_stats_counts_segments_messages_and_fragments() {
     assert!(v["total"]["fragments"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(v["total"]["orphan_fragments"], 0);
     assert_eq!(v["shards"]["0"]["oldest_arrival_unix"], 1_795_959_882);
-    let (r, table) = run(SpoolCommand::Stats { json: false }, &d.0);
+    let (r, table) = run(&d.0, &["stats"]);
     assert_eq!(r.unwrap(), Outcome::Clean);
     assert_eq!(table.lines().count(), 4, "{table}");
     assert!(

@@ -4,7 +4,7 @@
 //! same thing; a change here changes that file and [`FORMAT_VERSION`].
 //!
 //! Nothing here does I/O; `scan.rs` reads files with these functions,
-//! `message.rs` and `segment.rs` build records with them. Decoding never
+//! `message.rs` and `segment/writer.rs` build records with them. Decoding never
 //! panics on bad bytes: it returns a reason that callers turn into
 //! [`SpoolError::Corrupt`] with a file and an offset.
 
@@ -29,6 +29,16 @@ pub const SEAL_PAYLOAD_LEN: usize = 16;
 pub const SEAL_RECORD_LEN: usize = RECORD_HEADER_LEN + SEAL_PAYLOAD_LEN;
 /// One entry of a commit record's fragment list: segment, offset, length.
 pub const FRAG_REF_LEN: usize = 20;
+
+/// A position in a shard's spool: a segment and a byte offset in it.
+/// Positions order by segment, then offset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Location {
+    /// The segment's sequence number.
+    pub segment: u64,
+    /// Byte offset in the segment file.
+    pub offset: u64,
+}
 
 /// What a record holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 //! [`ShardSpool::next_queue_id`], [`ShardSpool::begin`], then
 //! [`MessageWriter::write`] per body chunk and [`MessageWriter::commit`].
 //! Everything else reads the spool with [`SpoolReader`] (blocking `std::fs`,
-//! safe while a server runs) or the `ringmx spool` commands in [`cli`].
+//! safe while a server runs), as the binary's `ringmx spool` commands do.
 //! The byte layout is in SPOOL-FORMAT.md at the repository root.
 //!
 //! | concern | file |
@@ -18,15 +18,13 @@
 //! | errors, and which reply each maps to | [`error`](SpoolError) |
 //! | queue ids: format and parsing | [`queue_id`](QueueId) |
 //! | byte layout: headers, records, payloads | [`format`](mod@format) |
-//! | per-shard segments, writer task, group commit | `segment.rs` ([`ShardSpool`]) |
+//! | per-shard segments, writer task, group commit | `segment/` ([`ShardSpool`]) |
 //! | one message: buffering, fragments, commit | `message.rs` ([`MessageWriter`]) |
 //! | one writer per spool: `LOCK` | `lock.rs` ([`DirLock`]) |
 //! | start-up scan, cutting a torn tail | `recovery.rs` ([`RecoveryReport`]) |
 //! | walking a segment record by record | `scan.rs` |
 //! | iterate, look up, verify committed messages | `reader.rs` ([`SpoolReader`]) |
-//! | `ringmx spool ls/cat/export/verify/stats` | [`cli`] |
 
-pub mod cli;
 mod error;
 pub mod format;
 mod lock;
@@ -41,7 +39,7 @@ mod segment;
 mod tests;
 
 pub use error::SpoolError;
-pub use format::EnvelopeRecord;
+pub use format::{EnvelopeRecord, Location};
 pub use lock::{lock_holder, DirLock, LOCK_FILE};
 pub use message::MessageWriter;
 pub use queue_id::QueueId;
@@ -49,4 +47,4 @@ pub use reader::{
     BodyReader, Problem, ShardMessages, ShardSummary, SpoolReader, StoredEnvelope, StoredMessage,
 };
 pub use recovery::{RecoveryReport, TailCut};
-pub use segment::{Location, ShardSpool, SpoolStats};
+pub use segment::{ShardSpool, SpoolStats};

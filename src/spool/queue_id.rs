@@ -5,7 +5,7 @@
 //! characters of Crockford base32: 13 for the 64-bit sequence, then 3 for the
 //! shard. Both parts are fixed-width and most-significant first, so ids sort
 //! as text in the order they were issued on a shard, and roughly by time
-//! across shards. How the sequence survives restarts is in `segment.rs`
+//! across shards. How the sequence survives restarts is in `segment/mod.rs`
 //! (and SPOOL-FORMAT.md, "Queue ids"); this file only encodes and parses.
 
 use std::fmt;

@@ -24,12 +24,11 @@ use std::path::{Path, PathBuf};
 use super::error::SpoolError;
 use super::format::{
     decode_message, parse_shard_dir_name, segment_file_name, shard_dir_name, FragRef, Kind,
-    RecordHeader, FILE_HEADER_LEN, RECORD_HEADER_LEN,
+    Location, MessageView, RecordHeader, FILE_HEADER_LEN, RECORD_HEADER_LEN,
 };
 use super::lock::lock_holder;
 use super::queue_id::QueueId;
 use super::scan::{list_segments, OpenError, Payload, SegmentFile, Step};
-use super::segment::Location;
 
 /// A read-only view of a spool directory.
 ///
@@ -483,154 +482,208 @@ impl SpoolReader {
         verify: bool,
         in_use: bool,
     ) -> Result<ShardSummary, SpoolError> {
-        let dir = self.shard_dir(shard);
-        let mut sum = ShardSummary {
-            shard,
-            ..Default::default()
+        let mut walk = Summarizer {
+            dir: self.shard_dir(shard),
+            verify,
+            in_use,
+            sum: ShardSummary {
+                shard,
+                ..Default::default()
+            },
+            buf: Vec::new(),
+            ref_seg: None,
         };
-        let segs = match list_segments(&dir) {
+        let segs = match list_segments(&walk.dir) {
             Ok((segs, _)) => segs,
             Err(e @ SpoolError::UnsupportedVersion { .. }) => {
-                sum.problems.push(Problem {
-                    path: dir.clone(),
-                    offset: 0,
-                    reason: e.to_string(),
-                });
-                return Ok(sum);
+                let dir = walk.dir.clone();
+                walk.damage(&dir, 0, e.to_string());
+                return Ok(walk.sum);
             }
             Err(e) => return Err(e),
         };
-        let mut buf = Vec::new();
-        // One open segment for fragment reference checks: most point at the
-        // segment being walked or the one before.
-        let mut ref_seg: Option<SegmentFile> = None;
         let n = segs.len();
         for (i, (seq, path)) in segs.iter().enumerate() {
-            let last = i + 1 == n;
-            sum.segments += 1;
-            let problem = |sum: &mut ShardSummary, offset: u64, reason: String| {
-                let p = Problem {
-                    path: path.clone(),
-                    offset,
-                    reason,
-                };
-                if last && in_use {
-                    sum.in_progress.push(p);
-                } else {
-                    sum.problems.push(p);
-                }
-            };
-            let seg = match SegmentFile::open(path) {
-                Ok(s) => s,
-                Err(OpenError::Header(h, len)) if len <= FILE_HEADER_LEN as u64 => {
-                    problem(
-                        &mut sum,
-                        0,
-                        format!("segment has no complete header ({h:?})"),
-                    );
-                    continue;
-                }
-                Err(e) => {
-                    sum.problems.push(Problem {
-                        path: path.clone(),
-                        offset: 0,
-                        reason: header_error(path, e).to_string(),
-                    });
-                    continue;
-                }
-            };
-            if let Err(e) = check_segment_header(&seg, shard, *seq) {
-                sum.problems.push(Problem {
-                    path: path.clone(),
-                    offset: 0,
-                    reason: e.to_string(),
-                });
-                continue;
-            }
-            sum.bytes += seg.len();
-            let mut pos = FILE_HEADER_LEN as u64;
-            loop {
-                let mode = if verify {
-                    Payload::Verify
-                } else {
-                    Payload::Skip
-                };
-                let step = seg.next(pos, mode)?;
-                let m = match step {
-                    Step::End => break,
-                    Step::Bad(reason) => {
-                        problem(&mut sum, pos, reason.to_owned());
-                        break;
-                    }
-                    Step::Record(m) => m,
-                };
-                sum.records += 1;
-                match m.header.kind {
-                    Kind::Fragment => {
-                        sum.fragments += 1;
-                        sum.fragment_bytes += u64::from(m.header.len);
-                    }
-                    Kind::Seal => {
-                        if m.end() != seg.len() || seg.read_seal()?.is_none() {
-                            problem(
-                                &mut sum,
-                                pos,
-                                "seal record is not a valid end of its segment".into(),
-                            );
-                            break;
-                        }
-                        sum.sealed_segments += 1;
-                    }
-                    Kind::Message | Kind::Commit => {
-                        if let Step::Bad(reason) = seg.next(pos, Payload::Load(&mut buf))? {
-                            problem(&mut sum, pos, reason.to_owned());
-                            break;
-                        }
-                        match decode_message(&buf) {
-                            Err(r) => sum.problems.push(Problem {
-                                path: path.clone(),
-                                offset: pos,
-                                reason: r.to_owned(),
-                            }),
-                            Ok(msg) => {
-                                sum.messages += 1;
-                                sum.body_bytes += msg.body_len;
-                                sum.referenced_fragments += msg.frags.len() as u64;
-                                sum.oldest_arrival =
-                                    Some(sum.oldest_arrival.map_or(msg.arrival_unix, |t: i64| {
-                                        t.min(msg.arrival_unix)
-                                    }));
-                                sum.newest_arrival =
-                                    Some(sum.newest_arrival.map_or(msg.arrival_unix, |t: i64| {
-                                        t.max(msg.arrival_unix)
-                                    }));
-                                if verify {
-                                    for f in &msg.frags {
-                                        if let Err(reason) =
-                                            check_frag_ref(&dir, &mut ref_seg, f, m.header.id_seq)
-                                        {
-                                            sum.problems.push(Problem {
-                                                path: path.clone(),
-                                                offset: pos,
-                                                reason: format!(
-                                                    "message {}: fragment at segment {} offset {}: {reason}",
-                                                    QueueId::new(shard, m.header.id_seq)?,
-                                                    f.segment,
-                                                    f.offset
-                                                ),
-                                            });
-                                            break;
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-                pos = m.end();
-            }
+            walk.segment(*seq, path, i + 1 == n)?;
         }
-        Ok(sum)
+        Ok(walk.sum)
+    }
+}
+
+/// One shard's walk for [`SpoolReader::verify`] and
+/// [`SpoolReader::disk_stats`]: segment by segment, record by record,
+/// counting into `sum`.
+struct Summarizer {
+    dir: PathBuf,
+    /// Check every CRC and fragment reference, not only what must be read.
+    verify: bool,
+    /// A server holds the spool: damage at the end of the newest segment is
+    /// likely a write in progress.
+    in_use: bool,
+    sum: ShardSummary,
+    /// A message payload being checked.
+    buf: Vec<u8>,
+    /// One open segment for fragment reference checks: most point at the
+    /// segment being walked or the one before.
+    ref_seg: Option<SegmentFile>,
+}
+
+impl Summarizer {
+    /// Damage, whoever holds the spool.
+    fn damage(&mut self, path: &Path, offset: u64, reason: String) {
+        self.sum.problems.push(Problem {
+            path: path.to_owned(),
+            offset,
+            reason,
+        });
+    }
+
+    /// Damage that ends a segment: in the newest segment while a server
+    /// holds the spool, a write in progress rather than corruption.
+    fn damage_at_end(&mut self, path: &Path, last: bool, offset: u64, reason: String) {
+        if last && self.in_use {
+            self.sum.in_progress.push(Problem {
+                path: path.to_owned(),
+                offset,
+                reason,
+            });
+        } else {
+            self.damage(path, offset, reason);
+        }
+    }
+
+    /// Walks segment `seq` (`last`: the shard's newest) to its end or its
+    /// first bad record.
+    fn segment(&mut self, seq: u64, path: &Path, last: bool) -> Result<(), SpoolError> {
+        self.sum.segments += 1;
+        let Some(seg) = self.open(seq, path, last) else {
+            return Ok(());
+        };
+        self.sum.bytes += seg.len();
+        let mut pos = FILE_HEADER_LEN as u64;
+        while let Some(next) = self.record(&seg, pos, last)? {
+            pos = next;
+        }
+        Ok(())
+    }
+
+    /// The segment file, or `None` (noted as damage) when its header is
+    /// missing, torn or names another shard or sequence.
+    fn open(&mut self, seq: u64, path: &Path, last: bool) -> Option<SegmentFile> {
+        let seg = match SegmentFile::open(path) {
+            Ok(s) => s,
+            Err(OpenError::Header(h, len)) if len <= FILE_HEADER_LEN as u64 => {
+                let reason = format!("segment has no complete header ({h:?})");
+                self.damage_at_end(path, last, 0, reason);
+                return None;
+            }
+            Err(e) => {
+                self.damage(path, 0, header_error(path, e).to_string());
+                return None;
+            }
+        };
+        if let Err(e) = check_segment_header(&seg, self.sum.shard, seq) {
+            self.damage(path, 0, e.to_string());
+            return None;
+        }
+        Some(seg)
+    }
+
+    /// Counts the record at `pos`; the offset of the next one, or `None`
+    /// when the segment ends here (its end, or damage).
+    fn record(
+        &mut self,
+        seg: &SegmentFile,
+        pos: u64,
+        last: bool,
+    ) -> Result<Option<u64>, SpoolError> {
+        let mode = if self.verify {
+            Payload::Verify
+        } else {
+            Payload::Skip
+        };
+        let m = match seg.next(pos, mode)? {
+            Step::End => return Ok(None),
+            Step::Bad(reason) => {
+                self.damage_at_end(seg.path(), last, pos, reason.to_owned());
+                return Ok(None);
+            }
+            Step::Record(m) => m,
+        };
+        self.sum.records += 1;
+        let go_on = match m.header.kind {
+            Kind::Fragment => {
+                self.sum.fragments += 1;
+                self.sum.fragment_bytes += u64::from(m.header.len);
+                true
+            }
+            Kind::Seal => self.seal(seg, pos, last, m.end())?,
+            Kind::Message | Kind::Commit => self.message(seg, pos, last, m.header.id_seq)?,
+        };
+        Ok(go_on.then(|| m.end()))
+    }
+
+    /// A seal must be the last record and decode; false if it is not.
+    fn seal(
+        &mut self,
+        seg: &SegmentFile,
+        pos: u64,
+        last: bool,
+        end: u64,
+    ) -> Result<bool, SpoolError> {
+        if end != seg.len() || seg.read_seal()?.is_none() {
+            let reason = "seal record is not a valid end of its segment".to_owned();
+            self.damage_at_end(seg.path(), last, pos, reason);
+            return Ok(false);
+        }
+        self.sum.sealed_segments += 1;
+        Ok(true)
+    }
+
+    /// Loads and counts a message (or commit) record, and under `verify`
+    /// checks its fragment references; false if its payload cannot be read.
+    fn message(
+        &mut self,
+        seg: &SegmentFile,
+        pos: u64,
+        last: bool,
+        id_seq: u64,
+    ) -> Result<bool, SpoolError> {
+        if let Step::Bad(reason) = seg.next(pos, Payload::Load(&mut self.buf))? {
+            self.damage_at_end(seg.path(), last, pos, reason.to_owned());
+            return Ok(false);
+        }
+        let msg = match decode_message(&self.buf) {
+            Ok(msg) => msg,
+            Err(reason) => {
+                self.damage(seg.path(), pos, reason.to_owned());
+                return Ok(true);
+            }
+        };
+        self.sum.count_message(&msg);
+        if !self.verify {
+            return Ok(true);
+        }
+        // The first bad reference is reported; the walk goes on.
+        let bad = msg.frags.iter().find_map(|f| {
+            check_frag_ref(&self.dir, &mut self.ref_seg, f, id_seq)
+                .err()
+                .map(|reason| (*f, reason))
+        });
+        if let Some((f, reason)) = bad {
+            let reason = format!(
+                "message {}: fragment at segment {} offset {}: {reason}",
+                QueueId::new(self.sum.shard, id_seq)?,
+                f.segment,
+                f.offset
+            );
+            self.sum.problems.push(Problem {
+                path: seg.path().to_owned(),
+                offset: pos,
+                reason,
+            });
+        }
+        Ok(true)
     }
 }
 
@@ -712,6 +765,15 @@ impl ShardSummary {
     /// Fragments no commit refers to (dead space from aborted messages).
     pub fn orphan_fragments(&self) -> u64 {
         self.fragments.saturating_sub(self.referenced_fragments)
+    }
+
+    fn count_message(&mut self, msg: &MessageView<'_>) {
+        self.messages += 1;
+        self.body_bytes += msg.body_len;
+        self.referenced_fragments += msg.frags.len() as u64;
+        let t = msg.arrival_unix;
+        self.oldest_arrival = Some(self.oldest_arrival.map_or(t, |o| o.min(t)));
+        self.newest_arrival = Some(self.newest_arrival.map_or(t, |n| n.max(t)));
     }
 }
 

@@ -1,9 +1,10 @@
 //! The `ringmx` binary: flags, then the library. No logic lives here.
 //!
 //! * `ringmx serve [FLAGS]`: run the SMTP server ([`ringmx::server::serve`]).
-//! * `ringmx spool ...`: read the spool ([`ringmx::spool::cli`]).
+//! * `ringmx spool ...`: read the spool ([`spool`](mod@spool)).
 
 mod settings;
+mod spool;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use ringmx::server::ServerError;
@@ -31,7 +32,7 @@ enum Command {
     #[command(after_help = ringmx::units::FORMS_HELP)]
     Serve(Box<ConfigOverrides>),
     /// Read the spool: ls, cat, export, verify, stats.
-    Spool(ringmx::spool::cli::SpoolArgs),
+    Spool(spool::SpoolArgs),
 }
 
 fn main() {
@@ -80,7 +81,7 @@ fn serve(flags: &ConfigOverrides) -> i32 {
     }
 }
 
-fn spool(args: ringmx::spool::cli::SpoolArgs) -> i32 {
+fn spool(args: spool::SpoolArgs) -> i32 {
     match args.run() {
         // `verify` reports damage through its exit code.
         Ok(code) => {

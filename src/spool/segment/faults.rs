@@ -1,0 +1,62 @@
+//! Test-only fault injection: the next writes, truncates or syncs on this
+//! thread fail; and an oracle of what each fdatasync made durable.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+
+thread_local! {
+    /// Per file, its length when its last fdatasync returned: what a
+    /// power loss would leave of it.
+    static SYNCED: RefCell<HashMap<PathBuf, u64>> = RefCell::new(HashMap::new());
+    static WRITES: RefCell<VecDeque<Option<(usize, i32)>>> =
+        const { RefCell::new(VecDeque::new()) };
+    static SYNCS: RefCell<VecDeque<i32>> = const { RefCell::new(VecDeque::new()) };
+    static TRUNCATES: RefCell<VecDeque<i32>> = const { RefCell::new(VecDeque::new()) };
+}
+
+/// The next write (after those queued before) puts `keep` bytes on
+/// disk, then fails with `errno`.
+pub(crate) fn fail_write(keep: usize, errno: i32) {
+    WRITES.with(|w| w.borrow_mut().push_back(Some((keep, errno))));
+}
+
+/// The next write (after those queued before) succeeds as usual.
+pub(crate) fn pass_write() {
+    WRITES.with(|w| w.borrow_mut().push_back(None));
+}
+
+/// The next truncate fails with `errno`.
+pub(crate) fn fail_truncate(errno: i32) {
+    TRUNCATES.with(|t| t.borrow_mut().push_back(errno));
+}
+
+pub(super) fn take_truncate() -> Option<i32> {
+    TRUNCATES.with(|t| t.borrow_mut().pop_front())
+}
+
+/// The next fdatasync fails with `errno`.
+pub(crate) fn fail_sync(errno: i32) {
+    SYNCS.with(|s| s.borrow_mut().push_back(errno));
+}
+
+pub(super) fn take_write() -> Option<Option<(usize, i32)>> {
+    WRITES.with(|w| w.borrow_mut().pop_front())
+}
+
+pub(super) fn take_sync() -> Option<i32> {
+    SYNCS.with(|s| s.borrow_mut().pop_front())
+}
+
+pub(super) fn note_sync(path: &Path) {
+    let len = std::fs::metadata(path).map_or(0, |m| m.len());
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    SYNCED.with(|s| s.borrow_mut().insert(path, len));
+}
+
+/// The length of `path` when an fdatasync of it last returned on this
+/// thread; `None` if none did.
+pub(crate) fn synced_len(path: &Path) -> Option<u64> {
+    let path = std::fs::canonicalize(path).ok()?;
+    SYNCED.with(|s| s.borrow().get(&path).copied())
+}

@@ -1,0 +1,96 @@
+//! [`Core`]: the state a shard's sessions and its writer task share, on one
+//! executor thread (hence `Cell`/`RefCell`, no locks): the job queue and the
+//! writer's waker, counters, the fragment epoch, the next queue id, and the
+//! shard's claim on the spool lock.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::PathBuf;
+use std::task::{Poll, Waker};
+
+use futures_lite::future::poll_fn;
+
+use super::channel::Job;
+use super::free_space::FreeCheck;
+use super::stats::SpoolStats;
+use crate::config::SpoolConfig;
+use crate::spool::error::SpoolError;
+use crate::spool::lock::ShardClaim;
+use crate::spool::recovery::RecoveryReport;
+
+/// State shared by the shard's sessions and its writer task.
+pub(crate) struct Core {
+    pub(crate) shard: u32,
+    pub(crate) dir: PathBuf,
+    pub(crate) cfg: SpoolConfig,
+    /// Jobs not yet taken by the writer, in submission order.
+    pub(super) queue: RefCell<VecDeque<Job>>,
+    pub(super) writer_waker: RefCell<Option<Waker>>,
+    /// Set by `close` (or dropping the handle): no new jobs; the writer
+    /// drains the queue and ends.
+    pub(super) closing: Cell<bool>,
+    /// The sequence of the next queue id.
+    pub(super) next_id: Cell<u64>,
+    pub(crate) stats: RefCell<SpoolStats>,
+    /// Bumped whenever bytes already reported as written are cut away (after
+    /// a failed fdatasync); a commit whose fragments predate the bump fails.
+    pub(crate) frag_epoch: Cell<u64>,
+    pub(super) free: RefCell<FreeCheck>,
+    pub(super) recovery: RecoveryReport,
+    /// Keeps this process's spool lock and this shard's claim on it.
+    pub(super) claim: RefCell<Option<ShardClaim>>,
+}
+
+impl Core {
+    /// Queues a record for the writer.
+    pub(crate) fn submit(&self, job: Job) -> Result<(), SpoolError> {
+        if self.closing.get() {
+            return Err(SpoolError::Closed(self.shard));
+        }
+        self.queue.borrow_mut().push_back(job);
+        self.wake_writer();
+        Ok(())
+    }
+
+    /// Wakes the writer task if it waits for work.
+    pub(super) fn wake_writer(&self) {
+        if let Some(w) = self.writer_waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Everything queued, or `None` once closing with nothing left.
+    pub(super) fn next_batch(&self) -> impl Future<Output = Option<Vec<Job>>> + '_ {
+        poll_fn(move |cx| {
+            let mut q = self.queue.borrow_mut();
+            if !q.is_empty() {
+                return Poll::Ready(Some(q.drain(..).collect()));
+            }
+            if self.closing.get() {
+                return Poll::Ready(None);
+            }
+            *self.writer_waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+    }
+
+    /// [`FreeCheck::check`] for this shard, counting a refusal as a full error.
+    pub(super) fn check_free(&self) -> Result<(), SpoolError> {
+        let appended = self.stats.borrow().bytes;
+        let r = self
+            .free
+            .borrow_mut()
+            .check(&self.dir, self.cfg.min_free_bytes, appended);
+        if let Err(SpoolError::BelowFreeFloor { .. }) = r {
+            self.stats.borrow_mut().full_errors += 1;
+        }
+        r
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        self.claim.borrow_mut().take();
+    }
+}

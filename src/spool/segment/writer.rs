@@ -1,0 +1,461 @@
+//! The writer task: the only code that touches a shard's files. It appends
+//! each batch of jobs with as few positioned writes as fit, syncs the batch
+//! once, answers the jobs, seals and rotates segments, and cuts back after a
+//! failed write or sync (see the [module docs](super)).
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use glommio::io::{BufferedFile, Directory, OpenOptions};
+
+use super::channel::{Job, Written};
+use super::file_io::{sync_file, truncate, write_all};
+use super::shared::Core;
+use crate::config::Durability;
+use crate::spool::error::SpoolError;
+use crate::spool::format::{
+    encode_seal, segment_file_name, FileHeader, Location, Seal, FILE_HEADER_LEN, RECORD_HEADER_LEN,
+    SEAL_RECORD_LEN,
+};
+
+/// Records are concatenated into one write up to this many bytes; a larger
+/// record is written from its own buffer, uncopied. Bounds the copy and the
+/// extra memory of a batch full of fragments.
+const MAX_RUN_BYTES: u64 = 1 << 20;
+
+/// The segment being appended to.
+struct Segment {
+    file: BufferedFile,
+    path: PathBuf,
+    seq: u64,
+    /// Bytes written (the file's length).
+    size: u64,
+    /// Bytes covered by an fdatasync.
+    durable: u64,
+    /// A write or sync failed and could not be undone: append elsewhere.
+    broken: bool,
+}
+
+impl Segment {
+    fn at(&self, offset: u64) -> Location {
+        Location {
+            segment: self.seq,
+            offset,
+        }
+    }
+}
+
+/// The writer task's state: only it touches the shard's files.
+pub(super) struct Writer {
+    core: Rc<Core>,
+    seg: Option<Segment>,
+    next_segment_seq: u64,
+    /// The recovered segment is already full: seal it before the first append.
+    rotate_first: bool,
+}
+
+impl Writer {
+    /// The writer of a freshly recovered shard: appends to `append_to`
+    /// (segment sequence and intact length, from recovery) or, without one,
+    /// to a new segment numbered `next_segment_seq`.
+    ///
+    /// # Errors
+    /// Opening, syncing or creating the segment failing.
+    pub(super) async fn open(
+        core: Rc<Core>,
+        append_to: Option<(u64, u64)>,
+        next_segment_seq: u64,
+    ) -> Result<Self, SpoolError> {
+        let mut w = Writer {
+            core,
+            seg: None,
+            next_segment_seq,
+            rotate_first: false,
+        };
+        let seg = match append_to {
+            Some((seq, len)) => w.reopen(seq, len).await?,
+            None => w.create_segment().await?,
+        };
+        let at = seg.at(seg.size);
+        let mut st = w.core.stats.borrow_mut();
+        st.written = at;
+        st.durable = at;
+        drop(st);
+        w.seg = Some(seg);
+        Ok(w)
+    }
+
+    /// Opens recovery's newest segment, `len` bytes long, for appending.
+    async fn reopen(&mut self, seq: u64, len: u64) -> Result<Segment, SpoolError> {
+        let cfg = &self.core.cfg;
+        let path = self.core.dir.join(segment_file_name(seq));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .buffered_open(&path)
+            .await
+            .map_err(|e| SpoolError::glommio("opening segment", &path, e))?;
+        if cfg.durability == Durability::Fsync {
+            // A previous run under `durability = none` may have left
+            // bytes only in the page cache; from now on they count as durable.
+            sync_file(&file, &path).await?;
+        }
+        self.rotate_first = len >= cfg.segment_bytes;
+        Ok(Segment {
+            file,
+            path,
+            seq,
+            size: len,
+            durable: len,
+            broken: false,
+        })
+    }
+
+    /// The task: batch after batch until the shard closes and the queue is empty.
+    pub(super) async fn run(mut self) -> Result<(), SpoolError> {
+        while let Some(mut batch) = self.core.next_batch().await {
+            let delay = self.core.cfg.group_commit_delay;
+            if !delay.is_zero() && self.core.cfg.durability == Durability::Fsync {
+                // spool.group_commit_delay: let more commits join this batch.
+                glommio::timer::sleep(delay).await;
+                batch.extend(self.core.queue.borrow_mut().drain(..));
+            }
+            self.core.stats.borrow_mut().batches += 1;
+            self.process(batch).await;
+        }
+        // Closing: anything written but not yet synced (fragments of
+        // messages that were never committed) gets synced too.
+        if let Some(mut seg) = self.seg.take() {
+            if self.core.cfg.durability == Durability::Fsync && seg.durable < seg.size {
+                self.sync(&mut seg, &mut Vec::new(), true).await;
+            }
+            seg.file
+                .close()
+                .await
+                .map_err(|e| SpoolError::glommio("closing", &seg.path, e))?;
+        }
+        Ok(())
+    }
+
+    fn needs_rotation(&self, len: u64) -> bool {
+        match &self.seg {
+            None => true,
+            Some(s) => {
+                s.broken
+                    || self.rotate_first
+                    || (s.size > FILE_HEADER_LEN as u64
+                        && s.size + len > self.core.cfg.segment_bytes)
+            }
+        }
+    }
+
+    /// Appends a batch, then syncs it once.
+    async fn process(&mut self, batch: Vec<Job>) {
+        let mut pending: VecDeque<Job> = batch.into();
+        // Durable jobs written and waiting for the batch's fdatasync.
+        let mut unsynced: Vec<(Location, Job)> = Vec::new();
+        while let Some(first) = pending.front() {
+            if self.needs_rotation(first.bytes.len() as u64) {
+                if let Err(e) = self.rotate(&mut unsynced).await {
+                    for job in pending.drain(..) {
+                        self.fail(job, e.clone());
+                    }
+                    break;
+                }
+            }
+            let Some(seg) = self.seg.as_ref() else {
+                // `rotate` succeeded, so there is a segment; keep the loop total anyway.
+                continue;
+            };
+            let limit = self.core.cfg.segment_bytes;
+            let epoch = self.core.frag_epoch.get();
+            let mut run: Vec<Job> = Vec::new();
+            let mut run_len = 0u64;
+            while let Some(job) = pending.pop_front() {
+                if job.needs_epoch.is_some_and(|e| e != epoch) {
+                    let id = job.id;
+                    self.fail(job, SpoolError::FragmentsLost(id));
+                    continue;
+                }
+                let len = job.bytes.len() as u64;
+                let full = seg.size + run_len + len > limit || run_len + len > MAX_RUN_BYTES;
+                if !run.is_empty() && full {
+                    pending.push_front(job);
+                    break;
+                }
+                run_len += len;
+                run.push(job);
+            }
+            if !run.is_empty() {
+                self.write_run(run, run_len, &mut unsynced).await;
+            }
+        }
+        // Fragments alone need no fdatasync now: their commit's will cover them.
+        if !unsynced.is_empty() {
+            if let Some(mut seg) = self.seg.take() {
+                self.sync(&mut seg, &mut unsynced, false).await;
+                self.seg = Some(seg);
+            }
+        }
+        debug_assert!(unsynced.is_empty());
+    }
+
+    fn fail(&self, job: Job, e: SpoolError) {
+        let mut st = self.core.stats.borrow_mut();
+        if e.is_full() {
+            st.full_errors += 1;
+        } else {
+            st.io_errors += 1;
+        }
+        drop(st);
+        job.finish(Err(e));
+    }
+
+    /// Writes jobs that fit the current segment with one positioned write:
+    /// a single record straight from its buffer, several concatenated (a
+    /// memcpy of at most [`MAX_RUN_BYTES`] beats a write per record).
+    async fn write_run(
+        &mut self,
+        mut run: Vec<Job>,
+        run_len: u64,
+        unsynced: &mut Vec<(Location, Job)>,
+    ) {
+        let Some(seg) = self.seg.as_mut() else {
+            // `process` rotates before every run, so there is a segment.
+            for job in run {
+                self.fail(job, SpoolError::Closed(self.core.shard));
+            }
+            return;
+        };
+        let start = seg.size;
+        let lens: Vec<u64> = run.iter().map(|j| j.bytes.len() as u64).collect();
+        let buf = if run.len() == 1 {
+            // One record: hand its buffer to the kernel as is, no copy.
+            std::mem::take(&mut run[0].bytes)
+        } else {
+            let mut b = Vec::with_capacity(run_len as usize);
+            for j in &run {
+                b.extend_from_slice(&j.bytes);
+            }
+            b
+        };
+        match write_all(&seg.file, &seg.path, buf, start).await {
+            Ok(()) => {
+                seg.size = start + run_len;
+                let epoch = self.core.frag_epoch.get();
+                let mut st = self.core.stats.borrow_mut();
+                st.written = seg.at(seg.size);
+                st.records += run.len() as u64;
+                st.bytes += run_len;
+                let mut off = start;
+                for (mut job, len) in run.into_iter().zip(lens) {
+                    let at = seg.at(off);
+                    off += len;
+                    // Free the record's memory now, not after the fdatasync.
+                    job.bytes = Vec::new();
+                    if job.durable {
+                        unsynced.push((at, job));
+                    } else {
+                        st.fragments += 1;
+                        job.finish(Ok(Written { at, epoch }));
+                    }
+                }
+            }
+            Err(e) => {
+                rollback_write(seg, start).await;
+                for job in run {
+                    self.fail(job, e.clone());
+                }
+            }
+        }
+    }
+
+    /// Makes `unsynced` durable with one fdatasync (or, under
+    /// `durability = none`, completes them as written). `force`: sync even
+    /// with no job waiting (sealing, closing).
+    async fn sync(&self, seg: &mut Segment, unsynced: &mut Vec<(Location, Job)>, force: bool) {
+        let fsync = self.core.cfg.durability == Durability::Fsync;
+        if fsync && seg.durable < seg.size && (force || !unsynced.is_empty()) {
+            match sync_file(&seg.file, &seg.path).await {
+                Ok(()) => {
+                    seg.durable = seg.size;
+                    let mut st = self.core.stats.borrow_mut();
+                    st.fdatasyncs += 1;
+                    st.durable = seg.at(seg.durable);
+                }
+                Err(e) => {
+                    // The kernel may already have dropped the pages it could
+                    // not write and would report the next fdatasync clean:
+                    // never retry. Cut back to what is known durable and
+                    // abandon the segment; everything written since fails.
+                    crate::error!(
+                        "spool shard={}: {e}; abandoning the segment after offset {}",
+                        self.core.shard,
+                        seg.durable
+                    );
+                    // Cut back as after a failed write: if the truncate
+                    // fails too, the header slot at `durable` is zeroed so
+                    // recovery and readers stop there. Left in place, the
+                    // intact records after it would be listed again after a
+                    // restart, though their clients were told they failed.
+                    let durable = seg.durable;
+                    rollback_write(seg, durable).await;
+                    seg.broken = true;
+                    self.core.frag_epoch.set(self.core.frag_epoch.get() + 1);
+                    self.core.stats.borrow_mut().written = seg.at(seg.size);
+                    for (_, job) in unsynced.drain(..) {
+                        self.fail(job, e.clone());
+                    }
+                    return;
+                }
+            }
+        }
+        let epoch = self.core.frag_epoch.get();
+        let durable_end = seg.at(seg.durable);
+        let mut st = self.core.stats.borrow_mut();
+        for (at, job) in unsynced.drain(..) {
+            // Under fsync the durable position now covers the record's last byte.
+            debug_assert!(!fsync || at < durable_end);
+            st.commits += 1;
+            job.finish(Ok(Written { at, epoch }));
+        }
+    }
+
+    /// Seals the current segment (if it is sound), makes it durable, and
+    /// starts the next one.
+    async fn rotate(&mut self, unsynced: &mut Vec<(Location, Job)>) -> Result<(), SpoolError> {
+        self.rotate_first = false;
+        if let Some(mut seg) = self.seg.take() {
+            if !seg.broken {
+                let seal = encode_seal(&Seal {
+                    segment_len: seg.size + SEAL_RECORD_LEN as u64,
+                    next_id_seq: self.core.next_id.get(),
+                });
+                match write_all(&seg.file, &seg.path, seal, seg.size).await {
+                    Ok(()) => {
+                        seg.size += SEAL_RECORD_LEN as u64;
+                        let mut st = self.core.stats.borrow_mut();
+                        st.records += 1;
+                        st.bytes += SEAL_RECORD_LEN as u64;
+                        st.written = seg.at(seg.size);
+                    }
+                    Err(e) => {
+                        // Unsealed is fine: recovery then scans this segment in full.
+                        crate::warn!("spool shard={}: sealing: {e}", self.core.shard);
+                        let at = seg.size;
+                        rollback_write(&mut seg, at).await;
+                    }
+                }
+            }
+            // Always sync what no fdatasync covered yet, sound segment or
+            // broken (a write or the seal failed and its truncate too): the
+            // intact records before `seg.size` include fragments, which
+            // completed when written with no job waiting for a sync. Their
+            // commit goes to the next segment and is acknowledged after
+            // *that* file's sync, so they must be durable here first. If
+            // this sync fails, `sync` bumps `frag_epoch` and those commits
+            // fail instead. (Not `force = !seg.broken`: a failed seal sets
+            // `broken` just above, and nothing would be synced.)
+            self.sync(&mut seg, unsynced, true).await;
+            // Never drop a segment with unsynced bytes under fsync: they
+            // were either synced or cut away (and the epoch bumped).
+            debug_assert!(self.core.cfg.durability != Durability::Fsync || seg.durable == seg.size);
+            if let Err(e) = seg.file.close().await {
+                crate::warn!(
+                    "spool shard={}: closing {}: {e}",
+                    self.core.shard,
+                    seg.path.display()
+                );
+            }
+        }
+        // `sync` either made every waiting job durable or failed it; none may
+        // be left to be acknowledged by a later sync of another file (a
+        // dropped job answers its session with an error).
+        debug_assert!(unsynced.is_empty());
+        unsynced.clear();
+        let seg = self.create_segment().await?;
+        let mut st = self.core.stats.borrow_mut();
+        st.written = seg.at(seg.size);
+        st.durable = seg.at(seg.durable);
+        drop(st);
+        self.seg = Some(seg);
+        Ok(())
+    }
+
+    /// Creates the next segment: header written and synced, directory synced
+    /// (so the new name survives a crash). A failed creation removes the file
+    /// and still uses up the sequence number, so a retry never trips over it.
+    async fn create_segment(&mut self) -> Result<Segment, SpoolError> {
+        let seq = self.next_segment_seq;
+        self.next_segment_seq += 1;
+        let path = self.core.dir.join(segment_file_name(seq));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .buffered_open(&path)
+            .await
+            .map_err(|e| SpoolError::glommio("creating segment", &path, e))?;
+        let header = FileHeader {
+            shard: self.core.shard,
+            segment: seq,
+            id_floor: self.core.next_id.get(),
+            created_unix: super::now_unix().as_secs() as i64,
+        };
+        let made = async {
+            write_all(&file, &path, header.encode().to_vec(), 0).await?;
+            sync_file(&file, &path).await?;
+            let dir = Directory::open(&self.core.dir)
+                .await
+                .map_err(|e| SpoolError::glommio("opening directory", &self.core.dir, e))?;
+            let synced = dir.sync().await;
+            // Closing a directory we only synced cannot lose anything.
+            let _ = dir.close().await;
+            synced.map_err(|e| SpoolError::glommio("syncing directory", &self.core.dir, e))
+        }
+        .await;
+        if let Err(e) = made {
+            if let Err(r) = std::fs::remove_file(&path) {
+                crate::warn!(
+                    "spool shard={}: removing {}: {r}",
+                    self.core.shard,
+                    path.display()
+                );
+            }
+            let _ = file.close().await;
+            return Err(e);
+        }
+        self.core.stats.borrow_mut().segments_created += 1;
+        let size = FILE_HEADER_LEN as u64;
+        Ok(Segment {
+            file,
+            path,
+            seq,
+            size,
+            durable: size,
+            broken: false,
+        })
+    }
+}
+
+/// Undoes a failed write (or a failed fdatasync) from `start` on: truncate
+/// back so the next record does not follow half a record, and nothing after
+/// `start` is ever read. If truncating fails, zero the header slot at
+/// `start` (so a scan stops there) and abandon the segment.
+async fn rollback_write(seg: &mut Segment, start: u64) {
+    seg.size = start;
+    let Err(t) = truncate(&seg.file, &seg.path, start).await else {
+        return;
+    };
+    crate::error!("spool: {t}; marking offset {start} as the end instead");
+    seg.broken = true;
+    let zeros = vec![0u8; RECORD_HEADER_LEN];
+    if let Err(e) = write_all(&seg.file, &seg.path, zeros, start).await {
+        crate::error!(
+            "spool {}: cannot cut or mark the end at offset {start}: {e}; \
+             the next start cuts only records after it that are not intact",
+            seg.path.display()
+        );
+    }
+}
