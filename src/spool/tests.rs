@@ -944,7 +944,13 @@ fn skip_or_fail(why: &str) {
         !ci,
         "RINGMX_CI is set, so this test may not be skipped: {why}"
     );
-    eprintln!("skipped: {why}");
+    // Straight to stderr: libtest captures eprintln! of passing tests, and
+    // a skip must be seen.
+    let test = std::thread::current().name().unwrap_or("?").to_owned();
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("{test}: skipped: {why}\n").as_bytes(),
+    );
 }
 
 /// Mounts a tmpfs of `size` at `at`; unmounts on drop.
