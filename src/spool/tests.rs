@@ -57,13 +57,43 @@ impl Drop for TempDir {
 }
 
 /// Runs `f` on a fresh glommio executor (small io_memory: the default
-/// 8 MiB memlock limit is enough).
+/// 8 MiB memlock limit is enough for a few at once).
 fn run<F: Future>(f: impl FnOnce() -> F) -> F::Output {
+    let _slot = ExecutorSlot::take();
     LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(256 << 10)
         .make()
         .expect("glommio executor (io_uring, memlock)")
         .run(f())
+}
+
+/// Under `cargo test` every test is a thread of one process, as many at
+/// once as there are CPUs, and each executor's rings and buffers count
+/// against the user's 8 MiB memlock limit: on a machine without
+/// CAP_IPC_LOCK, 16 at once fail with ENOMEM. At most this many run.
+const EXECUTORS_AT_ONCE: usize = 4;
+
+struct ExecutorSlot;
+
+static SLOTS: (std::sync::Mutex<usize>, std::sync::Condvar) =
+    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+impl ExecutorSlot {
+    fn take() -> Self {
+        let mut n = SLOTS.0.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= EXECUTORS_AT_ONCE {
+            n = SLOTS.1.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n += 1;
+        ExecutorSlot
+    }
+}
+
+impl Drop for ExecutorSlot {
+    fn drop(&mut self) {
+        *SLOTS.0.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        SLOTS.1.notify_one();
+    }
 }
 
 fn cfg(buffered: usize, segment_bytes: u64, durability: Durability) -> SpoolConfig {
