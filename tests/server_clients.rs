@@ -1,5 +1,6 @@
 //! Real SMTP clients deliver through ringmx: Python's smtplib and swaks
-//! (both installed by .ci/run; a missing client fails the test).
+//! (both installed by .ci/run). A missing client is skipped with a message
+//! on a developer's machine and fails the test in CI (`common::skip`).
 
 mod common;
 
@@ -9,6 +10,9 @@ use common::Server;
 
 #[test]
 fn python_smtplib_delivers_a_message() {
+    let Some(python) = common::require_tool("python3", "python3") else {
+        return;
+    };
     let mut s = Server::start(&[]);
     let script = r#"
 import smtplib, sys
@@ -26,10 +30,10 @@ with smtplib.SMTP("127.0.0.1", port, timeout=20) as c:
     assert refused == {"carol@elsewhere.example": (550, b"5.7.1 Relay access denied")}, refused
 print("sent")
 "#;
-    let out = Command::new("python3")
+    let out = Command::new(python)
         .args(["-c", script, &s.addr.port().to_string()])
         .output()
-        .expect("python3 must be installed");
+        .expect("run python3");
     assert!(
         out.status.success(),
         "smtplib failed: {}\n{}\n{}",
@@ -46,13 +50,21 @@ print("sent")
     assert_eq!(m.helo, "smtplib.example");
     let t = m.text();
     assert!(t.contains("Subject: smtplib test\r\n"), "{t}");
-    assert!(t.contains("\r\n.A line with a leading dot.\r\n"), "{t}");
+    // smtplib dot-stuffs the line; stored unstuffed, as the body's end.
+    assert!(
+        m.body
+            .ends_with(b"\r\n\r\nHello from smtplib.\r\n.A line with a leading dot.\r\n"),
+        "{t}"
+    );
 }
 
 #[test]
 fn swaks_delivers_a_message() {
+    let Some(swaks) = common::require_tool("swaks", "swaks") else {
+        return;
+    };
     let mut s = Server::start(&[]);
-    let out = Command::new("swaks")
+    let out = Command::new(swaks)
         .args(["--server", &s.addr.to_string()])
         .args(["--from", "sender@example.org", "--to", "rcpt@localhost"])
         .args(["--ehlo", "swaks.example", "--pipeline"])
@@ -64,7 +76,7 @@ fn swaks_delivers_a_message() {
         ])
         .args(["--timeout", "20"])
         .output()
-        .expect("swaks must be installed (apt-get install swaks; .ci/run does it)");
+        .expect("run swaks");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -59,6 +59,17 @@ fn two_thousand_concurrent_transactions() {
     froms.sort();
     froms.dedup();
     assert_eq!(froms.len(), CONNECTIONS);
+    // Each body is its sender's, byte for byte.
+    for m in &stored {
+        let i = m
+            .mail_from
+            .trim_start_matches('s')
+            .trim_end_matches("@example.org");
+        assert_eq!(
+            m.body,
+            format!("Subject: {i}\r\n\r\nconcurrent {i}\r\n").as_bytes()
+        );
+    }
     let logs = s.logs();
     assert_eq!(logs.matches("outcome=quit").count(), CONNECTIONS);
     // Both shards took a share (SO_REUSEPORT spreads connections by hash).

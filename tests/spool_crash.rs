@@ -250,7 +250,7 @@ fn fragments_on_disk(spool: &std::path::Path) -> u64 {
     SpoolReader::open(spool)
         .and_then(|r| r.disk_stats())
         .map(|shards| shards.iter().map(|s| s.fragments).sum())
-        .unwrap_or(0)
+        .unwrap_or_else(|e| panic!("reading the live spool's disk stats: {e}"))
 }
 
 #[test]

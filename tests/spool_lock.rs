@@ -1,17 +1,13 @@
 //! One spool directory, one writer process: a second process is refused with
-//! the holder's pid. The holder is this test binary re-executed to run the
-//! ignored helper test below, so two real processes contend for the flock.
+//! the holder's pid. The holder is a real `ringmx serve`, so two processes
+//! contend for the flock.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use ringmx::config::{Durability, SpoolConfig};
 use ringmx::spool::{lock_holder, ShardSpool, SpoolError, SpoolReader};
-
-const CHILD_ENV: &str = "RINGMX_SPOOL_LOCK_CHILD_DIR";
 
 fn cfg() -> SpoolConfig {
     SpoolConfig {
@@ -31,72 +27,12 @@ fn executor() -> glommio::LocalExecutor {
         .expect("glommio executor")
 }
 
-/// The lock holder: opens shard 0, says so, holds it until stdin closes.
-#[test]
-#[ignore = "helper process for spool_second_process_is_refused_with_the_holders_pid"]
-fn spool_lock_holder_child() {
-    let dir = PathBuf::from(std::env::var(CHILD_ENV).expect("run by the parent test"));
-    executor().run(async {
-        let spool = ShardSpool::open(&dir, 0, &cfg()).await.unwrap();
-        // Own line: libtest has already printed "test spool_lock_holder_child ... ".
-        println!("\nLOCKED {}", std::process::id());
-        // Blocks the executor, which has nothing else to do.
-        let mut line = String::new();
-        while std::io::stdin()
-            .read_line(&mut line)
-            .map(|n| n > 0)
-            .unwrap_or(false)
-        {}
-        spool.close().await.unwrap();
-    });
-}
-
-/// Removes the spool and stops the helper process even if the test fails.
-struct Cleanup(PathBuf, Option<std::process::Child>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Some(c) = self.1.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn spool_second_process_is_refused_with_the_holders_pid() {
-    let dir = std::env::temp_dir().join(format!("ringmx-spool-lock-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut guard = Cleanup(dir.clone(), None);
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "spool_lock_holder_child",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, &dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let child = guard.1.insert(child);
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(pid) = line.trim().strip_prefix("LOCKED ") {
-                let _ = tx.send(pid.trim().parse::<u32>().unwrap());
-            }
-        }
-    });
-    let pid = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("child took the lock");
-    assert_eq!(pid, child.id());
+    // The holder is a real `ringmx serve` on the spool.
+    let mut server = common::Server::start(&[]);
+    let dir = server.spool.path().to_owned();
+    let pid = server.pid() as u32;
 
     let canonical = dir.canonicalize().unwrap();
     executor().run(async {
@@ -122,8 +58,7 @@ fn spool_second_process_is_refused_with_the_holders_pid() {
     assert_eq!(SpoolReader::open(&dir).unwrap().shards().unwrap(), [0]);
     assert_eq!(lock_holder(&dir).unwrap(), Some(Some(pid)));
 
-    drop(child.stdin.take());
-    assert!(child.wait().unwrap().success());
+    assert!(server.stop().success(), "{}", server.logs());
     assert_eq!(lock_holder(&dir).unwrap(), None);
     executor().run(async {
         let spool = ShardSpool::open(&dir, 0, &cfg()).await.unwrap();

@@ -545,8 +545,16 @@ impl Conn {
             return (wake, by_lifetime);
         }
         // Idle: give the buffers back and wait with a 1-byte read.
+        let held = (self.rbuf.buf.capacity(), self.out.capacity());
         self.rbuf.release();
         self.out = Vec::new();
+        // Tests check this line: the release is otherwise invisible.
+        crate::debug!(
+            "shard {}: idle connection released read={} reply={} buffer bytes",
+            self.shard.id,
+            held.0 - self.rbuf.buf.capacity(),
+            held.1 - self.out.capacity(),
+        );
         let mut one = [0u8; 1];
         let rest = limit - first;
         let wake = wait_readable(

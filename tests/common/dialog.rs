@@ -16,10 +16,86 @@
 //! Everything queued is sent in one write just before the next read, so
 //! consecutive `->` lines form one pipelined batch (RFC 2920); alternate
 //! `->` and `<-` for a lock-step client.
+//!
+//! Bodies: the runner follows what it sent. After a `354` reply the bytes
+//! sent up to the first CRLF `.` CRLF are a body; a send step that starts
+//! with `BDAT` is parsed into its chunks. Each message the server answers
+//! with `queued as` must then be stored byte for byte as sent (after
+//! dot-unstuffing), in order; the server is stopped to check that whenever
+//! a message was acknowledged or `stored:` is given.
 
 use std::path::PathBuf;
 
-use super::{Client, Server};
+use super::{unstuff, Client, Server};
+
+/// What the runner knows of the message being sent.
+#[derive(Default)]
+struct Bodies {
+    /// Bytes sent since a `354` reply: a DATA body and what follows it.
+    data: Option<Vec<u8>>,
+    /// BDAT chunks of the message being sent, and whether one said LAST
+    /// (the next BDAT then starts a new message).
+    bdat: Vec<u8>,
+    bdat_last: bool,
+    /// Bodies the server acknowledged with `queued as`, in order.
+    acked: Vec<Vec<u8>>,
+}
+
+impl Bodies {
+    fn sent(&mut self, bytes: &[u8]) {
+        if let Some(d) = &mut self.data {
+            d.extend_from_slice(bytes);
+        } else if bytes.starts_with(b"BDAT ") {
+            self.bdat_chunks(bytes);
+        }
+    }
+
+    /// `BDAT n [LAST]` CRLF, then n octets; several in one send step.
+    fn bdat_chunks(&mut self, mut b: &[u8]) {
+        while b.starts_with(b"BDAT ") {
+            let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+                return;
+            };
+            let cmd = String::from_utf8_lossy(&b[5..eol]).into_owned();
+            let mut words = cmd.split_whitespace();
+            let Some(n) = words.next().and_then(|n| n.parse::<usize>().ok()) else {
+                return;
+            };
+            let last = words.next().is_some_and(|w| w.eq_ignore_ascii_case("LAST"));
+            if self.bdat_last {
+                // The previous BDAT message ended (acknowledged or not).
+                self.bdat.clear();
+                self.bdat_last = false;
+            }
+            let chunk = &b[eol + 2..];
+            let n = n.min(chunk.len());
+            self.bdat.extend_from_slice(&chunk[..n]);
+            self.bdat_last |= last;
+            b = &chunk[n..];
+        }
+    }
+
+    /// A reply line was read.
+    fn reply(&mut self, line: &str) {
+        let acked = line.starts_with("250 ") && line.contains("queued as");
+        if let Some(d) = self.data.take() {
+            // With a leading CRLF an empty body's lone "." matches too.
+            let mut w = b"\r\n".to_vec();
+            w.extend_from_slice(&d);
+            if let Some(end) = w.windows(5).position(|x| x == b"\r\n.\r\n") {
+                if acked {
+                    self.acked.push(unstuff(&w[2..end + 2]));
+                }
+            }
+        } else if acked && self.bdat_last {
+            self.acked.push(std::mem::take(&mut self.bdat));
+            self.bdat_last = false;
+        }
+        if line.starts_with("354") {
+            self.data = Some(Vec::new());
+        }
+    }
+}
 
 #[derive(Debug)]
 enum Step {
@@ -117,6 +193,7 @@ pub fn run(name: &str) {
     let mut c = Client::connect(server.addr);
     let mut queued = Vec::new();
     let mut transcript = String::new();
+    let mut bodies = Bodies::default();
     for (n, step) in &sc.steps {
         let fail = |what: String, transcript: &str, server: &Server| -> ! {
             panic!(
@@ -128,6 +205,9 @@ pub fn run(name: &str) {
             c.send(&queued);
             queued.clear();
         }
+        if let Step::Send(b) = step {
+            bodies.sent(b);
+        }
         match step {
             Step::Send(b) => {
                 transcript.push_str(&format!("C: {}\n", String::from_utf8_lossy(b).trim_end()));
@@ -136,6 +216,7 @@ pub fn run(name: &str) {
             Step::Expect(p) => match c.try_line() {
                 Some(l) => {
                     transcript.push_str(&format!("S: {l}\n"));
+                    bodies.reply(&l);
                     if !l.starts_with(p.as_str()) {
                         fail(format!("expected {p:?}, got {l:?}"), &transcript, &server);
                     }
@@ -146,6 +227,7 @@ pub fn run(name: &str) {
                 match c.try_line() {
                     Some(l) => {
                         transcript.push_str(&format!("S: {l}\n"));
+                        bodies.reply(&l);
                         if l.starts_with(p.as_str()) {
                             break;
                         }
@@ -165,15 +247,36 @@ pub fn run(name: &str) {
         c.send(&queued);
     }
     drop(c);
+    if sc.stored.is_none() && bodies.acked.is_empty() {
+        return;
+    }
+    let status = server.stop();
+    assert!(
+        status.success(),
+        "{name}: server exit {status:?}\n{}",
+        server.logs()
+    );
+    let stored = server.stored();
     if let Some(n) = sc.stored {
-        let status = server.stop();
-        assert!(
-            status.success(),
-            "{name}: server exit {status:?}\n{}",
+        assert_eq!(
+            stored.len(),
+            n,
+            "{name}: stored messages\n{}",
             server.logs()
         );
-        let got = server.stored().len();
-        assert_eq!(got, n, "{name}: stored messages\n{}", server.logs());
+    }
+    assert_eq!(
+        stored.len(),
+        bodies.acked.len(),
+        "{name}: stored messages against acknowledged ones\n--- transcript\n{transcript}"
+    );
+    for (i, (m, want)) in stored.iter().zip(&bodies.acked).enumerate() {
+        assert!(
+            m.body == *want,
+            "{name}: message {i} stored as\n{:?}\nbut sent as\n{:?}",
+            String::from_utf8_lossy(&m.body),
+            String::from_utf8_lossy(want)
+        );
     }
 }
 

@@ -19,6 +19,65 @@ use std::time::{Duration, Instant};
 /// How long any single expected event may take before a test fails.
 pub const STEP: Duration = Duration::from_secs(20);
 
+/// Whether this run is CI: `RINGMX_CI` set to anything but empty or `0`
+/// (`.ci/run` exports `RINGMX_CI=1`). In CI nothing may be skipped.
+pub fn in_ci() -> bool {
+    std::env::var_os("RINGMX_CI").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// A test that lacks a tool or privilege it needs: on a developer's machine
+/// it prints `skipped: <why>` and the caller returns (the test passes); in
+/// CI this panics, so a missing tool can never pass silently.
+pub fn skip(why: &str) {
+    assert!(
+        !in_ci(),
+        "RINGMX_CI is set, so this test may not be skipped: {why}"
+    );
+    // Straight to stderr: libtest captures eprintln! of passing tests, and
+    // a skip must be seen.
+    let test = std::thread::current().name().unwrap_or("?").to_owned();
+    let _ = writeln!(std::io::stderr(), "{test}: skipped: {why}");
+}
+
+/// Finds an executable on PATH, then in /usr/sbin (where Debian puts
+/// Postfix's smtp-sink and smtp-source, off a normal user's PATH).
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|d| d.join(name))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// [`find_tool`], or [`skip`] naming the Debian package that has it (which
+/// `.ci/run` installs): `None` means the caller returns.
+pub fn require_tool(name: &str, package: &str) -> Option<PathBuf> {
+    let found = find_tool(name);
+    if found.is_none() {
+        skip(&format!(
+            "{name} not found on PATH or in /usr/sbin (Debian package {package})"
+        ));
+    }
+    found
+}
+
+/// RFC 5321 §4.5.2 undone: DATA's wire form (without the final `.` line)
+/// back to the body the server must store.
+pub fn unstuff(wire: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(wire.len());
+    let mut at_line_start = true;
+    for (i, &b) in wire.iter().enumerate() {
+        if !(at_line_start && b == b'.') {
+            out.push(b);
+        }
+        at_line_start = b == b'\n' && i > 0 && wire[i - 1] == b'\r';
+    }
+    out
+}
+
 /// A directory removed on drop.
 pub struct TempDir(PathBuf);
 
@@ -89,6 +148,16 @@ impl Server {
 
     /// Starts the server; on failure returns its exit status and output.
     pub fn try_start(base: &[&str], extra: &[&str]) -> Result<Server, (ExitStatus, String)> {
+        Self::try_start_tweaked(base, extra, |_| {})
+    }
+
+    /// [`Server::try_start`] with `tweak` applied to the command before it
+    /// runs (e.g. a `pre_exec` that sets a resource limit).
+    pub fn try_start_tweaked(
+        base: &[&str],
+        extra: &[&str],
+        tweak: impl FnOnce(&mut Command),
+    ) -> Result<Server, (ExitStatus, String)> {
         let spool = TempDir::new("spool");
         let mut cmd = ringmx();
         cmd.arg("serve").args(base);
@@ -102,6 +171,7 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        tweak(&mut cmd);
         let mut child = cmd.spawn().expect("spawn ringmx");
         let logs = Arc::new(Logs::default());
         let stderr = child.stderr.take().unwrap();
@@ -190,6 +260,22 @@ impl Server {
         wait_for(&self.logs, limit, |l| l.contains(needle))
     }
 
+    /// Waits until `n` log lines contain `needle`; returns the `n`th.
+    pub fn wait_log_nth(&self, needle: &str, n: usize, limit: Duration) -> Option<String> {
+        let until = Instant::now() + limit;
+        let mut g = self.logs.lines.lock().unwrap();
+        loop {
+            if let Some(l) = g.0.iter().filter(|l| l.contains(needle)).nth(n - 1) {
+                return Some(l.clone());
+            }
+            let now = Instant::now();
+            if g.1 || now >= until {
+                return None;
+            }
+            g = self.logs.changed.wait_timeout(g, until - now).unwrap().0;
+        }
+    }
+
     /// Connects a client and reads the greeting.
     pub fn client(&self) -> Client {
         let mut c = Client::connect(self.addr);
@@ -247,6 +333,8 @@ pub struct Stored {
     pub rcpts: Vec<String>,
     /// Received: header plus body, as stored.
     pub data: Vec<u8>,
+    /// The body alone: what the client sent, dot-unstuffed.
+    pub body: Vec<u8>,
 }
 
 impl Stored {
@@ -262,8 +350,9 @@ pub fn read_spool(spool: &Path) -> Vec<Stored> {
     let mut out = Vec::new();
     for m in reader.messages().expect("list spool") {
         let m = m.expect("read message");
+        let body = m.body_bytes().expect("read body");
         let mut data = m.received.clone();
-        data.extend_from_slice(&m.body_bytes().expect("read body"));
+        data.extend_from_slice(&body);
         out.push(Stored {
             id: m.id.to_string(),
             client: m.envelope.client.map(|c| c.to_string()).unwrap_or_default(),
@@ -272,6 +361,7 @@ pub fn read_spool(spool: &Path) -> Vec<Stored> {
             mail_params: m.envelope.mail_params,
             rcpts: m.envelope.rcpts,
             data,
+            body,
         });
     }
     out
@@ -385,6 +475,54 @@ impl Client {
     pub fn ehlo(&mut self) {
         self.send("EHLO client.example\r\n");
         self.expect("250 ");
+    }
+}
+
+/// A tmpfs of a given size mounted on a fresh directory; unmounted (lazily)
+/// on drop. Needs root (CAP_SYS_ADMIN).
+pub struct Tmpfs {
+    dir: TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts one; `Err` says why not (for [`skip`]).
+    pub fn mount(size: &str) -> Result<Tmpfs, String> {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let dir = TempDir::new("tmpfs");
+        let target = CString::new(dir.path().as_os_str().as_bytes()).unwrap();
+        let opts = CString::new(format!("size={size}")).unwrap();
+        // SAFETY: every pointer is a NUL-terminated string that outlives the call.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(format!(
+                "cannot mount a tmpfs ({e}); needs root with CAP_SYS_ADMIN"
+            ));
+        }
+        Ok(Tmpfs { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        use std::os::unix::ffi::OsStrExt;
+        if let Ok(t) = std::ffi::CString::new(self.dir.path().as_os_str().as_bytes()) {
+            // SAFETY: a NUL-terminated path that outlives the call.
+            unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+        }
     }
 }
 
