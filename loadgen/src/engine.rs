@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_lite::future;
 use glommio::{LocalExecutorBuilder, Placement};
+use ringmx::sys::{self, Limit};
 
 use crate::aggregate::{Aggregator, CoreReport, IntervalKind, Merged, Totals};
 use crate::client::{Conn, Failure, Outcome, Recorder, Settings};
@@ -86,49 +87,18 @@ pub fn install_interrupt_handler() {
 /// buffers in locked memory. Failure is not fatal (glommio then runs without
 /// registered buffers), so it is only reported.
 pub fn raise_memlock_limit() -> Option<String> {
-    // SAFETY: getrlimit/setrlimit read and write a plain struct we own.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) != 0 {
-            return Some(format!(
-                "getrlimit(MEMLOCK): {}",
-                io::Error::last_os_error()
-            ));
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) != 0 {
-                return Some(format!(
-                    "setrlimit(MEMLOCK): {}",
-                    io::Error::last_os_error()
-                ));
-            }
-        }
-    }
-    None
+    let (_, hard) = sys::limit(Limit::LockedMemory);
+    let got = sys::raise_limit(Limit::LockedMemory, hard);
+    (got < hard).then(|| format!("cannot raise RLIMIT_MEMLOCK from {got} to its hard limit {hard}"))
 }
 
 /// The CPUs this process may run on (its affinity mask, e.g. from `taskset`).
 /// Generator cores are pinned to these in order, so `taskset -c 1 loadgen`
-/// keeps the generator on CPU 1.
+/// keeps the generator on CPU 1. CPU 0 when the mask cannot be read.
 fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for pid 0
-    // (this thread, which still has the process's mask).
-    let set = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return vec![0];
-        }
-        set
-    };
-    // SAFETY: CPU_ISSET reads the set filled above; the index is in range.
-    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
-        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-        .collect();
-    if cpus.is_empty() {
-        vec![0]
-    } else {
-        cpus
+    match sys::allowed_cpus() {
+        Ok(cpus) if !cpus.is_empty() => cpus,
+        _ => vec![0],
     }
 }
 
