@@ -5,19 +5,21 @@
 //! Per core, one *supervisor* task cuts intervals at the shared boundaries and
 //! decides when the core is done; one *worker* task per connection claims
 //! messages (closed loop: as soon as it is free; open loop: the next due time
-//! from the core's schedule) and runs them through `client.rs`; one *poller*
-//! task (`reactor.rs`) wakes them when their sockets or timers are ready.
+//! from the core's schedule) and runs them through `client.rs`; glommio
+//! wakes them when their sockets or timers are ready.
 //! Cores share nothing but the read-only plan and a channel to the reporting
 //! thread. The run's clock starts only once every core is up.
 
 use std::cell::{Cell, RefCell};
 use std::fs::File;
+use std::future::Future;
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_lite::future;
@@ -29,7 +31,6 @@ use crate::client::{Conn, Failure, Outcome, Recorder, Settings};
 use crate::config::{Load, RunConfig, Scenario};
 use crate::hlog::{write_hgrm, HlogWriter};
 use crate::message::Messages;
-use crate::reactor::{Notify, Reactor, Tracked};
 use crate::report::{banner, live_line, Summary};
 use crate::schedule::{Rng, Schedule};
 use crate::stats::{ErrorKind, IntervalStats, Phase};
@@ -102,9 +103,10 @@ fn allowed_cpus() -> Vec<usize> {
     }
 }
 
-/// glommio's io_uring buffer pool per core. The generator does all its I/O
-/// through its own reactor (`reactor.rs`), so glommio's 64 KiB minimum is
-/// plenty, and many cores stay far under the usual 8 MiB memlock limit.
+/// glommio's io_uring buffer pool per core. It serves glommio's file I/O; the
+/// generator's sockets are unbuffered and read into the connection's own
+/// buffer, so glommio's 64 KiB minimum is plenty, and many cores stay far
+/// under the usual 8 MiB memlock limit.
 const IO_MEMORY_BYTES: usize = 64 << 10;
 
 /// Slack between the last core saying it is ready and the run's start, so
@@ -209,7 +211,7 @@ pub fn run(cfg: RunConfig) -> Result<Summary, RunError> {
     // Files first: a run whose results cannot be written should not start.
     let mut outputs = Outputs::open(&cfg)?;
     let (tx, rx) = mpsc::channel::<CoreReport>();
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
     let mut handles = Vec::with_capacity(cores);
     for core in 0..cores {
         let connections = split(cfg.connections as u64, cores, core) as usize;
@@ -245,16 +247,14 @@ pub fn run(cfg: RunConfig) -> Result<Summary, RunError> {
     // Start the clock only once every core is up, so that a slow start does
     // not show up as latency (open loop) or lost time (closed loop).
     for core in 0..cores {
-        let failure = match ready_rx.recv_timeout(STARTUP_TIMEOUT) {
-            Ok(Ok(())) => continue,
-            Ok(Err(e)) => io::Error::other(e),
-            Err(_) => io::Error::other("the core did not start (see glommio's error above)"),
-        };
+        if ready_rx.recv_timeout(STARTUP_TIMEOUT).is_ok() {
+            continue;
+        }
         plan.abandoned.store(true, Ordering::SeqCst);
         return Err(RunError::Executor {
             core,
             cpu: cpus[core % cpus.len()],
-            source: failure,
+            source: io::Error::other("the core did not start (see glommio's error above)"),
         });
     }
     let start = Instant::now() + START_SLACK;
@@ -455,16 +455,11 @@ async fn run_core(
     plan: Arc<Plan>,
     share: Share,
     tx: mpsc::Sender<CoreReport>,
-    ready: mpsc::Sender<Result<(), String>>,
+    ready: mpsc::Sender<()>,
 ) {
-    let reactor = match Reactor::new() {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = ready.send(Err(format!("epoll_create1: {e}")));
-            return;
-        }
-    };
-    let _ = ready.send(Ok(()));
+    // The receiver waits for every core (or has given up, when the run is
+    // abandoned; the check below then ends this core).
+    let _ = ready.send(());
     drop(ready);
     // Nothing runs on this core yet, so waiting here blocks no task.
     let tl = loop {
@@ -476,23 +471,49 @@ async fn run_core(
         }
         std::thread::sleep(Duration::from_micros(50));
     };
-    // The supervisor is tracked before the poller exists, so the poller's
-    // first look already counts it as runnable.
-    let supervisor = Tracked::new(&reactor, supervise(reactor.clone(), tl, plan, share, tx));
-    let poller = glommio::spawn_local(reactor.clone().run());
-    supervisor.await;
-    drop(poller);
+    supervise(tl, plan, share, tx).await;
+}
+
+/// Completes at `at` (at once if it has passed).
+async fn sleep_until(at: Instant) {
+    let left = at.saturating_duration_since(Instant::now());
+    if !left.is_zero() {
+        glommio::timer::sleep(left).await;
+    }
+}
+
+/// A wake-up call between tasks of one core: one task waits, any other
+/// notifies.
+#[derive(Default)]
+struct Notify {
+    waiter: RefCell<Option<Waker>>,
+    notified: Cell<bool>,
+}
+
+impl Notify {
+    /// Wakes the waiter, or lets the next wait return at once.
+    fn notify(&self) {
+        self.notified.set(true);
+        if let Some(w) = self.waiter.take() {
+            w.wake();
+        }
+    }
+
+    /// Completes once notified (consuming the notification).
+    fn notified(&self) -> impl Future<Output = ()> + '_ {
+        future::poll_fn(move |cx| {
+            if self.notified.replace(false) {
+                return Poll::Ready(());
+            }
+            *self.waiter.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+    }
 }
 
 /// One core's run: starts its workers, cuts intervals at the shared
 /// boundaries, and decides when the core is done.
-async fn supervise(
-    reactor: Rc<Reactor>,
-    tl: Timeline,
-    plan: Arc<Plan>,
-    share: Share,
-    tx: mpsc::Sender<CoreReport>,
-) {
+async fn supervise(tl: Timeline, plan: Arc<Plan>, share: Share, tx: mpsc::Sender<CoreReport>) {
     let rec: Recorder = Rc::new(RefCell::new(IntervalStats::default()));
     let seed = plan.cfg.seed ^ (share.core as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let ctl = Rc::new(CoreCtl {
@@ -509,12 +530,9 @@ async fn supervise(
         rng: RefCell::new(Rng::new(seed.wrapping_add(1))),
     });
 
-    reactor.sleep_until(tl.start).await;
+    sleep_until(tl.start).await;
     let workers: Vec<glommio::Task<()>> = (0..share.connections)
-        .map(|_| {
-            let w = worker(reactor.clone(), tl, plan.clone(), ctl.clone(), rec.clone());
-            glommio::spawn_local(Tracked::new(&reactor, w))
-        })
+        .map(|_| glommio::spawn_local(worker(tl, plan.clone(), ctl.clone(), rec.clone())))
         .collect();
 
     let send = |seq: u32, kind, end: Instant, last: bool, aborted: bool| {
@@ -561,7 +579,7 @@ async fn supervise(
             if now >= boundary {
                 break;
             }
-            let tick = reactor.sleep_until(boundary.min(now + SUPERVISOR_TICK));
+            let tick = sleep_until(boundary.min(now + SUPERVISOR_TICK));
             future::or(tick, ctl.workers_done.notified()).await;
         }
         if !is_end {
@@ -588,7 +606,7 @@ async fn supervise(
                 count_unfinished(&rec, ctl.in_flight.get());
                 break;
             }
-            let tick = reactor.sleep_until(Instant::now() + SUPERVISOR_TICK);
+            let tick = sleep_until(Instant::now() + SUPERVISOR_TICK);
             future::or(tick, ctl.workers_done.notified()).await;
         }
         drop(workers);
@@ -615,18 +633,12 @@ fn backoff(failures: u32) -> Duration {
 
 /// One connection's loop: claim a message, (re)connect if needed, send it,
 /// record how it went.
-async fn worker(
-    reactor: Rc<Reactor>,
-    tl: Timeline,
-    plan: Arc<Plan>,
-    ctl: Rc<CoreCtl>,
-    rec: Recorder,
-) {
+async fn worker(tl: Timeline, plan: Arc<Plan>, ctl: Rc<CoreCtl>, rec: Recorder) {
     let cfg = &plan.cfg;
     let mut conn: Option<Conn> = None;
     let mut setup_failures = 0u32;
     while let Some(due) = ctl.claim(&tl) {
-        reactor.sleep_until(due).await;
+        sleep_until(due).await;
         let payload = if plan.msgs.payloads.len() == 1 {
             &plan.msgs.payloads[0]
         } else {
@@ -636,11 +648,9 @@ async fn worker(
 
         if conn.is_none() {
             if setup_failures > 0 {
-                reactor
-                    .sleep_until(Instant::now() + backoff(setup_failures))
-                    .await;
+                sleep_until(Instant::now() + backoff(setup_failures)).await;
             }
-            match Conn::open(&reactor, &plan.settings, &plan.msgs, &rec).await {
+            match Conn::open(&plan.settings, &plan.msgs, &rec).await {
                 Ok(Ok(c)) => {
                     setup_failures = 0;
                     conn = Some(c);
@@ -711,7 +721,7 @@ async fn worker(
     quit(conn.take(), &rec).await;
     ctl.workers.set(ctl.workers.get() - 1);
     if ctl.workers.get() == 0 {
-        ctl.workers_done.notify(&reactor);
+        ctl.workers_done.notify();
     }
 }
 
