@@ -14,7 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::future::Future;
 use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -29,7 +29,7 @@ use ringmx::sys::{self, Limit};
 use crate::aggregate::{Aggregator, CoreReport, IntervalKind, Merged, Totals};
 use crate::client::{Conn, Failure, Outcome, Recorder, Settings};
 use crate::config::{Load, RunConfig, Scenario};
-use crate::hlog::{write_hgrm, HlogWriter};
+use crate::hlog::{write_hgrm, HlogFile, HlogWriter};
 use crate::message::Messages;
 use crate::report::{banner, live_line, Summary};
 use crate::schedule::{Rng, Schedule};
@@ -209,7 +209,8 @@ pub fn run(cfg: RunConfig) -> Result<Summary, RunError> {
     });
 
     // Files first: a run whose results cannot be written should not start.
-    let mut outputs = Outputs::open(&cfg)?;
+    let mut hlog_files = create_hlogs(&cfg)?;
+    let mut outputs = Outputs::open(&cfg, &mut hlog_files)?;
     let (tx, rx) = mpsc::channel::<CoreReport>();
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
     let mut handles = Vec::with_capacity(cores);
@@ -303,10 +304,11 @@ pub fn run(cfg: RunConfig) -> Result<Summary, RunError> {
     Ok(summary)
 }
 
-/// The files a run writes, open for the run's length.
-struct Outputs {
+/// The files a run writes, open for the run's length; the `.hlog` writers
+/// borrow their files from [`create_hlogs`].
+struct Outputs<'a> {
     ack_log: Option<(PathBuf, BufWriter<File>)>,
-    hlogs: Vec<(Phase, PathBuf, HlogWriter)>,
+    hlogs: Vec<(Phase, &'a Path, HlogWriter<'a>)>,
     json: Option<PathBuf>,
     hist_prefix: Option<PathBuf>,
 }
@@ -325,8 +327,26 @@ pub fn hist_path(prefix: &std::path::Path, phase: Phase, ext: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-impl Outputs {
-    fn open(cfg: &RunConfig) -> Result<Outputs, RunError> {
+/// `--hist-out`: one `.hlog` file per phase.
+fn create_hlogs(cfg: &RunConfig) -> Result<Vec<(Phase, PathBuf, HlogFile)>, RunError> {
+    let Some(prefix) = &cfg.hist_out else {
+        return Ok(Vec::new());
+    };
+    Phase::ALL
+        .into_iter()
+        .map(|phase| {
+            let path = hist_path(prefix, phase, "hlog");
+            let file = HlogFile::create(&path).map_err(output_err(&path))?;
+            Ok((phase, path, file))
+        })
+        .collect()
+}
+
+impl<'a> Outputs<'a> {
+    fn open(
+        cfg: &RunConfig,
+        hlog_files: &'a mut [(Phase, PathBuf, HlogFile)],
+    ) -> Result<Outputs<'a>, RunError> {
         let ack_log = match &cfg.ack_log {
             Some(p) => Some((
                 p.clone(),
@@ -338,18 +358,16 @@ impl Outputs {
         // StartTime: the cores start within milliseconds of this.
         let wall = SystemTime::now() + cfg.warmup;
         let mut hlogs = Vec::new();
-        if let Some(prefix) = &cfg.hist_out {
-            for phase in Phase::ALL {
-                let path = hist_path(prefix, phase, "hlog");
-                let comment = format!(
-                    "[Logged with loadgen {}: {} latency, target {}, values in ns]",
-                    env!("CARGO_PKG_VERSION"),
-                    phase.title(),
-                    cfg.target_text
-                );
-                let w = HlogWriter::create(&path, wall, &comment).map_err(output_err(&path))?;
-                hlogs.push((phase, path, w));
-            }
+        for (phase, path, file) in hlog_files {
+            let comment = format!(
+                "[Logged with loadgen {}: {} latency, target {}, values in ns]",
+                env!("CARGO_PKG_VERSION"),
+                phase.title(),
+                cfg.target_text
+            );
+            let path: &Path = path;
+            let w = file.begin(wall, &comment).map_err(output_err(path))?;
+            hlogs.push((*phase, path, w));
         }
         Ok(Outputs {
             ack_log,
