@@ -105,8 +105,9 @@ pub struct Settings {
 
 /// An open SMTP session, past greeting and EHLO.
 pub struct Conn {
-    /// Every read and write is bounded by `--timeout` (glommio's per-stream
-    /// timeouts, set at connect).
+    /// Every wait for a reply, or for room to write, is bounded by
+    /// `--timeout` (glommio's per-stream timeouts, set at connect). SIGPIPE
+    /// is ignored (Rust's runtime does that), so a reset peer is an error.
     stream: TcpStream,
     /// Read buffer; replies are parsed in place. `rstart..rend` is unparsed.
     rbuf: Vec<u8>,
