@@ -9,6 +9,7 @@
 //! | leveled stderr logging | [`log`] |
 //! | sizes and durations as written in flags and TOML | [`units`] |
 //! | calendar dates from Unix time, RFC 5322 dates | [`civil`] |
+//! | CPU affinity mask, resource limits (shared with loadgen) | [`sys`] |
 
 pub mod civil;
 pub mod config;
@@ -16,4 +17,5 @@ pub mod log;
 pub mod protocol;
 pub mod server;
 pub mod spool;
+pub mod sys;
 pub mod units;

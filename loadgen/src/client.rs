@@ -1,8 +1,8 @@
 //! One SMTP client connection on a generator core: connect, greeting, EHLO,
 //! transactions (DATA or BDAT, pipelined or not), RSET, QUIT.
 //!
-//! This is the only code that speaks SMTP on a socket (the syscalls and the
-//! waiting are `reactor.rs`'s). It records what it sees (reply
+//! This is the only code that speaks SMTP on a socket (glommio's `TcpStream`
+//! does the syscalls and the waiting). It records what it sees (reply
 //! classes, per-phase latencies, acknowledged queue ids) into the core's
 //! [`IntervalStats`] and reports each message's outcome to its caller; it never
 //! retries, sleeps or decides what to send next — `engine.rs` does.
@@ -17,9 +17,11 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
 use crate::config::Pipelining;
 use crate::message::{Messages, Payload};
-use crate::reactor::{Reactor, TcpConn};
 use crate::reply::{self, Reply};
 use crate::stats::{Command, ErrorKind, IntervalStats, Phase};
 
@@ -103,9 +105,10 @@ pub struct Settings {
 
 /// An open SMTP session, past greeting and EHLO.
 pub struct Conn {
-    stream: TcpConn,
-    /// Bound on each read or write.
-    reply_timeout: Duration,
+    /// Every wait for a reply, or for room to write, is bounded by
+    /// `--timeout` (glommio's per-stream timeouts, set at connect). SIGPIPE
+    /// is ignored (Rust's runtime does that), so a reset peer is an error.
+    stream: TcpStream,
     /// Read buffer; replies are parsed in place. `rstart..rend` is unparsed.
     rbuf: Vec<u8>,
     rstart: usize,
@@ -123,6 +126,9 @@ pub struct Conn {
 /// Initial read buffer: a few pipelined replies fit; grows only for long EHLO replies.
 const READ_BUF_BYTES: usize = 4096;
 
+/// How long QUIT waits for the server to close after its 221.
+const QUIT_LINGER: Duration = Duration::from_millis(200);
+
 impl Conn {
     /// Connects, reads the greeting and says EHLO (HELO if EHLO is refused with 5xx).
     ///
@@ -131,16 +137,22 @@ impl Conn {
     /// SMTP. `Ok(Err(code))` when the server refuses the session politely
     /// (a 4xx/5xx greeting, EHLO or HELO); the connection is then dropped.
     pub async fn open(
-        reactor: &Rc<Reactor>,
         s: &Settings,
         msgs: &Messages,
         rec: &Recorder,
     ) -> Result<Result<Conn, u16>, Failure> {
         let t0 = Instant::now();
-        let stream = TcpConn::connect(reactor, s.target, t0 + s.connect_timeout)
+        let stream = TcpStream::connect_timeout(s.target, s.connect_timeout)
             .await
-            .map_err(|e| Failure::connect(&e))?;
+            .map_err(|e| Failure::connect(&e.into()))?;
         let connected = Instant::now();
+        // Both fail only for a zero timeout (config validation rejects it) or
+        // a socket that is already broken.
+        let setup = stream
+            .set_nodelay(true)
+            .and_then(|()| stream.set_read_timeout(Some(s.reply_timeout)))
+            .and_then(|()| stream.set_write_timeout(Some(s.reply_timeout)));
+        setup.map_err(|e| Failure::connect(&e.into()))?;
         {
             let mut r = rec.borrow_mut();
             r.hists.record(Phase::Connect, nanos(connected - t0));
@@ -148,7 +160,6 @@ impl Conn {
         }
         let mut conn = Conn {
             stream,
-            reply_timeout: s.reply_timeout,
             rbuf: vec![0; READ_BUF_BYTES],
             rstart: 0,
             rend: 0,
@@ -353,12 +364,14 @@ impl Conn {
     pub async fn quit(mut self, rec: &Recorder) -> Result<(), Failure> {
         self.write(b"QUIT\r\n", Command::Quit).await?;
         self.read_reply(Command::Quit, rec).await?;
-        // Bounded: a server that keeps the socket open after 221 costs 200 ms.
-        let deadline = Instant::now() + Duration::from_millis(200);
-        let mut scratch = [0u8; 64];
-        while let Ok(n) = self.stream.read(&mut scratch, deadline).await {
-            if n == 0 {
-                break;
+        // Bounded: a server that keeps the socket open after 221 costs
+        // QUIT_LINGER. Setting it fails only for a zero duration.
+        if self.stream.set_read_timeout(Some(QUIT_LINGER)).is_ok() {
+            let mut scratch = [0u8; 64];
+            while let Ok(n) = self.stream.read(&mut scratch).await {
+                if n == 0 {
+                    break;
+                }
             }
         }
         Ok(())
@@ -428,9 +441,8 @@ impl Conn {
     }
 
     async fn write(&mut self, bytes: &[u8], during: Command) -> Result<(), Failure> {
-        let deadline = Instant::now() + self.reply_timeout;
         self.stream
-            .write_all(bytes, deadline)
+            .write_all(bytes)
             .await
             .map_err(|e| Failure::io(&e, during))
     }
@@ -464,10 +476,9 @@ impl Conn {
                     self.rbuf.resize(grown, 0);
                 }
             }
-            let deadline = Instant::now() + self.reply_timeout;
             let n = self
                 .stream
-                .read(&mut self.rbuf[self.rend..], deadline)
+                .read(&mut self.rbuf[self.rend..])
                 .await
                 .map_err(|e| Failure::io(&e, cmd))?;
             if n == 0 {

@@ -5,30 +5,32 @@
 //! Per core, one *supervisor* task cuts intervals at the shared boundaries and
 //! decides when the core is done; one *worker* task per connection claims
 //! messages (closed loop: as soon as it is free; open loop: the next due time
-//! from the core's schedule) and runs them through `client.rs`; one *poller*
-//! task (`reactor.rs`) wakes them when their sockets or timers are ready.
+//! from the core's schedule) and runs them through `client.rs`; glommio
+//! wakes them when their sockets or timers are ready.
 //! Cores share nothing but the read-only plan and a channel to the reporting
 //! thread. The run's clock starts only once every core is up.
 
 use std::cell::{Cell, RefCell};
 use std::fs::File;
+use std::future::Future;
 use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_lite::future;
 use glommio::{LocalExecutorBuilder, Placement};
+use ringmx::sys::{self, Limit};
 
 use crate::aggregate::{Aggregator, CoreReport, IntervalKind, Merged, Totals};
 use crate::client::{Conn, Failure, Outcome, Recorder, Settings};
 use crate::config::{Load, RunConfig, Scenario};
-use crate::hlog::{write_hgrm, HlogWriter};
+use crate::hlog::{write_hgrm, HlogFile, HlogWriter};
 use crate::message::Messages;
-use crate::reactor::{Notify, Reactor, Tracked};
 use crate::report::{banner, live_line, Summary};
 use crate::schedule::{Rng, Schedule};
 use crate::stats::{ErrorKind, IntervalStats, Phase};
@@ -86,55 +88,25 @@ pub fn install_interrupt_handler() {
 /// buffers in locked memory. Failure is not fatal (glommio then runs without
 /// registered buffers), so it is only reported.
 pub fn raise_memlock_limit() -> Option<String> {
-    // SAFETY: getrlimit/setrlimit read and write a plain struct we own.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) != 0 {
-            return Some(format!(
-                "getrlimit(MEMLOCK): {}",
-                io::Error::last_os_error()
-            ));
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) != 0 {
-                return Some(format!(
-                    "setrlimit(MEMLOCK): {}",
-                    io::Error::last_os_error()
-                ));
-            }
-        }
-    }
-    None
+    let (_, hard) = sys::limit(Limit::LockedMemory);
+    let got = sys::raise_limit(Limit::LockedMemory, hard);
+    (got < hard).then(|| format!("cannot raise RLIMIT_MEMLOCK from {got} to its hard limit {hard}"))
 }
 
 /// The CPUs this process may run on (its affinity mask, e.g. from `taskset`).
 /// Generator cores are pinned to these in order, so `taskset -c 1 loadgen`
-/// keeps the generator on CPU 1.
+/// keeps the generator on CPU 1. CPU 0 when the mask cannot be read.
 fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for pid 0
-    // (this thread, which still has the process's mask).
-    let set = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return vec![0];
-        }
-        set
-    };
-    // SAFETY: CPU_ISSET reads the set filled above; the index is in range.
-    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
-        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-        .collect();
-    if cpus.is_empty() {
-        vec![0]
-    } else {
-        cpus
+    match sys::allowed_cpus() {
+        Ok(cpus) if !cpus.is_empty() => cpus,
+        _ => vec![0],
     }
 }
 
-/// glommio's io_uring buffer pool per core. The generator does all its I/O
-/// through its own reactor (`reactor.rs`), so glommio's 64 KiB minimum is
-/// plenty, and many cores stay far under the usual 8 MiB memlock limit.
+/// glommio's io_uring buffer pool per core. It serves glommio's file I/O; the
+/// generator's sockets are unbuffered and read into the connection's own
+/// buffer, so glommio's 64 KiB minimum is plenty, and many cores stay far
+/// under the usual 8 MiB memlock limit.
 const IO_MEMORY_BYTES: usize = 64 << 10;
 
 /// Slack between the last core saying it is ready and the run's start, so
@@ -237,9 +209,10 @@ pub fn run(cfg: RunConfig) -> Result<Summary, RunError> {
     });
 
     // Files first: a run whose results cannot be written should not start.
-    let mut outputs = Outputs::open(&cfg)?;
+    let mut hlog_files = create_hlogs(&cfg)?;
+    let mut outputs = Outputs::open(&cfg, &mut hlog_files)?;
     let (tx, rx) = mpsc::channel::<CoreReport>();
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
     let mut handles = Vec::with_capacity(cores);
     for core in 0..cores {
         let connections = split(cfg.connections as u64, cores, core) as usize;
@@ -275,16 +248,14 @@ pub fn run(cfg: RunConfig) -> Result<Summary, RunError> {
     // Start the clock only once every core is up, so that a slow start does
     // not show up as latency (open loop) or lost time (closed loop).
     for core in 0..cores {
-        let failure = match ready_rx.recv_timeout(STARTUP_TIMEOUT) {
-            Ok(Ok(())) => continue,
-            Ok(Err(e)) => io::Error::other(e),
-            Err(_) => io::Error::other("the core did not start (see glommio's error above)"),
-        };
+        if ready_rx.recv_timeout(STARTUP_TIMEOUT).is_ok() {
+            continue;
+        }
         plan.abandoned.store(true, Ordering::SeqCst);
         return Err(RunError::Executor {
             core,
             cpu: cpus[core % cpus.len()],
-            source: failure,
+            source: io::Error::other("the core did not start (see glommio's error above)"),
         });
     }
     let start = Instant::now() + START_SLACK;
@@ -333,10 +304,11 @@ pub fn run(cfg: RunConfig) -> Result<Summary, RunError> {
     Ok(summary)
 }
 
-/// The files a run writes, open for the run's length.
-struct Outputs {
+/// The files a run writes, open for the run's length; the `.hlog` writers
+/// borrow their files from [`create_hlogs`].
+struct Outputs<'a> {
     ack_log: Option<(PathBuf, BufWriter<File>)>,
-    hlogs: Vec<(Phase, PathBuf, HlogWriter)>,
+    hlogs: Vec<(Phase, &'a Path, HlogWriter<'a>)>,
     json: Option<PathBuf>,
     hist_prefix: Option<PathBuf>,
 }
@@ -355,8 +327,26 @@ pub fn hist_path(prefix: &std::path::Path, phase: Phase, ext: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-impl Outputs {
-    fn open(cfg: &RunConfig) -> Result<Outputs, RunError> {
+/// `--hist-out`: one `.hlog` file per phase.
+fn create_hlogs(cfg: &RunConfig) -> Result<Vec<(Phase, PathBuf, HlogFile)>, RunError> {
+    let Some(prefix) = &cfg.hist_out else {
+        return Ok(Vec::new());
+    };
+    Phase::ALL
+        .into_iter()
+        .map(|phase| {
+            let path = hist_path(prefix, phase, "hlog");
+            let file = HlogFile::create(&path).map_err(output_err(&path))?;
+            Ok((phase, path, file))
+        })
+        .collect()
+}
+
+impl<'a> Outputs<'a> {
+    fn open(
+        cfg: &RunConfig,
+        hlog_files: &'a mut [(Phase, PathBuf, HlogFile)],
+    ) -> Result<Outputs<'a>, RunError> {
         let ack_log = match &cfg.ack_log {
             Some(p) => Some((
                 p.clone(),
@@ -368,18 +358,16 @@ impl Outputs {
         // StartTime: the cores start within milliseconds of this.
         let wall = SystemTime::now() + cfg.warmup;
         let mut hlogs = Vec::new();
-        if let Some(prefix) = &cfg.hist_out {
-            for phase in Phase::ALL {
-                let path = hist_path(prefix, phase, "hlog");
-                let comment = format!(
-                    "[Logged with loadgen {}: {} latency, target {}, values in ns]",
-                    env!("CARGO_PKG_VERSION"),
-                    phase.title(),
-                    cfg.target_text
-                );
-                let w = HlogWriter::create(&path, wall, &comment).map_err(output_err(&path))?;
-                hlogs.push((phase, path, w));
-            }
+        for (phase, path, file) in hlog_files {
+            let comment = format!(
+                "[Logged with loadgen {}: {} latency, target {}, values in ns]",
+                env!("CARGO_PKG_VERSION"),
+                phase.title(),
+                cfg.target_text
+            );
+            let path: &Path = path;
+            let w = file.begin(wall, &comment).map_err(output_err(path))?;
+            hlogs.push((*phase, path, w));
         }
         Ok(Outputs {
             ack_log,
@@ -485,16 +473,11 @@ async fn run_core(
     plan: Arc<Plan>,
     share: Share,
     tx: mpsc::Sender<CoreReport>,
-    ready: mpsc::Sender<Result<(), String>>,
+    ready: mpsc::Sender<()>,
 ) {
-    let reactor = match Reactor::new() {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = ready.send(Err(format!("epoll_create1: {e}")));
-            return;
-        }
-    };
-    let _ = ready.send(Ok(()));
+    // The receiver waits for every core (or has given up, when the run is
+    // abandoned; the check below then ends this core).
+    let _ = ready.send(());
     drop(ready);
     // Nothing runs on this core yet, so waiting here blocks no task.
     let tl = loop {
@@ -506,23 +489,49 @@ async fn run_core(
         }
         std::thread::sleep(Duration::from_micros(50));
     };
-    // The supervisor is tracked before the poller exists, so the poller's
-    // first look already counts it as runnable.
-    let supervisor = Tracked::new(&reactor, supervise(reactor.clone(), tl, plan, share, tx));
-    let poller = glommio::spawn_local(reactor.clone().run());
-    supervisor.await;
-    drop(poller);
+    supervise(tl, plan, share, tx).await;
+}
+
+/// Completes at `at` (at once if it has passed).
+async fn sleep_until(at: Instant) {
+    let left = at.saturating_duration_since(Instant::now());
+    if !left.is_zero() {
+        glommio::timer::sleep(left).await;
+    }
+}
+
+/// A wake-up call between tasks of one core: one task waits, any other
+/// notifies.
+#[derive(Default)]
+struct Notify {
+    waiter: RefCell<Option<Waker>>,
+    notified: Cell<bool>,
+}
+
+impl Notify {
+    /// Wakes the waiter, or lets the next wait return at once.
+    fn notify(&self) {
+        self.notified.set(true);
+        if let Some(w) = self.waiter.take() {
+            w.wake();
+        }
+    }
+
+    /// Completes once notified (consuming the notification).
+    fn notified(&self) -> impl Future<Output = ()> + '_ {
+        future::poll_fn(move |cx| {
+            if self.notified.replace(false) {
+                return Poll::Ready(());
+            }
+            *self.waiter.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+    }
 }
 
 /// One core's run: starts its workers, cuts intervals at the shared
 /// boundaries, and decides when the core is done.
-async fn supervise(
-    reactor: Rc<Reactor>,
-    tl: Timeline,
-    plan: Arc<Plan>,
-    share: Share,
-    tx: mpsc::Sender<CoreReport>,
-) {
+async fn supervise(tl: Timeline, plan: Arc<Plan>, share: Share, tx: mpsc::Sender<CoreReport>) {
     let rec: Recorder = Rc::new(RefCell::new(IntervalStats::default()));
     let seed = plan.cfg.seed ^ (share.core as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let ctl = Rc::new(CoreCtl {
@@ -539,12 +548,9 @@ async fn supervise(
         rng: RefCell::new(Rng::new(seed.wrapping_add(1))),
     });
 
-    reactor.sleep_until(tl.start).await;
+    sleep_until(tl.start).await;
     let workers: Vec<glommio::Task<()>> = (0..share.connections)
-        .map(|_| {
-            let w = worker(reactor.clone(), tl, plan.clone(), ctl.clone(), rec.clone());
-            glommio::spawn_local(Tracked::new(&reactor, w))
-        })
+        .map(|_| glommio::spawn_local(worker(tl, plan.clone(), ctl.clone(), rec.clone())))
         .collect();
 
     let send = |seq: u32, kind, end: Instant, last: bool, aborted: bool| {
@@ -591,7 +597,7 @@ async fn supervise(
             if now >= boundary {
                 break;
             }
-            let tick = reactor.sleep_until(boundary.min(now + SUPERVISOR_TICK));
+            let tick = sleep_until(boundary.min(now + SUPERVISOR_TICK));
             future::or(tick, ctl.workers_done.notified()).await;
         }
         if !is_end {
@@ -618,7 +624,7 @@ async fn supervise(
                 count_unfinished(&rec, ctl.in_flight.get());
                 break;
             }
-            let tick = reactor.sleep_until(Instant::now() + SUPERVISOR_TICK);
+            let tick = sleep_until(Instant::now() + SUPERVISOR_TICK);
             future::or(tick, ctl.workers_done.notified()).await;
         }
         drop(workers);
@@ -645,18 +651,12 @@ fn backoff(failures: u32) -> Duration {
 
 /// One connection's loop: claim a message, (re)connect if needed, send it,
 /// record how it went.
-async fn worker(
-    reactor: Rc<Reactor>,
-    tl: Timeline,
-    plan: Arc<Plan>,
-    ctl: Rc<CoreCtl>,
-    rec: Recorder,
-) {
+async fn worker(tl: Timeline, plan: Arc<Plan>, ctl: Rc<CoreCtl>, rec: Recorder) {
     let cfg = &plan.cfg;
     let mut conn: Option<Conn> = None;
     let mut setup_failures = 0u32;
     while let Some(due) = ctl.claim(&tl) {
-        reactor.sleep_until(due).await;
+        sleep_until(due).await;
         let payload = if plan.msgs.payloads.len() == 1 {
             &plan.msgs.payloads[0]
         } else {
@@ -666,11 +666,9 @@ async fn worker(
 
         if conn.is_none() {
             if setup_failures > 0 {
-                reactor
-                    .sleep_until(Instant::now() + backoff(setup_failures))
-                    .await;
+                sleep_until(Instant::now() + backoff(setup_failures)).await;
             }
-            match Conn::open(&reactor, &plan.settings, &plan.msgs, &rec).await {
+            match Conn::open(&plan.settings, &plan.msgs, &rec).await {
                 Ok(Ok(c)) => {
                     setup_failures = 0;
                     conn = Some(c);
@@ -741,7 +739,7 @@ async fn worker(
     quit(conn.take(), &rec).await;
     ctl.workers.set(ctl.workers.get() - 1);
     if ctl.workers.get() == 0 {
-        ctl.workers_done.notify(&reactor);
+        ctl.workers_done.notify();
     }
 }
 

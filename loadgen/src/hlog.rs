@@ -4,16 +4,23 @@
 //! by `outputPercentileDistribution`), and the base64 histogram encoding used in
 //! both `.hlog` lines and loadgen's JSON summaries.
 //!
+//! `.hlog` files are written and read with hdrhistogram's own interval-log
+//! code; only the column legend line is written here (see [`HlogFile`]). The
+//! `.hgrm` text is written here: the crate has no such printer.
+//!
 //! Values are nanoseconds in the histograms; `.hlog` max columns and `.hgrm`
 //! values are milliseconds (a unit ratio of 1e6), the Java tools' defaults.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, LineWriter, Write};
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+use hdrhistogram::serialization::interval_log::{
+    IntervalLogIterator, IntervalLogWriter, IntervalLogWriterBuilder, IntervalLogWriterError,
+    LogEntry,
+};
 use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
 
@@ -65,37 +72,64 @@ pub fn decode_histogram(text: &str) -> Result<Histogram<u64>, HlogError> {
     Ok(grown)
 }
 
-/// Writes one `.hlog` file, interval by interval.
-pub struct HlogWriter {
-    out: BufWriter<File>,
+/// An `.hlog` file: the file and the histogram encoder that its
+/// [`HlogWriter`] borrows while the run writes intervals into it.
+pub struct HlogFile {
+    /// Flushed at each line, so the log can be read while the run goes on.
+    out: LineWriter<File>,
+    serializer: V2DeflateSerializer,
 }
 
-impl HlogWriter {
-    /// Creates `path` and writes the header: format version, StartTime and
-    /// BaseTime (both `start`: interval timestamps are seconds since then),
-    /// and the column legend.
+/// The column legend that Java's `HistogramLogWriter` writes after the
+/// header. Its readers (and this crate's) skip it, but some tools look for
+/// it; the crate's writer has no call for a line that is neither a comment
+/// nor an interval, so it is the one line written by hand.
+const LEGEND: &str =
+    "\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"\n";
+
+impl HlogFile {
+    /// Creates (or truncates) `path`.
     ///
     /// # Errors
-    /// Any I/O error creating or writing the file.
-    pub fn create(path: &Path, start: SystemTime, comment: &str) -> io::Result<HlogWriter> {
-        let mut out = BufWriter::new(File::create(path)?);
-        let secs = start
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
-        for line in comment.lines() {
-            writeln!(out, "#{line}")?;
-        }
-        writeln!(out, "#[Histogram log format version 1.3]")?;
-        writeln!(out, "#[StartTime: {secs:.3} (seconds since epoch)]")?;
-        writeln!(out, "#[BaseTime: {secs:.3} (seconds since epoch)]")?;
-        writeln!(
-            out,
-            "\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\""
-        )?;
-        Ok(HlogWriter { out })
+    /// Any I/O error creating the file.
+    pub fn create(path: &Path) -> io::Result<HlogFile> {
+        Ok(HlogFile {
+            out: LineWriter::new(File::create(path)?),
+            serializer: V2DeflateSerializer::new(),
+        })
     }
 
+    /// Writes the header with hdrhistogram's interval-log writer: `comment`,
+    /// the format version, StartTime and BaseTime (both `start`: interval
+    /// timestamps are seconds since then), then the legend and the max
+    /// column's unit (milliseconds: a divisor of 1e6, the Java tools'
+    /// default). Returns the writer for the intervals.
+    ///
+    /// # Errors
+    /// Any I/O error writing the file.
+    pub fn begin(&mut self, start: SystemTime, comment: &str) -> io::Result<HlogWriter<'_>> {
+        IntervalLogWriterBuilder::new()
+            .add_comment(comment)
+            .add_comment("[Histogram log format version 1.3]")
+            .with_start_time(start)
+            .with_base_time(start)
+            .begin_log_with(&mut self.out, &mut self.serializer)?;
+        self.out.write_all(LEGEND.as_bytes())?;
+        // The divisor is set only now, so the crate's "#[MaxValueDivisor]"
+        // comment comes after the legend (readers skip comments anywhere).
+        let log = IntervalLogWriterBuilder::new()
+            .with_max_value_divisor(NANOS_PER_MS)
+            .begin_log_with(&mut self.out, &mut self.serializer)?;
+        Ok(HlogWriter { log })
+    }
+}
+
+/// Writes a `.hlog` file's intervals; see [`HlogFile::begin`].
+pub struct HlogWriter<'a> {
+    log: IntervalLogWriter<'a, 'a, LineWriter<File>, V2DeflateSerializer>,
+}
+
+impl HlogWriter<'_> {
     /// Appends one interval: its start (seconds since StartTime), length, max
     /// in milliseconds, and the histogram.
     ///
@@ -107,15 +141,12 @@ impl HlogWriter {
         length: Duration,
         h: &Histogram<u64>,
     ) -> io::Result<()> {
-        writeln!(
-            self.out,
-            "{:.3},{:.3},{:.3},{}",
-            start.as_secs_f64(),
-            length.as_secs_f64(),
-            h.max() as f64 / NANOS_PER_MS,
-            encode_histogram(h)
-        )?;
-        self.out.flush()
+        self.log
+            .write_histogram(h, start, length, None)
+            .map_err(|e| match e {
+                IntervalLogWriterError::IoError(e) => e,
+                IntervalLogWriterError::SerializeError(e) => io::Error::other(e.to_string()),
+            })
     }
 }
 
@@ -270,6 +301,7 @@ pub fn percentile_rows(h: &Histogram<u64>, ticks_per_half: u32) -> Vec<(u64, f64
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn sample() -> Histogram<u64> {
         let mut h = new_histogram();
@@ -308,7 +340,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.hlog");
         let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let mut w = HlogWriter::create(&path, start, "test log\nsecond line").unwrap();
+        let mut file = HlogFile::create(&path).unwrap();
+        let mut w = file.begin(start, "test log\nsecond line").unwrap();
         let a = sample();
         let mut b = new_histogram();
         b.record(50_000_000).unwrap();
@@ -317,6 +350,7 @@ mod tests {
         w.interval(Duration::from_secs(1), Duration::from_millis(500), &b)
             .unwrap();
         drop(w);
+        drop(file);
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "#test log");
@@ -325,17 +359,26 @@ mod tests {
             lines[3],
             "#[StartTime: 1700000000.000 (seconds since epoch)]"
         );
-        assert!(lines[5].starts_with("\"StartTimestamp\""));
-        assert!(
-            lines[6].starts_with("0.000,1.000,10.002,HISTF"),
-            "{}",
-            lines[6]
+        assert_eq!(
+            lines[4],
+            "#[BaseTime: 1700000000.000 (seconds since epoch)]"
         );
+        assert!(lines[5].starts_with("\"StartTimestamp\""));
+        assert_eq!(lines[6], "#[MaxValueDivisor: 1000000.000]");
         assert!(
-            lines[7].starts_with("1.000,0.500,50.004,HISTF"),
+            lines[7].starts_with("0.000,1.000,10.002,HISTF"),
             "{}",
             lines[7]
         );
+        assert!(
+            lines[8].starts_with("1.000,0.500,50.004,HISTF"),
+            "{}",
+            lines[8]
+        );
+        // Each interval's histogram is the crate's V2 deflate encoding, as
+        // encode_histogram (and so the JSON summaries) write it.
+        assert_eq!(lines[7].split(',').nth(3).unwrap(), encode_histogram(&a));
+        assert_eq!(lines.len(), 9);
         let (merged, length) = read_hlog(text.as_bytes()).unwrap();
         assert_eq!(merged.len(), 10_001);
         assert_eq!(length, Duration::from_millis(1500));

@@ -12,7 +12,6 @@
 //! | bytes sent: envelopes, bodies per size, pipelined batches | [`message`] |
 //! | SMTP reply parsing, EHLO keywords, queue ids (sans-IO) | [`reply`] |
 //! | one client connection | [`client`] |
-//! | per-core epoll readiness, timers, task accounting | [`reactor`] |
 //! | open-loop arrival schedules, PRNG | [`schedule`] |
 //! | what is counted and recorded; histogram merging | [`stats`] |
 //! | merging per-core intervals into run intervals and totals | [`aggregate`] |
@@ -33,7 +32,6 @@ pub mod engine;
 pub mod hlog;
 pub mod message;
 pub mod plot;
-pub mod reactor;
 pub mod reply;
 pub mod report;
 pub mod schedule;

@@ -1,13 +1,20 @@
 //! loadgen against Postfix's smtp-sink: closed and open loop, connection
 //! churn, warm-up, and the output files (`--json`, `--hist-out`) feeding
-//! `loadgen compare`. Skipped, with a message, where smtp-sink is missing.
+//! `loadgen compare`. Skipped, with a message, where smtp-sink is missing;
+//! failed instead when `RINGMX_CI` is set.
+//!
+//! Nothing here asserts a rate or a latency: those depend on the machine.
+//! Counts are exact instead (the open-loop schedule is deterministic for a
+//! seed), and window lengths come from the run's planned boundaries.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{count, run_loadgen, summary, SmtpSink, TempDir};
+use common::{count, find_tool, run_loadgen, skip, summary, SmtpSink, TempDir};
+use loadgen::config::Arrivals;
 use loadgen::hlog::read_hlog;
+use loadgen::schedule::Schedule;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -35,7 +42,7 @@ fn closed_loop_pipelined() {
     out.assert_ok();
     let s = summary(&json);
     let ok = count(&s, &["messages", "ok"]);
-    assert!(ok > 100, "only {ok} messages in 2 s:\n{}", out.stdout);
+    assert!(ok > 0, "no message in 2 s:\n{}", out.stdout);
     assert_eq!(s["errors"], serde_json::json!({}), "{}", out.stdout);
     assert_eq!(count(&s, &["connections", "opened"]), 8);
     assert_eq!(
@@ -53,8 +60,16 @@ fn closed_loop_pipelined() {
     assert_eq!(count(&s, &["replies", "data", "3xx"]), ok);
     assert_eq!(count(&s, &["replies", "data-end", "2xx"]), ok);
     assert_eq!(count(&s, &["replies", "quit", "2xx"]), 8);
-    assert!(s["msgs_per_s"].as_f64().unwrap() > 50.0);
-    assert!((s["measured_s"].as_f64().unwrap() - 2.0).abs() < 0.05);
+    // The window is cut at planned boundaries, so it is --duration exactly,
+    // and the rate counts the messages accepted inside it.
+    let measured = s["measured_s"].as_f64().unwrap();
+    assert!((measured - 2.0).abs() < 1e-9, "{measured}");
+    let in_window = ok - count(&s, &["messages", "ok_after_end"]);
+    let rate = s["msgs_per_s"].as_f64().unwrap();
+    assert!(
+        (rate * measured - in_window as f64).abs() < 1e-6,
+        "{rate} msgs/s x {measured} s != {in_window}"
+    );
     assert_eq!(count(&s, &["latency_ms", "e2e", "count"]), ok);
     // Live lines and the text summary.
     assert!(
@@ -141,18 +156,27 @@ fn open_loop_holds_the_rate() {
         );
         out.assert_ok();
         let s = summary(&json);
-        let ok = count(&s, &["messages", "ok"]) as f64;
-        // 600 due in 2 s; Poisson counts vary by about sqrt(600).
-        let slack = if arrivals == "poisson" { 100.0 } else { 10.0 };
-        assert!(
-            (ok - 600.0).abs() <= slack,
-            "{arrivals}: {ok} messages\n{}",
-            out.stdout
-        );
+        // Every message due in the window (the default seed, 1, fixes the
+        // Poisson draws; 600 when evenly spaced) was started and ended one
+        // way or another, and none was left behind.
+        let kind = match arrivals {
+            "poisson" => Arrivals::Poisson,
+            _ => Arrivals::Constant,
+        };
+        let due = Schedule::new(300.0, kind, 1).due_before(2_000_000_000);
+        if kind == Arrivals::Constant {
+            assert_eq!(due, 600);
+        }
+        let ended: u64 = ["ok", "temp_fail", "perm_fail", "error"]
+            .iter()
+            .map(|k| count(&s, &["messages", k]))
+            .sum();
+        assert_eq!(ended, due, "{arrivals}\n{}", out.stdout);
+        assert_eq!(count(&s, &["messages", "ok"]), due, "{}", out.stdout);
         assert_eq!(count(&s, &["messages", "backlog"]), 0);
         let measured = s["measured_s"].as_f64().unwrap();
         assert!(
-            (measured - 2.0).abs() < 0.02,
+            (measured - 2.0).abs() < 1e-9,
             "the window is --duration long: {measured}"
         );
         assert_eq!(s["config"]["load"]["kind"], "open");
@@ -192,14 +216,22 @@ fn warmup_is_shown_but_not_counted() {
     let s = summary(&json);
     let warm = count(&s, &["messages", "warmup_ok"]);
     let ok = count(&s, &["messages", "ok"]);
-    assert!((180..=220).contains(&warm), "warm-up messages {warm}");
-    assert!((180..=220).contains(&ok), "measured messages {ok}");
+    // 200 due in each second. Only messages due in the warm-up can finish in
+    // it; the ones in flight at its end are counted after it.
+    assert!(warm > 0 && warm <= 200, "warm-up messages {warm}");
+    let rest: u64 = ["ok", "temp_fail", "perm_fail", "error", "backlog"]
+        .iter()
+        .map(|k| count(&s, &["messages", k]))
+        .sum();
+    assert_eq!(warm + rest, 400, "warm-up {warm}, after {rest}");
     assert!(out.stderr.contains(" warmup]"), "{}", out.stderr);
     // The interval log holds the measured second only.
     let hlog = std::fs::read(dir.path("h.e2e.hlog")).unwrap();
     let (h, logged) = read_hlog(&hlog).unwrap();
     assert_eq!(h.len(), ok);
-    assert!(logged >= Duration::from_millis(990) && logged < Duration::from_millis(1500));
+    // The measured second (planned boundaries), then the drain of what was in
+    // flight at its end.
+    assert!(logged >= Duration::from_secs(1), "{logged:?}");
 }
 
 #[test]
@@ -299,7 +331,7 @@ fn hist_out_json_and_compare() {
     assert!(out.stdout.starts_with("eod (ms)"), "{}", out.stdout);
     assert!(out.stdout.contains("B/A"), "{}", out.stdout);
 
-    if which("rsvg-convert") {
+    if find_tool("rsvg-convert").is_some() {
         let png = dir.path("cmp.png");
         run_loadgen(
             &[
@@ -315,11 +347,6 @@ fn hist_out_json_and_compare() {
         let bytes = std::fs::read(&png).unwrap();
         assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"));
     } else {
-        eprintln!("PNG part skipped: rsvg-convert missing (Debian package librsvg2-bin)");
+        skip("the PNG part needs rsvg-convert (Debian package librsvg2-bin)");
     }
-}
-
-fn which(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }

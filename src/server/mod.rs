@@ -41,6 +41,7 @@ use crate::spool as store;
 
 use crate::config::{Config, ConfigError};
 use crate::log::Level;
+use crate::sys::{self, Limit};
 
 /// glommio's I/O buffer pool per executor (its default, `io_memory`). glommio
 /// registers it with each of its three rings; that pins
@@ -210,60 +211,12 @@ fn one_line(e: &dyn std::fmt::Display) -> String {
 
 /// The CPUs this process may run on (its affinity mask), ascending.
 fn allowed_cpus() -> Result<Vec<usize>, ServerError> {
-    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: the pointer and size describe `set`, which outlives the call.
-    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(ServerError::System(format!(
-            "cannot read the CPU affinity mask: {e}"
-        )));
-    }
-    // SAFETY: CPU_ISSET reads `set` within CPU_SETSIZE.
-    Ok((0..libc::CPU_SETSIZE as usize)
-        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-        .collect())
-}
-
-fn getrlimit(res: libc::__rlimit_resource_t) -> (u64, u64) {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `r` is a valid rlimit to write into.
-    unsafe { libc::getrlimit(res, &mut r) };
-    (r.rlim_cur, r.rlim_max)
-}
-
-fn setrlimit(res: libc::__rlimit_resource_t, soft: u64, hard: u64) -> bool {
-    let r = libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: hard,
-    };
-    // SAFETY: `r` is a valid rlimit.
-    unsafe { libc::setrlimit(res, &r) == 0 }
-}
-
-/// Raises a soft limit to `want`: first within the hard limit, then (with
-/// CAP_SYS_RESOURCE) the hard limit too. Returns the soft limit in force.
-fn raise_limit(res: libc::__rlimit_resource_t, want: u64) -> u64 {
-    let (soft, hard) = getrlimit(res);
-    if soft >= want {
-        return soft;
-    }
-    if hard < want && setrlimit(res, want, want) {
-        return want;
-    }
-    let to = want.min(hard);
-    if to > soft && setrlimit(res, to, hard) {
-        return to;
-    }
-    soft
+    sys::allowed_cpus()
+        .map_err(|e| ServerError::System(format!("cannot read the CPU affinity mask: {e}")))
 }
 
 fn raise_nofile(want: u64) {
-    let got = raise_limit(libc::RLIMIT_NOFILE, want);
+    let got = sys::raise_limit(Limit::OpenFiles, want);
     if got < want {
         crate::warn!(
             "open-file limit (RLIMIT_NOFILE) is {got}, below shards x max_connections + \
@@ -290,7 +243,7 @@ fn has_cap_ipc_lock() -> bool {
 /// below io_uring's minimum, warns when registration will be skipped.
 fn check_memlock(shards: u64) -> Result<(), ServerError> {
     let want = shards * RINGS_PER_EXECUTOR * IO_MEMORY_BYTES;
-    let got = raise_limit(libc::RLIMIT_MEMLOCK, want);
+    let got = sys::raise_limit(Limit::LockedMemory, want);
     if got < MIN_MEMLOCK_BYTES {
         return Err(ServerError::Memlock {
             have: got >> 10,

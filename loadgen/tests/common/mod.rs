@@ -134,16 +134,41 @@ pub struct SmtpSink {
     pub addr: SocketAddr,
 }
 
-pub const SMTP_SINK: &str = "/usr/sbin/smtp-sink";
+/// `RINGMX_CI` set (to anything but "" or "0"): this is CI, where a test that
+/// cannot run must fail rather than pass without testing anything.
+pub fn in_ci() -> bool {
+    std::env::var_os("RINGMX_CI").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Says why a test is skipped on a developer's machine; in CI fails it
+/// instead (`.ci/run` installs every tool the tests look for).
+pub fn skip(why: &str) {
+    assert!(
+        !in_ci(),
+        "RINGMX_CI is set and {why}: install it, a CI run skips nothing"
+    );
+    // Straight to stderr: the test harness captures eprintln! of passing tests.
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
+}
+
+/// `tool` on PATH or in /usr/sbin (Debian's Postfix tools live there, and
+/// /usr/sbin is often not on a non-root PATH).
+pub fn find_tool(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
 
 impl SmtpSink {
-    /// Starts smtp-sink, or returns `None` (after saying why) when it is not
-    /// installed: `apt-get install postfix` provides it; CI installs it.
+    /// Starts smtp-sink, or returns `None` after [`skip`] (which fails the
+    /// test in CI) when it is not installed: `apt-get install postfix`.
     pub fn start() -> Option<SmtpSink> {
-        if !Path::new(SMTP_SINK).exists() {
-            eprintln!("SKIPPED: {SMTP_SINK} is missing (Debian package postfix)");
+        let Some(bin) = find_tool("smtp-sink") else {
+            skip("smtp-sink is missing (Debian package postfix)");
             return None;
-        }
+        };
         for _ in 0..5 {
             // smtp-sink takes a port, not a socket: borrow a free one from the kernel.
             let port = TcpListener::bind("127.0.0.1:0")
@@ -152,7 +177,7 @@ impl SmtpSink {
                 .unwrap()
                 .port();
             let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            let mut cmd = Command::new(SMTP_SINK);
+            let mut cmd = Command::new(&bin);
             // smtp-sink refuses to run as root without a user to drop to.
             // SAFETY: geteuid has no preconditions.
             if unsafe { libc::geteuid() } == 0 {
@@ -248,6 +273,9 @@ pub struct Seen {
     /// A command arrived while an earlier one was still unanswered.
     pub pipelined_input: bool,
     pub commands: Vec<String>,
+    /// Errors of the server itself (not the client hanging up); any one
+    /// fails the test when the server is dropped.
+    pub errors: Vec<String>,
 }
 
 /// A scripted SMTP server on 127.0.0.1:0, one thread per connection.
@@ -272,11 +300,21 @@ impl FakeServer {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    let Ok(stream) = stream else { continue };
+                    let stream = match stream {
+                        Ok(s) => s,
+                        Err(e) => {
+                            seen.lock().unwrap().errors.push(format!("accept: {e}"));
+                            continue;
+                        }
+                    };
                     seen.lock().unwrap().connections += 1;
                     let (script, seen, ids) = (script.clone(), seen.clone(), ids.clone());
                     thread::spawn(move || {
-                        let _ = serve(stream, &script, &seen, &ids);
+                        if let Err(e) = serve(stream, &script, &seen, &ids) {
+                            if !client_hung_up(&e) {
+                                seen.lock().unwrap().errors.push(format!("serve: {e}"));
+                            }
+                        }
                     });
                 }
             });
@@ -292,8 +330,25 @@ impl FakeServer {
 impl Drop for FakeServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = TcpStream::connect(self.addr); // wake the accept loop
+        // Wake the accept loop; if this fails the loop already ended.
+        let _ = TcpStream::connect(self.addr);
+        // A server that broke is a failed test, not a quiet one (unless the
+        // test is failing already: a second panic would abort).
+        if !thread::panicking() {
+            let errors = &self.seen.lock().unwrap().errors;
+            assert!(errors.is_empty(), "the fake server failed: {errors:?}");
+        }
     }
+}
+
+/// The client closed or reset the connection: expected whenever loadgen
+/// gives up on a misbehaving server (timeouts, garbage) or is interrupted.
+fn client_hung_up(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+    )
 }
 
 fn serve(
@@ -308,7 +363,7 @@ fn serve(
     let Some(greeting) = &s.greeting else {
         // Silent: hold the connection until the client gives up.
         let mut sink = Vec::new();
-        let _ = rd.read_to_end(&mut sink);
+        rd.read_to_end(&mut sink)?;
         return Ok(());
     };
     writeln_crlf(&mut out, greeting)?;
