@@ -15,7 +15,7 @@ use common::{count, run_loadgen, summary, TempDir};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// The ringmx binary, built beside loadgen by `cargo nextest run --workspace`
+/// The ringmx binary, built beside loadgen by `cargo test --workspace`
 /// (or `cargo build -p ringmx`).
 fn ringmx_bin() -> PathBuf {
     let p = Path::new(env!("CARGO_BIN_EXE_loadgen")).with_file_name("ringmx");

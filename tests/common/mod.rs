@@ -7,6 +7,10 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod dialog;
+mod tools;
+
+#[allow(unused_imports)] // each test binary uses a different part
+pub use tools::{find_tool, in_ci, require_tool, skip};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -18,51 +22,6 @@ use std::time::{Duration, Instant};
 
 /// How long any single expected event may take before a test fails.
 pub const STEP: Duration = Duration::from_secs(20);
-
-/// Whether this run is CI: `RINGMX_CI` set to anything but empty or `0`
-/// (`.ci/run` exports `RINGMX_CI=1`). In CI nothing may be skipped.
-pub fn in_ci() -> bool {
-    std::env::var_os("RINGMX_CI").is_some_and(|v| !v.is_empty() && v != "0")
-}
-
-/// A test that lacks a tool or privilege it needs: on a developer's machine
-/// it prints `skipped: <why>` and the caller returns (the test passes); in
-/// CI this panics, so a missing tool can never pass silently.
-pub fn skip(why: &str) {
-    assert!(
-        !in_ci(),
-        "RINGMX_CI is set, so this test may not be skipped: {why}"
-    );
-    // Straight to stderr: libtest captures eprintln! of passing tests, and
-    // a skip must be seen.
-    let test = std::thread::current().name().unwrap_or("?").to_owned();
-    let _ = writeln!(std::io::stderr(), "{test}: skipped: {why}");
-}
-
-/// Finds an executable on PATH, then in /usr/sbin (where Debian puts
-/// Postfix's smtp-sink and smtp-source, off a normal user's PATH).
-pub fn find_tool(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|d| d.join(name))
-        .find(|p| {
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-}
-
-/// [`find_tool`], or [`skip`] naming the Debian package that has it (which
-/// `.ci/run` installs): `None` means the caller returns.
-pub fn require_tool(name: &str, package: &str) -> Option<PathBuf> {
-    let found = find_tool(name);
-    if found.is_none() {
-        skip(&format!(
-            "{name} not found on PATH or in /usr/sbin (Debian package {package})"
-        ));
-    }
-    found
-}
 
 /// RFC 5321 §4.5.2 undone: DATA's wire form (without the final `.` line)
 /// back to the body the server must store.
@@ -528,27 +487,5 @@ impl Drop for Tmpfs {
 
 /// Raises this process's open-file limit (many client sockets).
 pub fn raise_nofile(want: u64) {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain getrlimit/setrlimit on valid structs.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
-        if r.rlim_cur >= want {
-            return;
-        }
-        let hard = r.rlim_max.max(want);
-        let wanted = libc::rlimit {
-            rlim_cur: want,
-            rlim_max: hard,
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
-            let soft = libc::rlimit {
-                rlim_cur: r.rlim_max.min(want),
-                rlim_max: r.rlim_max,
-            };
-            libc::setrlimit(libc::RLIMIT_NOFILE, &soft);
-        }
-    }
+    ringmx::sys::raise_limit(ringmx::sys::Limit::OpenFiles, want);
 }

@@ -6,6 +6,13 @@
 
 #![allow(dead_code)] // Each test file uses a different part of this module.
 
+// The server's tests and these share one rule for missing tools.
+#[path = "../../../tests/common/tools.rs"]
+mod tools;
+
+#[allow(unused_imports)] // each test binary uses a different part
+pub use tools::{find_tool, in_ci, require_tool, skip};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -132,33 +139,6 @@ pub fn count(v: &serde_json::Value, keys: &[&str]) -> u64 {
 pub struct SmtpSink {
     child: Child,
     pub addr: SocketAddr,
-}
-
-/// `RINGMX_CI` set (to anything but "" or "0"): this is CI, where a test that
-/// cannot run must fail rather than pass without testing anything.
-pub fn in_ci() -> bool {
-    std::env::var_os("RINGMX_CI").is_some_and(|v| !v.is_empty() && v != "0")
-}
-
-/// Says why a test is skipped on a developer's machine; in CI fails it
-/// instead (`.ci/run` installs every tool the tests look for).
-pub fn skip(why: &str) {
-    assert!(
-        !in_ci(),
-        "RINGMX_CI is set and {why}: install it, a CI run skips nothing"
-    );
-    // Straight to stderr: the test harness captures eprintln! of passing tests.
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
-}
-
-/// `tool` on PATH or in /usr/sbin (Debian's Postfix tools live there, and
-/// /usr/sbin is often not on a non-root PATH).
-pub fn find_tool(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
 }
 
 impl SmtpSink {
