@@ -189,8 +189,10 @@ impl Session {
             fault,
         };
         let mut search = self.data_searched.min(input.len());
+        // Copies the loop can keep in registers.
+        let (text, max_bytes) = (self.text, self.cfg.max_message_bytes);
         loop {
-            let (end, crlf) = match self.text.find_end(input, search, &mut c.fault) {
+            let (end, crlf) = match text.find_end(input, search, &mut c.fault) {
                 LineEnd::Complete { end, crlf } => (end, crlf),
                 LineEnd::Partial { search } => {
                     return self.data_partial(input, c, search, faulted_before)
@@ -212,11 +214,11 @@ impl Session {
                 c.run = c.pos + 1;
             }
             if c.fault.is_none() {
-                c.fault = self.text.line(line.len(), crlf);
+                c.fault = text.line(line.len(), crlf);
             }
             if c.fault.is_none() {
                 self.body_bytes += (end - c.run.max(c.pos)) as u64;
-                if self.body_bytes > self.cfg.max_message_bytes {
+                if self.body_bytes > max_bytes {
                     c.fault = Some(Fault::TooBig);
                 }
             }

@@ -570,6 +570,9 @@ impl Session {
     /// The one place that writes replies: writes the handler's answer,
     /// counts a failed command (closing with `421` at smtp.max_errors) and
     /// turns the effect into what the caller sees (`None`: go on).
+    // Inlined into its dozen callers: as a call it cost the pipelined
+    // transaction bench ~3% in instructions (callgrind, engine_profile).
+    #[inline(always)]
     fn respond(&mut self, out: &mut Vec<u8>, h: Handled<'_>) -> Option<Event<'static>> {
         let mut failed = false;
         match h.answer {
