@@ -332,8 +332,10 @@ pub mod fuzz {
     }
 
     /// Target `session`: the first byte picks policy and read size, the
-    /// second where to cut the input, the third the steps at the cut and
-    /// at the end (commit failures, clock, shutdown); the rest is raw input.
+    /// second where to cut the input, the third the steps before it, at
+    /// the cut and at the end (commit failures, clock, shutdown); the rest
+    /// is raw input. `[knobs, 0, 0x77, input..]` is the whole input in one
+    /// step with no others.
     pub fn raw(data: &[u8]) {
         let [knobs, cut, plan, input @ ..] = data else {
             return;
@@ -352,40 +354,43 @@ pub mod fuzz {
         );
     }
 
-    /// Pieces of SMTP that `smtp_alphabet` strings together; `None` stands
-    /// for a non-byte step (see [`action`]).
-    const ALPHABET: &[Option<&[u8]>] = &[
-        Some(b"EHLO c\r\n"),
-        Some(b"HELO c\r\n"),
-        Some(b"MAIL FROM:<a@b>\r\n"),
-        Some(b"MAIL FROM:<> SIZE=100 BODY=8BITMIME\r\n"),
-        Some(b"MAIL FROM:<a@b> BODY=BINARYMIME SMTPUTF8\r\n"),
-        Some(b"RCPT TO:<u@test>\r\n"),
-        Some(b"RCPT TO:<u@other>\r\n"),
-        Some(b"RCPT TO:<postmaster>\r\n"),
-        Some(b"DATA\r\n"),
-        Some(b"BDAT 7\r\n"),
-        Some(b"BDAT 0 LAST\r\n"),
-        Some(b"BDAT 3 LAST\r\n"),
-        Some(b"RSET\r\n"),
-        Some(b"NOOP\r\n"),
-        Some(b"QUIT\r\n"),
-        Some(b".\r\n"),
-        Some(b"..\r\n"),
-        Some(b"."),
-        Some(b"\r\n"),
-        Some(b"\r"),
-        Some(b"\n"),
-        Some(b"x"),
-        Some(b"text line\r\n"),
-        Some(&[b'L'; 300]),
-        Some(b"\xc3\xa9"),
-        Some(b"\0"),
-        None,
+    /// Pieces of SMTP that `smtp_alphabet` strings together.
+    const ALPHABET: &[&[u8]] = &[
+        b"EHLO c\r\n",
+        b"HELO c\r\n",
+        b"MAIL FROM:<a@b>\r\n",
+        b"MAIL FROM:<> SIZE=100 BODY=8BITMIME\r\n",
+        b"MAIL FROM:<a@b> BODY=BINARYMIME SMTPUTF8\r\n",
+        b"RCPT TO:<u@test>\r\n",
+        b"RCPT TO:<u@other>\r\n",
+        b"RCPT TO:<postmaster>\r\n",
+        b"DATA\r\n",
+        b"BDAT 7\r\n",
+        b"BDAT 0 LAST\r\n",
+        b"BDAT 3 LAST\r\n",
+        b"RSET\r\n",
+        b"NOOP\r\n",
+        b"QUIT\r\n",
+        b".\r\n",
+        b"..\r\n",
+        b".",
+        b"\r\n",
+        b"\r",
+        b"\n",
+        b"x",
+        b"text line\r\n",
+        &[b'L'; 300],
+        b"\xc3\xa9",
+        b"\0",
     ];
 
+    /// Pick bytes from here on are steps ([`action`]) rather than pieces,
+    /// where `action` has one; below it, pieces as before the steps were
+    /// added (so committed regression inputs keep their meaning).
+    const FIRST_ACTION: u8 = 240;
+
     /// Target `session_smtp`: the first byte picks policy and read size,
-    /// each further byte a piece of SMTP or (via the byte's high bits) a
+    /// each further byte a piece of SMTP or (from [`FIRST_ACTION`] up) a
     /// step such as a clock advance, shutdown or failing commit, so the
     /// fuzzer reaches DATA, BDAT, the limits and the deadlines quickly.
     pub fn smtp_alphabet(data: &[u8]) {
@@ -396,9 +401,9 @@ pub mod fuzz {
         let mut input = Vec::new();
         let mut actions = Vec::new();
         for &p in picks {
-            match ALPHABET[usize::from(p) % ALPHABET.len()] {
-                Some(piece) => input.extend_from_slice(piece),
-                None => actions.extend(action(p / ALPHABET.len() as u8).map(|a| (input.len(), a))),
+            match action(p.wrapping_sub(FIRST_ACTION)).filter(|_| p >= FIRST_ACTION) {
+                Some(a) => actions.push((input.len(), a)),
+                None => input.extend_from_slice(ALPHABET[usize::from(p) % ALPHABET.len()]),
             }
         }
         let mut steps = Vec::with_capacity(2 * actions.len() + 1);
