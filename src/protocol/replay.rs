@@ -390,7 +390,7 @@ pub mod fuzz {
     const FIRST_ACTION: u8 = 240;
 
     /// Target `session_smtp`: the first byte picks policy and read size,
-    /// each further byte a piece of SMTP or (from [`FIRST_ACTION`] up) a
+    /// each further byte a piece of SMTP or (from byte 240 up) a
     /// step such as a clock advance, shutdown or failing commit, so the
     /// fuzzer reaches DATA, BDAT, the limits and the deadlines quickly.
     pub fn smtp_alphabet(data: &[u8]) {

@@ -38,10 +38,10 @@
 //!
 //! # Layout
 //!
-//! Each command has its handler in [`handlers`]; each returns the reply and
-//! an effect, and [`Session::respond`] is the one place that writes replies
+//! Each command has its handler in `handlers.rs`; each returns the reply and
+//! an effect, and `Session::respond` is the one place that writes replies
 //! and counts failed commands. Message bodies (DATA and BDAT, with their
-//! shared text rules) are in [`body`].
+//! shared text rules) are in `body.rs`.
 
 mod body;
 mod handlers;
