@@ -178,7 +178,7 @@ impl fmt::Display for Outcome {
 }
 
 /// `-` for an unknown peer.
-struct PeerDisplay(pub(crate) Option<SocketAddr>);
+struct PeerDisplay(Option<SocketAddr>);
 
 impl fmt::Display for PeerDisplay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -324,8 +324,8 @@ impl Conn {
                 Wake::Eof => return Outcome::PeerClosed,
                 Wake::Error(e) => return Outcome::ReadError(e.kind()),
                 Wake::Timer => {
-                    // Nothing may have expired yet (an idle-release wake-up
-                    // ends early); then go on waiting.
+                    // `None`: not due yet (a timer that fired early); the
+                    // loop comes back here with the remaining time.
                     if let Some(r) = self.session.handle_timeout(Instant::now(), &mut self.out) {
                         self.finish().await;
                         return Outcome::Session(r);
