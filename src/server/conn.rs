@@ -324,8 +324,8 @@ impl Conn {
                 Wake::Eof => return Outcome::PeerClosed,
                 Wake::Error(e) => return Outcome::ReadError(e.kind()),
                 Wake::Timer => {
-                    // `None`: not due yet (a timer that fired early); the
-                    // loop comes back here with the remaining time.
+                    // `None`: not due yet (a timer that fired early); wait
+                    // again, as after any other wake-up.
                     if let Some(r) = self.session.handle_timeout(Instant::now(), &mut self.out) {
                         self.finish().await;
                         return Outcome::Session(r);
