@@ -440,7 +440,8 @@ impl Session {
 
     /// The server is shutting down. An idle session gets `421 4.3.2` now and
     /// `true` (close it); one inside a transaction is let finish and closes
-    /// with `421` afterwards (returns `false`).
+    /// with `421` right after the transaction's last reply, before any
+    /// command pipelined behind it (returns `false`).
     pub fn handle_shutdown(&mut self, out: &mut Vec<u8>) -> bool {
         self.shutdown_requested = true;
         if self.is_closed() {
@@ -526,6 +527,13 @@ impl Session {
 
     /// Command mode: handles the next complete line, if any.
     fn commands<'a>(&mut self, input: &'a [u8], out: &mut Vec<u8>) -> (usize, Option<Event<'a>>) {
+        // Shutting down, an idle session closes before its next command:
+        // at once if it was idle, else as soon as its transaction ends. The
+        // point is fixed in the byte stream, so it does not depend on how
+        // much pipelined input one read happened to bring.
+        if self.shutdown_requested && !self.in_transaction() {
+            return (0, self.respond(out, Handled::close(CloseReason::Shutdown)));
+        }
         let Some(line) = self.scanner.next_line(input) else {
             if input.len() >= self.cfg.max_command_line_bytes {
                 // RFC 5321 §4.5.3.1.4: drop the rest of this line without
@@ -533,9 +541,6 @@ impl Session {
                 self.scanner.reset();
                 self.mode = Mode::DiscardLine;
                 return (input.len(), None);
-            }
-            if self.shutdown_requested && !self.in_transaction() {
-                return (0, self.respond(out, Handled::close(CloseReason::Shutdown)));
             }
             return (0, Some(Event::NeedInput));
         };
