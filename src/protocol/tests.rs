@@ -882,6 +882,25 @@ fn shutdown_refuses_a_new_transaction_pipelined_after_the_last() {
 }
 
 #[test]
+fn shutdown_closes_at_the_same_command_however_the_input_is_read() {
+    for read in [1, 5, usize::MAX] {
+        let mut h = Harness::new();
+        h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\n");
+        assert!(!h.s.handle_shutdown(&mut h.out), "in a transaction");
+        let before = h.out.len();
+        for chunk in b"RSET\r\nNOOP\r\nNOOP\r\n".chunks(read) {
+            h.feed(chunk);
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&h.out[before..]),
+            "250 2.0.0 Ok\r\n421 4.3.2 Service shutting down, try again later\r\n",
+            "reads of {read}"
+        );
+        assert_eq!(h.closed, Some(CloseReason::Shutdown));
+    }
+}
+
+#[test]
 fn rfc3030_binarymime_requires_bdat() {
     let mut h = Harness::new();
     h.feed(b"EHLO c\r\nMAIL FROM:<a@b> BODY=BINARYMIME\r\nRCPT TO:<u@test>\r\n");
