@@ -107,8 +107,6 @@ pub enum ParseError {
     BadAddress,
     /// An unknown or malformed MAIL/RCPT parameter.
     BadParam,
-    /// SIZE= beyond the limit (known only with the limit, see session).
-    TooBig,
 }
 
 impl ParseError {
@@ -123,7 +121,6 @@ impl ParseError {
             ParseError::NoParams => reply::NO_PARAMS,
             ParseError::BadAddress => reply::BAD_ADDRESS,
             ParseError::BadParam => reply::BAD_PARAM,
-            ParseError::TooBig => reply::MESSAGE_TOO_BIG,
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Per-transaction envelope storage: one byte arena reset per transaction.
 //!
-//! DESIGN.md names bumpalo for this. A `bumpalo::Bump` can only be reset
-//! through `&mut`, while the strings it hands out borrow it, so keeping both
-//! in the session needs a self-referential type (unsafe or another crate).
+//! Why not a bump allocator such as bumpalo: a `bumpalo::Bump` can only be
+//! reset through `&mut`, while the strings it hands out borrow it, so keeping
+//! both in the session needs a self-referential type (unsafe or another
+//! crate).
 //! This arena gives the same property — after the first few transactions a
 //! command allocates nothing, and the end of a transaction is one `clear()` —
 //! with offsets instead of references and no unsafe.

@@ -1,7 +1,9 @@
 //! The sans-IO SMTP engine: bytes in, reply bytes and events out.
 //!
-//! Nothing here touches a socket, a file, a clock or an executor, so every
-//! SMTP rule is testable (and fuzzable) without I/O. The server drives a
+//! Nothing here touches a socket, a file, a clock or an executor (time is
+//! the caller's argument; only the in-memory runtime in [`replay`] takes a
+//! base instant from the clock), so every SMTP rule and every deadline is
+//! testable (and fuzzable) without I/O. The server drives a
 //! [`Session`] per connection; see its docs for the call order.
 //!
 //! | concern | file |
@@ -10,9 +12,16 @@
 //! | one command line -> [`command::Command`] | [`command`] |
 //! | reply texts and their encoding | [`reply`] |
 //! | per-transaction envelope storage | [`envelope`] |
-//! | the state machine, DATA/BDAT decoding | [`session`] |
+//! | the state machine, its call order, the one reply writer | [`session`] |
+//! | one handler per command | `session/handlers.rs` |
+//! | DATA and BDAT bodies, their shared text rules | `session/body.rs` |
 //! | the `Received:` trace header | [`trace`] |
 //! | an in-memory driver for benches and fuzzing | [`replay`] |
+//!
+//! No `unsafe` here: the engine has no reason for it, and the attribute
+//! below makes that a compile error rather than a convention.
+
+#![forbid(unsafe_code)]
 
 pub mod command;
 pub mod envelope;
@@ -23,7 +32,7 @@ pub mod session;
 pub mod trace;
 
 pub use envelope::Envelope;
-pub use session::{ClientInfo, CommitError, Event, Session};
+pub use session::{ClientInfo, CloseReason, CommitError, Event, Session};
 
 #[cfg(test)]
 mod tests;

@@ -5,10 +5,11 @@
 //! commits them with sequential queue ids.
 
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
-use super::session::{ClientInfo, CommitError, Event, Session};
+use super::session::{ClientInfo, CloseReason, CommitError, Event, Session};
 use crate::config::{BareNewline, SmtpConfig};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +26,9 @@ pub(crate) struct Harness {
     pub stored: Vec<Stored>,
     current: Option<Stored>,
     pub aborts: usize,
-    pub closed: bool,
+    pub closed: Option<CloseReason>,
+    /// The harness's clock: `start` plus what tests advanced it by.
+    pub now: Instant,
     /// When set, the next commit fails with this error.
     pub fail_commit: Option<CommitError>,
     /// Leave MessageEnd uncommitted (to test shutdown mid-commit).
@@ -34,8 +37,13 @@ pub(crate) struct Harness {
 
 impl Harness {
     pub fn with(cfg: SmtpConfig) -> Self {
+        Self::with_lifetime(cfg, LIFETIME)
+    }
+
+    pub fn with_lifetime(cfg: SmtpConfig, lifetime: Duration) -> Self {
         let mut out = Vec::new();
-        let s = Session::new(Rc::new(cfg), ClientInfo::default(), &mut out);
+        let now = Instant::now();
+        let s = Session::new(Rc::new(cfg), ClientInfo::default(), now, lifetime, &mut out);
         Self {
             s,
             out,
@@ -43,7 +51,8 @@ impl Harness {
             stored: Vec::new(),
             current: None,
             aborts: 0,
-            closed: false,
+            closed: None,
+            now,
             fail_commit: None,
             hold_commit: false,
         }
@@ -62,8 +71,8 @@ impl Harness {
     }
 
     fn pump(&mut self) {
-        while !self.closed && !self.s.awaiting_commit() {
-            let (used, ev) = self.s.handle_input(&self.buf, &mut self.out);
+        while self.closed.is_none() && !self.s.awaiting_commit() {
+            let (used, ev) = self.s.handle_input(self.now, &self.buf, &mut self.out);
             let mut ended = false;
             match ev {
                 Event::NeedInput => {
@@ -92,8 +101,9 @@ impl Harness {
                     self.aborts += 1;
                 }
                 Event::MessageEnd => ended = true,
-                Event::Close => {
-                    self.closed = true;
+                Event::Close(reason) => {
+                    assert_eq!(self.s.close_reason(), Some(reason));
+                    self.closed = Some(reason);
                     self.current = None;
                 }
             }
@@ -120,10 +130,32 @@ impl Harness {
         self.pump();
     }
 
+    /// Moves the clock on by `by` and, as a runtime's timer would, calls
+    /// `handle_timeout` if `poll_timeout` is due; returns the replies.
+    pub fn advance(&mut self, by: Duration) -> String {
+        let before = self.out.len();
+        self.now += by;
+        let due = self.s.poll_timeout().is_some_and(|t| self.now >= t);
+        let r = self.s.handle_timeout(self.now, &mut self.out);
+        assert_eq!(
+            r.is_some(),
+            due,
+            "handle_timeout disagrees with poll_timeout"
+        );
+        if let Some(reason) = r {
+            self.closed = Some(reason);
+            self.current = None;
+        }
+        String::from_utf8_lossy(&self.out[before..]).into_owned()
+    }
+
     pub fn all_out(&self) -> String {
         String::from_utf8_lossy(&self.out).into_owned()
     }
 }
+
+/// The connection lifetime the harness gives its sessions.
+const LIFETIME: Duration = Duration::from_secs(3600);
 
 pub(crate) fn cfg() -> SmtpConfig {
     SmtpConfig {
@@ -168,7 +200,7 @@ fn rfc5321_full_transaction_and_dot_unstuffing() {
     assert_eq!(h.stored[0].rcpts, ["u@example.com"]);
     assert_eq!(h.stored[0].body, b"Subject: hi\r\n\r\n.leading dot\r\n");
     assert_eq!(h.feed(b"QUIT\r\n"), "221 2.0.0 Bye\r\n");
-    assert!(h.closed);
+    assert_eq!(h.closed, Some(CloseReason::Quit));
 }
 
 #[test]
@@ -477,13 +509,13 @@ fn too_many_errors_closes_with_421() {
         ..cfg()
     });
     h.feed(b"BAD1\r\nBAD2\r\n");
-    assert!(!h.closed);
+    assert_eq!(h.closed, None);
     let r = h.feed(b"BAD3\r\nNOOP\r\n");
     assert_eq!(
         r,
         "500 5.5.2 Command unrecognized\r\n421 4.7.0 Too many errors, closing connection\r\n"
     );
-    assert!(h.closed);
+    assert_eq!(h.closed, Some(CloseReason::TooManyErrors));
 }
 
 #[test]
@@ -491,18 +523,131 @@ fn http_request_is_answered_and_closed() {
     let mut h = Harness::new();
     let r = h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(r.starts_with("500 5.5.1"), "{r}");
-    assert!(h.closed);
+    assert_eq!(h.closed, Some(CloseReason::Http));
 }
 
 #[test]
 fn rfc4_5_3_2_timeout_replies_421_and_closes() {
     let mut h = Harness::new();
-    assert_eq!(h.s.read_timeout(), std::time::Duration::from_secs(300));
-    h.s.handle_timeout(&mut h.out);
+    assert_eq!(h.s.read_timeout(), Duration::from_secs(300));
+    assert_eq!(h.s.poll_timeout(), Some(h.now + Duration::from_secs(300)));
+    assert_eq!(h.advance(Duration::from_secs(299)), "");
+    assert_eq!(
+        h.advance(Duration::from_secs(1)),
+        "421 4.4.2 Timeout waiting for input, closing connection\r\n"
+    );
+    assert!(h.s.is_closed());
+    assert_eq!(h.closed, Some(CloseReason::Timeout));
+    assert_eq!(h.s.poll_timeout(), None);
+}
+
+#[test]
+fn command_timeout_counts_from_the_last_input() {
+    let mut h = Harness::new();
+    let start = h.now;
+    assert_eq!(h.advance(Duration::from_secs(200)), "");
+    h.feed(b"EHLO c\r\n");
+    assert_eq!(h.s.poll_timeout(), Some(start + Duration::from_secs(500)));
+    // 400 s after the start, but only 200 s of silence.
+    assert_eq!(h.advance(Duration::from_secs(200)), "");
+    // A partial line is input too.
+    h.feed(b"NO");
+    assert_eq!(h.advance(Duration::from_secs(299)), "");
+    assert_eq!(
+        h.advance(Duration::from_secs(1)),
+        "421 4.4.2 Timeout waiting for input, closing connection\r\n"
+    );
+    assert_eq!(h.closed, Some(CloseReason::Timeout));
+}
+
+#[test]
+fn data_timeout_applies_inside_a_body_and_drops_the_message() {
+    let mut h = Harness::with(SmtpConfig {
+        command_timeout: Duration::from_secs(300),
+        data_timeout: Duration::from_secs(600),
+        ..cfg()
+    });
+    h.feed(ENVELOPE);
+    assert_eq!(h.s.read_timeout(), Duration::from_secs(600));
+    assert_eq!(h.advance(Duration::from_secs(599)), "");
+    h.feed(b"a line of the body\r\n");
+    assert_eq!(h.advance(Duration::from_secs(599)), "");
+    assert_eq!(
+        h.advance(Duration::from_secs(1)),
+        "421 4.4.2 Timeout waiting for input, closing connection\r\n"
+    );
+    assert_eq!(h.closed, Some(CloseReason::Timeout));
+    assert!(h.stored.is_empty());
+    assert!(h.current.is_none(), "the open message is abandoned");
+}
+
+#[test]
+fn command_timeout_again_once_the_body_ends() {
+    let mut h = Harness::with(SmtpConfig {
+        command_timeout: Duration::from_secs(300),
+        data_timeout: Duration::from_secs(600),
+        ..cfg()
+    });
+    h.feed(ENVELOPE);
+    h.feed(b"x\r\n.\r\n");
+    assert_eq!(h.stored.len(), 1);
+    assert_eq!(h.s.poll_timeout(), Some(h.now + Duration::from_secs(300)));
+    assert_eq!(
+        h.advance(Duration::from_secs(300)).get(..9),
+        Some("421 4.4.2")
+    );
+}
+
+#[test]
+fn lifetime_ends_a_session_that_keeps_sending() {
+    let mut h = Harness::with_lifetime(cfg(), Duration::from_secs(1000));
+    let start = h.now;
+    h.feed(b"EHLO c\r\n");
+    for _ in 0..3 {
+        assert_eq!(h.advance(Duration::from_secs(250)), "");
+        assert_eq!(h.feed(b"NOOP\r\n"), "250 2.0.0 Ok\r\n");
+    }
+    // 750 s in: the read deadline (1050 s) is past the lifetime's end.
+    assert_eq!(h.s.poll_timeout(), Some(start + Duration::from_secs(1000)));
+    assert_eq!(h.advance(Duration::from_secs(249)), "");
+    h.feed(b"MAIL FROM:<a@b>\r\n");
+    assert_eq!(
+        h.advance(Duration::from_secs(1)),
+        "421 4.4.2 Connection lifetime exceeded, closing\r\n"
+    );
+    assert_eq!(h.closed, Some(CloseReason::Lifetime));
+    assert_eq!(h.s.poll_timeout(), None);
+}
+
+#[test]
+fn lifetime_wins_when_both_deadlines_passed() {
+    let mut h = Harness::with_lifetime(cfg(), Duration::from_secs(300));
+    // Read deadline and lifetime fall on the same instant.
+    assert_eq!(
+        h.advance(Duration::from_secs(400)),
+        "421 4.4.2 Connection lifetime exceeded, closing\r\n"
+    );
+    assert_eq!(h.closed, Some(CloseReason::Lifetime));
+}
+
+#[test]
+fn hard_stop_cuts_off_a_transaction_or_shuts_down_an_idle_session() {
+    let mut h = Harness::new();
+    h.feed(ENVELOPE);
+    h.feed(b"half a body\r\n");
+    assert_eq!(h.s.handle_hard_stop(&mut h.out), CloseReason::CutOff);
     assert!(h
         .all_out()
-        .ends_with("421 4.4.2 Timeout waiting for input, closing connection\r\n"));
-    assert!(h.s.is_closed());
+        .ends_with("421 4.3.2 Service shutting down, try again later\r\n"));
+    assert_eq!(h.s.close_reason(), Some(CloseReason::CutOff));
+
+    let mut h = Harness::new();
+    h.feed(b"EHLO c\r\n");
+    assert_eq!(h.s.handle_hard_stop(&mut h.out), CloseReason::Shutdown);
+    // Closed already: the first reason stays, nothing more is written.
+    let n = h.out.len();
+    assert_eq!(h.s.handle_hard_stop(&mut h.out), CloseReason::Shutdown);
+    assert_eq!(h.out.len(), n);
 }
 
 #[test]
@@ -526,7 +671,7 @@ fn shutdown_lets_transaction_in_flight_finish() {
         r,
         "250 2.0.0 Ok: queued as Q0\r\n421 4.3.2 Service shutting down, try again later\r\n"
     );
-    assert!(h.closed);
+    assert_eq!(h.closed, Some(CloseReason::Shutdown));
     assert_eq!(h.stored.len(), 1);
 }
 
@@ -543,7 +688,7 @@ fn shutdown_while_awaiting_commit() {
     assert!(h
         .all_out()
         .ends_with("queued as Q0\r\n421 4.3.2 Service shutting down, try again later\r\n"));
-    assert!(h.closed);
+    assert_eq!(h.closed, Some(CloseReason::Shutdown));
 }
 
 #[test]
@@ -602,7 +747,7 @@ fn rfc3030_bdat_without_transaction_consumes_its_octets() {
     // The chunk holds commands; they must never run.
     let r = h.feed(b"BDAT 41\r\nMAIL FROM:<e@x>\r\nRCPT TO:<v@test>\r\nQUIT\r\nNOOP\r\n");
     assert_eq!(r, "503 5.5.1 Send MAIL first\r\n250 2.0.0 Ok\r\n");
-    assert!(!h.closed);
+    assert_eq!(h.closed, None);
     h.feed(b"MAIL FROM:<a@b>\r\n");
     assert_eq!(h.feed(b"BDAT 2\r\nhi"), "554 5.5.1 No valid recipients\r\n");
 }
@@ -704,7 +849,7 @@ fn rfc3030_bdat_needs_ehlo_and_its_octets_are_still_consumed() {
         h.feed(b"BDAT 6 LAST\r\nQUIT\r\n"),
         "503 5.5.1 BDAT requires EHLO\r\n"
     );
-    assert!(!h.closed);
+    assert_eq!(h.closed, None);
     assert!(h.stored.is_empty());
 }
 
@@ -718,7 +863,7 @@ fn malformed_bdat_closes_since_its_chunk_end_is_unknown() {
         r.ends_with("421 4.5.4 Malformed BDAT: cannot tell where its data ends, closing\r\n"),
         "{r}"
     );
-    assert!(h.closed);
+    assert_eq!(h.closed, Some(CloseReason::BdatUnknownSize));
 }
 
 #[test]
@@ -733,7 +878,26 @@ fn shutdown_refuses_a_new_transaction_pipelined_after_the_last() {
     assert!(h
         .all_out()
         .ends_with("queued as Q0\r\n421 4.3.2 Service shutting down, try again later\r\n"));
-    assert!(h.closed);
+    assert_eq!(h.closed, Some(CloseReason::Shutdown));
+}
+
+#[test]
+fn shutdown_closes_at_the_same_command_however_the_input_is_read() {
+    for read in [1, 5, usize::MAX] {
+        let mut h = Harness::new();
+        h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\n");
+        assert!(!h.s.handle_shutdown(&mut h.out), "in a transaction");
+        let before = h.out.len();
+        for chunk in b"RSET\r\nNOOP\r\nNOOP\r\n".chunks(read) {
+            h.feed(chunk);
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&h.out[before..]),
+            "250 2.0.0 Ok\r\n421 4.3.2 Service shutting down, try again later\r\n",
+            "reads of {read}"
+        );
+        assert_eq!(h.closed, Some(CloseReason::Shutdown));
+    }
 }
 
 #[test]
@@ -767,14 +931,18 @@ fn empty_body() {
 
 /// Feeds `input` in reads cut at `cuts`; returns replies, stored messages
 /// and whether the session closed.
-fn run_split(cfg: &SmtpConfig, input: &[u8], cuts: &[usize]) -> (String, Vec<Stored>, usize, bool) {
+fn run_split(
+    cfg: &SmtpConfig,
+    input: &[u8],
+    cuts: &[usize],
+) -> (String, Vec<Stored>, usize, Option<CloseReason>) {
     let mut h = Harness::with(cfg.clone());
     let mut last = 0;
     for &c in cuts.iter().chain(std::iter::once(&input.len())) {
         let c = c.clamp(last, input.len());
         h.feed(&input[last..c]);
         last = c;
-        if h.closed {
+        if h.closed.is_some() {
             break;
         }
     }
@@ -841,6 +1009,66 @@ proptest! {
     }
 }
 
+/// The replay's comparison is what the fuzz targets rely on: it must tell a
+/// run that stored different bytes, or answered differently, from the
+/// reference, and agree with itself however the input is split.
+#[test]
+fn replay_compare_catches_a_divergent_pair() {
+    use super::replay::{compare, record, Step};
+    let cfg = Rc::new(cfg());
+    let a: &[u8] =
+        b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\nDATA\r\nbody\r\n.\r\nQUIT\r\n";
+    let b: &[u8] =
+        b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\nDATA\r\nbodx\r\n.\r\nQUIT\r\n";
+    let ra = record(&cfg, LIFETIME, &[Step::Bytes(a)], usize::MAX);
+    assert_eq!(ra.bodies, vec![b"body\r\n".to_vec()]);
+    assert_eq!(ra.closed, Some(CloseReason::Quit));
+    // Same replies, one body byte apart.
+    let rb = record(&cfg, LIFETIME, &[Step::Bytes(b)], usize::MAX);
+    assert_eq!(ra.replies, rb.replies);
+    let e = compare(&ra, &rb).unwrap_err();
+    assert!(e.contains("stored bodies differ"), "{e}");
+    // A failed commit answers differently.
+    let fail = [Step::FailNextCommit(CommitError::Io), Step::Bytes(a)];
+    let rc = record(&cfg, LIFETIME, &fail, usize::MAX);
+    assert!(String::from_utf8_lossy(&rc.replies).contains("451 4.3.0"));
+    let e = compare(&ra, &rc).unwrap_err();
+    assert!(e.contains("replies differ"), "{e}");
+    // And the same input split into single bytes agrees.
+    assert_eq!(
+        compare(&ra, &record(&cfg, LIFETIME, &[Step::Bytes(a)], 1)),
+        Ok(())
+    );
+}
+
+#[test]
+fn replay_scripts_time_and_shutdown() {
+    use super::replay::{record, Step};
+    let cfg = Rc::new(cfg());
+    let idle = [
+        Step::Bytes(b"EHLO c\r\n"),
+        Step::Advance(Duration::from_secs(299)),
+        Step::Bytes(b"NOOP\r\n"),
+        Step::Advance(Duration::from_secs(300)),
+        Step::Bytes(b"NOOP\r\n"),
+    ];
+    let r = record(&cfg, LIFETIME, &idle, 3);
+    assert_eq!(r.closed, Some(CloseReason::Timeout));
+    assert!(String::from_utf8_lossy(&r.replies)
+        .ends_with("250 2.0.0 Ok\r\n421 4.4.2 Timeout waiting for input, closing connection\r\n"));
+    let shut = [
+        Step::Bytes(ENVELOPE),
+        Step::Shutdown,
+        Step::Bytes(b"x\r\n.\r\nMAIL FROM:<a@b>\r\n"),
+    ];
+    let r = record(&cfg, LIFETIME, &shut, 2);
+    assert_eq!(r.closed, Some(CloseReason::Shutdown));
+    assert_eq!(r.messages, 1);
+    let cut = [Step::Bytes(ENVELOPE), Step::Bytes(b"x\r\n"), Step::HardStop];
+    let r = record(&cfg, LIFETIME, &cut, 5);
+    assert_eq!((r.closed, r.messages), (Some(CloseReason::CutOff), 0));
+}
+
 /// Every input the fuzzers ever crashed on, committed under
 /// `fuzz/regressions/<target>/`, replayed through the targets' own code.
 #[test]
@@ -859,4 +1087,54 @@ fn fuzz_regressions_replay() {
         }
     }
     assert!(n > 0, "no regression inputs found under {}", root.display());
+}
+
+/// Issue 16's bar for the engine: no function over 70 lines, so that the
+/// next commands (STARTTLS, AUTH) land as handlers, not as branches of a
+/// long one. Measured from a `fn` line to the line where its braces
+/// balance; prints the longest (`cargo test --lib engine_functions_stay_short
+/// -- --nocapture`).
+#[test]
+fn engine_functions_stay_short() {
+    const MAX_LINES: usize = 70;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/protocol/session");
+    let mut fns = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            let Some(at) = code.find("fn ") else { continue };
+            let head = code[..at].trim();
+            let words_ok = head
+                .split_whitespace()
+                .all(|w| matches!(w, "pub" | "pub(super)" | "pub(crate)" | "async" | "const"));
+            if !words_ok {
+                continue;
+            }
+            let (mut depth, mut opened) = (0i64, false);
+            let mut end = i;
+            for (j, l) in lines.iter().enumerate().skip(i) {
+                let c = l.split("//").next().unwrap_or("");
+                depth += c.matches('{').count() as i64 - c.matches('}').count() as i64;
+                opened |= c.contains('{');
+                end = j;
+                if (opened && depth <= 0) || (!opened && c.trim_end().ends_with(';')) {
+                    break;
+                }
+            }
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            fns.push((end - i + 1, format!("{name}:{}", i + 1)));
+        }
+    }
+    fns.sort();
+    let (longest, at) = fns.last().expect("no functions found");
+    println!("longest engine function: {longest} lines at {at}");
+    assert!(
+        fns.len() > 20,
+        "the scan found only {} functions",
+        fns.len()
+    );
+    assert!(*longest <= MAX_LINES, "{at} is {longest} lines");
 }

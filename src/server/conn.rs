@@ -3,12 +3,14 @@
 //! message bodies into the shard's store.
 //!
 //! Owns: the read buffer (compacted, released when idle), the reply buffer
-//! (one write per batch of input: RFC 2920 pipelining), read and write
-//! timeouts (RFC 5321 §4.5.3.2 via [`Session::read_timeout`]), the
-//! connection lifetime limit, reacting to shutdown, the lingering close, and
-//! the per-connection and per-message log lines.
-//! Leaves to the session: every SMTP decision and reply text; to the store:
-//! durability; to [`super::shard`]: accepting and the connection limit.
+//! (one write per batch of input: RFC 2920 pipelining), the timer for the
+//! session's deadlines (read timeouts and the connection lifetime, from
+//! [`Session::poll_timeout`]) and the write timeout, reacting to shutdown,
+//! the lingering close, turning away a connection over the shard's limit,
+//! and the per-connection and per-message log lines.
+//! Leaves to the session: every SMTP decision, reply text and deadline, and
+//! why it closed; to the store: durability; to [`super::shard`]: accepting
+//! and counting connections against the limit.
 //!
 //! A connection never blocks its shard: every wait (read, write, commit) is
 //! an await on the shard's executor, so a slow or silent client only holds
@@ -25,9 +27,9 @@ use glommio::net::TcpStream;
 use glommio::sync::StaticPermit;
 use glommio::timer::sleep;
 
-use super::shard::{ActiveGuard, Shard, Stats};
+use super::shard::{ActiveGuard, Shard, Stats, OVERLOAD_WAIT};
 use super::store::{self, EnvelopeRecord, MessageWriter, ShardSpool, SpoolError};
-use crate::protocol::{reply, trace, ClientInfo, CommitError, Event, Session};
+use crate::protocol::{reply, trace, ClientInfo, CloseReason, CommitError, Event, Session};
 
 /// A connection that has waited this long for input gives its read and reply
 /// buffers back to the allocator and waits with a 1-byte read instead, so an
@@ -51,8 +53,13 @@ pub(crate) async fn serve(
     let started = Instant::now();
     let peer = stream.peer_addr().ok();
     let mut out = Vec::with_capacity(shard.server.write_buffer_bytes);
-    let session = Session::new(Rc::clone(&shard.smtp), ClientInfo { peer }, &mut out);
-    let deadline = started.checked_add(shard.server.max_connection_lifetime);
+    let session = Session::new(
+        Rc::clone(&shard.smtp),
+        ClientInfo { peer },
+        started,
+        shard.server.max_connection_lifetime,
+        &mut out,
+    );
     let mut c = Conn {
         shard,
         stream,
@@ -60,46 +67,92 @@ pub(crate) async fn serve(
         rbuf: ReadBuf::default(),
         out,
         msg: Msg::None,
-        deadline,
         shutdown_seen: false,
         bytes_in: 0,
         bytes_out: 0,
     };
     let outcome = c.run().await;
-    crate::info!(
-        "conn peer={} shard={} duration_ms={} messages={} bytes_in={} bytes_out={} outcome={}",
-        PeerDisplay(peer),
-        c.shard.id,
-        started.elapsed().as_millis(),
-        c.session.messages_accepted(),
-        c.bytes_in,
-        c.bytes_out,
-        outcome,
-    );
+    let log = ConnLog {
+        peer,
+        shard: c.shard.id,
+        started,
+        messages: c.session.messages_accepted(),
+        bytes_in: c.bytes_in,
+        bytes_out: c.bytes_out,
+    };
+    log.write(outcome);
     drop(c);
     drop(permit);
     drop(guard);
 }
 
+/// Over the shard's connection limit: `421 4.3.2` and close (RFC 5321
+/// §3.8), with the same log line as a served connection.
+pub(crate) async fn reject(shard: Rc<Shard>, mut stream: TcpStream, guard: ActiveGuard) {
+    let started = Instant::now();
+    let peer = stream.peer_addr().ok();
+    // A fresh socket's send buffer is empty: this write does not block;
+    // the bound only keeps a broken socket from holding the task.
+    let ok = future::or(
+        async { stream.write_all(reply::TOO_MANY_CONNECTIONS).await.is_ok() },
+        async {
+            sleep(OVERLOAD_WAIT).await;
+            false
+        },
+    )
+    .await;
+    let _ = stream.close().await;
+    let log = ConnLog {
+        peer,
+        shard: shard.id,
+        started,
+        messages: 0,
+        bytes_in: 0,
+        bytes_out: if ok {
+            reply::TOO_MANY_CONNECTIONS.len() as u64
+        } else {
+            0
+        },
+    };
+    log.write(Outcome::TooManyConnections);
+    drop(guard);
+}
+
+/// The facts of the one line logged per connection.
+struct ConnLog {
+    peer: Option<SocketAddr>,
+    shard: u32,
+    started: Instant,
+    messages: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl ConnLog {
+    fn write(&self, outcome: Outcome) {
+        crate::info!(
+            "conn peer={} shard={} duration_ms={} messages={} bytes_in={} bytes_out={} outcome={}",
+            PeerDisplay(self.peer),
+            self.shard,
+            self.started.elapsed().as_millis(),
+            self.messages,
+            self.bytes_in,
+            self.bytes_out,
+            outcome,
+        );
+    }
+}
+
 /// How a connection ended, for its log line.
 #[derive(Debug)]
 enum Outcome {
-    /// QUIT, answered 221.
-    Quit,
-    /// The session closed after the reply with this code (421 for too many
-    /// errors, 500 for an HTTP request, ...).
-    Closed(u16),
+    /// The session closed, and says why (QUIT, timeout, lifetime, too many
+    /// errors, shutdown, cut off by the hard stop, ...).
+    Session(CloseReason),
     /// The client closed without QUIT.
     PeerClosed,
-    /// No input within the session's read timeout: 421 4.4.2.
-    Timeout,
-    /// server.max_connection_lifetime reached: 421 4.4.2.
-    Lifetime,
-    /// Server shutdown: 421 4.3.2 (at once if idle, after the transaction
-    /// otherwise).
-    Shutdown,
-    /// The grace period ran out mid-transaction: 421 4.3.2, message dropped.
-    CutOff,
+    /// Over the shard's connection limit: 421 4.3.2 before any session.
+    TooManyConnections,
     /// Reading failed.
     ReadError(io::ErrorKind),
     /// Writing failed.
@@ -113,13 +166,9 @@ enum Outcome {
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Outcome::Quit => f.write_str("quit"),
-            Outcome::Closed(code) => write!(f, "closed-{code}"),
+            Outcome::Session(reason) => f.write_str(reason.as_str()),
             Outcome::PeerClosed => f.write_str("peer-closed"),
-            Outcome::Timeout => f.write_str("timeout"),
-            Outcome::Lifetime => f.write_str("lifetime"),
-            Outcome::Shutdown => f.write_str("shutdown"),
-            Outcome::CutOff => f.write_str("cut-off"),
+            Outcome::TooManyConnections => f.write_str("too-many-connections"),
             Outcome::ReadError(k) => write!(f, "read-error:{k:?}"),
             Outcome::WriteError(k) => write!(f, "write-error:{k:?}"),
             Outcome::WriteTimeout => f.write_str("write-timeout"),
@@ -129,7 +178,7 @@ impl fmt::Display for Outcome {
 }
 
 /// `-` for an unknown peer.
-pub(crate) struct PeerDisplay(pub(crate) Option<SocketAddr>);
+struct PeerDisplay(Option<SocketAddr>);
 
 impl fmt::Display for PeerDisplay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -236,8 +285,6 @@ struct Conn {
     /// Replies not yet written.
     out: Vec<u8>,
     msg: Msg,
-    /// End of server.max_connection_lifetime (`None`: too far to represent).
-    deadline: Option<Instant>,
     /// `handle_shutdown` was called.
     shutdown_seen: bool,
     bytes_in: u64,
@@ -247,16 +294,15 @@ struct Conn {
 /// What `process` left to do.
 enum Step {
     NeedInput,
-    Close,
+    Close(CloseReason),
 }
 
 impl Conn {
     async fn run(&mut self) -> Outcome {
         loop {
-            if let Step::Close = self.process().await {
-                let outcome = self.closed_outcome();
+            if let Step::Close(reason) = self.process().await {
                 self.finish().await;
-                return outcome;
+                return Outcome::Session(reason);
             }
             // RFC 2920: everything the batch produced leaves in one write.
             if let Err(o) = self.flush().await {
@@ -273,21 +319,17 @@ impl Conn {
                 }
                 continue;
             }
-            let (wake, by_lifetime) = self.wait_input().await;
-            match wake {
+            match self.wait_input().await {
                 Wake::Data(n) => self.bytes_in += n as u64,
                 Wake::Eof => return Outcome::PeerClosed,
                 Wake::Error(e) => return Outcome::ReadError(e.kind()),
-                Wake::Timer if by_lifetime => {
-                    self.session
-                        .close_with(&mut self.out, reply::LIFETIME_EXCEEDED);
-                    self.finish().await;
-                    return Outcome::Lifetime;
-                }
                 Wake::Timer => {
-                    self.session.handle_timeout(&mut self.out);
-                    self.finish().await;
-                    return Outcome::Timeout;
+                    // `None`: not due yet (a timer that fired early); wait
+                    // again, as after any other wake-up.
+                    if let Some(r) = self.session.handle_timeout(Instant::now(), &mut self.out) {
+                        self.finish().await;
+                        return Outcome::Session(r);
+                    }
                 }
                 Wake::Shutdown => {
                     if let Some(o) = self.on_shutdown().await {
@@ -305,31 +347,29 @@ impl Conn {
         self.shutdown_seen = true;
         if self.session.handle_shutdown(&mut self.out) {
             self.finish().await;
-            return Some(Outcome::Shutdown);
+            return Some(Outcome::Session(CloseReason::Shutdown));
         }
         None
     }
 
     /// The grace period is over: `421` now, whatever is in flight.
     async fn cut_off(&mut self) -> Outcome {
-        let in_tx = self.session.in_transaction();
-        self.session.close_with(&mut self.out, reply::SHUTTING_DOWN);
+        let reason = self.session.handle_hard_stop(&mut self.out);
         if let Msg::Open(w) = std::mem::replace(&mut self.msg, Msg::None) {
             w.abort();
         }
         self.finish().await;
-        if in_tx {
-            Outcome::CutOff
-        } else {
-            Outcome::Shutdown
-        }
+        Outcome::Session(reason)
     }
 
     /// Feeds all unconsumed input to the session and acts on its events
     /// until it needs more input or closes.
     async fn process(&mut self) -> Step {
         loop {
-            let (used, ev) = self.session.handle_input(self.rbuf.data(), &mut self.out);
+            let now = Instant::now();
+            let (used, ev) = self
+                .session
+                .handle_input(now, self.rbuf.data(), &mut self.out);
             match ev {
                 Event::NeedInput => {
                     self.rbuf.consume(used);
@@ -357,12 +397,12 @@ impl Conn {
                     self.rbuf.consume(used);
                     self.commit_message().await;
                 }
-                Event::Close => {
+                Event::Close(reason) => {
                     self.rbuf.consume(used);
                     if let Msg::Open(w) = std::mem::replace(&mut self.msg, Msg::None) {
                         w.abort();
                     }
-                    return Step::Close;
+                    return Step::Close(reason);
                 }
             }
         }
@@ -442,21 +482,6 @@ impl Conn {
         }
     }
 
-    /// The code of the last reply, to say why the session closed.
-    fn closed_outcome(&self) -> Outcome {
-        let out = self.out.strip_suffix(b"\r\n").unwrap_or(&self.out);
-        let last = out.rsplit(|&b| b == b'\n').next().unwrap_or(&[]);
-        let code = std::str::from_utf8(last.get(..3).unwrap_or(b""))
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        if code == 221 {
-            Outcome::Quit
-        } else {
-            Outcome::Closed(code)
-        }
-    }
-
     /// Writes the reply buffer, bounded by the session's timeout (a client
     /// that does not read its replies is as stalled as one that does not
     /// send) and by the hard stop.
@@ -511,18 +536,19 @@ impl Conn {
         }
     }
 
-    /// Waits for input, the session's read timeout (or the end of the
-    /// connection's lifetime, whichever is first; `true` for the latter),
-    /// shutdown or hard stop.
-    async fn wait_input(&mut self) -> (Wake, bool) {
-        let timeout = self.session.read_timeout();
-        let life = self
-            .deadline
-            .map(|d| d.saturating_duration_since(Instant::now()));
-        let (limit, by_lifetime) = match life {
-            Some(l) if l <= timeout => (l, true),
-            _ => (timeout, false),
+    /// Waits for input, the session's next deadline, shutdown or hard stop.
+    /// A deadline already passed wins over input that is waiting, so a
+    /// client that keeps sending still meets the lifetime limit.
+    async fn wait_input(&mut self) -> Wake {
+        let now = Instant::now();
+        let limit = match self.session.poll_timeout() {
+            Some(d) => d.saturating_duration_since(now),
+            // Too far to represent: the read timeout is the bound.
+            None => self.session.read_timeout(),
         };
+        if limit.is_zero() {
+            return Wake::Timer;
+        }
         let size = self.shard.server.read_buffer_bytes;
         let watch_shutdown = !self.shutdown_seen;
         let first = limit.min(IDLE_RELEASE);
@@ -534,15 +560,15 @@ impl Conn {
                 "shard {}: read buffer full and unconsumed (engine bug); closing",
                 self.shard.id
             );
-            return (Wake::Stuck, false);
+            return Wake::Stuck;
         }
         let wake = wait_readable(&mut self.stream, spare, first, &self.shard, watch_shutdown).await;
         if let Wake::Data(n) = wake {
             self.rbuf.filled(n);
-            return (wake, false);
+            return wake;
         }
         if !matches!(wake, Wake::Timer) || limit <= IDLE_RELEASE {
-            return (wake, by_lifetime);
+            return wake;
         }
         // Idle: give the buffers back and wait with a 1-byte read.
         let held = (self.rbuf.buf.capacity(), self.out.capacity());
@@ -570,9 +596,8 @@ impl Conn {
             let spare = self.rbuf.spare(size);
             spare[..n].copy_from_slice(&one[..n]);
             self.rbuf.filled(n);
-            return (wake, false);
         }
-        (wake, by_lifetime)
+        wake
     }
 }
 

@@ -6,7 +6,8 @@
 //! the store) and the shard's counters. Everything here is single-threaded
 //! (`Rc`, `Cell`); the only thing that crosses threads is the byte on the
 //! stop socket that [`super`] writes when a signal arrives.
-//! Leaves to [`super::conn`]: everything that happens on a client socket.
+//! Leaves to [`super::conn`]: everything that happens on a client socket,
+//! including the `421` to a connection over the limit.
 
 use std::cell::Cell;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
@@ -14,15 +15,14 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
-use glommio::net::{TcpListener, TcpStream, UnixStream};
+use futures_lite::{future, AsyncReadExt};
+use glommio::net::{TcpListener, UnixStream};
 use glommio::sync::{Semaphore, StaticPermit};
 use glommio::timer::sleep;
 
 use super::conn;
 use super::store;
 use crate::config::{Config, ServerConfig, SmtpConfig};
-use crate::protocol::reply;
 
 /// When the shard is full, how long the accept loop waits for a slot before
 /// it accepts the next connection anyway and answers it `421 4.3.2`. Meanwhile
@@ -31,7 +31,7 @@ use crate::protocol::reply;
 /// client over the limit hears `421` in a fraction of a second instead of
 /// sitting silent until its 5-minute greeting timeout (RFC 5321 §4.5.3.2.1)
 /// on a shard that cannot serve it.
-const OVERLOAD_WAIT: Duration = Duration::from_millis(100);
+pub(crate) const OVERLOAD_WAIT: Duration = Duration::from_millis(100);
 
 /// After `accept` fails for lack of file descriptors or memory, pause before
 /// trying again rather than spin on the same error.
@@ -378,37 +378,9 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             }
             Slot::Full => {
                 Stats::add(&shard.stats.rejected, 1);
-                glommio::spawn_local(reject(Rc::clone(&shard), stream, guard)).detach();
+                glommio::spawn_local(conn::reject(Rc::clone(&shard), stream, guard)).detach();
             }
             Slot::Shutdown => unreachable!("returned above"),
         }
     }
-}
-
-/// Over the connection limit: `421 4.3.2` and close (RFC 5321 §3.8).
-async fn reject(shard: Rc<Shard>, mut stream: TcpStream, _guard: ActiveGuard) {
-    let peer = stream.peer_addr().ok();
-    let start = std::time::Instant::now();
-    // A fresh socket's send buffer is empty: this write does not block.
-    let ok = future::or(
-        async { stream.write_all(reply::TOO_MANY_CONNECTIONS).await.is_ok() },
-        async {
-            sleep(OVERLOAD_WAIT).await;
-            false
-        },
-    )
-    .await;
-    let _ = stream.close().await;
-    crate::info!(
-        "conn peer={} shard={} duration_ms={} messages=0 bytes_in=0 bytes_out={} \
-         outcome=too-many-connections",
-        conn::PeerDisplay(peer),
-        shard.id,
-        start.elapsed().as_millis(),
-        if ok {
-            reply::TOO_MANY_CONNECTIONS.len()
-        } else {
-            0
-        },
-    );
 }

@@ -1,0 +1,181 @@
+//! One handler per command. Each checks the command against the session's
+//! state, updates that state and returns its reply plus an [`Effect`];
+//! none writes a reply itself ([`Session::respond`] does). Handlers that
+//! switch to reading a body set the mode; the body itself is [`super::body`]'s.
+
+use super::super::command::{self, BodyType, Command, MailParams};
+use super::super::reply;
+use super::{Answer, Reply};
+use super::{BdatText, CloseReason, Effect, Greeted, Handled, Mode, Session, Tx};
+
+impl Session {
+    /// Parses one command line (terminator removed) and runs its handler.
+    pub(super) fn command(&mut self, line: &[u8]) -> Handled<'static> {
+        let cmd = match command::parse(line) {
+            Ok(c) => c,
+            // Without a valid size we cannot tell where the chunk that
+            // follows ends; reading it as commands would let its bytes
+            // smuggle commands in. Close instead.
+            Err(command::ParseError::BdatSyntax) => {
+                return Handled::with(
+                    Answer::Line(reply::BDAT_SYNTAX),
+                    Effect::Close(CloseReason::BdatUnknownSize),
+                )
+            }
+            Err(e) => return Handled::error(e.reply()),
+        };
+        match cmd {
+            Command::Helo(name) => self.helo(name, Greeted::Helo),
+            Command::Ehlo(name) => self.helo(name, Greeted::Ehlo),
+            Command::Mail {
+                from,
+                params,
+                raw_params,
+            } => self.mail(from, params, raw_params),
+            Command::Rcpt { to } => self.rcpt(to),
+            Command::Data => self.data_command(),
+            Command::Bdat { size, last } => self.bdat_command(size, last),
+            Command::Rset => Handled {
+                answer: Some(Answer::Line(reply::OK)),
+                effect: self.reset_transaction(),
+            },
+            Command::Noop => Handled::reply(reply::OK),
+            Command::Quit => Handled::close(CloseReason::Quit),
+            Command::Vrfy => Handled::reply(reply::VRFY),
+            Command::Help => Handled::reply(reply::HELP),
+            Command::NotImplemented => Handled::error(reply::NOT_IMPLEMENTED),
+            Command::Http => Handled::close(CloseReason::Http),
+        }
+    }
+
+    /// HELO and EHLO (RFC 5321 §4.1.1.1).
+    fn helo(&mut self, name: &str, how: Greeted) -> Handled<'static> {
+        self.helo.clear();
+        self.helo.push_str(name);
+        self.greeted = how;
+        let answer = if how == Greeted::Ehlo {
+            Answer::Ehlo
+        } else {
+            Answer::Helo
+        };
+        // RFC 5321 §4.1.4: HELO/EHLO resets any transaction.
+        Handled::with(answer, self.reset_transaction())
+    }
+
+    /// MAIL FROM (RFC 5321 §4.1.1.2).
+    fn mail(&mut self, from: &str, params: MailParams, raw_params: &str) -> Handled<'static> {
+        // Shutting down: no new transaction (one pipelined right after the
+        // last message would otherwise hold the session open until the
+        // grace period cuts it off).
+        if self.shutdown_requested {
+            return Handled::close(CloseReason::Shutdown);
+        }
+        if let Some(r) = self.mail_refusal(from, &params, raw_params) {
+            return Handled::error(r);
+        }
+        self.arena.set_mail(from, params, raw_params);
+        self.tx = Tx::Envelope;
+        Handled::reply(reply::SENDER_OK)
+    }
+
+    /// Why MAIL cannot start a transaction now, if it cannot.
+    fn mail_refusal(&self, from: &str, params: &MailParams, raw_params: &str) -> Option<Reply> {
+        if self.greeted == Greeted::No {
+            return Some(reply::NEED_HELO);
+        }
+        if self.tx != Tx::Idle {
+            return Some(reply::NESTED_MAIL);
+        }
+        // Parameters belong to extensions, which HELO did not negotiate.
+        if self.greeted == Greeted::Helo && !raw_params.is_empty() {
+            return Some(reply::BAD_PARAM);
+        }
+        if !from.is_ascii() && !params.smtputf8 {
+            return Some(reply::UTF8_NOT_ALLOWED);
+        }
+        // RFC 1870 §6.1: refuse a declared size over the limit up front.
+        if params.size.is_some_and(|s| s > self.cfg.max_message_bytes) {
+            return Some(reply::MESSAGE_TOO_BIG);
+        }
+        None
+    }
+
+    /// RCPT TO (RFC 5321 §4.1.1.3).
+    fn rcpt(&mut self, to: &str) -> Handled<'static> {
+        if self.tx != Tx::Envelope {
+            return Handled::error(reply::NEED_MAIL);
+        }
+        if !to.is_ascii() && !self.arena.params.smtputf8 {
+            return Handled::error(reply::UTF8_NOT_ALLOWED);
+        }
+        if !self.accepts_domain(to) {
+            return Handled::error(reply::RELAY_DENIED);
+        }
+        if self.arena.rcpt_count() >= self.cfg.max_recipients {
+            // RFC 5321 §4.5.3.1.10: 452, and not a protocol error.
+            return Handled::reply(reply::TOO_MANY_RECIPIENTS);
+        }
+        self.arena.add_rcpt(to);
+        Handled::reply(reply::RECIPIENT_OK)
+    }
+
+    /// Recipient domain policy: no open relay (RFC 5321 §3.6.2).
+    fn accepts_domain(&self, to: &str) -> bool {
+        match to.rsplit_once('@') {
+            // Only `postmaster` parses without a domain (§4.5.1).
+            None => true,
+            Some((_, domain)) => self
+                .cfg
+                .accepted_domains
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(domain)),
+        }
+    }
+
+    /// DATA (RFC 5321 §4.1.1.4): `354`, then the body in [`Mode::Data`].
+    fn data_command(&mut self) -> Handled<'static> {
+        match self.tx {
+            Tx::Idle => return Handled::error(reply::NEED_MAIL),
+            Tx::Chunking => return Handled::error(reply::DATA_AFTER_BDAT),
+            Tx::Envelope => {}
+        }
+        if self.arena.rcpt_count() == 0 {
+            return Handled::error(reply::NEED_RCPT);
+        }
+        if self.arena.params.body == BodyType::BinaryMime {
+            return Handled::error(reply::BINARYMIME_NEEDS_BDAT);
+        }
+        self.body_bytes = 0;
+        self.data_searched = 0;
+        self.mode = Mode::Data {
+            at_line_start: true,
+            fault: None,
+        };
+        Handled::with(Answer::Line(reply::START_DATA), Effect::MessageStart)
+    }
+
+    /// BDAT (RFC 3030 §2): the chunk's octets follow whatever the reply, so
+    /// they are always consumed, never read as commands; a refusal is the
+    /// reply after them. The first accepted chunk starts the message.
+    fn bdat_command(&mut self, size: u64, last: bool) -> Handled<'static> {
+        let reject = match self.tx {
+            // CHUNKING is advertised only in the EHLO reply.
+            _ if self.greeted != Greeted::Ehlo => Some(reply::BDAT_NEEDS_EHLO),
+            Tx::Idle => Some(reply::NEED_MAIL),
+            Tx::Envelope if self.arena.rcpt_count() == 0 => Some(reply::NEED_RCPT),
+            _ => None,
+        };
+        self.mode = Mode::BdatChunk {
+            remaining: size,
+            last,
+            reject,
+        };
+        if reject.is_none() && self.tx == Tx::Envelope {
+            self.tx = Tx::Chunking;
+            self.body_bytes = 0;
+            self.bdat_text = BdatText::default();
+            return Handled::effect(Effect::MessageStart);
+        }
+        Handled::effect(Effect::Continue)
+    }
+}
