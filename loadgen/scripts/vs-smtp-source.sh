@@ -15,7 +15,9 @@
 #
 # smtp-source does not pipeline (see its man page, BUGS), so "off"
 # (--pipelining off) is the like-for-like row; "auto" is loadgen's default,
-# which pipelines because smtp-sink advertises PIPELINING.
+# which pipelines because smtp-sink advertises PIPELINING and chains each
+# body with the next envelope; "nochain" is auto with --no-chain. The modes'
+# order also flips every round.
 #
 # Two scenarios: "kept" (one connection per session for all its messages:
 # smtp-source -d, loadgen --msgs-per-conn 0) and "churn" (a new connection per
@@ -23,7 +25,7 @@
 #
 # Usage: loadgen/scripts/vs-smtp-source.sh            (from the workspace root)
 # Knobs (environment): CONNS=16 MSGS=32000 CHURN_MSGS=8000 LEN=1024 ROUNDS=5
-#                      SCENARIOS="kept churn" MODES="auto off"
+#                      SCENARIOS="kept churn" MODES="auto nochain off"
 #                      PORT=<free port> LOADGEN=target/release/loadgen
 #                      LOADGENS="name=path name2=path2" (A/B builds; default
 #                      loadgen=$LOADGEN, built first unless LOADGEN_SKIP_BUILD)
@@ -37,7 +39,7 @@ CHURN_MSGS=${CHURN_MSGS:-8000}
 LEN=${LEN:-1024}
 ROUNDS=${ROUNDS:-5}
 SCENARIOS=${SCENARIOS:-kept churn}
-MODES=${MODES:-auto off}
+MODES=${MODES:-auto nochain off}
 LOADGEN=${LOADGEN:-target/release/loadgen}
 LOADGENS=${LOADGENS:-loadgen=$LOADGEN}
 SINK=$(command -v smtp-sink || echo /usr/sbin/smtp-sink)
@@ -94,11 +96,12 @@ run_source() { # messages, extra flags
     measured "$1" "$s" "$e"
 }
 
-run_loadgen() { # binary, messages, pipelining, msgs-per-conn
-    local s e
+run_loadgen() { # binary, messages, mode, msgs-per-conn
+    local s e mode=(--pipelining "$3")
+    [ "$3" = nochain ] && mode=(--pipelining auto --no-chain)
     s=$(now)
     taskset -c 1 "${cpu[@]}" "$1" run --target "127.0.0.1:$PORT" --connections "$CONNS" \
-        --messages "$2" --size "$SIZE" --pipelining "$3" --msgs-per-conn "$4" -q \
+        --messages "$2" --size "$SIZE" "${mode[@]}" --msgs-per-conn "$4" -q \
         | grep -q '^messages .*ok '"$2"' ' || echo "$1: not all $2 messages were accepted" >&2
     e=$(now)
     measured "$2" "$s" "$e"
@@ -112,6 +115,7 @@ ratios() {
 median() { sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.'"${1:-0}"'f", m}'; }
 spread() { sort -g | awk 'NR==1{lo=$1} {hi=$1} END {printf "%.2f..%.2f", lo, hi}'; }
 list() { printf '%.0f ' "$@"; }
+list1() { printf '%.1f ' "$@"; }
 
 echo "# $(date -u +%FT%TZ) $(uname -r), $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "# smtp-sink on CPU 0 (port $PORT); generators on CPU 1; $CONNS connections;"
@@ -119,7 +123,7 @@ echo "# smtp-source -l $LEN vs loadgen --size $SIZE; $ROUNDS rounds, runs altern
 echo "# msgs/s: median over rounds; ratio: median of the per-round ratios (min..max);"
 echo "# cpu: the generator's user+sys microseconds per message, median (and its ratio)."
 printf '%-7s %-22s %9s %6s %11s %7s %6s %11s   %s\n' scenario tool "msgs/s" ratio spread \
-    "cpu us" ratio spread "runs (msgs/s)"
+    "cpu us" ratio spread "runs (msgs/s | cpu us)"
 for scenario in $SCENARIOS; do
     if [ "$scenario" = kept ]; then n=$MSGS; sflag=-d; per=0; else n=$CHURN_MSGS; sflag=""; per=1; fi
     declare -A runs=() cpus=()
@@ -133,7 +137,12 @@ for scenario in $SCENARIOS; do
             order=()
             for ((i = ${#names[@]} - 1; i >= 0; i--)); do order+=("$i"); done
         fi
-        for mode in $MODES; do
+        modes=($MODES)
+        if [ $((round % 2)) -eq 0 ]; then
+            modes=()
+            for m in $MODES; do modes=("$m" "${modes[@]}"); done
+        fi
+        for mode in "${modes[@]}"; do
             for i in "${order[@]}"; do
                 out=$(run_loadgen "${paths[$i]}" "$n" "$mode" "$per")
                 runs[$i.$mode]+="${out% *} "
@@ -143,7 +152,8 @@ for scenario in $SCENARIOS; do
     done
     printf '%-7s %-22s %9s %6s %11s %7s %6s %11s   %s\n' "$scenario" "smtp-source" \
         "$(printf '%s\n' "${src[@]}" | median)" "1.00" "" \
-        "$(printf '%s\n' "${srccpu[@]}" | median 1)" "1.00" "" "$(list "${src[@]}")"
+        "$(printf '%s\n' "${srccpu[@]}" | median 1)" "1.00" "" \
+        "$(list "${src[@]}")| $(list1 "${srccpu[@]}")"
     for mode in $MODES; do
         for i in "${!names[@]}"; do
             r=(${runs[$i.$mode]})
@@ -154,7 +164,7 @@ for scenario in $SCENARIOS; do
                 "$(ratios "${r[*]}" "${src[*]}" | spread)" \
                 "$(printf '%s\n' "${c[@]}" | median 1)" \
                 "$(ratios "${c[*]}" "${srccpu[*]}" | median 2)" \
-                "$(ratios "${c[*]}" "${srccpu[*]}" | spread)" "$(list "${r[@]}")"
+                "$(ratios "${c[*]}" "${srccpu[*]}" | spread)" "$(list "${r[@]}")| $(list1 "${c[@]}")"
         done
         for ((i = 1; i < ${#names[@]}; i++)); do
             printf '%-7s %-22s %9s %6s %11s %7s %6s %11s\n' "$scenario" "${names[$i]}/${names[0]} $mode" "" \

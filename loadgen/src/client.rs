@@ -101,6 +101,8 @@ pub struct Settings {
     pub bdat: bool,
     /// Record acknowledged queue ids.
     pub ack_log: bool,
+    /// Chain messages on pipelined DATA connections (see [`Conn::send_mail`]).
+    pub chain: bool,
 }
 
 /// An open SMTP session, past greeting and EHLO.
@@ -121,6 +123,10 @@ pub struct Conn {
     pub chunking: bool,
     /// Transactions attempted on this connection.
     pub transactions: u64,
+    /// When chaining: the next message's MAIL, RCPTs and DATA went out with
+    /// the previous body, in the write that began at this instant; its
+    /// replies follow the previous message's final reply.
+    envelope_sent: Option<Instant>,
 }
 
 /// Initial read buffer: a few pipelined replies fit; grows only for long EHLO replies.
@@ -167,6 +173,7 @@ impl Conn {
             pipelining: false,
             chunking: false,
             transactions: 0,
+            envelope_sent: None,
         };
 
         // RFC 5321 §4.3.1: 220 to go on; 554 (or a 4xx) to refuse.
@@ -213,7 +220,20 @@ impl Conn {
     /// Sends one message of `payload` with DATA or BDAT.
     ///
     /// A refusal leaves the connection usable unless the code was 421 (RFC 5321
-    /// §3.8: the server is closing); the caller sends RSET before reusing it.
+    /// §3.8: the server is closing); the caller sends RSET before reusing it,
+    /// unless the next message is chained.
+    ///
+    /// Chaining (pipelined DATA with [`Settings::chain`]): once the 354 is in
+    /// and a recipient was accepted, `chain_next` is asked whether another
+    /// message follows on this connection; if it says yes, the body goes out
+    /// in one write with the next message's MAIL, RCPTs and DATA (RFC 2920
+    /// §3.1), and the next call's envelope replies are read after this
+    /// message's final reply. The server processes them in order, so each
+    /// reply belongs to the command at its position: this message's
+    /// end-of-data reply first, then the next one's MAIL, RCPT and DATA. After
+    /// a chained write the caller must not send RSET: the end-of-data reply
+    /// ends the transaction whatever its code (RFC 5321 §4.1.1.4), and an RSET
+    /// would land behind the next DATA, inside the next message's content.
     ///
     /// # Errors
     /// A [`Failure`] when the connection broke or the server broke the protocol.
@@ -223,9 +243,13 @@ impl Conn {
         msgs: &Messages,
         payload: &Payload,
         rec: &Recorder,
+        chain_next: impl FnOnce() -> bool,
     ) -> Result<Outcome, Failure> {
         self.transactions += 1;
-        let t0 = Instant::now();
+        // A chained envelope was written with the previous body: the
+        // transaction began with that write.
+        let chained = self.envelope_sent.take();
+        let t0 = chained.unwrap_or_else(Instant::now);
         let env = &msgs.envelope;
         // `blocked`: the code that stopped the transaction before any body
         // could be accepted (MAIL refused, or every RCPT refused).
@@ -257,7 +281,9 @@ impl Conn {
             }
         } else {
             let (blocked, data) = if self.pipelining {
-                self.write(&env.pipelined_data, Command::Mail).await?;
+                if chained.is_none() {
+                    self.write(&env.pipelined_data, Command::Mail).await?;
+                }
                 let blocked = self.envelope_replies(env.rcpts.len(), rec).await?;
                 (blocked, self.read_reply(Command::Data, rec).await?)
             } else {
@@ -277,14 +303,22 @@ impl Conn {
                 _ => return Err(unexpected(Command::Data, data.code)),
             }
             // RFC 2920 §3.1: a 354 after every recipient failed still needs
-            // the data ended; send an empty one.
+            // the data ended; send an empty one. Such a message is not
+            // chained: it is refused anyway, and the caller resets.
+            let chain = blocked.is_none() && self.pipelining && s.chain && chain_next();
             let body: &[u8] = if blocked.is_some() {
                 b".\r\n"
+            } else if chain {
+                &payload.chained
             } else {
                 &payload.data_body
             };
+            let write_start = Instant::now();
             self.write(body, Command::DataEnd).await?;
             let sent = Instant::now();
+            if chain {
+                self.envelope_sent = Some(write_start);
+            }
             (
                 blocked,
                 self.read_reply(Command::DataEnd, rec).await?,

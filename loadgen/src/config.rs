@@ -202,6 +202,9 @@ pub struct RunConfig {
     pub msgs_per_conn: u64,
     /// RFC 2920 command pipelining.
     pub pipelining: Pipelining,
+    /// Closed loop, pipelined DATA: end one message's data and start the next
+    /// message's envelope in the same write (RFC 2920 §3.1).
+    pub chain: bool,
     /// Send the body with BDAT (RFC 3030) instead of DATA.
     pub bdat: bool,
     /// Mail transaction or NOOP round trip.

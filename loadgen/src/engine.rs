@@ -199,6 +199,8 @@ pub fn run(cfg: RunConfig) -> Result<Summary, RunError> {
         pipelining: cfg.pipelining,
         bdat: cfg.bdat,
         ack_log: cfg.ack_log.is_some(),
+        // Open loop keeps each message's own start time: no chaining there.
+        chain: cfg.chain && cfg.load == Load::Closed && cfg.scenario == Scenario::Mail,
     };
     let plan = Arc::new(Plan {
         msgs: Messages::build(&cfg),
@@ -651,11 +653,18 @@ fn backoff(failures: u32) -> Duration {
 
 /// One connection's loop: claim a message, (re)connect if needed, send it,
 /// record how it went.
+///
+/// When chaining, the next message is claimed while the current one is being
+/// sent (its envelope goes out with the current body), so it is carried into
+/// the next iteration instead of claimed there. If the connection is lost
+/// first, the carried message is still only claimed, not lost: nothing of it
+/// was accepted or refused, and it goes out on the next connection.
 async fn worker(tl: Timeline, plan: Arc<Plan>, ctl: Rc<CoreCtl>, rec: Recorder) {
     let cfg = &plan.cfg;
     let mut conn: Option<Conn> = None;
     let mut setup_failures = 0u32;
-    while let Some(due) = ctl.claim(&tl) {
+    let mut carried: Option<Instant> = None;
+    while let Some(due) = carried.take().or_else(|| ctl.claim(&tl)) {
         sleep_until(due).await;
         let payload = if plan.msgs.payloads.len() == 1 {
             &plan.msgs.payloads[0]
@@ -689,8 +698,19 @@ async fn worker(tl: Timeline, plan: Arc<Plan>, ctl: Rc<CoreCtl>, rec: Recorder) 
         }
         // Just set above when it was None.
         let c = conn.as_mut().expect("connection open");
+        // The next message may share this connection only if it is not this
+        // message's last (`transactions` is about to count this one).
+        let room = cfg.msgs_per_conn == 0 || c.transactions + 2 <= cfg.msgs_per_conn;
+        let mut next = None;
+        let chain_next = || {
+            next = if room { ctl.claim(&tl) } else { None };
+            next.is_some()
+        };
         let result = match cfg.scenario {
-            Scenario::Mail => c.send_mail(&plan.settings, &plan.msgs, payload, &rec).await,
+            Scenario::Mail => {
+                c.send_mail(&plan.settings, &plan.msgs, payload, &rec, chain_next)
+                    .await
+            }
             Scenario::Noop => c.noop(&rec).await,
         };
         match result {
@@ -705,10 +725,12 @@ async fn worker(tl: Timeline, plan: Arc<Plan>, ctl: Rc<CoreCtl>, rec: Recorder) 
             Ok(Outcome::Refused { code }) => {
                 count_refusal(&rec, code);
                 // RFC 5321 §3.8: 421 means the server is closing the channel.
-                // Otherwise a refused transaction is reset before the next one.
+                // Otherwise a refused transaction is reset before the next
+                // one, unless the next one's envelope is already on its way
+                // (chained: the end of data has ended the transaction).
                 let usable = if code == 421 {
                     false
-                } else if cfg.scenario == Scenario::Mail {
+                } else if cfg.scenario == Scenario::Mail && next.is_none() {
                     match c.rset(&rec).await {
                         Ok(()) => true,
                         Err(f) => {
@@ -729,10 +751,11 @@ async fn worker(tl: Timeline, plan: Arc<Plan>, ctl: Rc<CoreCtl>, rec: Recorder) 
             }
         }
         ctl.finished();
+        carried = next;
         let spent = conn
             .as_ref()
             .is_some_and(|c| cfg.msgs_per_conn > 0 && c.transactions >= cfg.msgs_per_conn);
-        if spent {
+        if spent && carried.is_none() {
             quit(conn.take(), &rec).await;
         }
     }

@@ -113,6 +113,12 @@ struct RunArgs {
     #[arg(long, value_enum, default_value_t = Pipelining::Auto)]
     pipelining: Pipelining,
 
+    /// Do not chain messages: by default, in closed loop with pipelined DATA,
+    /// one message's body and final dot go in the same write as the next
+    /// message's MAIL+RCPTs+DATA (RFC 2920 §3.1), one write per message.
+    #[arg(long)]
+    no_chain: bool,
+
     /// Send bodies with BDAT (RFC 3030 CHUNKING) instead of DATA.
     #[arg(long)]
     bdat: bool,
@@ -258,6 +264,7 @@ fn to_config(a: RunArgs) -> Result<RunConfig, ConfigError> {
         rcpts: a.rcpts,
         msgs_per_conn: a.msgs_per_conn,
         pipelining: a.pipelining,
+        chain: !a.no_chain,
         bdat: a.bdat,
         scenario: a.scenario,
         from: a.from,

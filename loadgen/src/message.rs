@@ -29,6 +29,11 @@ pub struct Payload {
     pub bytes: usize,
     /// Dot-stuffed content followed by `.\r\n`, sent after `354`.
     pub data_body: Vec<u8>,
+    /// [`Payload::data_body`] followed by the next message's MAIL, RCPTs and
+    /// `DATA\r\n`: RFC 2920 §3.1 lets the content be the first command of a
+    /// pipelined group, so a chained connection ends one message and starts
+    /// the next in one write.
+    pub chained: Vec<u8>,
     /// `BDAT <n> LAST\r\n` followed by the raw content (RFC 3030 §2).
     pub bdat_chunk: Vec<u8>,
     /// Envelope (MAIL, RCPTs) followed by [`Payload::bdat_chunk`]: the whole
@@ -71,6 +76,8 @@ impl Messages {
                 let content = message_content(e.bytes, &cfg.from, &cfg.to_domain, &date);
                 let mut data_body = dot_stuff(&content);
                 data_body.extend_from_slice(b".\r\n");
+                let mut chained = data_body.clone();
+                chained.extend_from_slice(&pipelined_data);
                 let mut bdat_chunk = format!("BDAT {} LAST\r\n", content.len()).into_bytes();
                 bdat_chunk.extend_from_slice(&content);
                 let mut pipelined_bdat = pipelined_data[..envelope_len].to_vec();
@@ -78,6 +85,7 @@ impl Messages {
                 Payload {
                     bytes: content.len(),
                     data_body,
+                    chained,
                     bdat_chunk,
                     pipelined_bdat,
                 }

@@ -75,6 +75,9 @@ pub struct ConfigEcho {
     pub msgs_per_conn: u64,
     /// `--pipelining`.
     pub pipelining: crate::config::Pipelining,
+    /// Messages chained (not `--no-chain`); absent in summaries from before the flag.
+    #[serde(default)]
+    pub chain: bool,
     /// `--bdat`.
     pub bdat: bool,
     /// `--scenario`.
@@ -155,6 +158,7 @@ impl Summary {
                 rcpts: cfg.rcpts,
                 msgs_per_conn: cfg.msgs_per_conn,
                 pipelining: cfg.pipelining,
+                chain: cfg.chain,
                 bdat: cfg.bdat,
                 scenario: cfg.scenario,
             },
@@ -203,7 +207,7 @@ impl Summary {
         );
         let _ = writeln!(
             s,
-            "{}, {} connections on {} core{}, size {}, {} rcpt{}, {}, pipelining {}{}",
+            "{}, {} connections on {} core{}, size {}, {} rcpt{}, {}, pipelining {}{}{}",
             cfg.load,
             cfg.connections,
             cfg.cores,
@@ -218,6 +222,7 @@ impl Summary {
             },
             pipelining_name(cfg.pipelining),
             if cfg.bdat { ", BDAT" } else { "" },
+            if cfg.chain { "" } else { ", not chained" },
         );
         if self.aborted {
             let _ = writeln!(s, "INTERRUPTED: these totals cover only the part that ran");

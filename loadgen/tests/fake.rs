@@ -187,6 +187,205 @@ fn bdat_pipelined_and_not() {
     }
 }
 
+/// The ack log and the ids the fake server issued, sorted.
+fn acks_and_issued(acks: &std::path::Path, server: &FakeServer) -> (Vec<String>, Vec<String>) {
+    let logged = std::fs::read_to_string(acks)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let issued = server.seen.lock().unwrap().queue_ids.clone();
+    (sorted(logged), sorted(issued))
+}
+
+#[test]
+fn chaining_one_write_per_message_unless_off() {
+    // Closed loop, pipelined DATA: every message but each connection's last
+    // goes out with the next message's envelope behind its dot. Both
+    // connections claim their first message before either finishes one.
+    for (flags, chained) in [
+        (&["-c", "2", "--messages", "200"][..], 198),
+        (&["-c", "2", "--messages", "200", "--no-chain"][..], 0),
+        (
+            &["-c", "2", "--messages", "200", "--pipelining", "off"][..],
+            0,
+        ),
+        // Three messages per connection: two chained on each of ten.
+        (
+            &["-c", "1", "--messages", "30", "--msgs-per-conn", "3"][..],
+            20,
+        ),
+        // Open loop keeps each message's own start: never chained.
+        (&["-c", "2", "--rate", "200", "--messages", "40"][..], 0),
+    ] {
+        let server = FakeServer::start(Script::default());
+        let dir = TempDir::new("chain");
+        let acks = dir.path("acks.txt");
+        let mut args = flags.to_vec();
+        args.extend(["--ack-log", acks.to_str().unwrap()]);
+        let (s, out) = run_json(&server.target(), &args);
+        let n = if flags.contains(&"30") {
+            30
+        } else if flags.contains(&"40") {
+            40
+        } else {
+            200
+        };
+        assert_eq!(
+            count(&s, &["messages", "ok"]),
+            n,
+            "{flags:?}\n{}",
+            out.stdout
+        );
+        assert_eq!(count(&s, &["replies", "mail", "2xx"]), n);
+        assert_eq!(count(&s, &["replies", "data", "3xx"]), n);
+        assert_eq!(count(&s, &["replies", "data-end", "2xx"]), n);
+        assert_eq!(count(&s, &["latency_ms", "eod", "count"]), n);
+        assert_eq!(count(&s, &["latency_ms", "transaction", "count"]), n);
+        assert_eq!(s["errors"], serde_json::json!({}));
+        assert_eq!(s["config"]["chain"], !flags.contains(&"--no-chain"));
+        let (logged, issued) = acks_and_issued(&acks, &server);
+        assert_eq!(logged.len() as u64, n);
+        assert_eq!(logged, issued);
+        let seen = server.seen.lock().unwrap();
+        assert_eq!(seen.chained_eod, chained, "{flags:?}");
+        assert!(seen.data_bodies.iter().all(|&b| b == 1024));
+    }
+}
+
+#[test]
+fn chained_next_mail_refused_is_that_message_refused() {
+    // The second MAIL on each connection travels behind the first message's
+    // dot and is refused: the first message is accepted, the second refused
+    // (its RCPT and DATA get 503), and the rest go on after an RSET.
+    let server = FakeServer::start(Script {
+        nth: vec![("MAIL".into(), 2, "550 5.7.1 Sender rejected".into())],
+        ..Script::default()
+    });
+    let dir = TempDir::new("chain-mail");
+    let acks = dir.path("acks.txt");
+    let (s, out) = run_json(
+        &server.target(),
+        &[
+            "-c",
+            "1",
+            "--messages",
+            "5",
+            "--ack-log",
+            acks.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(count(&s, &["messages", "ok"]), 4, "{}", out.stdout);
+    assert_eq!(count(&s, &["messages", "perm_fail"]), 1);
+    assert_eq!(count(&s, &["replies", "mail", "5xx"]), 1);
+    assert_eq!(count(&s, &["replies", "mail", "2xx"]), 4);
+    assert_eq!(count(&s, &["replies", "rcpt", "5xx"]), 1);
+    assert_eq!(count(&s, &["replies", "data", "5xx"]), 1);
+    assert_eq!(count(&s, &["replies", "data-end", "2xx"]), 4);
+    assert_eq!(count(&s, &["replies", "rset", "2xx"]), 1);
+    assert_eq!(count(&s, &["connections", "opened"]), 1);
+    assert_eq!(count(&s, &["latency_ms", "e2e", "count"]), 4);
+    assert_eq!(s["errors"], serde_json::json!({}));
+    let (logged, issued) = acks_and_issued(&acks, &server);
+    assert_eq!(logged.len(), 4);
+    assert_eq!(logged, issued);
+    // Messages 1, 3 and 4 carried the next envelope; 2 was refused before
+    // its data and 5 was the last.
+    assert_eq!(server.seen.lock().unwrap().chained_eod, 3);
+}
+
+#[test]
+fn chained_refusal_at_end_of_data_needs_no_rset() {
+    // The second message's end of data is refused; the third message's
+    // envelope is already behind it. The refusal is the second message's,
+    // the third goes on without an RSET (which would have landed in its
+    // data) — unless chaining is off, where each refusal is reset as before.
+    // A 421 there ends the connection: the chained message is not lost but
+    // sent on the next connection.
+    for (reply, chain, temp_fail, rsets, opened) in [
+        ("451 4.3.0 Try later", true, 1, 0, 1),
+        ("451 4.3.0 Try later", false, 1, 1, 1),
+        ("421 4.3.0 Closing", true, 2, 0, 3),
+        ("421 4.3.0 Closing", false, 2, 0, 3),
+    ] {
+        let server = FakeServer::start(Script {
+            nth: vec![("DATA".into(), 2, reply.into())],
+            ..Script::default()
+        });
+        let dir = TempDir::new("chain-eod");
+        let acks = dir.path("acks.txt");
+        let mut args = vec![
+            "-c",
+            "1",
+            "--messages",
+            "5",
+            "--ack-log",
+            acks.to_str().unwrap(),
+        ];
+        if !chain {
+            args.push("--no-chain");
+        }
+        let (s, out) = run_json(&server.target(), &args);
+        let ctx = format!("{reply} chain {chain}\n{}", out.stdout);
+        assert_eq!(count(&s, &["messages", "ok"]), 5 - temp_fail, "{ctx}");
+        assert_eq!(count(&s, &["messages", "temp_fail"]), temp_fail, "{ctx}");
+        assert_eq!(
+            count(&s, &["replies", "data-end", "4xx"]),
+            temp_fail,
+            "{ctx}"
+        );
+        assert_eq!(count(&s, &["replies", "mail", "2xx"]), 5, "{ctx}");
+        assert_eq!(count(&s, &["replies", "rset", "2xx"]), rsets, "{ctx}");
+        assert_eq!(count(&s, &["connections", "opened"]), opened, "{ctx}");
+        assert_eq!(count(&s, &["latency_ms", "eod", "count"]), 5 - temp_fail);
+        assert_eq!(s["errors"], serde_json::json!({}), "{ctx}");
+        let (logged, issued) = acks_and_issued(&acks, &server);
+        assert_eq!(logged.len() as u64, 5 - temp_fail, "{ctx}");
+        assert_eq!(logged, issued, "{ctx}");
+    }
+}
+
+#[test]
+fn chained_message_survives_an_early_close() {
+    // The server reads the second message's data on each connection, then
+    // closes without a reply. With chaining, the third message's envelope
+    // went out behind that dot: the second message is lost to the close,
+    // the third is sent again on a new connection — the same counts as
+    // without chaining.
+    for chain in [true, false] {
+        let server = FakeServer::start(Script {
+            nth: vec![("DATA".into(), 2, "CLOSE".into())],
+            ..Script::default()
+        });
+        let dir = TempDir::new("chain-close");
+        let acks = dir.path("acks.txt");
+        let mut args = vec![
+            "-c",
+            "1",
+            "--messages",
+            "5",
+            "--ack-log",
+            acks.to_str().unwrap(),
+        ];
+        if !chain {
+            args.push("--no-chain");
+        }
+        let (s, out) = run_json(&server.target(), &args);
+        let ctx = format!("chain {chain}\n{}", out.stdout);
+        // 1 ok, 2 lost; 3 ok, 4 lost (new connection); 5 ok (another).
+        assert_eq!(count(&s, &["messages", "ok"]), 3, "{ctx}");
+        assert_eq!(count(&s, &["messages", "error"]), 2, "{ctx}");
+        let closes = count(&s, &["errors", "early-close"]) + count(&s, &["errors", "reset"]);
+        assert_eq!(closes, 2, "{ctx}");
+        assert_eq!(count(&s, &["connections", "opened"]), 3, "{ctx}");
+        assert_eq!(count(&s, &["replies", "data-end", "2xx"]), 3, "{ctx}");
+        let (logged, issued) = acks_and_issued(&acks, &server);
+        assert_eq!(logged.len(), 3, "{ctx}");
+        assert_eq!(logged, issued, "{ctx}");
+        assert_eq!(server.seen.lock().unwrap().data_bodies.len(), 5, "{ctx}");
+    }
+}
+
 #[test]
 fn pipelining_follows_ehlo_unless_forced() {
     let no_pipelining = Script {

@@ -13,6 +13,7 @@ mod tools;
 #[allow(unused_imports)] // each test binary uses a different part
 pub use tools::{find_tool, in_ci, require_tool, skip};
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -222,6 +223,11 @@ pub struct Script {
     pub close_on: Option<String>,
     /// On this command, answer with this garbage instead of a reply.
     pub garbage_on: Option<(String, String)>,
+    /// `(verb, n, reply)`: the n-th (from 1) such command on each connection
+    /// gets `reply` instead of the usual one; for DATA it replaces the
+    /// end-of-data reply (the 354 stays). `CLOSE` closes without replying
+    /// (for DATA: once the data has been read). Sent as is: no queue id.
+    pub nth: Vec<(String, usize, String)>,
 }
 
 impl Default for Script {
@@ -237,6 +243,7 @@ impl Default for Script {
             eod_delay: Duration::ZERO,
             close_on: None,
             garbage_on: None,
+            nth: Vec::new(),
         }
     }
 }
@@ -252,6 +259,9 @@ pub struct Seen {
     pub bdat_bodies: Vec<usize>,
     /// A command arrived while an earlier one was still unanswered.
     pub pipelined_input: bool,
+    /// Ends of data after which the next command had already arrived in the
+    /// same read: the client chained the next message's envelope (RFC 2920 §3.1).
+    pub chained_eod: u64,
     pub commands: Vec<String>,
     /// Errors of the server itself (not the client hanging up); any one
     /// fails the test when the server is dropped.
@@ -348,6 +358,10 @@ fn serve(
     };
     writeln_crlf(&mut out, greeting)?;
     let mut line = Vec::new();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    // Like a real server, a refused MAIL leaves no transaction: RCPT and DATA
+    // then get 503 (RFC 5321 §4.1.4's sequencing errors).
+    let mut in_transaction = false;
     loop {
         line.clear();
         if rd.read_until(b'\n', &mut line)? == 0 {
@@ -371,6 +385,16 @@ fn serve(
         if s.close_on.as_deref() == Some(verb.as_str()) {
             return Ok(());
         }
+        let n = counts.entry(verb.clone()).or_insert(0);
+        *n += 1;
+        let nth = s
+            .nth
+            .iter()
+            .find(|(v, k, _)| *v == verb && k == n)
+            .map(|(_, _, r)| r.as_str());
+        if nth == Some("CLOSE") && verb != "DATA" {
+            return Ok(());
+        }
         if let Some((on, garbage)) = &s.garbage_on {
             if *on == verb {
                 out.write_all(garbage.as_bytes())?;
@@ -392,9 +416,20 @@ fn serve(
                 }
             },
             "HELO" => writeln_crlf(&mut out, "250 fake.test")?,
-            "MAIL" => writeln_crlf(&mut out, &s.mail_reply)?,
-            "RCPT" => writeln_crlf(&mut out, &s.rcpt_reply)?,
+            "MAIL" => {
+                let r = nth.unwrap_or(&s.mail_reply);
+                in_transaction = r.starts_with('2');
+                writeln_crlf(&mut out, r)?;
+            }
+            "RCPT" if !in_transaction => {
+                writeln_crlf(&mut out, "503 5.5.1 Error: need MAIL command")?
+            }
+            "RCPT" => writeln_crlf(&mut out, nth.unwrap_or(&s.rcpt_reply))?,
+            "DATA" if !in_transaction => {
+                writeln_crlf(&mut out, "503 5.5.1 Error: need RCPT command")?
+            }
             "DATA" => {
+                in_transaction = false;
                 writeln_crlf(&mut out, "354 End data with <CR><LF>.<CR><LF>")?;
                 let mut body = 0usize;
                 loop {
@@ -407,8 +442,16 @@ fn serve(
                     }
                     body += line.len() - usize::from(line.starts_with(b".."));
                 }
-                seen.lock().unwrap().data_bodies.push(body);
-                end_of_data(&mut out, s, seen, ids)?;
+                {
+                    let mut g = seen.lock().unwrap();
+                    g.data_bodies.push(body);
+                    g.chained_eod += u64::from(!rd.buffer().is_empty());
+                }
+                match nth {
+                    Some("CLOSE") => return Ok(()),
+                    Some(r) => writeln_crlf(&mut out, r)?,
+                    None => end_of_data(&mut out, s, seen, ids)?,
+                }
             }
             "BDAT" => {
                 // BDAT <size> [LAST] (RFC 3030 §2): exactly <size> bytes follow.
@@ -424,7 +467,11 @@ fn serve(
                     writeln_crlf(&mut out, "250 2.0.0 chunk ok")?;
                 }
             }
-            "RSET" | "NOOP" => writeln_crlf(&mut out, "250 2.0.0 Ok")?,
+            "RSET" => {
+                in_transaction = false;
+                writeln_crlf(&mut out, "250 2.0.0 Ok")?
+            }
+            "NOOP" => writeln_crlf(&mut out, "250 2.0.0 Ok")?,
             "QUIT" => {
                 writeln_crlf(&mut out, "221 2.0.0 Bye")?;
                 return Ok(());
