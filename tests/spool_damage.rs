@@ -458,3 +458,95 @@ fn a_record_inside_a_message_body_is_never_taken_for_one() {
     assert_eq!(got, [(s1, e1 - s1)], "the whole of message 1, nothing less");
     check("after recovery");
 }
+
+/// Segments may later be preallocated: zeros after the last record (or
+/// after a seal) are the end of data, never damage and never records.
+#[test]
+fn zeros_after_the_last_record_are_the_end_of_data() {
+    let d = TempDir::new("zeros");
+    let small = SpoolConfig {
+        segment_bytes: 4096,
+        ..cfg()
+    };
+    let want = executor().run(async {
+        let spool = ShardSpool::open(&d.0, 0, &small).await.unwrap();
+        let mut want = BTreeMap::new();
+        for i in 0..12 {
+            let from = format!("m{i}@example.org");
+            let id = spool.next_queue_id();
+            let mut w = spool
+                .begin(id, &envelope(&from, &["r@example.com"]), b"R: x\r\n")
+                .unwrap();
+            w.write(&body(i)).await.unwrap();
+            w.commit().await.unwrap();
+            want.insert(id, body(i));
+        }
+        spool.close().await.unwrap();
+        want
+    });
+    let shard = d.0.join("shard-0");
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(&shard)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 3, "sealed segments and an open one: {segs:?}");
+    for s in &segs {
+        let mut f = std::fs::OpenOptions::new().append(true).open(s).unwrap();
+        std::io::Write::write_all(&mut f, &vec![0u8; 8192]).unwrap();
+    }
+    let read = |stage: &str| {
+        let reader = SpoolReader::open(&d.0).unwrap();
+        let got: BTreeMap<QueueId, Vec<u8>> = reader
+            .messages()
+            .unwrap()
+            .map(|m| {
+                let m = m.unwrap_or_else(|e| panic!("{stage}: {e}"));
+                (m.id, m.body_bytes().unwrap())
+            })
+            .collect();
+        assert_eq!(got, want, "{stage}");
+        let last = *want.keys().last().unwrap();
+        assert_eq!(reader.get(last).unwrap().id, last, "{stage}");
+        let (code, out, err) = cli(&d.0, &["verify"]);
+        assert_eq!(code, 0, "{stage}: {out}{err}");
+    };
+    read("zeros appended");
+    // Recovery cuts the zeros of the open segment (nothing to quarantine)
+    // and appends after the last record.
+    let (rep, id) = executor().run(async {
+        let spool = ShardSpool::open(&d.0, 0, &small).await.unwrap();
+        let rep = spool.recovery().clone();
+        let id = spool.next_queue_id();
+        let mut w = spool
+            .begin(
+                id,
+                &envelope("late@example.org", &["r@example.com"]),
+                b"R: x\r\n",
+            )
+            .unwrap();
+        w.write(b"late\r\n").await.unwrap();
+        w.commit().await.unwrap();
+        spool.close().await.unwrap();
+        (rep, id)
+    });
+    assert!(rep.damaged.is_empty(), "{rep:?}");
+    assert!(
+        rep.cuts
+            .iter()
+            .all(|c| c.quarantine.is_none() && c.bytes == 8192),
+        "{rep:?}"
+    );
+    let mut want = want;
+    want.insert(id, b"late\r\n".to_vec());
+    let reader = SpoolReader::open(&d.0).unwrap();
+    let got: BTreeMap<QueueId, Vec<u8>> = reader
+        .messages()
+        .unwrap()
+        .map(|m| {
+            let m = m.unwrap();
+            (m.id, m.body_bytes().unwrap())
+        })
+        .collect();
+    assert_eq!(got, want);
+}

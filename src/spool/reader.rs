@@ -25,8 +25,9 @@ use std::path::{Path, PathBuf};
 
 use super::error::SpoolError;
 use super::format::{
-    decode_payload, parse_shard_dir_name, segment_file_name_v, shard_dir_name, FragRef, Kind,
-    Location, MessageView, RecordHeader, FORMAT_VERSION, FORMAT_VERSION_1, RECORD_HEADER_LEN,
+    decode_payload, decode_seal, parse_shard_dir_name, segment_file_name_v, shard_dir_name,
+    FragRef, Kind, Location, MessageView, RecordHeader, FORMAT_VERSION, FORMAT_VERSION_1,
+    RECORD_HEADER_LEN, SEAL_PAYLOAD_LEN,
 };
 use super::lock::lock_holder;
 use super::queue_id::QueueId;
@@ -714,7 +715,8 @@ impl Summarizer {
         Ok(go_on.then(|| (m.end(), true)))
     }
 
-    /// A seal must be the last record and decode; false if it is not.
+    /// A seal must be the last record (only zeros may follow) and decode;
+    /// false if it is not.
     fn seal(
         &mut self,
         seg: &SegmentFile,
@@ -722,7 +724,16 @@ impl Summarizer {
         last: bool,
         end: u64,
     ) -> Result<bool, SpoolError> {
-        if end != seg.len() || seg.read_seal()?.is_none() {
+        // Zeros after a seal are not data (SPOOL-FORMAT.md, "End of data").
+        let zeros_after = end < seg.len() && seg.all_zero(end, seg.len())?;
+        let valid = if zeros_after {
+            let mut p = [0u8; SEAL_PAYLOAD_LEN];
+            seg.read_exact_at(&mut p, end - SEAL_PAYLOAD_LEN as u64)?;
+            decode_seal(&p).is_some_and(|s| s.segment_len == end)
+        } else {
+            end == seg.len() && seg.read_seal()?.is_some()
+        };
+        if !valid {
             let reason = "seal record is not a valid end of its segment".to_owned();
             let bytes = seg.len() - pos;
             self.damage_at_end(seg.path(), last, pos, bytes, reason);
