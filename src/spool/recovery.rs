@@ -272,8 +272,13 @@ async fn scan_segment(
                     // their place, so readers and `verify` see a sound
                     // segment again. Too short for a header (cannot happen
                     // with records of 28 bytes or more): left as it is.
-                    let healed = if bytes >= RECORD_HEADER_LEN as u64 {
-                        let hole = encode_hole(bytes as usize, seg.header.nonce)?;
+                    // A range longer than a record can be (only with
+                    // segments over 1 GiB) stays too: readers step over it.
+                    let hole = usize::try_from(bytes)
+                        .ok()
+                        .filter(|&b| b >= RECORD_HEADER_LEN)
+                        .and_then(|b| encode_hole(b, seg.header.nonce).ok());
+                    let healed = if let Some(hole) = hole {
                         seg.file()
                             .write_all_at(&hole, pos)
                             .and_then(|()| seg.file().sync_data())

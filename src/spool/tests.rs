@@ -1310,3 +1310,66 @@ fn a_message_failed_by_fdatasync_stays_gone_when_the_truncate_fails_too() {
     assert_eq!(read_all(&root), want);
     assert_verify_clean(&root);
 }
+
+#[test]
+fn node_id_is_the_setting_or_the_host_name_and_bad_ones_refuse_the_start() {
+    use super::format::check_node_id;
+    let mut c = cfg(1024, 1 << 20, Durability::None);
+    c.node_id = String::new();
+    let derived = super::segment::node_id(&c).unwrap();
+    assert!(check_node_id(&derived).is_ok(), "{derived:?}");
+    c.node_id = "mx-7.example".into();
+    assert_eq!(super::segment::node_id(&c).unwrap(), "mx-7.example");
+    let dir = TempDir::new("nodeid");
+    let root = dir.path().to_owned();
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        store(&spool, b"x", 1).await.unwrap();
+        spool.close().await.unwrap();
+    });
+    let seg = SegmentFile::open(&root.join("shard-0").join(segment_file_name(1))).unwrap();
+    assert_eq!(seg.header.node_id(), "mx-7.example");
+    c.node_id = "two words".into();
+    let e = run(|| async { ShardSpool::open(&root, 0, &c).await.err() }).unwrap();
+    assert!(matches!(e, SpoolError::BadNodeId { .. }), "{e}");
+}
+
+/// A message refused after a failed write must not come back after a
+/// crash: the truncate that undoes the write is made durable before the
+/// refusal (or an end mark takes its place), so the file's size on disk
+/// never again covers the failed record.
+#[test]
+fn the_cut_after_a_failed_write_is_synced_before_the_refusal() {
+    let dir = TempDir::new("cutsync");
+    let root = dir.path().to_owned();
+    let c = cfg(1 << 20, 64 << 20, Durability::Fsync);
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        let a = body(500, 1);
+        let a_id = store(&spool, &a, 500).await.unwrap();
+        let seg = root.join("shard-0").join(segment_file_name(1));
+        let len_a = std::fs::metadata(&seg).unwrap().len();
+        let syncs = faults::syncs_done(&seg);
+        // B's record reaches the file but for its last bytes, then EIO.
+        faults::fail_write(500, libc::EIO);
+        assert!(store(&spool, &body(600, 2), 600).await.is_err());
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), len_a);
+        assert_eq!(faults::syncs_done(&seg), syncs + 1, "the cut was synced");
+        assert_eq!(faults::synced_len(&seg), Some(len_a));
+        // And when the truncate fails too, a synced end mark stands in.
+        faults::fail_write(500, libc::EIO);
+        faults::fail_truncate(libc::EIO);
+        assert!(store(&spool, &body(600, 3), 600).await.is_err());
+        assert_eq!(
+            faults::syncs_done(&seg),
+            syncs + 2,
+            "the end mark was synced"
+        );
+        let kinds: Vec<Kind> = records(&seg).iter().map(|r| r.2).collect();
+        assert_eq!(kinds, [Kind::Message], "A, then the end mark");
+        spool.close().await.unwrap();
+        a_id
+    });
+    assert_eq!(read_all(&root).len(), 1);
+    assert_verify_clean(&root);
+}
