@@ -179,6 +179,18 @@ fn a_server_on_a_version_1_spool_appends_version_2_segments() {
         check_v1_message(m, i);
     }
     assert_eq!(msgs[8].id, new_id);
+    assert_eq!(msgs[8].node_id, "test-node");
+    assert!(
+        msgs[..8].iter().all(|m| m.node_id.is_empty()),
+        "v1 has none"
+    );
+    let (code, out, _) = cli(&d.0, &["ls", "--json"]);
+    assert_eq!(code, 0);
+    let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (last["id"].as_str(), last["node"].as_str()),
+        (Some(new_id.as_str()), Some("test-node"))
+    );
     assert_eq!(msgs[8].body_bytes().unwrap(), b"v2 body\r\n");
     let (code, out, err) = cli(&d.0, &["verify"]);
     assert_eq!(code, 0, "{out}{err}");

@@ -78,6 +78,9 @@ pub struct StoredMessage {
     pub id: QueueId,
     /// Where its `Message` or `Commit` record starts.
     pub location: Location,
+    /// The node id of the host that wrote it (segment header; empty for a
+    /// version 1 segment): node id plus queue id name it across a fleet.
+    pub node_id: String,
     /// The envelope.
     pub envelope: StoredEnvelope,
     /// The `Received:` header the server added (CRLF-terminated).
@@ -319,6 +322,7 @@ fn stored(
             segment: seg.header.segment,
             offset,
         },
+        node_id: seg.header.node_id().to_owned(),
         envelope: StoredEnvelope {
             arrival_unix: m.arrival_unix,
             client: m.client,

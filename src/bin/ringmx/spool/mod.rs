@@ -8,7 +8,8 @@
 //!
 //! Output formats:
 //! * `ls`: one line per committed message, `ID  ARRIVAL(UTC)  BODY-BYTES  <FROM>  RCPT,...`;
-//!   `--json`: one JSON object per line (JSON Lines). Damage is stepped
+//!   `--json`: one JSON object per line (JSON Lines), with the writing
+//!   host's `node` id (empty for version 1 segments). Damage is stepped
 //!   over: one line per damaged range on stderr, every intact message
 //!   listed, exit status 1. `export` does the same, and also skips (and
 //!   reports) a message whose body fails its check.
@@ -209,6 +210,7 @@ fn ls(reader: &SpoolReader, json: bool, out: &mut dyn Write) -> Result<Outcome, 
         if json {
             let v = serde_json::json!({
                 "id": m.id.as_str(),
+                "node": m.node_id,
                 "shard": m.id.shard(),
                 "segment": m.location.segment,
                 "offset": m.location.offset,
