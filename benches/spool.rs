@@ -138,7 +138,7 @@ where
         // Every appended byte is on disk, plus one header per segment.
         assert_eq!(
             disk_bytes(&root),
-            st.bytes + st.segments_created * 48,
+            st.bytes + st.segments_created * ringmx::spool::format::FILE_HEADER_LEN as u64,
             "{st:?}"
         );
         elapsed

@@ -209,6 +209,13 @@ macro_rules! with_settings {
                 min_free_bytes: u64 = 64 * 1024 * 1024,
                     "size" min_free "SIZE"
                     "Refuse new messages with 452 4.3.1 below this much free disk";
+                /// This host's id in every segment header, so that node id plus queue id
+                /// is unique across a fleet: 1 to 32 of `A-Z a-z 0-9 . _ -`. Empty: the
+                /// host name, cut to those characters.
+                // The host name is what operators already keep unique per machine.
+                node_id: String = String::new(),
+                    "plain" node_id "NAME"
+                    "Node id in spool segment headers (default: the host name)";
             }
         }
     };

@@ -302,22 +302,34 @@ fn spool_verify_names_segment_and_offset_of_a_flipped_byte() {
 
     let (r, text) = run(&d.0, &["verify"]);
     assert_eq!(r.unwrap(), Outcome::Problems, "{text}");
+    // The damaged range is the victim's whole record (header + payload).
+    let off = victim.location.offset as usize;
+    let rec_len = 28
+        + u64::from(u32::from_le_bytes(
+            bytes[off + 4..off + 8].try_into().unwrap(),
+        ));
     let needle = format!(
-        "CORRUPT {} offset {}: CRC32C mismatch",
+        "CORRUPT {} offset {off} length {rec_len}: CRC32C mismatch; intact records resume at offset {}",
         seg.display(),
-        victim.location.offset
+        off as u64 + rec_len
     );
     assert!(text.contains(&needle), "{text}\nwanted: {needle}");
     assert!(text.contains("verify: 1 damaged spot(s)"), "{text}");
-    // Readers stop with the same verdict instead of returning bad bytes.
+    // Readers report the same range instead of returning bad bytes ...
     let err = reader.shard_messages(0).find_map(Result::err).unwrap();
     assert!(
         matches!(&err, SpoolError::Corrupt { offset, .. } if *offset == victim.location.offset),
         "{err}"
     );
-    // Messages before the damage still read; shard 1 is untouched.
-    let first = reader.shard_messages(0).next().unwrap().unwrap();
-    assert_eq!(first.body_bytes().unwrap(), want[&first.id].1);
+    // ... and go on: every other message of shard 0 reads, byte-identical;
+    // shard 1 is untouched.
+    let mut ok = 0;
+    for m in reader.shard_messages(0).filter_map(Result::ok) {
+        assert_ne!(m.id, victim.id);
+        assert_eq!(m.body_bytes().unwrap(), want[&m.id].1);
+        ok += 1;
+    }
+    assert_eq!(ok, 5);
     assert_eq!(reader.shard_messages(1).filter(Result::is_ok).count(), 6);
 }
 

@@ -50,6 +50,14 @@ pub enum SpoolError {
         #[source]
         source: Arc<io::Error>,
     },
+    /// `spool.node_id` is not a valid node id.
+    #[error("spool.node_id {id:?}: {why}")]
+    BadNodeId {
+        /// The configured id.
+        id: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// Another process holds the spool's `LOCK`: one spool directory, one writer.
     #[error("spool {} is in use by another ringmx ({})", dir.display(), match pid {
         Some(p) => format!("pid {p}"),

@@ -3,7 +3,9 @@
 //!
 //! ```text
 //! <spool>/LOCK                                   flock: one writer process per spool
-//! <spool>/shard-<n>/ringmx-v1-<seq:016x>.seg     append-only segments, rotated at segment_bytes
+//! <spool>/shard-<n>/ringmx-v2-<seq:016x>.seg     append-only segments, rotated at segment_bytes
+//! <spool>/shard-<n>/ringmx-v1-<seq:016x>.seg     segments of the first format: read, never written
+//! <spool>/shard-<n>/quarantine-*.bin             copies of damaged ranges recovery found
 //! ```
 //!
 //! The server uses [`ShardSpool`] (one per shard, on its glommio executor):
@@ -21,8 +23,8 @@
 //! | per-shard segments, writer task, group commit | `segment/` ([`ShardSpool`]) |
 //! | one message: buffering, fragments, commit | `message.rs` ([`MessageWriter`]) |
 //! | one writer per spool: `LOCK` | `lock.rs` ([`DirLock`]) |
-//! | start-up scan, cutting a torn tail | `recovery.rs` ([`RecoveryReport`]) |
-//! | walking a segment record by record | `scan.rs` |
+//! | start-up scan: cut a torn tail, quarantine and step over damage | `recovery.rs` ([`RecoveryReport`]) |
+//! | walking a segment record by record, resync after damage | `scan.rs` |
 //! | iterate, look up, verify committed messages | `reader.rs` ([`SpoolReader`]) |
 
 mod error;

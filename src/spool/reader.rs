@@ -14,8 +14,10 @@
 //!
 //! At the end of the newest segment a record that is not intact is where the
 //! server is writing now (or a torn tail the next start will cut): iteration
-//! ends there quietly. The same anywhere else is corruption: an error naming
-//! the segment file and offset.
+//! ends there quietly. Anywhere else it is damage: reported as an error
+//! naming the segment file and offset, and stepped over (version 2 segments
+//! resynchronise on their nonce, see SPOOL-FORMAT.md); iteration goes on.
+//! Readers read format versions 1 and 2.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -23,12 +25,13 @@ use std::path::{Path, PathBuf};
 
 use super::error::SpoolError;
 use super::format::{
-    decode_message, parse_shard_dir_name, segment_file_name, shard_dir_name, FragRef, Kind,
-    Location, MessageView, RecordHeader, FILE_HEADER_LEN, RECORD_HEADER_LEN,
+    decode_payload, decode_seal, parse_shard_dir_name, segment_file_name_v, shard_dir_name,
+    FragRef, Kind, Location, MessageView, RecordHeader, FORMAT_VERSION, FORMAT_VERSION_1,
+    RECORD_HEADER_LEN, SEAL_PAYLOAD_LEN,
 };
 use super::lock::lock_holder;
 use super::queue_id::QueueId;
-use super::scan::{list_segments, OpenError, Payload, SegmentFile, Step};
+use super::scan::{list_segments, Damage, OpenError, Payload, SegmentFile, Step};
 
 /// A read-only view of a spool directory.
 ///
@@ -75,6 +78,9 @@ pub struct StoredMessage {
     pub id: QueueId,
     /// Where its `Message` or `Commit` record starts.
     pub location: Location,
+    /// The node id of the host that wrote it (segment header; empty for a
+    /// version 1 segment): node id plus queue id name it across a fleet.
+    pub node_id: String,
     /// The envelope.
     pub envelope: StoredEnvelope,
     /// The `Received:` header the server added (CRLF-terminated).
@@ -183,7 +189,7 @@ impl BodyReader<'_> {
             .as_ref()
             .is_none_or(|s| s.header.segment != f.segment)
         {
-            let path = self.msg.shard_dir.join(segment_file_name(f.segment));
+            let path = segment_path(&self.msg.shard_dir, f.segment);
             self.seg = Some(SegmentFile::open(&path).map_err(|e| match e {
                 OpenError::Spool(s) => s,
                 OpenError::Header(h, _) => {
@@ -194,10 +200,14 @@ impl BodyReader<'_> {
         let Some(seg) = self.seg.as_ref() else {
             unreachable!("opened just above")
         };
+        let (version, rh) = (seg.version(), seg.header.record_header_len());
         let mut hb = [0u8; RECORD_HEADER_LEN];
-        seg.read_exact_at(&mut hb, f.offset)?;
-        let ok = RecordHeader::decode(&hb).is_some_and(|h| {
-            h.kind == Kind::Fragment && h.id_seq == self.msg.id.seq() && h.len == f.len
+        seg.read_exact_at(&mut hb[..rh], f.offset)?;
+        let ok = RecordHeader::decode(&hb[..rh], version).is_some_and(|h| {
+            h.kind == Kind::Fragment
+                && h.id_seq == self.msg.id.seq()
+                && h.len == f.len
+                && h.nonce == seg.header.nonce
         });
         if !ok {
             return Err(SpoolError::corrupt(
@@ -206,7 +216,7 @@ impl BodyReader<'_> {
                 format!("message {}: no matching fragment record here", self.msg.id),
             ));
         }
-        self.crc = Some(RecordHeader::crc_start(&hb));
+        self.crc = Some(RecordHeader::crc_start(&hb[..rh], version));
         Ok(())
     }
 }
@@ -232,14 +242,17 @@ impl Read for BodyReader<'_> {
             let (Some(seg), Some(crc)) = (self.seg.as_ref(), self.crc) else {
                 unreachable!("open_fragment set both")
             };
-            let pos = f.offset + RECORD_HEADER_LEN as u64 + u64::from(self.in_frag);
+            let (version, rh) = (seg.version(), seg.header.record_header_len());
+            let pos = f.offset + rh as u64 + u64::from(self.in_frag);
             seg.read_exact_at(&mut out[..n], pos).map_err(invalid)?;
             let crc = crc32c::crc32c_append(crc, &out[..n]);
             self.in_frag += n as u32;
             if self.in_frag == f.len {
                 let mut hb = [0u8; RECORD_HEADER_LEN];
-                seg.read_exact_at(&mut hb, f.offset).map_err(invalid)?;
-                if RecordHeader::decode(&hb).map(|h| h.crc) != Some(crc) {
+                let hb = &mut hb[..rh];
+                seg.read_exact_at(hb, f.offset).map_err(invalid)?;
+                let crc = RecordHeader::crc_finish(crc, hb, version);
+                if RecordHeader::decode(hb, version).map(|h| h.crc) != Some(crc) {
                     return Err(invalid(SpoolError::corrupt(
                         seg.path(),
                         f.offset,
@@ -259,6 +272,21 @@ impl Read for BodyReader<'_> {
         out[..n].copy_from_slice(&rest[..n]);
         self.tail_pos += n;
         Ok(n)
+    }
+}
+
+/// The file of segment `seq` in `dir`: a version 2 name, or the version 1
+/// name when only that exists (a spool written before the upgrade).
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    let v2 = dir.join(segment_file_name_v(FORMAT_VERSION, seq));
+    if v2.exists() {
+        return v2;
+    }
+    let v1 = dir.join(segment_file_name_v(FORMAT_VERSION_1, seq));
+    if v1.exists() {
+        v1
+    } else {
+        v2
     }
 }
 
@@ -286,13 +314,15 @@ fn stored(
     id_seq: u64,
     payload: &[u8],
 ) -> Result<StoredMessage, SpoolError> {
-    let m = decode_message(payload).map_err(|r| SpoolError::corrupt(seg.path(), offset, r))?;
+    let m = decode_payload(seg.version(), payload)
+        .map_err(|r| SpoolError::corrupt(seg.path(), offset, r))?;
     Ok(StoredMessage {
         id: QueueId::new(shard, id_seq)?,
         location: Location {
             segment: seg.header.segment,
             offset,
         },
+        node_id: seg.header.node_id().to_owned(),
         envelope: StoredEnvelope {
             arrival_unix: m.arrival_unix,
             client: m.client,
@@ -378,8 +408,10 @@ impl SpoolReader {
             listed_up_to: None,
             cur: None,
             pos: 0,
+            prev: None,
             buf: Vec::new(),
             done: false,
+            resumable: false,
         }
     }
 
@@ -410,25 +442,45 @@ impl SpoolReader {
         }
         let (segs, _) = list_segments(&dir)?;
         let mut buf = Vec::new();
-        let n = segs.len();
-        for (i, (seq, path)) in segs.iter().enumerate() {
+        for (seq, path) in &segs {
             let seg = match SegmentFile::open(path) {
                 Ok(s) => s,
                 // A segment being created right now holds nothing yet.
-                Err(OpenError::Header(_, len)) if len <= FILE_HEADER_LEN as u64 => continue,
+                Err(OpenError::Header(_, true)) => continue,
                 Err(e) => return Err(header_error(path, e)),
             };
             check_segment_header(&seg, id.shard(), *seq)?;
             if seg.read_seal()?.is_some_and(|s| s.next_id_seq <= id.seq()) {
                 continue;
             }
-            let mut pos = FILE_HEADER_LEN as u64;
+            let mut pos = seg.data_start();
+            let mut prev = None;
             loop {
                 match seg.next(pos, Payload::Skip)? {
-                    Step::End => break,
-                    // The newest segment's tail: a write in progress or a torn tail.
-                    Step::Bad(_) if i + 1 == n => break,
-                    Step::Bad(reason) => return Err(SpoolError::corrupt(path, pos, reason)),
+                    Step::End | Step::EndMark => break,
+                    // Damage is stepped over as recovery does; a tail ends
+                    // the segment (a write in progress, a torn tail, or a
+                    // segment abandoned after a failed write).
+                    Step::Bad(_) => match seg.damage_after_skip(prev, pos)?.1 {
+                        Damage::Middle(next) => {
+                            prev = None;
+                            pos = next;
+                        }
+                        Damage::Zeros | Damage::Tail => break,
+                    },
+                    Step::Record(m)
+                        if m.header.kind == Kind::Ignorable
+                            && !matches!(seg.next(pos, Payload::Verify)?, Step::Record(_)) =>
+                    {
+                        // A damaged kind byte can land in the ignorable range.
+                        match seg.classify(pos)? {
+                            Damage::Middle(next) => {
+                                prev = None;
+                                pos = next;
+                            }
+                            Damage::Zeros | Damage::Tail => break,
+                        }
+                    }
                     Step::Record(m) => {
                         let h = m.header;
                         if h.id_seq == id.seq() && matches!(h.kind, Kind::Message | Kind::Commit) {
@@ -437,9 +489,10 @@ impl SpoolReader {
                                     stored(id.shard(), &dir, &seg, pos, h.id_seq, &buf)
                                 }
                                 Step::Bad(reason) => Err(SpoolError::corrupt(path, pos, reason)),
-                                Step::End => Err(SpoolError::NotFound(id)),
+                                Step::End | Step::EndMark => Err(SpoolError::NotFound(id)),
                             };
                         }
+                        prev = Some(pos);
                         pos = m.end();
                     }
                 }
@@ -497,7 +550,7 @@ impl SpoolReader {
             Ok((segs, _)) => segs,
             Err(e @ SpoolError::UnsupportedVersion { .. }) => {
                 let dir = walk.dir.clone();
-                walk.damage(&dir, 0, e.to_string());
+                walk.damage(&dir, 0, 0, e.to_string());
                 return Ok(walk.sum);
             }
             Err(e) => return Err(e),
@@ -529,39 +582,44 @@ struct Summarizer {
 }
 
 impl Summarizer {
-    /// Damage, whoever holds the spool.
-    fn damage(&mut self, path: &Path, offset: u64, reason: String) {
+    /// Damage, whoever holds the spool: `bytes` long from `offset` (0: a
+    /// whole file, or unknown).
+    fn damage(&mut self, path: &Path, offset: u64, bytes: u64, reason: String) {
         self.sum.problems.push(Problem {
             path: path.to_owned(),
             offset,
+            bytes,
             reason,
         });
     }
 
     /// Damage that ends a segment: in the newest segment while a server
     /// holds the spool, a write in progress rather than corruption.
-    fn damage_at_end(&mut self, path: &Path, last: bool, offset: u64, reason: String) {
+    fn damage_at_end(&mut self, path: &Path, last: bool, offset: u64, bytes: u64, reason: String) {
         if last && self.in_use {
             self.sum.in_progress.push(Problem {
                 path: path.to_owned(),
                 offset,
+                bytes,
                 reason,
             });
         } else {
-            self.damage(path, offset, reason);
+            self.damage(path, offset, bytes, reason);
         }
     }
 
-    /// Walks segment `seq` (`last`: the shard's newest) to its end or its
-    /// first bad record.
+    /// Walks segment `seq` (`last`: the shard's newest) to its end,
+    /// stepping over damage in the middle.
     fn segment(&mut self, seq: u64, path: &Path, last: bool) -> Result<(), SpoolError> {
         self.sum.segments += 1;
         let Some(seg) = self.open(seq, path, last) else {
             return Ok(());
         };
         self.sum.bytes += seg.len();
-        let mut pos = FILE_HEADER_LEN as u64;
-        while let Some(next) = self.record(&seg, pos, last)? {
+        let mut pos = seg.data_start();
+        let mut prev = None;
+        while let Some((next, intact)) = self.record(&seg, prev, pos, last)? {
+            prev = intact.then_some(pos);
             pos = next;
         }
         Ok(())
@@ -572,45 +630,70 @@ impl Summarizer {
     fn open(&mut self, seq: u64, path: &Path, last: bool) -> Option<SegmentFile> {
         let seg = match SegmentFile::open(path) {
             Ok(s) => s,
-            Err(OpenError::Header(h, len)) if len <= FILE_HEADER_LEN as u64 => {
+            Err(OpenError::Header(h, true)) => {
                 let reason = format!("segment has no complete header ({h:?})");
-                self.damage_at_end(path, last, 0, reason);
+                self.damage_at_end(path, last, 0, 0, reason);
                 return None;
             }
             Err(e) => {
-                self.damage(path, 0, header_error(path, e).to_string());
+                self.damage(path, 0, 0, header_error(path, e).to_string());
                 return None;
             }
         };
         if let Err(e) = check_segment_header(&seg, self.sum.shard, seq) {
-            self.damage(path, 0, e.to_string());
+            self.damage(path, 0, 0, e.to_string());
             return None;
         }
         Some(seg)
     }
 
-    /// Counts the record at `pos`; the offset of the next one, or `None`
-    /// when the segment ends here (its end, or damage).
+    /// No intact record at `pos` (`prev`: the record before, if intact):
+    /// notes the damaged range; where the walk goes on, if it does.
+    fn bad(
+        &mut self,
+        seg: &SegmentFile,
+        prev: Option<u64>,
+        pos: u64,
+        last: bool,
+        reason: &str,
+    ) -> Result<Option<u64>, SpoolError> {
+        let (start, damage) = seg.damage_after_skip(prev, pos)?;
+        match damage {
+            Damage::Middle(next) => {
+                let reason = format!("{reason}; intact records resume at offset {next}");
+                self.damage(seg.path(), start, next - start, reason);
+                Ok(Some(next))
+            }
+            Damage::Zeros => Ok(None),
+            Damage::Tail => {
+                let bytes = seg.len() - start;
+                self.damage_at_end(seg.path(), last, start, bytes, reason.to_owned());
+                Ok(None)
+            }
+        }
+    }
+
+    /// Counts the record at `pos`; the offset of the next one and whether
+    /// this one was intact, or `None` when the segment ends here.
     fn record(
         &mut self,
         seg: &SegmentFile,
+        prev: Option<u64>,
         pos: u64,
         last: bool,
-    ) -> Result<Option<u64>, SpoolError> {
+    ) -> Result<Option<(u64, bool)>, SpoolError> {
         let mode = if self.verify {
             Payload::Verify
         } else {
             Payload::Skip
         };
         let m = match seg.next(pos, mode)? {
-            Step::End => return Ok(None),
+            Step::End | Step::EndMark => return Ok(None),
             Step::Bad(reason) => {
-                self.damage_at_end(seg.path(), last, pos, reason.to_owned());
-                return Ok(None);
+                return Ok(self.bad(seg, prev, pos, last, reason)?.map(|n| (n, false)))
             }
             Step::Record(m) => m,
         };
-        self.sum.records += 1;
         let go_on = match m.header.kind {
             Kind::Fragment => {
                 self.sum.fragments += 1;
@@ -618,12 +701,26 @@ impl Summarizer {
                 true
             }
             Kind::Seal => self.seal(seg, pos, last, m.end())?,
-            Kind::Message | Kind::Commit => self.message(seg, pos, last, m.header.id_seq)?,
+            Kind::Message | Kind::Commit => {
+                if let Step::Bad(reason) = seg.next(pos, Payload::Load(&mut self.buf))? {
+                    return Ok(self.bad(seg, prev, pos, last, reason)?.map(|n| (n, false)));
+                }
+                self.message(seg, pos, m.header.id_seq)?;
+                true
+            }
+            Kind::Hole => {
+                self.sum.holes += 1;
+                self.sum.hole_bytes += m.end() - pos;
+                true
+            }
+            Kind::End | Kind::Ignorable => true,
         };
-        Ok(go_on.then(|| m.end()))
+        self.sum.records += 1;
+        Ok(go_on.then(|| (m.end(), true)))
     }
 
-    /// A seal must be the last record and decode; false if it is not.
+    /// A seal must be the last record (only zeros may follow) and decode;
+    /// false if it is not.
     fn seal(
         &mut self,
         seg: &SegmentFile,
@@ -631,38 +728,39 @@ impl Summarizer {
         last: bool,
         end: u64,
     ) -> Result<bool, SpoolError> {
-        if end != seg.len() || seg.read_seal()?.is_none() {
+        // Zeros after a seal are not data (SPOOL-FORMAT.md, "End of data").
+        let zeros_after = end < seg.len() && seg.all_zero(end, seg.len())?;
+        let valid = if zeros_after {
+            let mut p = [0u8; SEAL_PAYLOAD_LEN];
+            seg.read_exact_at(&mut p, end - SEAL_PAYLOAD_LEN as u64)?;
+            decode_seal(&p).is_some_and(|s| s.segment_len == end)
+        } else {
+            end == seg.len() && seg.read_seal()?.is_some()
+        };
+        if !valid {
             let reason = "seal record is not a valid end of its segment".to_owned();
-            self.damage_at_end(seg.path(), last, pos, reason);
+            let bytes = seg.len() - pos;
+            self.damage_at_end(seg.path(), last, pos, bytes, reason);
             return Ok(false);
         }
         self.sum.sealed_segments += 1;
         Ok(true)
     }
 
-    /// Loads and counts a message (or commit) record, and under `verify`
-    /// checks its fragment references; false if its payload cannot be read.
-    fn message(
-        &mut self,
-        seg: &SegmentFile,
-        pos: u64,
-        last: bool,
-        id_seq: u64,
-    ) -> Result<bool, SpoolError> {
-        if let Step::Bad(reason) = seg.next(pos, Payload::Load(&mut self.buf))? {
-            self.damage_at_end(seg.path(), last, pos, reason.to_owned());
-            return Ok(false);
-        }
-        let msg = match decode_message(&self.buf) {
+    /// Counts the message (or commit) record loaded into `self.buf`, and
+    /// under `verify` checks its fragment references.
+    fn message(&mut self, seg: &SegmentFile, pos: u64, id_seq: u64) -> Result<(), SpoolError> {
+        let msg = match decode_payload(seg.version(), &self.buf) {
             Ok(msg) => msg,
             Err(reason) => {
-                self.damage(seg.path(), pos, reason.to_owned());
-                return Ok(true);
+                let len = self.buf.len() as u64;
+                self.damage(seg.path(), pos, len, reason.to_owned());
+                return Ok(());
             }
         };
         self.sum.count_message(&msg);
         if !self.verify {
-            return Ok(true);
+            return Ok(());
         }
         // The first bad reference is reported; the walk goes on.
         let bad = msg.frags.iter().find_map(|f| {
@@ -677,13 +775,9 @@ impl Summarizer {
                 f.segment,
                 f.offset
             );
-            self.sum.problems.push(Problem {
-                path: seg.path().to_owned(),
-                offset: pos,
-                reason,
-            });
+            self.damage(seg.path(), pos, 0, reason);
         }
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -696,21 +790,29 @@ fn check_frag_ref(
     id_seq: u64,
 ) -> Result<(), String> {
     if cache.as_ref().is_none_or(|s| s.header.segment != f.segment) {
-        let path = dir.join(segment_file_name(f.segment));
+        let path = segment_path(dir, f.segment);
         *cache =
             Some(SegmentFile::open(&path).map_err(|_| "segment missing or unreadable".to_owned())?);
     }
     let Some(seg) = cache.as_ref() else {
         unreachable!("filled just above")
     };
+    let rh = seg.header.record_header_len();
     let mut hb = [0u8; RECORD_HEADER_LEN];
-    if f.offset + RECORD_HEADER_LEN as u64 + u64::from(f.len) > seg.len() {
+    if f.offset + rh as u64 + u64::from(f.len) > seg.len() {
         return Err("points past the end of its segment".into());
     }
-    seg.read_exact_at(&mut hb, f.offset)
+    seg.read_exact_at(&mut hb[..rh], f.offset)
         .map_err(|e| e.to_string())?;
-    match RecordHeader::decode(&hb) {
-        Some(h) if h.kind == Kind::Fragment && h.id_seq == id_seq && h.len == f.len => Ok(()),
+    match RecordHeader::decode(&hb[..rh], seg.version()) {
+        Some(h)
+            if h.kind == Kind::Fragment
+                && h.id_seq == id_seq
+                && h.len == f.len
+                && h.nonce == seg.header.nonce =>
+        {
+            Ok(())
+        }
         _ => Err("no matching fragment record there".into()),
     }
 }
@@ -722,6 +824,8 @@ pub struct Problem {
     pub path: PathBuf,
     /// Byte offset in it.
     pub offset: u64,
+    /// Length of the damaged range; 0 for a whole file or a spot of unknown extent.
+    pub bytes: u64,
     /// What is wrong.
     pub reason: String,
 }
@@ -754,6 +858,11 @@ pub struct ShardSummary {
     pub oldest_arrival: Option<i64>,
     /// Latest arrival.
     pub newest_arrival: Option<i64>,
+    /// Hole records: damaged ranges recovery copied to quarantine files
+    /// and replaced (see SPOOL-FORMAT.md, "Recovery at start").
+    pub holes: u64,
+    /// Their bytes.
+    pub hole_bytes: u64,
     /// Corruption found.
     pub problems: Vec<Problem>,
     /// Incomplete records at the end of the newest segment while a server
@@ -778,7 +887,14 @@ impl ShardSummary {
 }
 
 /// Committed messages of one shard, in order. Ends at the end of the newest
-/// segment present when it gets there. After an error it yields nothing more.
+/// segment present when it gets there.
+///
+/// Damage is reported as an `Err` item ([`SpoolError::Corrupt`] naming the
+/// segment file and the offset where the damaged range starts), after which
+/// iteration goes on with the next intact record: damage in the middle of a
+/// segment is stepped over (version 2 segments resynchronise on their
+/// nonce), a damaged tail of an older segment ends that segment only. Any
+/// other error (the directory or a file cannot be read) ends iteration.
 pub struct ShardMessages {
     shard: u32,
     dir: PathBuf,
@@ -788,8 +904,13 @@ pub struct ShardMessages {
     listed_up_to: Option<u64>,
     cur: Option<SegmentFile>,
     pos: u64,
+    /// Start of the previous record of the current segment, while known intact
+    /// but for its CRC (hops trust headers).
+    prev: Option<u64>,
     buf: Vec<u8>,
     done: bool,
+    /// The error `step` returns now reports damage that iteration steps over.
+    resumable: bool,
 }
 
 impl ShardMessages {
@@ -827,12 +948,20 @@ impl ShardMessages {
                 let seg = match SegmentFile::open(&path) {
                     Ok(s) => s,
                     // Being created right now, or a failed creation: no records.
-                    Err(OpenError::Header(_, len)) if len <= FILE_HEADER_LEN as u64 => continue,
-                    Err(e) => return Err(header_error(&path, e)),
+                    Err(OpenError::Header(_, true)) => continue,
+                    Err(e) => {
+                        // The other segments can still be read.
+                        self.resumable = true;
+                        return Err(header_error(&path, e));
+                    }
                 };
-                check_segment_header(&seg, self.shard, seq)?;
+                if let Err(e) = check_segment_header(&seg, self.shard, seq) {
+                    self.resumable = true;
+                    return Err(e);
+                }
+                self.pos = seg.data_start();
+                self.prev = None;
                 self.cur = Some(seg);
-                self.pos = FILE_HEADER_LEN as u64;
             }
             let Some(seg) = self.cur.as_mut() else {
                 continue;
@@ -842,48 +971,103 @@ impl ShardMessages {
                 seg.refresh_len()?;
             }
             match seg.next(self.pos, Payload::Skip)? {
-                Step::End => {
+                Step::End | Step::EndMark => {
                     if !self.refill()? {
                         return Ok(None);
                     }
                     self.cur = None;
                 }
                 Step::Bad(reason) => {
-                    let (path, pos) = (seg.path().to_owned(), self.pos);
-                    if self.refill()? {
-                        return Err(SpoolError::corrupt(path, pos, reason));
-                    }
-                    // The newest segment's tail: a write in progress or a torn tail.
-                    return Ok(None);
+                    let (path, pos, prev) = (seg.path().to_owned(), self.pos, self.prev);
+                    return self.damaged(path, prev, pos, reason);
                 }
                 Step::Record(m) => {
                     let pos = self.pos;
-                    self.pos = m.end();
+                    if m.header.kind == Kind::Ignorable {
+                        // Rare, and a damaged kind byte of a message can
+                        // land in this range: check it before skipping it.
+                        if let Step::Bad(reason) = seg.next(pos, Payload::Verify)? {
+                            let path = seg.path().to_owned();
+                            return self.damaged(path, None, pos, reason);
+                        }
+                    }
                     if !matches!(m.header.kind, Kind::Message | Kind::Commit) {
+                        self.prev = Some(pos);
+                        self.pos = m.end();
                         continue;
                     }
                     match seg.next(pos, Payload::Load(&mut self.buf))? {
                         Step::Record(_) => {
-                            return stored(
-                                self.shard,
-                                &self.dir,
-                                seg,
-                                pos,
-                                m.header.id_seq,
-                                &self.buf,
-                            )
-                            .map(Some)
+                            self.prev = Some(pos);
+                            self.pos = m.end();
+                            let r =
+                                stored(self.shard, &self.dir, seg, pos, m.header.id_seq, &self.buf);
+                            // An undecodable payload is damage of one record.
+                            self.resumable = r.is_err();
+                            return r.map(Some);
                         }
                         Step::Bad(reason) => {
                             let path = seg.path().to_owned();
-                            if self.refill()? {
-                                return Err(SpoolError::corrupt(path, pos, reason));
-                            }
-                            return Ok(None);
+                            return self.damaged(path, None, pos, reason);
                         }
-                        Step::End => return Ok(None),
+                        Step::End | Step::EndMark => return Ok(None),
                     }
                 }
+            }
+        }
+    }
+
+    /// No intact record at `pos` of the current segment: step over damage
+    /// in the middle and report it; a tail of an older segment is reported
+    /// and ends that segment; a tail of the newest segment (where the
+    /// server writes, or a torn tail the next start cuts) or zeros end the
+    /// segment quietly.
+    fn damaged(
+        &mut self,
+        path: PathBuf,
+        prev: Option<u64>,
+        pos: u64,
+        reason: &str,
+    ) -> Result<Option<StoredMessage>, SpoolError> {
+        let Some(seg) = self.cur.as_ref() else {
+            return Ok(None);
+        };
+        let (start, damage) = seg.damage_after_skip(prev, pos)?;
+        let len = seg.len();
+        match damage {
+            Damage::Middle(next) => {
+                self.pos = next;
+                self.prev = None;
+                self.resumable = true;
+                Err(SpoolError::corrupt(
+                    path,
+                    start,
+                    format!(
+                        "damaged range of {} bytes ({reason}); intact records resume at offset {next}",
+                        next - start
+                    ),
+                ))
+            }
+            Damage::Zeros => {
+                // The end of data: on to the next segment, if there is one.
+                self.cur = None;
+                if self.refill()? {
+                    self.step()
+                } else {
+                    Ok(None)
+                }
+            }
+            Damage::Tail => {
+                self.cur = None;
+                if !self.refill()? {
+                    return Ok(None);
+                }
+                self.resumable = true;
+                Err(SpoolError::corrupt(
+                    path,
+                    start,
+                    format!("damaged tail of {} bytes: {reason}", len - start),
+                ))
             }
         }
     }
@@ -896,6 +1080,7 @@ impl Iterator for ShardMessages {
         if self.done {
             return None;
         }
+        self.resumable = false;
         match self.step() {
             Ok(Some(m)) => Some(Ok(m)),
             Ok(None) => {
@@ -903,7 +1088,7 @@ impl Iterator for ShardMessages {
                 None
             }
             Err(e) => {
-                self.done = true;
+                self.done = !self.resumable;
                 Some(Err(e))
             }
         }

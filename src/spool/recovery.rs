@@ -1,33 +1,51 @@
 //! Start-up recovery of one shard directory: find the segments, check them,
-//! cut a torn tail, and work out where appending resumes and which queue
-//! sequence numbers are already taken.
+//! cut a torn tail, step over damage in the middle, and work out where
+//! appending resumes and which queue sequence numbers are already taken.
 //!
 //! Only the newest segment can hold a torn write when the server ran with
 //! `durability = fsync`: a segment is sealed and fdatasync'd before the next
 //! one is created. So older segments are checked by their seal alone (a read
-//! of the last 36 bytes) and scanned in full only when the seal is missing
+//! of the last record) and scanned in full only when the seal is missing
 //! (a crash under `durability = none`, or a segment abandoned after an I/O
-//! error). The newest is always scanned, every CRC checked.
+//! error). The newest is always scanned, every CRC checked. Damage inside a
+//! sealed segment is left to readers, which step over it.
 //!
-//! A record that is not whole and intact ends the segment: it and everything
-//! after it is cut (logged with file and offset). That never loses an
-//! acknowledged message: a message is acknowledged only after the fdatasync
-//! that covers its last byte, and a torn write can only hit bytes that no
-//! fdatasync had covered yet. Cutting at the first bad record also means no
-//! uncommitted message can surface: a streamed message's commit record comes
-//! after all of its fragments.
+//! Where no intact record starts, what follows decides (see
+//! [`Damage`](super::scan::Damage)): zeros to the end of the file are the
+//! end of data and are cut; a torn tail (nothing intact of this segment
+//! after it) is copied to a quarantine file and cut; damage in the middle
+//! (an intact record with this segment's nonce follows) is copied to a
+//! quarantine file and then overwritten by a hole record of the same
+//! length (so readers see a sound segment), and the scan goes on at the
+//! next intact record,
+//! so one bad sector never takes the acknowledged mail after it along. Each
+//! damaged range is logged on one line. Version 1 segments carry no nonce
+//! and cannot be resynchronised safely: there any damage ends the segment,
+//! as before, but is quarantined before the cut.
+//!
+//! Cutting a torn tail never loses an acknowledged message: a message is
+//! acknowledged only after the fdatasync that covers its last byte, and a
+//! torn write can only hit bytes that no fdatasync had covered yet. Records
+//! after damage in the middle may include ones never acknowledged (a crash
+//! while a batch was half on disk): those surface, and the client that got
+//! no `250` sends them again — a duplicate, never a loss. A message that
+//! *was* refused after a failed write cannot surface: the writer cut it
+//! back durably or wrote an end mark before it.
 //!
 //! Recovery reads with blocking `std::fs` calls and yields to the executor
 //! between records; it runs before the shard accepts connections.
 
 use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::error::SpoolError;
 use super::format::{
-    decode_seal, HeaderError, Kind, FILE_HEADER_LEN, RECORD_HEADER_LEN, SEAL_PAYLOAD_LEN,
+    decode_seal, encode_hole, quarantine_file_name, HeaderError, Kind, FORMAT_VERSION,
+    RECORD_HEADER_LEN, SEAL_PAYLOAD_LEN,
 };
-use super::scan::{list_segments, OpenError, Payload, SegmentFile, Step};
+use super::scan::{list_segments, Damage, OpenError, Payload, SegmentFile, Step};
 
 /// What recovery found and did in one shard directory.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,8 +56,11 @@ pub struct RecoveryReport {
     pub scanned_segments: usize,
     /// Intact records in the scanned segments.
     pub scanned_records: u64,
-    /// Torn or corrupt tails that were cut.
+    /// Torn or corrupt tails that were cut (their bytes kept in quarantine).
     pub cuts: Vec<TailCut>,
+    /// Damaged ranges in the middle of a segment: copied to quarantine,
+    /// then replaced by a hole record; the records after them are kept.
+    pub damaged: Vec<TailCut>,
     /// Segment files that never got a header (a crash or failure while
     /// creating them) and were removed; they held no records.
     pub removed: Vec<PathBuf>,
@@ -47,24 +68,27 @@ pub struct RecoveryReport {
     pub foreign: Vec<PathBuf>,
 }
 
-/// One cut tail.
+/// One damaged range: a cut tail, or damage in the middle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TailCut {
     /// The segment file.
     pub path: PathBuf,
-    /// Where the first bad record began; the file now ends here.
+    /// Where the damage begins (for a cut: the file now ends here).
     pub offset: u64,
-    /// Bytes removed.
+    /// Its length in bytes.
     pub bytes: u64,
     /// What was wrong at `offset`.
     pub reason: String,
+    /// The file holding a copy of the bytes; `None` when they were all
+    /// zero (the end of data, nothing to keep).
+    pub quarantine: Option<PathBuf>,
 }
 
 /// Where the shard resumes.
 #[derive(Debug)]
 pub(crate) struct Recovered {
-    /// The newest segment, if it can take more appends: (sequence, length).
-    pub(crate) append_to: Option<(u64, u64)>,
+    /// The newest segment, if it can take more appends: (sequence, length, nonce).
+    pub(crate) append_to: Option<(u64, u64, u64)>,
     /// The sequence number for the next new segment.
     pub(crate) next_segment_seq: u64,
     /// Every queue sequence number found on disk is below this.
@@ -80,6 +104,39 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| SpoolError::io("syncing directory", dir, e))
+}
+
+/// Copies bytes `from .. from + len` of `seg` into a quarantine file beside
+/// it, fsyncs the file and the directory, and returns its path. A file of
+/// that name and length already there (the same damage found by an
+/// earlier start) is kept as it is.
+fn quarantine(
+    dir: &Path,
+    shard: u32,
+    seg: &SegmentFile,
+    from: u64,
+    len: u64,
+) -> Result<PathBuf, SpoolError> {
+    let path = dir.join(quarantine_file_name(shard, seg.header.segment, from, len));
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() == len) {
+        return Ok(path);
+    }
+    let tmp = path.with_extension("tmp");
+    let werr = |e| SpoolError::io("writing quarantine file", &tmp, e);
+    let mut out = File::create(&tmp).map_err(werr)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = 0u64;
+    while at < len {
+        let n = ((len - at) as usize).min(buf.len());
+        seg.read_exact_at(&mut buf[..n], from + at)?;
+        out.write_all(&buf[..n]).map_err(werr)?;
+        at += n as u64;
+    }
+    out.sync_all().map_err(werr)?;
+    drop(out);
+    std::fs::rename(&tmp, &path).map_err(|e| SpoolError::io("renaming", &tmp, e))?;
+    sync_dir(dir)?;
+    Ok(path)
 }
 
 /// Recovers shard `shard` in `dir` (which must exist).
@@ -103,8 +160,8 @@ pub(crate) async fn recover_shard(dir: &Path, shard: u32) -> Result<Recovered, S
     }
     let next_segment_seq = segs.last().map_or(1, |(seq, _)| seq.saturating_add(1));
     let mut id_floor = 0u64;
-    // (sequence, length, sealed) of the newest usable segment so far.
-    let mut newest: Option<(u64, u64, bool)> = None;
+    // (sequence, length, closed, nonce) of the newest usable segment so far.
+    let mut newest: Option<(u64, u64, bool, u64)> = None;
     let n = segs.len();
     for (i, (seq, path)) in segs.iter().enumerate() {
         let is_last = i + 1 == n;
@@ -122,9 +179,7 @@ pub(crate) async fn recover_shard(dir: &Path, shard: u32) -> Result<Recovered, S
                 })
             }
             // No room for a record: a creation that never completed.
-            Err(OpenError::Header(HeaderError::Torn | HeaderError::BadCrc, len))
-                if len <= FILE_HEADER_LEN as u64 =>
-            {
+            Err(OpenError::Header(HeaderError::Torn | HeaderError::BadCrc, true)) => {
                 std::fs::remove_file(path).map_err(|e| SpoolError::io("removing", path, e))?;
                 sync_dir(dir)?;
                 log(
@@ -157,72 +212,18 @@ pub(crate) async fn recover_shard(dir: &Path, shard: u32) -> Result<Recovered, S
         if !is_last {
             if let Some(seal) = seg.read_seal()? {
                 id_floor = id_floor.max(seal.next_id_seq);
-                newest = Some((*seq, seg.len(), true));
+                newest = Some((*seq, seg.len(), true, seg.header.nonce));
                 continue;
             }
         }
         report.scanned_segments += 1;
-        let mut pos = FILE_HEADER_LEN as u64;
-        let mut sealed = false;
-        let cut: Option<(u64, &'static str)> = loop {
-            glommio::yield_if_needed().await;
-            match seg.next(pos, Payload::Verify)? {
-                Step::End => break None,
-                Step::Bad(reason) => break Some((pos, reason)),
-                Step::Record(m) if m.header.kind == Kind::Seal => {
-                    let mut p = [0u8; SEAL_PAYLOAD_LEN];
-                    seg.read_exact_at(&mut p, m.offset + RECORD_HEADER_LEN as u64)?;
-                    match decode_seal(&p) {
-                        Some(s) if s.segment_len == m.end() && m.end() == seg.len() => {
-                            id_floor = id_floor.max(s.next_id_seq);
-                            report.scanned_records += 1;
-                            sealed = true;
-                            break None;
-                        }
-                        Some(s) if s.segment_len == m.end() => {
-                            // We never append after a seal: what follows is not ours.
-                            id_floor = id_floor.max(s.next_id_seq);
-                            report.scanned_records += 1;
-                            sealed = true;
-                            break Some((m.end(), "bytes after the seal record"));
-                        }
-                        _ => break Some((pos, "seal record does not match its segment")),
-                    }
-                }
-                Step::Record(m) => {
-                    id_floor = id_floor.max(m.header.id_seq.saturating_add(1));
-                    report.scanned_records += 1;
-                    pos = m.end();
-                }
-            }
-        };
-        let mut len = seg.len();
-        if let Some((at, reason)) = cut {
-            let bytes = len - at;
-            seg.file()
-                .set_len(at)
-                .and_then(|()| seg.file().sync_all())
-                .map_err(|e| SpoolError::io("cutting torn tail of", path, e))?;
-            seg.set_len_after_truncate(at);
-            log(
-                shard,
-                format_args!(
-                    "{}: cut torn tail at offset {at} ({bytes} bytes): {reason}",
-                    path.display()
-                ),
-            );
-            report.cuts.push(TailCut {
-                path: path.clone(),
-                offset: at,
-                bytes,
-                reason: reason.to_owned(),
-            });
-            len = at;
-        }
-        newest = Some((*seq, len, sealed));
+        let scan = scan_segment(&mut seg, dir, shard, &mut report, &mut id_floor).await?;
+        // Appending goes on only in a version 2 segment with no seal or end mark.
+        let closed = scan.closed || seg.version() != FORMAT_VERSION;
+        newest = Some((*seq, seg.len(), closed, seg.header.nonce));
     }
     let append_to = match newest {
-        Some((seq, len, false)) => Some((seq, len)),
+        Some((seq, len, false, nonce)) => Some((seq, len, nonce)),
         _ => None,
     };
     Ok(Recovered {
@@ -231,4 +232,139 @@ pub(crate) async fn recover_shard(dir: &Path, shard: u32) -> Result<Recovered, S
         id_floor,
         report,
     })
+}
+
+/// What scanning one segment found.
+struct Scanned {
+    /// It ends with a seal or an end mark: no more appends.
+    closed: bool,
+}
+
+/// Walks every record of `seg`, checking every CRC; cuts a torn tail and
+/// steps over damage in the middle (both quarantined first), raising
+/// `id_floor` past every record's queue sequence.
+async fn scan_segment(
+    seg: &mut SegmentFile,
+    dir: &Path,
+    shard: u32,
+    report: &mut RecoveryReport,
+    id_floor: &mut u64,
+) -> Result<Scanned, SpoolError> {
+    let mut pos = seg.data_start();
+    let mut closed = false;
+    // (offset, reason) of a tail to cut.
+    let cut: Option<(u64, &'static str)> = loop {
+        glommio::yield_if_needed().await;
+        match seg.next(pos, Payload::Verify)? {
+            Step::End => break None,
+            Step::EndMark if seg.version() == FORMAT_VERSION => {
+                // The writer could not cut a failed write back: what follows
+                // was answered as failed. Left as it is; no more appends.
+                closed = true;
+                break None;
+            }
+            Step::EndMark => break Some((pos, "zeroed record header (a failed write's mark)")),
+            Step::Bad(reason) => match seg.classify(pos)? {
+                Damage::Middle(next) => {
+                    let bytes = next - pos;
+                    let q = quarantine(dir, shard, seg, pos, bytes)?;
+                    // With the bytes safe in quarantine, a hole record takes
+                    // their place, so readers and `verify` see a sound
+                    // segment again. Too short for a header (cannot happen
+                    // with records of 28 bytes or more): left as it is.
+                    // A range longer than a record can be (only with
+                    // segments over 1 GiB) stays too: readers step over it.
+                    let hole = usize::try_from(bytes)
+                        .ok()
+                        .filter(|&b| b >= RECORD_HEADER_LEN)
+                        .and_then(|b| encode_hole(b, seg.header.nonce).ok());
+                    let healed = if let Some(hole) = hole {
+                        seg.file()
+                            .write_all_at(&hole, pos)
+                            .and_then(|()| seg.file().sync_data())
+                            .map_err(|e| {
+                                SpoolError::io("writing a hole record into", seg.path(), e)
+                            })?;
+                        "replaced by a hole record"
+                    } else {
+                        "left in place"
+                    };
+                    log(
+                        shard,
+                        format_args!(
+                            "{}: damaged range at offset {pos} ({bytes} bytes): {reason}; \
+                             kept in {}, {healed}, records resume at offset {next}",
+                            seg.path().display(),
+                            q.display()
+                        ),
+                    );
+                    report.damaged.push(TailCut {
+                        path: seg.path().to_owned(),
+                        offset: pos,
+                        bytes,
+                        reason: reason.to_owned(),
+                        quarantine: Some(q),
+                    });
+                    pos = next;
+                }
+                Damage::Zeros => break Some((pos, "zeros after the last record")),
+                Damage::Tail => break Some((pos, reason)),
+            },
+            Step::Record(m) if m.header.kind == Kind::Seal => {
+                let mut p = [0u8; SEAL_PAYLOAD_LEN];
+                seg.read_exact_at(&mut p, m.payload())?;
+                match decode_seal(&p) {
+                    Some(s) if s.segment_len == m.end() => {
+                        *id_floor = (*id_floor).max(s.next_id_seq);
+                        report.scanned_records += 1;
+                        closed = true;
+                        if m.end() == seg.len() {
+                            break None;
+                        }
+                        // We never append after a seal: what follows is not ours.
+                        break Some((m.end(), "bytes after the seal record"));
+                    }
+                    _ => break Some((pos, "seal record does not match its segment")),
+                }
+            }
+            Step::Record(m) => {
+                *id_floor = (*id_floor).max(m.header.id_seq.saturating_add(1));
+                report.scanned_records += 1;
+                pos = m.end();
+            }
+        }
+    };
+    if let Some((at, reason)) = cut {
+        let len = seg.len();
+        let bytes = len - at;
+        let quarantine = if seg.all_zero(at, len)? {
+            None
+        } else {
+            Some(quarantine(dir, shard, seg, at, bytes)?)
+        };
+        seg.file()
+            .set_len(at)
+            .and_then(|()| seg.file().sync_all())
+            .map_err(|e| SpoolError::io("cutting torn tail of", seg.path(), e))?;
+        seg.set_len_after_truncate(at);
+        let kept = match &quarantine {
+            Some(q) => format!("kept in {}", q.display()),
+            None => "all zero".to_owned(),
+        };
+        log(
+            shard,
+            format_args!(
+                "{}: cut torn tail at offset {at} ({bytes} bytes, {kept}): {reason}",
+                seg.path().display()
+            ),
+        );
+        report.cuts.push(TailCut {
+            path: seg.path().to_owned(),
+            offset: at,
+            bytes,
+            reason: reason.to_owned(),
+            quarantine,
+        });
+    }
+    Ok(Scanned { closed })
 }

@@ -1,11 +1,16 @@
 //! Walks one segment file record by record with positioned reads
 //! (`std::fs`, blocking). Shared by recovery (at start-up, before the shard
-//! serves anyone), by the reader and by `verify`.
+//! serves anyone), by the reader and by `verify`. Reads format versions 1
+//! and 2.
 //!
-//! It decides only "is there a whole, intact record here?"; what a bad
-//! record means (torn tail to cut, corruption to report, a write still in
-//! progress) is the caller's call, because it depends on where the segment
-//! sits and whether a server is running.
+//! It decides "is there a whole, intact record here?" and, when there is
+//! not, what kind of damage it is ([`SegmentFile::classify`]): zeros up to
+//! the end of the file (the end of data), a torn tail (nothing intact
+//! follows), or damage in the middle (an intact record of this segment
+//! follows: [`SegmentFile::resync`] finds it by the segment's nonce). What
+//! to do about it (cut, quarantine, report, a write in progress) is the
+//! caller's call, because it depends on where the segment sits and whether
+//! a server is running.
 
 use std::fs::File;
 use std::io;
@@ -14,11 +19,12 @@ use std::path::{Path, PathBuf};
 
 use super::error::SpoolError;
 use super::format::{
-    decode_seal, FileHeader, HeaderError, Kind, RecordHeader, Seal, FILE_HEADER_LEN,
-    MAX_RECORD_PAYLOAD, RECORD_HEADER_LEN, SEAL_RECORD_LEN,
+    decode_seal, FileHeader, HeaderError, Kind, RecordHeader, Seal, FORMAT_VERSION_1,
+    MAX_RECORD_PAYLOAD, SEAL_PAYLOAD_LEN, V1_FILE_HEADER_LEN,
 };
 
-/// Payload bytes checked per read when a record is verified without being kept.
+/// Payload bytes checked per read when a record is verified without being
+/// kept, and bytes searched per read by a resync.
 const CHUNK: usize = 64 * 1024;
 
 /// An open segment file with a valid header.
@@ -35,8 +41,10 @@ pub(crate) struct SegmentFile {
 /// Why a segment could not be opened.
 #[derive(Debug)]
 pub(crate) enum OpenError {
-    /// The header is missing or unreadable; `len` is the file length.
-    Header(HeaderError, u64),
+    /// The header is missing or unreadable; the flag says whether the file
+    /// is too short to hold any record after a header of its version (a
+    /// creation that never completed).
+    Header(HeaderError, bool),
     /// The file could not be opened or read.
     Spool(SpoolError),
 }
@@ -46,10 +54,26 @@ pub(crate) enum OpenError {
 pub(crate) enum Step {
     /// The walk reached the end of the file exactly at a record boundary.
     End,
+    /// An intact end mark (version 2; in version 1 a zeroed header slot):
+    /// the segment's data ends at this offset, whatever follows.
+    EndMark,
     /// An intact record (its CRC checked unless the walk skips payloads).
     Record(RecordMeta),
     /// No intact record starts here.
     Bad(&'static str),
+}
+
+/// What lies at a spot where no intact record starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Damage {
+    /// Only zero bytes from here to the end of the file, and no intact
+    /// record among them: the end of data (version 2), not damage.
+    Zeros,
+    /// No intact record of this segment follows (version 1: always): a
+    /// torn tail, or where a write is under way.
+    Tail,
+    /// Damage in the middle: the next intact record starts at this offset.
+    Middle(u64),
 }
 
 /// Where a record is and what it holds.
@@ -59,12 +83,19 @@ pub(crate) struct RecordMeta {
     pub(crate) offset: u64,
     /// Its decoded header.
     pub(crate) header: RecordHeader,
+    /// Its header's length (by format version).
+    pub(crate) header_len: u32,
 }
 
 impl RecordMeta {
+    /// Offset of its payload.
+    pub(crate) fn payload(&self) -> u64 {
+        self.offset + u64::from(self.header_len)
+    }
+
     /// Offset just past the record.
     pub(crate) fn end(&self) -> u64 {
-        self.offset + RECORD_HEADER_LEN as u64 + u64::from(self.header.len)
+        self.payload() + u64::from(self.header.len)
     }
 }
 
@@ -92,11 +123,21 @@ impl SegmentFile {
             .metadata()
             .map_err(|e| OpenError::Spool(SpoolError::io("reading size of", path, e)))?
             .len();
-        let mut b = [0u8; FILE_HEADER_LEN];
-        let n = (len as usize).min(FILE_HEADER_LEN);
+        let mut b = [0u8; super::format::FILE_HEADER_LEN];
+        let n = (len as usize).min(b.len());
         file.read_exact_at(&mut b[..n], 0)
             .map_err(|e| OpenError::Spool(SpoolError::io("reading header of", path, e)))?;
-        let header = FileHeader::decode(&b[..n]).map_err(|e| OpenError::Header(e, len))?;
+        let header = FileHeader::decode(&b[..n]).map_err(|e| {
+            // The version field, if it made it to disk, says how long the
+            // header is; without it assume the longer (version 2) header.
+            let v1 = n >= 10 && b[0..8] == super::format::FILE_MAGIC && b[8..10] == [1, 0];
+            let room = if v1 {
+                V1_FILE_HEADER_LEN
+            } else {
+                super::format::FILE_HEADER_LEN
+            };
+            OpenError::Header(e, len <= room as u64)
+        })?;
         Ok(Self {
             file,
             path: path.to_owned(),
@@ -113,6 +154,16 @@ impl SegmentFile {
     /// The file length as last seen.
     pub(crate) fn len(&self) -> u64 {
         self.len
+    }
+
+    /// Where the first record starts.
+    pub(crate) fn data_start(&self) -> u64 {
+        self.header.header_len() as u64
+    }
+
+    /// The format version.
+    pub(crate) fn version(&self) -> u16 {
+        self.header.version
     }
 
     /// The underlying file (recovery truncates through it).
@@ -150,26 +201,21 @@ impl SegmentFile {
     /// one whose recorded length matches: the fast "this segment is complete"
     /// check that saves recovery a full scan of every older segment.
     pub(crate) fn read_seal(&self) -> Result<Option<Seal>, SpoolError> {
-        let Some(pos) = self.len.checked_sub(SEAL_RECORD_LEN as u64) else {
+        let rh = self.header.record_header_len();
+        let Some(pos) = self.len.checked_sub((rh + SEAL_PAYLOAD_LEN) as u64) else {
             return Ok(None);
         };
-        if pos < FILE_HEADER_LEN as u64 {
+        if pos < self.data_start() {
             return Ok(None);
         }
-        let mut b = [0u8; SEAL_RECORD_LEN];
-        self.read_at(&mut b, pos)?;
-        let mut hb = [0u8; RECORD_HEADER_LEN];
-        hb.copy_from_slice(&b[..RECORD_HEADER_LEN]);
-        let Some(h) = RecordHeader::decode(&hb) else {
-            return Ok(None);
-        };
-        if h.kind != Kind::Seal
-            || h.len as usize != SEAL_RECORD_LEN - RECORD_HEADER_LEN
-            || crc32c::crc32c_append(RecordHeader::crc_start(&hb), &b[RECORD_HEADER_LEN..]) != h.crc
-        {
-            return Ok(None);
+        match self.next(pos, Payload::Verify)? {
+            Step::Record(m) if m.header.kind == Kind::Seal => {
+                let mut p = [0u8; SEAL_PAYLOAD_LEN];
+                self.read_at(&mut p, m.payload())?;
+                Ok(decode_seal(&p).filter(|s| s.segment_len == self.len))
+            }
+            _ => Ok(None),
         }
-        Ok(decode_seal(&b[RECORD_HEADER_LEN..]).filter(|s| s.segment_len == self.len))
     }
 
     /// Looks for an intact record at `pos`, treating `self.len()` as the end.
@@ -177,30 +223,42 @@ impl SegmentFile {
         if pos == self.len {
             return Ok(Step::End);
         }
-        if pos + RECORD_HEADER_LEN as u64 > self.len {
+        let version = self.version();
+        let rh = self.header.record_header_len();
+        if pos + rh as u64 > self.len {
             return Ok(Step::Bad("file ends inside a record header"));
         }
-        let mut hb = [0u8; RECORD_HEADER_LEN];
-        self.read_at(&mut hb, pos)?;
-        let Some(header) = RecordHeader::decode(&hb) else {
+        let mut hb = [0u8; super::format::RECORD_HEADER_LEN];
+        let hb = &mut hb[..rh];
+        self.read_at(hb, pos)?;
+        if version == FORMAT_VERSION_1 && hb.iter().all(|&b| b == 0) {
+            // Version 1 writers zero a header slot to mark the end when
+            // they cannot cut a failed write back.
+            return Ok(Step::EndMark);
+        }
+        let Some(header) = RecordHeader::decode(hb, version) else {
             return Ok(Step::Bad(
                 "not a record header (unknown kind or reserved bits set)",
             ));
         };
+        if header.nonce != self.header.nonce {
+            return Ok(Step::Bad("record nonce is not this segment's"));
+        }
         if header.len > MAX_RECORD_PAYLOAD {
             return Ok(Step::Bad("record length over the format's limit"));
         }
         let meta = RecordMeta {
             offset: pos,
             header,
+            header_len: rh as u32,
         };
         if meta.end() > self.len {
             return Ok(Step::Bad("file ends inside a record"));
         }
-        let start = pos + RECORD_HEADER_LEN as u64;
-        let crc = RecordHeader::crc_start(&hb);
+        let start = meta.payload();
+        let crc = RecordHeader::crc_start(hb, version);
         let crc = match payload {
-            Payload::Skip => return Ok(Step::Record(meta)),
+            Payload::Skip => return Ok(self.found(meta)),
             Payload::Load(buf) => {
                 buf.clear();
                 buf.resize(header.len as usize, 0);
@@ -220,10 +278,97 @@ impl SegmentFile {
                 crc
             }
         };
-        if crc != header.crc {
+        if RecordHeader::crc_finish(crc, hb, version) != header.crc {
             return Ok(Step::Bad("CRC32C mismatch"));
         }
-        Ok(Step::Record(meta))
+        Ok(self.found(meta))
+    }
+
+    fn found(&self, meta: RecordMeta) -> Step {
+        if meta.header.kind == Kind::End {
+            Step::EndMark
+        } else {
+            Step::Record(meta)
+        }
+    }
+
+    /// The offset of the first intact record (header, nonce and CRC check
+    /// out) at or after `from`, if any. Version 2 only: a version 1
+    /// segment has no nonce, and a body could hold a record that passes
+    /// every other check, so it never resynchronises. A record inside a
+    /// message body carries another segment's nonce (or none), so it is
+    /// never taken for one of this segment's.
+    pub(crate) fn resync(&self, from: u64) -> Result<Option<u64>, SpoolError> {
+        if self.version() == FORMAT_VERSION_1 {
+            return Ok(None);
+        }
+        let nonce = self.header.nonce.to_le_bytes();
+        // The nonce sits at bytes 20..28 of a header.
+        const NONCE_AT: u64 = 20;
+        let finder = memchr::memmem::Finder::new(&nonce);
+        let mut buf = vec![0u8; CHUNK];
+        let mut base = from + NONCE_AT;
+        while base + nonce.len() as u64 <= self.len {
+            let n = ((self.len - base) as usize).min(CHUNK);
+            self.read_at(&mut buf[..n], base)?;
+            for hit in finder.find_iter(&buf[..n]) {
+                let at = base + hit as u64 - NONCE_AT;
+                if matches!(
+                    self.next(at, Payload::Verify)?,
+                    Step::Record(_) | Step::EndMark
+                ) {
+                    return Ok(Some(at));
+                }
+            }
+            if base + n as u64 >= self.len {
+                break;
+            }
+            // Overlap so a nonce across two reads is found.
+            base += (n - (nonce.len() - 1)) as u64;
+        }
+        Ok(None)
+    }
+
+    /// What lies at `pos`, where no intact record starts.
+    pub(crate) fn classify(&self, pos: u64) -> Result<Damage, SpoolError> {
+        if let Some(next) = self.resync(pos + 1)? {
+            return Ok(Damage::Middle(next));
+        }
+        if self.version() != FORMAT_VERSION_1 && self.all_zero(pos, self.len)? {
+            return Ok(Damage::Zeros);
+        }
+        Ok(Damage::Tail)
+    }
+
+    /// After a walk that trusted record headers ([`Payload::Skip`]) found no
+    /// record at `pos`, where the previous record started at `prev`: where
+    /// the damage really starts (the previous record, if its CRC fails: a
+    /// damaged length field sends a hop astray) and what lies there.
+    pub(crate) fn damage_after_skip(
+        &self,
+        prev: Option<u64>,
+        pos: u64,
+    ) -> Result<(u64, Damage), SpoolError> {
+        let start = match prev {
+            Some(p) if !matches!(self.next(p, Payload::Verify)?, Step::Record(_)) => p,
+            _ => pos,
+        };
+        Ok((start, self.classify(start)?))
+    }
+
+    /// Whether bytes `from..to` are all zero.
+    pub(crate) fn all_zero(&self, from: u64, to: u64) -> Result<bool, SpoolError> {
+        let mut buf = vec![0u8; CHUNK];
+        let mut at = from;
+        while at < to {
+            let n = ((to - at) as usize).min(CHUNK);
+            self.read_at(&mut buf[..n], at)?;
+            if buf[..n].iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+            at += n as u64;
+        }
+        Ok(true)
     }
 
     /// Reads `buf.len()` bytes at `pos` (fragment bodies).
@@ -241,7 +386,7 @@ pub(crate) type Listing = (Vec<(u64, PathBuf)>, Vec<PathBuf>);
 /// # Errors
 /// The directory cannot be read, or holds a segment of another format version.
 pub(crate) fn list_segments(dir: &Path) -> Result<Listing, SpoolError> {
-    use super::format::{parse_segment_file_name, SegmentName};
+    use super::format::{is_quarantine_file_name, parse_segment_file_name, SegmentName};
     let mut segs = Vec::new();
     let mut foreign = Vec::new();
     let rd = std::fs::read_dir(dir).map_err(|e| SpoolError::io("listing", dir, e))?;
@@ -254,6 +399,7 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Listing, SpoolError> {
             SegmentName::OtherVersion(found) => {
                 return Err(SpoolError::UnsupportedVersion { path, found })
             }
+            SegmentName::Foreign if is_quarantine_file_name(&name.to_string_lossy()) => {}
             SegmentName::Foreign => foreign.push(path),
         }
     }

@@ -481,7 +481,7 @@ fn records(path: &Path) -> Vec<(u64, u64, Kind, u64)> {
     let mut v = Vec::new();
     loop {
         match seg.next(pos, Payload::Verify).unwrap() {
-            Step::End => return v,
+            Step::End | Step::EndMark => return v,
             Step::Bad(r) => panic!("{r} at {pos}"),
             Step::Record(m) => {
                 v.push((m.offset, m.end(), m.header.kind, m.header.id_seq));
@@ -586,22 +586,107 @@ fn torn_tail_cut_at_every_offset_loses_no_committed_message() {
     });
 }
 
+/// Records of the sweep fixture: (offset, end, kind, id seq).
+type Recs = [(u64, u64, Kind, u64)];
+
+/// Writes `bytes` (the sweep fixture with damage in record `hit`) as the
+/// only segment of a fresh spool, opens it (recovery), appends one message,
+/// and checks: a damaged last record is cut, any other replaced by a hole
+/// record; the damaged bytes are in quarantine; every committed message
+/// outside the damaged record is listed byte-identical, one whose fragment
+/// was damaged is listed but its body fails its check.
+async fn check_damaged(root: &Path, bytes: &[u8], recs: &Recs, hit: usize, committed: &Committed) {
+    let _ = std::fs::remove_dir_all(root);
+    let shard = root.join("shard-0");
+    std::fs::create_dir_all(&shard).unwrap();
+    std::fs::write(shard.join(segment_file_name(1)), bytes).unwrap();
+    let c = cfg(256, 1 << 20, Durability::None);
+    let extra = body(77, 77);
+    let spool = ShardSpool::open(root, 0, &c).await.unwrap();
+    let rep = spool.recovery().clone();
+    let (start, end) = (recs[hit].0, recs[hit].1);
+    let last = hit + 1 == recs.len();
+    let range = if last { &rep.cuts } else { &rep.damaged };
+    let other = if last { &rep.damaged } else { &rep.cuts };
+    assert!(other.is_empty(), "record {hit}: {rep:?}");
+    assert_eq!(range.len(), 1, "record {hit}: {rep:?}");
+    assert_eq!(
+        (range[0].offset, range[0].bytes),
+        (start, end - start),
+        "record {hit}"
+    );
+    let q = std::fs::read(range[0].quarantine.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        q,
+        &bytes[start as usize..end as usize],
+        "record {hit}: quarantine"
+    );
+    let extra_id = store(&spool, &extra, 50).await.unwrap();
+    spool.close().await.unwrap();
+    drop(spool);
+    // The streamed message whose fragment was hit, if any.
+    let broken_commit = (recs[hit].2 == Kind::Fragment)
+        .then(|| recs[hit].3)
+        .filter(|seq| committed.contains_key(seq));
+    let mut want: BTreeMap<QueueId, Vec<u8>> = committed
+        .iter()
+        .filter(|(seq, _)| **seq != recs[hit].3 || recs[hit].2 == Kind::Fragment)
+        .filter(|(seq, _)| Some(**seq) != broken_commit)
+        .map(|(seq, (_, b))| (QueueId::new(0, *seq).unwrap(), b.clone()))
+        .collect();
+    want.insert(extra_id, extra);
+    let mut got = BTreeMap::new();
+    let mut reported = Vec::new();
+    for m in SpoolReader::open(root).unwrap().messages().unwrap() {
+        match m {
+            Ok(m) if Some(m.id.seq()) == broken_commit => {
+                assert!(
+                    m.body_bytes().is_err(),
+                    "record {hit}: damaged fragment read"
+                );
+            }
+            Ok(m) => assert!(got.insert(m.id, m.body_bytes().unwrap()).is_none()),
+            Err(SpoolError::Corrupt { offset, .. }) => reported.push(offset),
+            Err(e) => panic!("record {hit}: {e}"),
+        }
+    }
+    assert_eq!(got, want, "record {hit}");
+    // A cut tail is gone; damage in the middle became a hole record:
+    // readers and verify see a sound segment, verify counts the hole.
+    assert!(reported.is_empty(), "record {hit}: {reported:?}");
+    let sum = &SpoolReader::open(root).unwrap().verify().unwrap()[0];
+    // Only a commit whose fragment went into quarantine is still damaged.
+    let commit_at: Vec<u64> = broken_commit
+        .map(|seq| {
+            recs.iter()
+                .find(|r| r.3 == seq && r.2 == Kind::Commit)
+                .unwrap()
+                .0
+        })
+        .into_iter()
+        .collect();
+    let problems: Vec<u64> = sum.problems.iter().map(|p| p.offset).collect();
+    assert_eq!(problems, commit_at, "record {hit}: {sum:#?}");
+    assert_eq!(
+        (sum.holes, sum.hole_bytes),
+        if last { (0, 0) } else { (1, end - start) },
+        "record {hit}"
+    );
+}
+
 #[test]
-fn flipped_byte_at_every_offset_of_the_tail_is_cut_not_surfaced() {
+fn flipped_byte_at_every_offset_is_quarantined_and_never_takes_later_mail() {
     let dir = TempDir::in_memory("flip");
     let (bytes, start, committed) = sweep_fixture(dir.path());
     let path = dir.path().join("shard-0").join(segment_file_name(1));
     let recs = records(&path);
-    let mut boundaries: Vec<u64> = recs.iter().map(|r| r.0).collect();
-    boundaries.push(FILE_HEADER_LEN as u64);
     let root = dir.path().join("sweep");
     run(|| async {
         for at in start..bytes.len() as u64 {
             let mut b = bytes.clone();
             b[at as usize] ^= 0x5a;
-            // Recovery cuts at the start of the record holding the flipped byte.
-            let rec_start = recs.iter().find(|r| r.0 <= at && at < r.1).unwrap().0;
-            check_recovered(&root, &b, rec_start, &committed, &boundaries).await;
+            let hit = recs.iter().position(|r| r.0 <= at && at < r.1).unwrap();
+            check_damaged(&root, &b, &recs, hit, &committed).await;
         }
     });
 }
@@ -810,14 +895,21 @@ fn records_written_before_a_failed_uncut_write_are_synced_in_their_own_segment()
         spool.close().await.unwrap();
     });
     // Segment 1 was cut back to its header by the failed fdatasync; segment
-    // 2 ends in a zeroed header slot and junk, which the next start cuts.
+    // 2 ends in an end mark and the junk of B's failed write, which the next
+    // start leaves alone and never reads as records.
     run(|| async {
         let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
-        let cuts = &spool.recovery().cuts;
-        assert_eq!(cuts.len(), 1, "{:?}", spool.recovery());
-        assert!(cuts[0].path.ends_with(segment_file_name(2)), "{cuts:?}");
+        let rep = spool.recovery();
+        assert!(rep.cuts.is_empty() && rep.damaged.is_empty(), "{rep:?}");
         spool.close().await.unwrap();
     });
+    let seg2 = root.join("shard-0").join(segment_file_name(2));
+    let kinds: Vec<Kind> = records(&seg2).iter().map(|r| r.2).collect();
+    assert_eq!(
+        kinds,
+        [Kind::Message, Kind::Message],
+        "C, A, then the end mark"
+    );
     assert_eq!(read_all(&root), want);
     assert_verify_clean(&root);
 }
@@ -907,10 +999,10 @@ fn recovery_removes_an_unfinished_segment_and_ignores_foreign_files() {
     });
     assert_eq!(read_all(&root), want);
     // A segment of a newer format refuses the start instead of being misread.
-    std::fs::write(shard.join("ringmx-v2-0000000000000009.seg"), b"future").unwrap();
+    std::fs::write(shard.join("ringmx-v3-0000000000000009.seg"), b"future").unwrap();
     let e = run(|| async { ShardSpool::open(&root, 0, &c).await.err() }).unwrap();
     assert!(
-        matches!(e, SpoolError::UnsupportedVersion { found: 2, .. }),
+        matches!(e, SpoolError::UnsupportedVersion { found: 3, .. }),
         "{e}"
     );
 }
@@ -1149,10 +1241,12 @@ fn fragments_in_a_broken_segment_are_synced_before_their_commit_is_acknowledged(
         let id = spool.next_queue_id();
         let mut w = spool.begin(id, &envelope("h"), &received(id)).unwrap();
         w.write(&body(3000, 4)).await.unwrap();
+        // (That fdatasync is the one after the end mark that stands in
+        // for the failed truncate.)
         faults::fail_write(10, libc::EIO);
         faults::fail_truncate(libc::EIO);
-        assert!(store(&spool, &body(300, 5), 300).await.is_err());
         faults::fail_sync(libc::EIO);
+        assert!(store(&spool, &body(300, 5), 300).await.is_err());
         let e = w.commit().await.unwrap_err();
         assert!(matches!(e, SpoolError::FragmentsLost(_)), "{e:?}");
         let b = body(300, 6);
@@ -1214,5 +1308,68 @@ fn a_message_failed_by_fdatasync_stays_gone_when_the_truncate_fails_too() {
     // A restart without a crash: the page cache still holds what was written.
     reopen(&root, &c);
     assert_eq!(read_all(&root), want);
+    assert_verify_clean(&root);
+}
+
+#[test]
+fn node_id_is_the_setting_or_the_host_name_and_bad_ones_refuse_the_start() {
+    use super::format::check_node_id;
+    let mut c = cfg(1024, 1 << 20, Durability::None);
+    c.node_id = String::new();
+    let derived = super::segment::node_id(&c).unwrap();
+    assert!(check_node_id(&derived).is_ok(), "{derived:?}");
+    c.node_id = "mx-7.example".into();
+    assert_eq!(super::segment::node_id(&c).unwrap(), "mx-7.example");
+    let dir = TempDir::new("nodeid");
+    let root = dir.path().to_owned();
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        store(&spool, b"x", 1).await.unwrap();
+        spool.close().await.unwrap();
+    });
+    let seg = SegmentFile::open(&root.join("shard-0").join(segment_file_name(1))).unwrap();
+    assert_eq!(seg.header.node_id(), "mx-7.example");
+    c.node_id = "two words".into();
+    let e = run(|| async { ShardSpool::open(&root, 0, &c).await.err() }).unwrap();
+    assert!(matches!(e, SpoolError::BadNodeId { .. }), "{e}");
+}
+
+/// A message refused after a failed write must not come back after a
+/// crash: the truncate that undoes the write is made durable before the
+/// refusal (or an end mark takes its place), so the file's size on disk
+/// never again covers the failed record.
+#[test]
+fn the_cut_after_a_failed_write_is_synced_before_the_refusal() {
+    let dir = TempDir::new("cutsync");
+    let root = dir.path().to_owned();
+    let c = cfg(1 << 20, 64 << 20, Durability::Fsync);
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        let a = body(500, 1);
+        let a_id = store(&spool, &a, 500).await.unwrap();
+        let seg = root.join("shard-0").join(segment_file_name(1));
+        let len_a = std::fs::metadata(&seg).unwrap().len();
+        let syncs = faults::syncs_done(&seg);
+        // B's record reaches the file but for its last bytes, then EIO.
+        faults::fail_write(500, libc::EIO);
+        assert!(store(&spool, &body(600, 2), 600).await.is_err());
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), len_a);
+        assert_eq!(faults::syncs_done(&seg), syncs + 1, "the cut was synced");
+        assert_eq!(faults::synced_len(&seg), Some(len_a));
+        // And when the truncate fails too, a synced end mark stands in.
+        faults::fail_write(500, libc::EIO);
+        faults::fail_truncate(libc::EIO);
+        assert!(store(&spool, &body(600, 3), 600).await.is_err());
+        assert_eq!(
+            faults::syncs_done(&seg),
+            syncs + 2,
+            "the end mark was synced"
+        );
+        let kinds: Vec<Kind> = records(&seg).iter().map(|r| r.2).collect();
+        assert_eq!(kinds, [Kind::Message], "A, then the end mark");
+        spool.close().await.unwrap();
+        a_id
+    });
+    assert_eq!(read_all(&root).len(), 1);
     assert_verify_clean(&root);
 }

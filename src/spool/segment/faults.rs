@@ -9,6 +9,8 @@ thread_local! {
     /// Per file, its length when its last fdatasync returned: what a
     /// power loss would leave of it.
     static SYNCED: RefCell<HashMap<PathBuf, u64>> = RefCell::new(HashMap::new());
+    /// Per file, how many fdatasyncs returned.
+    static SYNCS_DONE: RefCell<HashMap<PathBuf, u64>> = RefCell::new(HashMap::new());
     static WRITES: RefCell<VecDeque<Option<(usize, i32)>>> =
         const { RefCell::new(VecDeque::new()) };
     static SYNCS: RefCell<VecDeque<i32>> = const { RefCell::new(VecDeque::new()) };
@@ -51,7 +53,16 @@ pub(super) fn take_sync() -> Option<i32> {
 pub(super) fn note_sync(path: &Path) {
     let len = std::fs::metadata(path).map_or(0, |m| m.len());
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-    SYNCED.with(|s| s.borrow_mut().insert(path, len));
+    SYNCED.with(|s| s.borrow_mut().insert(path.clone(), len));
+    SYNCS_DONE.with(|s| *s.borrow_mut().entry(path).or_default() += 1);
+}
+
+/// How many fdatasyncs of `path` returned on this thread.
+pub(crate) fn syncs_done(path: &Path) -> u64 {
+    let Ok(path) = std::fs::canonicalize(path) else {
+        return 0;
+    };
+    SYNCS_DONE.with(|s| s.borrow().get(&path).copied().unwrap_or(0))
 }
 
 /// The length of `path` when an fdatasync of it last returned on this

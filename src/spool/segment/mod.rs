@@ -56,7 +56,7 @@ use glommio::task::JoinHandle;
 use glommio::TaskQueueHandle;
 
 use super::error::SpoolError;
-use super::format::shard_dir_name;
+use super::format::{check_node_id, node_id_from_hostname, shard_dir_name};
 use super::lock::DirLock;
 use super::message::MessageWriter;
 use super::queue_id::QueueId;
@@ -85,6 +85,24 @@ fn now_unix() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
+}
+
+/// The node id segment headers carry: `spool.node_id`, or when that is
+/// empty one derived from the host name (`/proc/sys/kernel/hostname`), so
+/// that node id plus queue id is unique across a fleet of hosts.
+///
+/// # Errors
+/// A configured node id that is not 1 to 32 of `A-Z a-z 0-9 . _ -`.
+pub(crate) fn node_id(cfg: &SpoolConfig) -> Result<String, SpoolError> {
+    if cfg.node_id.is_empty() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        return Ok(node_id_from_hostname(&host));
+    }
+    check_node_id(&cfg.node_id).map_err(|why| SpoolError::BadNodeId {
+        id: cfg.node_id.clone(),
+        why,
+    })?;
+    Ok(cfg.node_id.clone())
 }
 
 /// One shard's spool. Single-threaded: create, use and drop it on the
@@ -165,6 +183,7 @@ impl ShardSpool {
         let core = Rc::new(Core {
             shard,
             dir,
+            node_id: node_id(cfg)?,
             cfg: cfg.clone(),
             queue: RefCell::new(VecDeque::new()),
             writer_waker: RefCell::new(None),

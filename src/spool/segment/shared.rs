@@ -24,6 +24,9 @@ pub(crate) struct Core {
     pub(crate) shard: u32,
     pub(crate) dir: PathBuf,
     pub(crate) cfg: SpoolConfig,
+    /// The node id for segment headers: `cfg.node_id`, or derived from the
+    /// host name when that is empty.
+    pub(crate) node_id: String,
     /// Jobs not yet taken by the writer, in submission order.
     pub(super) queue: RefCell<VecDeque<Job>>,
     pub(super) writer_waker: RefCell<Option<Waker>>,

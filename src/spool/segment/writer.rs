@@ -15,8 +15,8 @@ use super::shared::Core;
 use crate::config::Durability;
 use crate::spool::error::SpoolError;
 use crate::spool::format::{
-    encode_seal, segment_file_name, FileHeader, Location, Seal, FILE_HEADER_LEN, RECORD_HEADER_LEN,
-    SEAL_RECORD_LEN,
+    encode_end_mark, encode_seal, segment_file_name, stamp_record, FileHeader, Location, Seal,
+    FILE_HEADER_LEN, SEAL_RECORD_LEN,
 };
 
 /// Records are concatenated into one write up to this many bytes; a larger
@@ -35,6 +35,8 @@ struct Segment {
     durable: u64,
     /// A write or sync failed and could not be undone: append elsewhere.
     broken: bool,
+    /// The nonce from its header, stamped into every record appended.
+    nonce: u64,
 }
 
 impl Segment {
@@ -64,7 +66,7 @@ impl Writer {
     /// Opening, syncing or creating the segment failing.
     pub(super) async fn open(
         core: Rc<Core>,
-        append_to: Option<(u64, u64)>,
+        append_to: Option<(u64, u64, u64)>,
         next_segment_seq: u64,
     ) -> Result<Self, SpoolError> {
         let mut w = Writer {
@@ -74,7 +76,7 @@ impl Writer {
             rotate_first: false,
         };
         let seg = match append_to {
-            Some((seq, len)) => w.reopen(seq, len).await?,
+            Some((seq, len, nonce)) => w.reopen(seq, len, nonce).await?,
             None => w.create_segment().await?,
         };
         let at = seg.at(seg.size);
@@ -86,8 +88,9 @@ impl Writer {
         Ok(w)
     }
 
-    /// Opens recovery's newest segment, `len` bytes long, for appending.
-    async fn reopen(&mut self, seq: u64, len: u64) -> Result<Segment, SpoolError> {
+    /// Opens recovery's newest segment, `len` bytes long, whose header
+    /// holds `nonce`, for appending.
+    async fn reopen(&mut self, seq: u64, len: u64, nonce: u64) -> Result<Segment, SpoolError> {
         let cfg = &self.core.cfg;
         let path = self.core.dir.join(segment_file_name(seq));
         let file = OpenOptions::new()
@@ -109,6 +112,7 @@ impl Writer {
             size: len,
             durable: len,
             broken: false,
+            nonce,
         })
     }
 
@@ -229,6 +233,10 @@ impl Writer {
             return;
         };
         let start = seg.size;
+        for j in &mut run {
+            // Only here is the segment, and so the nonce, known.
+            stamp_record(&mut j.bytes, seg.nonce);
+        }
         let lens: Vec<u64> = run.iter().map(|j| j.bytes.len() as u64).collect();
         let buf = if run.len() == 1 {
             // One record: hand its buffer to the kernel as is, no copy.
@@ -263,7 +271,14 @@ impl Writer {
                 }
             }
             Err(e) => {
-                rollback_write(seg, start).await;
+                if let Err(lost) = rollback_write(seg, start).await {
+                    // The cut's fdatasync failed: what waited for a sync is lost.
+                    self.core.frag_epoch.set(self.core.frag_epoch.get() + 1);
+                    self.core.stats.borrow_mut().written = seg.at(seg.size);
+                    for (_, job) in unsynced.drain(..) {
+                        self.fail(job, lost.clone());
+                    }
+                }
                 for job in run {
                     self.fail(job, e.clone());
                 }
@@ -295,12 +310,13 @@ impl Writer {
                         seg.durable
                     );
                     // Cut back as after a failed write: if the truncate
-                    // fails too, the header slot at `durable` is zeroed so
-                    // recovery and readers stop there. Left in place, the
-                    // intact records after it would be listed again after a
-                    // restart, though their clients were told they failed.
+                    // fails too, an end mark at `durable` makes recovery and
+                    // readers stop there. Left in place, the intact records
+                    // after it would be listed again after a restart, though
+                    // their clients were told they failed.
                     let durable = seg.durable;
-                    rollback_write(seg, durable).await;
+                    // Its own error adds nothing: every waiter fails anyway.
+                    let _ = rollback_write(seg, durable).await;
                     seg.broken = true;
                     self.core.frag_epoch.set(self.core.frag_epoch.get() + 1);
                     self.core.stats.borrow_mut().written = seg.at(seg.size);
@@ -328,10 +344,13 @@ impl Writer {
         self.rotate_first = false;
         if let Some(mut seg) = self.seg.take() {
             if !seg.broken {
-                let seal = encode_seal(&Seal {
-                    segment_len: seg.size + SEAL_RECORD_LEN as u64,
-                    next_id_seq: self.core.next_id.get(),
-                });
+                let seal = encode_seal(
+                    &Seal {
+                        segment_len: seg.size + SEAL_RECORD_LEN as u64,
+                        next_id_seq: self.core.next_id.get(),
+                    },
+                    seg.nonce,
+                );
                 match write_all(&seg.file, &seg.path, seal, seg.size).await {
                     Ok(()) => {
                         seg.size += SEAL_RECORD_LEN as u64;
@@ -344,7 +363,12 @@ impl Writer {
                         // Unsealed is fine: recovery then scans this segment in full.
                         crate::warn!("spool shard={}: sealing: {e}", self.core.shard);
                         let at = seg.size;
-                        rollback_write(&mut seg, at).await;
+                        if let Err(lost) = rollback_write(&mut seg, at).await {
+                            self.core.frag_epoch.set(self.core.frag_epoch.get() + 1);
+                            for (_, job) in unsynced.drain(..) {
+                                self.fail(job, lost.clone());
+                            }
+                        }
                     }
                 }
             }
@@ -397,12 +421,15 @@ impl Writer {
             .buffered_open(&path)
             .await
             .map_err(|e| SpoolError::glommio("creating segment", &path, e))?;
-        let header = FileHeader {
-            shard: self.core.shard,
-            segment: seq,
-            id_floor: self.core.next_id.get(),
-            created_unix: super::now_unix().as_secs() as i64,
-        };
+        let nonce = segment_nonce(&path);
+        let header = FileHeader::new(
+            self.core.shard,
+            seq,
+            self.core.next_id.get(),
+            super::now_unix().as_secs() as i64,
+            nonce,
+            &self.core.node_id,
+        );
         let made = async {
             write_all(&file, &path, header.encode().to_vec(), 0).await?;
             sync_file(&file, &path).await?;
@@ -435,27 +462,92 @@ impl Writer {
             size,
             durable: size,
             broken: false,
+            nonce,
         })
     }
 }
 
-/// Undoes a failed write (or a failed fdatasync) from `start` on: truncate
-/// back so the next record does not follow half a record, and nothing after
-/// `start` is ever read. If truncating fails, zero the header slot at
-/// `start` (so a scan stops there) and abandon the segment.
-async fn rollback_write(seg: &mut Segment, start: u64) {
-    seg.size = start;
-    let Err(t) = truncate(&seg.file, &seg.path, start).await else {
-        return;
-    };
-    crate::error!("spool: {t}; marking offset {start} as the end instead");
-    seg.broken = true;
-    let zeros = vec![0u8; RECORD_HEADER_LEN];
-    if let Err(e) = write_all(&seg.file, &seg.path, zeros, start).await {
-        crate::error!(
-            "spool {}: cannot cut or mark the end at offset {start}: {e}; \
-             the next start cuts only records after it that are not intact",
-            seg.path.display()
-        );
+/// A fresh random nonce for a new segment, never 0: 8 bytes of
+/// /dev/urandom. Should that fail (no /dev in a sandbox), the time, the
+/// pid and the file name are mixed instead and a warning says so; such a
+/// nonce is unique but guessable, which only matters to a sender who could
+/// also read the spool.
+fn segment_nonce(path: &std::path::Path) -> u64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    let mut n = u64::from_le_bytes(b);
+    if let Err(e) = random {
+        crate::warn!("spool: reading /dev/urandom: {e}; deriving the segment nonce from the time");
+        let mut h = super::now_unix().as_nanos() as u64 ^ u64::from(std::process::id()) << 32;
+        for byte in path.as_os_str().as_encoded_bytes() {
+            h = (h ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        // splitmix64's finaliser spreads the bits.
+        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        n = h ^ (h >> 31);
     }
+    n.max(1)
+}
+
+/// Undoes a failed write from `start` on: truncate back so the next
+/// record does not follow half a record and nothing after `start` is ever
+/// read, then fdatasync so the cut survives a crash (a message answered
+/// 451/452 must never reappear). If the truncate fails, an end mark at
+/// `start` does the same job (readers and recovery stop there, whatever
+/// intact records follow) and the segment is abandoned.
+///
+/// # Errors
+/// The fdatasync (or the mark's write) failed: nothing written since the
+/// last good fdatasync can be trusted or acknowledged. The segment has
+/// then been cut back (or marked, best effort) at its durable offset and
+/// abandoned; the caller fails every job still waiting for a sync.
+async fn rollback_write(seg: &mut Segment, start: u64) -> Result<(), SpoolError> {
+    seg.size = start;
+    let failed = match truncate(&seg.file, &seg.path, start).await {
+        Ok(()) => match sync_file(&seg.file, &seg.path).await {
+            Ok(()) => {
+                seg.durable = start;
+                return Ok(());
+            }
+            Err(e) => e,
+        },
+        Err(t) => {
+            crate::error!("spool: {t}; marking offset {start} as the end instead");
+            seg.broken = true;
+            let mark = encode_end_mark(seg.nonce);
+            let marked = match write_all(&seg.file, &seg.path, mark, start).await {
+                Ok(()) => sync_file(&seg.file, &seg.path).await,
+                Err(e) => Err(e),
+            };
+            match marked {
+                Ok(()) => {
+                    seg.durable = start;
+                    return Ok(());
+                }
+                Err(e) => e,
+            }
+        }
+    };
+    // No fdatasync can be trusted after a failed one: cut back to what is
+    // known durable, without another sync, and abandon the segment.
+    seg.broken = true;
+    let durable = seg.durable;
+    seg.size = durable;
+    crate::error!(
+        "spool {}: {failed}; cutting back to the durable offset {durable}",
+        seg.path.display()
+    );
+    if truncate(&seg.file, &seg.path, durable).await.is_err() {
+        let mark = encode_end_mark(seg.nonce);
+        if let Err(e) = write_all(&seg.file, &seg.path, mark, durable).await {
+            crate::error!(
+                "spool {}: cannot cut or mark the end at offset {durable}: {e}; \
+                 records written after it were answered as failed but may be read again",
+                seg.path.display()
+            );
+        }
+    }
+    Err(failed)
 }

@@ -31,19 +31,45 @@ pub(super) fn export(
     out: &mut dyn Write,
 ) -> Result<Outcome, CliError> {
     fs::create_dir_all(dir).map_err(|e| CliError::write("creating", dir, e))?;
+    let mut damage = 0;
     let n = match format {
-        ExportFormat::Eml => eml(reader, dir)?,
-        ExportFormat::Maildir => maildir(reader, dir)?,
-        ExportFormat::Mbox => mbox(reader, dir)?,
+        ExportFormat::Eml => eml(reader, dir, &mut damage)?,
+        ExportFormat::Maildir => maildir(reader, dir, &mut damage)?,
+        ExportFormat::Mbox => mbox(reader, dir, &mut damage)?,
     };
     writeln!(out, "exported {n} messages to {}", dir.display()).map_err(werr)?;
-    Ok(Outcome::Clean)
+    Ok(if damage == 0 {
+        Outcome::Clean
+    } else {
+        Outcome::Problems
+    })
+}
+
+/// The intact messages of `reader`, in order: damage met on the way, and
+/// messages whose body fails its check, are reported on stderr, counted
+/// into `damage` and skipped; any other error ends the walk.
+fn intact<'a>(
+    reader: &'a SpoolReader,
+    damage: &'a mut usize,
+) -> Result<impl Iterator<Item = Result<StoredMessage, CliError>> + 'a, CliError> {
+    Ok(reader.messages()?.filter_map(move |m| match m {
+        Ok(m) => match io::copy(&mut m.body(), &mut io::sink()) {
+            // Read once to check every fragment before anything is written.
+            Ok(_) => Some(Ok(m)),
+            Err(e) => {
+                *damage += 1;
+                eprintln!("ringmx spool: skipping message {}: {e}", m.id);
+                None
+            }
+        },
+        Err(e) => super::report_damage(e, damage).map(|e| Err(e.into())),
+    }))
 }
 
 /// `DIR/<id>.eml` per message, CRLF as stored; the number written.
-fn eml(reader: &SpoolReader, dir: &Path) -> Result<u64, CliError> {
+fn eml(reader: &SpoolReader, dir: &Path, damage: &mut usize) -> Result<u64, CliError> {
     let mut n = 0;
-    for m in reader.messages()? {
+    for m in intact(reader, damage)? {
         let m = m?;
         let path = dir.join(format!("{}.eml", m.id));
         let mut f = create(&path)?;
@@ -56,13 +82,13 @@ fn eml(reader: &SpoolReader, dir: &Path) -> Result<u64, CliError> {
 }
 
 /// A Maildir: each message written to `tmp/`, then renamed into `new/`.
-fn maildir(reader: &SpoolReader, dir: &Path) -> Result<u64, CliError> {
+fn maildir(reader: &SpoolReader, dir: &Path, damage: &mut usize) -> Result<u64, CliError> {
     for sub in ["tmp", "new", "cur"] {
         let d = dir.join(sub);
         fs::create_dir_all(&d).map_err(|e| CliError::write("creating", &d, e))?;
     }
     let mut n = 0;
-    for m in reader.messages()? {
+    for m in intact(reader, damage)? {
         let m = m?;
         // Maildir names: time.unique.host; the queue id is unique.
         let name = format!("{}.{}.ringmx", m.envelope.arrival_unix, m.id);
@@ -82,12 +108,12 @@ fn maildir(reader: &SpoolReader, dir: &Path) -> Result<u64, CliError> {
 }
 
 /// One mboxrd file, `DIR/ringmx.mbox`.
-fn mbox(reader: &SpoolReader, dir: &Path) -> Result<u64, CliError> {
+fn mbox(reader: &SpoolReader, dir: &Path, damage: &mut usize) -> Result<u64, CliError> {
     let path = dir.join("ringmx.mbox");
     let werr = |e| CliError::write("writing", &path, e);
     let mut f = create(&path)?;
     let mut n = 0;
-    for m in reader.messages()? {
+    for m in intact(reader, damage)? {
         let m = m?;
         let sender = if m.envelope.mail_from.is_empty() {
             "MAILER-DAEMON"

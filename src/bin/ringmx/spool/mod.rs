@@ -8,7 +8,11 @@
 //!
 //! Output formats:
 //! * `ls`: one line per committed message, `ID  ARRIVAL(UTC)  BODY-BYTES  <FROM>  RCPT,...`;
-//!   `--json`: one JSON object per line (JSON Lines).
+//!   `--json`: one JSON object per line (JSON Lines), with the writing
+//!   host's `node` id (empty for version 1 segments). Damage is stepped
+//!   over: one line per damaged range on stderr, every intact message
+//!   listed, exit status 1. `export` does the same, and also skips (and
+//!   reports) a message whose body fails its check.
 //! * `cat ID`: the message as a delivery agent would hand it on:
 //!   `Return-Path: <from>`, the `Received:` header, the body, CRLF as stored.
 //! * `export --format eml DIR`: `DIR/<ID>.eml` per message, CRLF as stored.
@@ -16,8 +20,8 @@
 //!   renamed into `new/`, lines ending in LF (the Maildir convention).
 //!   `mbox`: one file `DIR/ringmx.mbox` in mboxrd form: a `From ` separator
 //!   line per message, LF line ends, `>*From ` lines quoted with one more `>`.
-//! * `verify`: one line per damaged spot naming segment file and offset;
-//!   exit status 1 if there is any.
+//! * `verify`: one line per damaged range naming segment file, offset and
+//!   length (every range, not only the first); exit status 1 if there is any.
 //! * `stats`: per-shard counts from disk (`--json` for one JSON object).
 
 mod export;
@@ -181,12 +185,32 @@ pub fn run_to(
     }
 }
 
+/// A damaged range a listing stepped over: reported on stderr and counted,
+/// `None`; any other error is handed back to end the command.
+fn report_damage(e: SpoolError, damage: &mut usize) -> Option<SpoolError> {
+    if let SpoolError::Corrupt { .. } = e {
+        *damage += 1;
+        eprintln!("ringmx spool: skipping damage: {e}");
+        None
+    } else {
+        Some(e)
+    }
+}
+
 fn ls(reader: &SpoolReader, json: bool, out: &mut dyn Write) -> Result<Outcome, CliError> {
+    let mut damage = 0;
     for m in reader.messages()? {
-        let m = m?;
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => match report_damage(e, &mut damage) {
+                None => continue,
+                Some(e) => return Err(e.into()),
+            },
+        };
         if json {
             let v = serde_json::json!({
                 "id": m.id.as_str(),
+                "node": m.node_id,
                 "shard": m.id.shard(),
                 "segment": m.location.segment,
                 "offset": m.location.offset,
@@ -213,7 +237,11 @@ fn ls(reader: &SpoolReader, json: bool, out: &mut dyn Write) -> Result<Outcome, 
             .map_err(werr)?;
         }
     }
-    Ok(Outcome::Clean)
+    Ok(if damage == 0 {
+        Outcome::Clean
+    } else {
+        Outcome::Problems
+    })
 }
 
 fn verify(reader: &SpoolReader, out: &mut dyn Write) -> Result<Outcome, CliError> {
@@ -224,9 +252,14 @@ fn verify(reader: &SpoolReader, out: &mut dyn Write) -> Result<Outcome, CliError
             problems += 1;
             writeln!(
                 out,
-                "CORRUPT {} offset {}: {}",
+                "CORRUPT {} offset {}{}: {}",
                 p.path.display(),
                 p.offset,
+                if p.bytes > 0 {
+                    format!(" length {}", p.bytes)
+                } else {
+                    String::new()
+                },
                 p.reason
             )
             .map_err(werr)?;
@@ -238,6 +271,14 @@ fn verify(reader: &SpoolReader, out: &mut dyn Write) -> Result<Outcome, CliError
                 p.path.display(),
                 p.offset,
                 p.reason
+            )
+            .map_err(werr)?;
+        }
+        if s.holes > 0 {
+            writeln!(
+                out,
+                "shard {}: {} damaged range(s), {} bytes, repaired earlier: copies in the shard's quarantine-*.bin files",
+                s.shard, s.holes, s.hole_bytes
             )
             .map_err(werr)?;
         }
