@@ -24,6 +24,7 @@ macro_rules! dialogs {
 }
 
 dialogs!(
+    address_syntax,
     bare_newline,
     chunking,
     errors_close,

@@ -32,7 +32,7 @@ impl Session {
                 params,
                 raw_params,
             } => self.mail(from, params, raw_params),
-            Command::Rcpt { to } => self.rcpt(to),
+            Command::Rcpt { to, domain } => self.rcpt(to, domain),
             Command::Data => self.data_command(),
             Command::Bdat { size, last } => self.bdat_command(size, last),
             Command::Rset => Handled {
@@ -101,14 +101,14 @@ impl Session {
     }
 
     /// RCPT TO (RFC 5321 §4.1.1.3).
-    fn rcpt(&mut self, to: &str) -> Handled<'static> {
+    fn rcpt(&mut self, to: &str, domain: &str) -> Handled<'static> {
         if self.tx != Tx::Envelope {
             return Handled::error(reply::NEED_MAIL);
         }
         if !to.is_ascii() && !self.arena.params.smtputf8 {
             return Handled::error(reply::UTF8_NOT_ALLOWED);
         }
-        if !self.accepts_domain(to) {
+        if !self.accepts_domain(domain) {
             return Handled::error(reply::RELAY_DENIED);
         }
         if self.arena.rcpt_count() >= self.cfg.max_recipients {
@@ -119,17 +119,17 @@ impl Session {
         Handled::reply(reply::RECIPIENT_OK)
     }
 
-    /// Recipient domain policy: no open relay (RFC 5321 §3.6.2).
-    fn accepts_domain(&self, to: &str) -> bool {
-        match to.rsplit_once('@') {
-            // Only `postmaster` parses without a domain (§4.5.1).
-            None => true,
-            Some((_, domain)) => self
+    /// Recipient domain policy: no open relay (RFC 5321 §3.6.2). `domain`
+    /// is the parser's, so a quoted `@` in the local part cannot fool it;
+    /// an address literal is accepted only if configured as one.
+    fn accepts_domain(&self, domain: &str) -> bool {
+        // Only `postmaster` parses without a domain (§4.5.1).
+        domain.is_empty()
+            || self
                 .cfg
                 .accepted_domains
                 .iter()
-                .any(|d| d.eq_ignore_ascii_case(domain)),
-        }
+                .any(|d| d.eq_ignore_ascii_case(domain))
     }
 
     /// DATA (RFC 5321 §4.1.1.4): `354`, then the body in [`Mode::Data`].
