@@ -26,6 +26,7 @@ macro_rules! dialogs {
 dialogs!(
     address_syntax,
     bare_newline,
+    bdat_unknown_size,
     chunking,
     errors_close,
     full_transaction,

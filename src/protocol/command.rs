@@ -133,7 +133,11 @@ impl ParseError {
 /// A [`ParseError`] naming the reply to send.
 pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
     // Commands are ASCII except addresses under SMTPUTF8, which must be UTF-8.
-    let line = std::str::from_utf8(line).map_err(|_| ParseError::Unrecognized)?;
+    // A BDAT whose size cannot be read is its own error: see `is_bdat`.
+    let line = std::str::from_utf8(line).map_err(|_| match is_bdat(line) {
+        true => ParseError::BdatSyntax,
+        false => ParseError::Unrecognized,
+    })?;
     let (verb, rest) = match line.find(' ') {
         Some(i) => (&line[..i], &line[i + 1..]),
         None => (line, ""),
@@ -163,6 +167,14 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
         | b"TRACE" => Ok(Command::Http),
         _ => Err(ParseError::Unrecognized),
     }
+}
+
+/// Whether a command line (or the start of one) is a BDAT: after one whose
+/// size cannot be read, the server cannot tell where its chunk ends.
+pub fn is_bdat(line: &[u8]) -> bool {
+    line.get(..4)
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"BDAT"))
+        && matches!(line.get(4), None | Some(b' '))
 }
 
 fn no_arg(arg: &str, c: Command<'static>) -> Result<Command<'static>, ParseError> {
@@ -590,6 +602,8 @@ mod tests {
         assert_eq!(parse(b"BDAT -1"), Err(ParseError::BdatSyntax));
         assert_eq!(parse(b"BDAT 1 FIRST"), Err(ParseError::BdatSyntax));
         assert_eq!(parse(b"BDAT 1 LAST x"), Err(ParseError::BdatSyntax));
+        assert_eq!(parse(b"BDAT \xff LAST"), Err(ParseError::BdatSyntax));
+        assert_eq!(parse(b"BDATX \xff"), Err(ParseError::Unrecognized));
     }
 
     #[test]

@@ -57,9 +57,10 @@ pub const RCPT_SYNTAX: Reply = b"501 5.5.4 Syntax: RCPT TO:<address> [parameters
 pub const BDAT_SYNTAX: Reply = b"501 5.5.4 Syntax: BDAT size [LAST]\r\n";
 /// BDAT after HELO: CHUNKING was not negotiated (RFC 3030 §2).
 pub const BDAT_NEEDS_EHLO: Reply = b"503 5.5.1 BDAT requires EHLO\r\n";
-/// After a malformed BDAT the chunk's end is unknown (RFC 3030 §2).
+/// A BDAT whose size cannot be read: the chunk's end is unknown (RFC 3030
+/// §2), so this one reply closes the connection.
 pub const BDAT_UNKNOWN_SIZE: Reply =
-    b"421 4.5.4 Malformed BDAT: cannot tell where its data ends, closing\r\n";
+    b"421 4.5.4 Syntax: BDAT size [LAST]; cannot tell where its data ends, closing\r\n";
 /// A command that takes no argument got one.
 pub const NO_PARAMS: Reply = b"501 5.5.4 This command takes no parameters\r\n";
 /// An address that is not a valid mailbox (RFC 5321 §4.1.2).

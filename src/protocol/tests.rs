@@ -855,15 +855,28 @@ fn rfc3030_bdat_needs_ehlo_and_its_octets_are_still_consumed() {
 
 #[test]
 fn malformed_bdat_closes_since_its_chunk_end_is_unknown() {
-    let mut h = Harness::new();
-    h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\n");
-    let r = h.feed(b"BDAT 99999999999999999999999\r\nRCPT TO:<x@test>\r\n");
-    assert!(r.starts_with("501 5.5.4 Syntax: BDAT"), "{r}");
-    assert!(
-        r.ends_with("421 4.5.4 Malformed BDAT: cannot tell where its data ends, closing\r\n"),
-        "{r}"
-    );
-    assert_eq!(h.closed, Some(CloseReason::BdatUnknownSize));
+    const CLOSE: &str =
+        "421 4.5.4 Syntax: BDAT size [LAST]; cannot tell where its data ends, closing\r\n";
+    let long = format!("BDAT {}\r\n", "1".repeat(600));
+    let bad: [&[u8]; 4] = [
+        b"BDAT 99999999999999999999999\r\n",
+        b"BDAT 1\xff\r\n",
+        long.as_bytes(),
+        // Overlong and still unterminated in this read.
+        &long.as_bytes()[..long.len() - 2],
+    ];
+    for line in bad {
+        let mut h = Harness::new();
+        h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\n");
+        let mut input = line.to_vec();
+        if line.ends_with(b"\n") {
+            input.extend_from_slice(b"RCPT TO:<x@test>\r\n");
+        }
+        let r = h.feed(&input);
+        // One command, one reply: the close says what was wrong.
+        assert_eq!(r, CLOSE, "{line:?}");
+        assert_eq!(h.closed, Some(CloseReason::BdatUnknownSize));
+    }
 }
 
 #[test]

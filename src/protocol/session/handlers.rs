@@ -15,12 +15,9 @@ impl Session {
             Ok(c) => c,
             // Without a valid size we cannot tell where the chunk that
             // follows ends; reading it as commands would let its bytes
-            // smuggle commands in. Close instead.
+            // smuggle commands in. Close, with one reply that says why.
             Err(command::ParseError::BdatSyntax) => {
-                return Handled::with(
-                    Answer::Line(reply::BDAT_SYNTAX),
-                    Effect::Close(CloseReason::BdatUnknownSize),
-                )
+                return Handled::close(CloseReason::BdatUnknownSize)
             }
             Err(e) => return Handled::error(e.reply()),
         };

@@ -51,11 +51,13 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use super::command::is_bdat;
 use super::envelope::{Envelope, TxArena};
 use super::reply::{self, Reply};
 use super::scanner::LineScanner;
 use crate::config::SmtpConfig;
 use body::{BdatText, TextRules};
+use CloseReason::BdatUnknownSize;
 
 /// What the runtime knows about the client.
 #[derive(Debug, Clone, Copy, Default)]
@@ -82,7 +84,8 @@ pub enum CloseReason {
     Http,
     /// smtp.max_errors failed commands: `421 4.7.0`.
     TooManyErrors,
-    /// A malformed BDAT, after its `501`: the chunk's end is unknown, `421 4.5.4`.
+    /// A BDAT whose size cannot be read (malformed, too long, not UTF-8):
+    /// the chunk's end is unknown; its one reply is `421 4.5.4`.
     BdatUnknownSize,
     /// No input within the read timeout (RFC 5321 §4.5.3.2): `421 4.4.2`.
     Timeout,
@@ -536,6 +539,9 @@ impl Session {
         }
         let Some(line) = self.scanner.next_line(input) else {
             if input.len() >= self.cfg.max_command_line_bytes {
+                if is_bdat(input) {
+                    return (0, self.respond(out, Handled::close(BdatUnknownSize)));
+                }
                 // RFC 5321 §4.5.3.1.4: drop the rest of this line without
                 // buffering it; reply once it ends.
                 self.scanner.reset();
@@ -545,10 +551,12 @@ impl Session {
             return (0, Some(Event::NeedInput));
         };
         if line.content_len() + 2 > self.cfg.max_command_line_bytes {
-            return (
-                line.end,
-                self.respond(out, Handled::error(reply::LINE_TOO_LONG)),
-            );
+            // An overlong BDAT: its size is unreadable, like a malformed one.
+            let h = match is_bdat(input) {
+                true => Handled::close(BdatUnknownSize),
+                false => Handled::error(reply::LINE_TOO_LONG),
+            };
+            return (line.end, self.respond(out, h));
         }
         let handled = self.command(&input[..line.content_len()]);
         (line.end, self.respond(out, handled))
