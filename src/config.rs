@@ -139,6 +139,21 @@ macro_rules! with_settings {
                 max_errors: u32 = 10,
                     "plain" max_errors "N"
                     "Failed commands before 421 and close";
+                /// Junk commands (NOOP, RSET, VRFY, HELP, unknown or unoffered verbs, RCPTs
+                /// past max_recipients) since the last accepted message before `421 4.7.0`
+                /// and close.
+                // Postfix's smtpd_junk_command_limit, with its default.
+                max_junk_commands: u32 = 100,
+                    "plain" max_junk_commands "N"
+                    "Junk commands (NOOP, RSET, VRFY, HELP, unknown verbs) before 421 and close";
+                /// Close when a refused DATA has bytes behind it in the same read
+                /// (RFC 2920 §3.1: DATA ends a pipelined group), rather than read the
+                /// client's body as commands.
+                // Postfix's smtpd_forbid_unauth_pipelining. Off only to test that
+                // the engine gives the same result however its input is split.
+                forbid_pipelined_data: bool = true,
+                    "plain" forbid_pipelined_data "BOOL"
+                    "true: close when a refused DATA has data behind it (RFC 2920 §3.1)";
                 /// Bare LF / bare CR in message data.
                 bare_newline: BareNewline = BareNewline::Reject,
                     "plain" bare_newline "POLICY"

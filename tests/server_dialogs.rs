@@ -31,9 +31,41 @@ dialogs!(
     errors_close,
     full_transaction,
     http_request,
+    improper_pipelining,
+    junk_commands,
     pipelined_transactions,
     quit,
     relay_denial,
     rset,
     size_rejections,
 );
+
+/// Every refused command is logged at info, Postfix-style, with the client,
+/// the verb, the reply and its argument sanitised.
+#[test]
+fn refusals_are_logged_with_client_command_and_reply() {
+    let s = common::Server::start(&["--log-level", "info"]);
+    let mut c = s.client();
+    c.ehlo();
+    c.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<victim@example.com>\r\nFOO \x1b[2J\r\nQUIT\r\n");
+    c.expect("250 2.1.0");
+    c.expect("550 5.7.1");
+    c.expect("500 5.5.2");
+    c.expect("221");
+    let line = s
+        .wait_log("NOQUEUE: reject: RCPT from 127.0.0.1:", common::STEP)
+        .unwrap_or_else(|| panic!("no reject line: {}", s.logs()));
+    assert!(
+        line.contains(": 550 5.7.1 Relay access denied;")
+            && line.contains("arg=\"TO:<victim@example.com>\""),
+        "{line}"
+    );
+    let line = s
+        .wait_log("NOQUEUE: reject: UNKNOWN from", common::STEP)
+        .unwrap_or_else(|| panic!("no reject line: {}", s.logs()));
+    // The escape byte never reaches the log.
+    assert!(
+        line.contains("500 5.5.2") && line.contains("arg=\"?[2J\""),
+        "{line}"
+    );
+}

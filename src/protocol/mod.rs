@@ -32,7 +32,7 @@ pub mod session;
 pub mod trace;
 
 pub use envelope::Envelope;
-pub use session::{ClientInfo, CloseReason, CommitError, Event, Session};
+pub use session::{ClientInfo, CloseReason, CommitError, Event, Refusal, Session};
 
 #[cfg(test)]
 mod tests;
