@@ -69,3 +69,34 @@ fn refusals_are_logged_with_client_command_and_reply() {
         "{line}"
     );
 }
+
+/// A HELO name that is not a domain or address literal (here: non-ASCII
+/// without SMTPUTF8) is accepted but
+/// cannot break the stored `Received:` header; the spool keeps it as given.
+#[test]
+fn a_bad_helo_name_is_recorded_safely_in_received() {
+    let mut s = common::Server::start(&[]);
+    let mut c = s.client();
+    c.send("EHLO h\u{e9}st.example\r\n");
+    c.expect("250 ");
+    c.transaction("a@example.org", "u@localhost", "Subject: x\r\n\r\nbody\r\n");
+    c.send("HELO [127.0.0.1]\r\n");
+    c.expect("250 ");
+    c.transaction("a@example.org", "u@localhost", "Subject: y\r\n\r\nbody\r\n");
+    c.send("QUIT\r\n");
+    c.expect("221");
+    s.stop();
+    let stored = s.stored();
+    assert_eq!(stored.len(), 2);
+    let first = stored[0].text();
+    assert!(
+        first.starts_with("Received: from invalid-helo ([127.0.0.1])\r\n"),
+        "{first}"
+    );
+    assert_eq!(stored[0].helo, "h\u{e9}st.example");
+    let second = stored[1].text();
+    assert!(
+        second.starts_with("Received: from [127.0.0.1] ([127.0.0.1])\r\n"),
+        "{second}"
+    );
+}
