@@ -100,3 +100,32 @@ fn a_bad_helo_name_is_recorded_safely_in_received() {
         "{second}"
     );
 }
+
+/// `--hostname` goes into the greeting, EHLO and Received:; `--domain` is
+/// matched against recipients: a name that is neither a domain nor an
+/// address literal is a clear start-up error, not a broken greeting.
+#[test]
+fn a_bad_hostname_or_domain_is_refused_at_start() {
+    for (flag, value) in [
+        ("--hostname", "mx example.com"),
+        ("--hostname", "mx.example.com."),
+        ("--domain", "example..com"),
+    ] {
+        match common::Server::try_start(&[], &[flag, value]) {
+            Ok(mut s) => {
+                s.stop();
+                panic!("started with {flag} {value:?}");
+            }
+            Err((status, logs)) => {
+                assert_ne!(status.code(), Some(0), "{logs}");
+                assert!(!logs.contains("panicked"), "{logs}");
+                assert!(
+                    logs.contains(&format!(
+                        "{value:?} is not a domain name or address literal"
+                    )),
+                    "{logs}"
+                );
+            }
+        }
+    }
+}
