@@ -15,6 +15,7 @@
 //! | the state machine, its call order, the one reply writer | [`session`] |
 //! | one handler per command | `session/handlers.rs` |
 //! | DATA and BDAT bodies, their shared text rules | `session/body.rs` |
+//! | refused commands as records, for the log | `session/refusal.rs` |
 //! | the `Received:` trace header | [`trace`] |
 //! | an in-memory driver for benches and fuzzing | [`replay`] |
 //!

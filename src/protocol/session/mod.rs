@@ -31,6 +31,9 @@
 //!    expired yet, does nothing.
 //! 4. At server shutdown call [`Session::handle_shutdown`]; when the grace
 //!    period is over, [`Session::handle_hard_stop`].
+//! 5. Before writing the output buffer, take [`Session::drain_refusals`]:
+//!    the commands refused since the last drain, to log (at most
+//!    16 are kept between drains, the rest only counted).
 //!
 //! The engine never reads the clock (time is the caller's `now`) and never
 //! allocates per command once its buffers have grown to the connection's
@@ -41,7 +44,8 @@
 //! Each command has its handler in `handlers.rs`; each returns the reply and
 //! an effect, and `Session::respond` is the one place that writes replies
 //! and counts failed commands. Message bodies (DATA and BDAT, with their
-//! shared text rules) are in `body.rs`.
+//! shared text rules) are in `body.rs`; the records of refused commands in
+//! `refusal.rs`.
 
 mod body;
 mod handlers;

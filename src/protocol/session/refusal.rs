@@ -44,7 +44,7 @@ impl Refusal {
     }
 
     /// The command's argument, printable ASCII only (anything else is `?`),
-    /// at most [`MAX_ARG`] bytes.
+    /// at most `MAX_ARG` (64) bytes.
     pub fn arg(&self) -> &str {
         // Only printable ASCII is ever stored, so this cannot fail.
         std::str::from_utf8(&self.arg[..usize::from(self.arg_len)]).unwrap_or("")
