@@ -742,6 +742,9 @@ mod tests {
             "RCPT TO:<@a.example,b.example:u@c.example>",
             "MAIL FROM:<a@b@c.example>",
             "MAIL FROM:<a.@c.example>",
+            // <> is MAIL's only; <postmaster> without a domain RCPT's only.
+            "RCPT TO:<>",
+            "MAIL FROM:<postmaster>",
         ] {
             assert_eq!(parse(bad.as_bytes()), Err(ParseError::BadAddress), "{bad}");
         }
