@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::protocol::command::{address_literal, valid_domain};
 use crate::units::{self, UnitError};
 use kinds::{duration, list, path, plain, size};
 
@@ -139,6 +140,21 @@ macro_rules! with_settings {
                 max_errors: u32 = 10,
                     "plain" max_errors "N"
                     "Failed commands before 421 and close";
+                /// Junk commands (NOOP, RSET, VRFY, HELP, unknown or unoffered verbs, RCPTs
+                /// past max_recipients) since the last accepted message before `421 4.7.0`
+                /// and close.
+                // Postfix's smtpd_junk_command_limit, with its default.
+                max_junk_commands: u32 = 100,
+                    "plain" max_junk_commands "N"
+                    "Junk commands (NOOP, RSET, VRFY, HELP, unknown verbs) before 421 and close";
+                /// Close when a refused DATA has bytes behind it in the same read
+                /// (RFC 2920 §3.1: DATA ends a pipelined group), rather than read the
+                /// client's body as commands.
+                // Postfix's smtpd_forbid_unauth_pipelining. Off only to test that
+                // the engine gives the same result however its input is split.
+                forbid_pipelined_data: bool = true,
+                    "plain" forbid_pipelined_data "BOOL"
+                    "true: close when a refused DATA has data behind it (RFC 2920 §3.1)";
                 /// Bare LF / bare CR in message data.
                 bare_newline: BareNewline = BareNewline::Reject,
                     "plain" bare_newline "POLICY"
@@ -601,6 +617,13 @@ pub enum ConfigError {
     /// The same listen address twice would make ringmx fight itself for it.
     #[error("server.listen lists {0} twice")]
     DuplicateListen(SocketAddr),
+    /// smtp.hostname goes into the greeting, the EHLO reply and Received:,
+    /// so it must be a domain or an address literal (RFC 5321 §4.1.2).
+    #[error("smtp.hostname {0:?} is not a domain name or address literal (e.g. mx.example.com)")]
+    BadHostname(String),
+    /// An accepted domain no recipient could ever match.
+    #[error("smtp.accepted_domains: {0:?} is not a domain name or address literal")]
+    BadDomain(String),
     /// No accepted domain: every recipient would be refused.
     #[error("smtp.accepted_domains is empty: give at least one --domain")]
     NoDomains,
@@ -697,8 +720,16 @@ impl SmtpConfig {
         if self.hostname.is_empty() {
             return Err(ConfigError::EmptyHostname);
         }
+        let name = |d: &str| valid_domain(d) || address_literal(d);
+        // ASCII: it is sent before any client could have said SMTPUTF8.
+        if !(self.hostname.is_ascii() && name(&self.hostname)) {
+            return Err(ConfigError::BadHostname(self.hostname.clone()));
+        }
         if self.accepted_domains.is_empty() {
             return Err(ConfigError::NoDomains);
+        }
+        if let Some(d) = self.accepted_domains.iter().find(|d| !name(d)) {
+            return Err(ConfigError::BadDomain(d.clone()));
         }
         self.check_limits()
     }
@@ -1117,5 +1148,45 @@ mod tests {
         let mut c = Config::default();
         c.smtp.accepted_domains.clear();
         assert_eq!(c.validate(), Err(ConfigError::NoDomains));
+    }
+
+    /// Issue 9 §6: the hostname goes into the greeting and Received:, and
+    /// an accepted domain must be one a recipient can have.
+    #[test]
+    fn hostname_and_domains_must_be_domains_or_address_literals() {
+        for ok in [
+            "mx.example.com",
+            "localhost",
+            "[192.0.2.1]",
+            "[IPv6:2001:db8::1]",
+        ] {
+            let mut c = Config::default();
+            c.smtp.hostname = ok.into();
+            c.smtp.accepted_domains = vec![ok.into()];
+            assert_eq!(c.validate(), Ok(()), "{ok}");
+        }
+        for bad in [
+            "mx example",
+            "mx.example.",
+            "a..b",
+            "-mx",
+            "mx\r\n250 x",
+            "m\u{fc}x",
+            "[1.2.3]",
+        ] {
+            let mut c = Config::default();
+            c.smtp.hostname = bad.into();
+            assert_eq!(
+                c.validate(),
+                Err(ConfigError::BadHostname(bad.into())),
+                "{bad:?}"
+            );
+        }
+        let mut c = Config::default();
+        c.smtp.accepted_domains = vec!["example.com".into(), "bad domain".into()];
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::BadDomain("bad domain".into()))
+        );
     }
 }

@@ -61,6 +61,8 @@ pub enum Command<'a> {
     Rcpt {
         /// The forward path, source route stripped.
         to: &'a str,
+        /// Its domain or address literal as parsed; "" for `<postmaster>`.
+        domain: &'a str,
     },
     /// `DATA`.
     Data,
@@ -131,7 +133,11 @@ impl ParseError {
 /// A [`ParseError`] naming the reply to send.
 pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
     // Commands are ASCII except addresses under SMTPUTF8, which must be UTF-8.
-    let line = std::str::from_utf8(line).map_err(|_| ParseError::Unrecognized)?;
+    // A BDAT whose size cannot be read is its own error: see `is_bdat`.
+    let line = std::str::from_utf8(line).map_err(|_| match is_bdat(line) {
+        true => ParseError::BdatSyntax,
+        false => ParseError::Unrecognized,
+    })?;
     let (verb, rest) = match line.find(' ') {
         Some(i) => (&line[..i], &line[i + 1..]),
         None => (line, ""),
@@ -161,6 +167,14 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
         | b"TRACE" => Ok(Command::Http),
         _ => Err(ParseError::Unrecognized),
     }
+}
+
+/// Whether a command line (or the start of one) is a BDAT: after one whose
+/// size cannot be read, the server cannot tell where its chunk ends.
+pub fn is_bdat(line: &[u8]) -> bool {
+    line.get(..4)
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"BDAT"))
+        && matches!(line.get(4), None | Some(b' '))
 }
 
 fn no_arg(arg: &str, c: Command<'static>) -> Result<Command<'static>, ParseError> {
@@ -197,42 +211,196 @@ fn after_keyword<'a>(rest: &'a str, kw: &str) -> Option<&'a str> {
 /// Parses `<path> params...` into the mailbox and the parameter text.
 fn path_and_params(s: &str) -> Result<(&str, &str), ParseError> {
     let s = s.strip_prefix('<').ok_or(ParseError::BadAddress)?;
-    let close = s.find('>').ok_or(ParseError::BadAddress)?;
+    let close = path_end(s.as_bytes()).ok_or(ParseError::BadAddress)?;
     let path = &s[..close];
     let params = &s[close + 1..];
     if !(params.is_empty() || params.starts_with(' ')) {
         return Err(ParseError::BadAddress);
     }
-    // RFC 5321 §4.1.1.3 / Appendix C: source routes are accepted and ignored.
+    // RFC 5321 §4.1.1.3 / Appendix C: source routes are accepted and ignored,
+    // but must still be `@domain` lists.
     let mailbox = match path.strip_prefix('@') {
-        Some(route) => route.split_once(':').ok_or(ParseError::BadAddress)?.1,
+        Some(route) => {
+            let (adl, mailbox) = route.split_once(':').ok_or(ParseError::BadAddress)?;
+            let mut hops = adl.split(',');
+            let first_ok = hops.next().is_some_and(valid_domain);
+            if !(first_ok && hops.all(|h| h.strip_prefix('@').is_some_and(valid_domain))) {
+                return Err(ParseError::BadAddress);
+            }
+            mailbox
+        }
         None => path,
     };
     Ok((mailbox, params.trim_matches(' ')))
 }
 
-/// Checks `local@domain` (RFC 5321 §4.1.2), loosely for the local part and
-/// strictly for what would break a spool record or a downstream parser.
+/// Where the `>` that closes a path is: the first one outside a quoted
+/// local part (qtext may hold `>`).
+fn path_end(s: &[u8]) -> Option<usize> {
+    let close = memchr::memchr(b'>', s)?;
+    if memchr::memchr(b'"', &s[..close]).is_none() {
+        return Some(close);
+    }
+    let mut quoted = false;
+    let mut i = 0;
+    while let Some(&b) = s.get(i) {
+        match b {
+            b'"' => quoted = !quoted,
+            b'\\' if quoted => i += 1,
+            b'>' if !quoted => return Some(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Longest mailbox accepted: a 64-octet local part, `@` and a 254-octet
+/// domain (RFC 5321 §4.5.3.1), with room for longer local parts that real
+/// senders use.
+const MAX_MAILBOX: usize = 254 + 64;
+
+/// Checks `local@domain` (RFC 5321 §4.1.2) and returns the domain (or
+/// address literal) as parsed, or `None` if it is not a mailbox.
+///
+/// `Mailbox = Local-part "@" ( Domain / address-literal )`, the local part a
+/// Dot-string or a Quoted-string. Non-ASCII is accepted where RFC 6531 puts
+/// it (atext, qtext, labels); whether SMTPUTF8 allows it is the session's
+/// call.
+pub fn mailbox_domain(m: &str) -> Option<&str> {
+    if m.len() > MAX_MAILBOX {
+        return None;
+    }
+    let at = local_part_end(m.as_bytes())?;
+    let domain = &m[at + 1..];
+    let ok = if domain.starts_with('[') {
+        address_literal(domain)
+    } else {
+        valid_domain(domain)
+    };
+    ok.then_some(domain)
+}
+
+/// Whether `m` is a mailbox (see [`mailbox_domain`]).
 pub fn valid_mailbox(m: &str) -> bool {
-    let Some((local, domain)) = m.rsplit_once('@') else {
+    mailbox_domain(m).is_some()
+}
+
+/// Byte classes for the address scanners: a table lookup per byte keeps
+/// the strict parser about as cheap as the loose one it replaced.
+const ATEXT: u8 = 1;
+const LDH: u8 = 2;
+const CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        // RFC 5321 atext, plus RFC 6531's non-ASCII (UTF-8 is checked already).
+        if c.is_ascii_alphanumeric() || c >= 0x80 {
+            t[b] = ATEXT | LDH;
+        }
+        b += 1;
+    }
+    let specials = b"!#$%&'*+-/=?^_`{|}~";
+    let mut i = 0;
+    while i < specials.len() {
+        t[specials[i] as usize] |= ATEXT;
+        i += 1;
+    }
+    t[b'-' as usize] |= LDH;
+    t
+};
+
+/// The index of the `@` that ends the local part at the start of `m`.
+fn local_part_end(m: &[u8]) -> Option<usize> {
+    if m.first() == Some(&b'"') {
+        // Quoted-string: qtextSMTP (space included) and quoted-pairSMTP.
+        let mut i = 1;
+        loop {
+            match *m.get(i)? {
+                b'"' => break,
+                b'\\' => {
+                    let q = *m.get(i + 1)?;
+                    if !(32..=126).contains(&q) {
+                        return None;
+                    }
+                    i += 2;
+                }
+                b if b >= 0x80 || (32..=126).contains(&b) => i += 1,
+                _ => return None,
+            }
+        }
+        // An empty quoted string is not a usable mailbox.
+        return (i > 1 && m.get(i + 1) == Some(&b'@')).then_some(i + 1);
+    }
+    // Dot-string: atoms of atext joined by single dots.
+    let mut after_dot = true; // at the start, as after a dot: no dot may come
+    for (i, &b) in m.iter().enumerate() {
+        if b == b'@' {
+            return (!after_dot).then_some(i);
+        } else if b == b'.' && !after_dot {
+            after_dot = true;
+        } else if CLASS[usize::from(b)] & ATEXT != 0 {
+            after_dot = false;
+        } else {
+            return None;
+        }
+    }
+    None
+}
+
+/// RFC 5321 Domain: sub-domains of letters, digits and inner hyphens
+/// (non-ASCII allowed for RFC 6531 U-labels), none empty, at most 63
+/// octets each; no trailing dot.
+pub fn valid_domain(d: &str) -> bool {
+    if d.is_empty() || d.len() > 255 {
+        return false;
+    }
+    let (mut label, mut prev) = (0usize, b'.');
+    for &c in d.as_bytes() {
+        if c == b'.' {
+            if label == 0 || prev == b'-' {
+                return false;
+            }
+            label = 0;
+        } else {
+            if CLASS[usize::from(c)] & LDH == 0 || (label == 0 && c == b'-') {
+                return false;
+            }
+            label += 1;
+            if label > 63 {
+                return false;
+            }
+        }
+        prev = c;
+    }
+    label > 0 && prev != b'-'
+}
+
+/// RFC 5321 §4.1.3 address literal, brackets included: IPv4, `IPv6:`, or a
+/// general literal `tag:content`.
+pub fn address_literal(d: &str) -> bool {
+    let Some(inner) = d.strip_prefix('[').and_then(|d| d.strip_suffix(']')) else {
         return false;
     };
-    if local.is_empty() || domain.is_empty() || m.len() > 254 + 64 {
+    if inner.parse::<std::net::Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let Some((tag, content)) = inner.split_once(':') else {
         return false;
+    };
+    if tag.eq_ignore_ascii_case("IPv6") {
+        return content.parse::<std::net::Ipv6Addr>().is_ok();
     }
-    if m.bytes()
-        .any(|b| b.is_ascii_control() || b == b' ' || b == b'<' || b == b'>')
-    {
-        // Quoted local parts may hold spaces; they are vanishingly rare in
-        // bulk inbound mail and a liability downstream, so refuse them.
-        return false;
-    }
-    if domain.starts_with('[') {
-        return domain.ends_with(']') && domain.len() > 2;
-    }
-    domain
-        .split('.')
-        .all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'))
+    // General-address-literal: Standardized-tag ":" 1*dcontent.
+    let tag_ok = !tag.is_empty()
+        && !tag.ends_with('-')
+        && tag.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-');
+    tag_ok
+        && !content.is_empty()
+        && content
+            .bytes()
+            .all(|c| (33..=90).contains(&c) || (94..=126).contains(&c))
 }
 
 fn parse_mail(rest: &str) -> Result<Command<'_>, ParseError> {
@@ -282,14 +450,16 @@ fn parse_rcpt(rest: &str) -> Result<Command<'_>, ParseError> {
     let s = after_keyword(rest, "TO:").ok_or(ParseError::RcptSyntax)?;
     let (to, params) = path_and_params(s)?;
     // RFC 5321 §4.5.1: <postmaster> without a domain must be accepted.
-    if !(valid_mailbox(to) || to.eq_ignore_ascii_case("postmaster")) {
-        return Err(ParseError::BadAddress);
-    }
+    let domain = match mailbox_domain(to) {
+        Some(d) => d,
+        None if to.eq_ignore_ascii_case("postmaster") => "",
+        None => return Err(ParseError::BadAddress),
+    };
     // We advertise no RCPT parameters (no DSN).
     if !params.is_empty() {
         return Err(ParseError::BadParam);
     }
-    Ok(Command::Rcpt { to })
+    Ok(Command::Rcpt { to, domain })
 }
 
 fn parse_bdat(arg: &str) -> Result<Command<'static>, ParseError> {
@@ -389,7 +559,8 @@ mod tests {
         assert!(matches!(
             parse(b"RCPT TO:<@relay.example,@r2.example:user@dest.example>"),
             Ok(Command::Rcpt {
-                to: "user@dest.example"
+                to: "user@dest.example",
+                domain: "dest.example",
             })
         ));
         assert!(matches!(
@@ -405,7 +576,10 @@ mod tests {
     fn rfc5321_4_5_1_postmaster_without_domain() {
         assert_eq!(
             parse(b"RCPT TO:<Postmaster>"),
-            Ok(Command::Rcpt { to: "Postmaster" })
+            Ok(Command::Rcpt {
+                to: "Postmaster",
+                domain: ""
+            })
         );
         assert_eq!(parse(b"RCPT TO:<user>"), Err(ParseError::BadAddress));
     }
@@ -468,6 +642,8 @@ mod tests {
         assert_eq!(parse(b"BDAT -1"), Err(ParseError::BdatSyntax));
         assert_eq!(parse(b"BDAT 1 FIRST"), Err(ParseError::BdatSyntax));
         assert_eq!(parse(b"BDAT 1 LAST x"), Err(ParseError::BdatSyntax));
+        assert_eq!(parse(b"BDAT \xff LAST"), Err(ParseError::BdatSyntax));
+        assert_eq!(parse(b"BDATX \xff"), Err(ParseError::Unrecognized));
     }
 
     #[test]
@@ -487,5 +663,90 @@ mod tests {
             parse(b"RCPT TO:<a@b> NOTIFY=NEVER"),
             Err(ParseError::BadParam)
         );
+    }
+
+    /// RFC 5321 §4.1.2 mailboxes: (path, domain if valid). Table-driven so
+    /// a new case is one line.
+    #[test]
+    fn rfc5321_4_1_2_mailbox_syntax() {
+        let table: &[(&str, Option<&str>)] = &[
+            ("user@example.com", Some("example.com")),
+            ("first.last+tag@sub.example.com", Some("sub.example.com")),
+            ("!#$%&'*+-/=?^_`{|}~@example.com", Some("example.com")),
+            ("\"john doe\"@example.com", Some("example.com")),
+            ("\"a@b\"@example.com", Some("example.com")),
+            ("\"a\\\"b\"@example.com", Some("example.com")),
+            ("\"a>b\"@example.com", Some("example.com")),
+            ("u@x", Some("x")),
+            ("u@xn--bcher-kva.example", Some("xn--bcher-kva.example")),
+            ("u@a-b.example", Some("a-b.example")),
+            ("u@[192.0.2.1]", Some("[192.0.2.1]")),
+            ("u@[IPv6:2001:db8::1]", Some("[IPv6:2001:db8::1]")),
+            ("u@[x-tag:abc]", Some("[x-tag:abc]")),
+            ("j\u{f6}rg@b\u{fc}cher.example", Some("b\u{fc}cher.example")),
+            // Unquoted @ in the local part.
+            ("a@b@example.com", None),
+            ("@example.com", None),
+            ("user@", None),
+            ("user", None),
+            ("user@example.com.", None),
+            ("user@.example.com", None),
+            ("user@example..com", None),
+            (".user@example.com", None),
+            ("user.@example.com", None),
+            ("us..er@example.com", None),
+            ("user@-example.com", None),
+            ("user@example-.com", None),
+            ("user@exa_mple.com", None),
+            ("user name@example.com", None),
+            ("user(c)@example.com", None),
+            ("user@exa mple.com", None),
+            ("\"\"@example.com", None),
+            ("\"unterminated@example.com", None),
+            ("\"a\"b@example.com", None),
+            ("\"tab\there\"@example.com", None),
+            ("user@[192.0.2.1", None),
+            ("user@[]", None),
+            ("user@[300.0.0.1]", None),
+            ("user@[IPv6:zz::1]", None),
+            ("user@[1.2.3]", None),
+            ("user@[tag:]", None),
+            ("user@[tag:a b]", None),
+            ("user@[tag:a[b]", None),
+        ];
+        for (m, want) in table {
+            assert_eq!(mailbox_domain(m), *want, "{m:?}");
+            let line = format!("RCPT TO:<{m}>");
+            match want {
+                Some(domain) => assert_eq!(
+                    parse(line.as_bytes()),
+                    Ok(Command::Rcpt { to: m, domain }),
+                    "{line}"
+                ),
+                None => assert_eq!(
+                    parse(line.as_bytes()),
+                    Err(ParseError::BadAddress),
+                    "{line}"
+                ),
+            }
+        }
+        let long_label = format!("u@{}.example", "a".repeat(64));
+        assert_eq!(mailbox_domain(&long_label), None);
+        let long = format!("{}@example.com", "a".repeat(400));
+        assert_eq!(mailbox_domain(&long), None);
+        // Source routes must be @domain lists.
+        assert!(parse(b"RCPT TO:<@a.example,@b.example:u@c.example>").is_ok());
+        for bad in [
+            "RCPT TO:<@:u@c.example>",
+            "RCPT TO:<@a..example:u@c.example>",
+            "RCPT TO:<@a.example,b.example:u@c.example>",
+            "MAIL FROM:<a@b@c.example>",
+            "MAIL FROM:<a.@c.example>",
+            // <> is MAIL's only; <postmaster> without a domain RCPT's only.
+            "RCPT TO:<>",
+            "MAIL FROM:<postmaster>",
+        ] {
+            assert_eq!(parse(bad.as_bytes()), Err(ParseError::BadAddress), "{bad}");
+        }
     }
 }

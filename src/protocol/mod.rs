@@ -15,6 +15,7 @@
 //! | the state machine, its call order, the one reply writer | [`session`] |
 //! | one handler per command | `session/handlers.rs` |
 //! | DATA and BDAT bodies, their shared text rules | `session/body.rs` |
+//! | refused commands as records, for the log | `session/refusal.rs` |
 //! | the `Received:` trace header | [`trace`] |
 //! | an in-memory driver for benches and fuzzing | [`replay`] |
 //!
@@ -32,7 +33,7 @@ pub mod session;
 pub mod trace;
 
 pub use envelope::Envelope;
-pub use session::{ClientInfo, CloseReason, CommitError, Event, Session};
+pub use session::{ClientInfo, CloseReason, CommitError, Event, Refusal, Session};
 
 #[cfg(test)]
 mod tests;

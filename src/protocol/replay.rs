@@ -301,6 +301,9 @@ pub mod fuzz {
             } else {
                 BareNewline::Accept
             },
+            // Whole and split runs must agree, and this rule is about
+            // where reads end; the engine tests cover it.
+            forbid_pipelined_data: false,
             // The server's own error limit, so that closing on errors is
             // part of what is fuzzed.
             ..SmtpConfig::default()

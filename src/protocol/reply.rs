@@ -19,6 +19,13 @@ pub const TIMEOUT: Reply = b"421 4.4.2 Timeout waiting for input, closing connec
 pub const LIFETIME_EXCEEDED: Reply = b"421 4.4.2 Connection lifetime exceeded, closing\r\n";
 /// Too many failed commands.
 pub const TOO_MANY_ERRORS: Reply = b"421 4.7.0 Too many errors, closing connection\r\n";
+/// More than smtp.max_junk_commands junk commands (Postfix's
+/// `smtpd_junk_command_limit`).
+pub const TOO_MANY_JUNK: Reply = b"421 4.7.0 Too many junk commands, closing connection\r\n";
+/// A refused DATA with data behind it (RFC 2920 §3.1): those bytes are
+/// not read as commands.
+pub const IMPROPER_PIPELINING: Reply =
+    b"554 5.5.0 Improper pipelining: data sent after a refused DATA, closing\r\n";
 /// An HTTP request was sent to the SMTP port.
 pub const HTTP_REQUEST: Reply = b"500 5.5.1 This is an SMTP server, not HTTP; closing\r\n";
 
@@ -57,9 +64,10 @@ pub const RCPT_SYNTAX: Reply = b"501 5.5.4 Syntax: RCPT TO:<address> [parameters
 pub const BDAT_SYNTAX: Reply = b"501 5.5.4 Syntax: BDAT size [LAST]\r\n";
 /// BDAT after HELO: CHUNKING was not negotiated (RFC 3030 §2).
 pub const BDAT_NEEDS_EHLO: Reply = b"503 5.5.1 BDAT requires EHLO\r\n";
-/// After a malformed BDAT the chunk's end is unknown (RFC 3030 §2).
+/// A BDAT whose size cannot be read: the chunk's end is unknown (RFC 3030
+/// §2), so this one reply closes the connection.
 pub const BDAT_UNKNOWN_SIZE: Reply =
-    b"421 4.5.4 Malformed BDAT: cannot tell where its data ends, closing\r\n";
+    b"421 4.5.4 Syntax: BDAT size [LAST]; cannot tell where its data ends, closing\r\n";
 /// A command that takes no argument got one.
 pub const NO_PARAMS: Reply = b"501 5.5.4 This command takes no parameters\r\n";
 /// An address that is not a valid mailbox (RFC 5321 §4.1.2).
@@ -164,6 +172,8 @@ mod tests {
             TIMEOUT,
             LIFETIME_EXCEEDED,
             TOO_MANY_ERRORS,
+            TOO_MANY_JUNK,
+            IMPROPER_PIPELINING,
             HTTP_REQUEST,
             OK,
             SENDER_OK,

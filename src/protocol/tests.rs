@@ -855,15 +855,28 @@ fn rfc3030_bdat_needs_ehlo_and_its_octets_are_still_consumed() {
 
 #[test]
 fn malformed_bdat_closes_since_its_chunk_end_is_unknown() {
-    let mut h = Harness::new();
-    h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\n");
-    let r = h.feed(b"BDAT 99999999999999999999999\r\nRCPT TO:<x@test>\r\n");
-    assert!(r.starts_with("501 5.5.4 Syntax: BDAT"), "{r}");
-    assert!(
-        r.ends_with("421 4.5.4 Malformed BDAT: cannot tell where its data ends, closing\r\n"),
-        "{r}"
-    );
-    assert_eq!(h.closed, Some(CloseReason::BdatUnknownSize));
+    const CLOSE: &str =
+        "421 4.5.4 Syntax: BDAT size [LAST]; cannot tell where its data ends, closing\r\n";
+    let long = format!("BDAT {}\r\n", "1".repeat(600));
+    let bad: [&[u8]; 4] = [
+        b"BDAT 99999999999999999999999\r\n",
+        b"BDAT 1\xff\r\n",
+        long.as_bytes(),
+        // Overlong and still unterminated in this read.
+        &long.as_bytes()[..long.len() - 2],
+    ];
+    for line in bad {
+        let mut h = Harness::new();
+        h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@test>\r\n");
+        let mut input = line.to_vec();
+        if line.ends_with(b"\n") {
+            input.extend_from_slice(b"RCPT TO:<x@test>\r\n");
+        }
+        let r = h.feed(&input);
+        // One command, one reply: the close says what was wrong.
+        assert_eq!(r, CLOSE, "{line:?}");
+        assert_eq!(h.closed, Some(CloseReason::BdatUnknownSize));
+    }
 }
 
 #[test]
@@ -991,6 +1004,8 @@ proptest! {
             bare_newline: if accept_bare { BareNewline::Accept } else { BareNewline::Reject },
             max_message_bytes: 1000,
             max_errors: 50,
+            // That rule is about reads by definition; see the next test.
+            forbid_pipelined_data: false,
             ..cfg()
         };
         let whole = run_split(&cfg, &input, &[]);
@@ -1003,8 +1018,9 @@ proptest! {
     fn byte_at_a_time_same_result(tokens in proptest::collection::vec(smtp_token(), 0..25)) {
         let input: Vec<u8> = tokens.concat();
         let cuts: Vec<usize> = (1..input.len()).collect();
-        let whole = run_split(&cfg(), &input, &[]);
-        let split = run_split(&cfg(), &input, &cuts);
+        let cfg = SmtpConfig { forbid_pipelined_data: false, ..cfg() };
+        let whole = run_split(&cfg, &input, &[]);
+        let split = run_split(&cfg, &input, &cuts);
         prop_assert_eq!(whole, split);
     }
 }
@@ -1137,4 +1153,189 @@ fn engine_functions_stay_short() {
         fns.len()
     );
     assert!(*longest <= MAX_LINES, "{at} is {longest} lines");
+}
+
+// ---- issue 9: one reply per command, junk, pipelining, refusals --------
+
+/// Final reply lines (`NNN ` rather than `NNN-`): one per reply.
+fn reply_count(replies: &str) -> usize {
+    replies
+        .split("\r\n")
+        .filter(|l| l.len() >= 4 && l.as_bytes()[3] == b' ')
+        .count()
+}
+
+fn command_token() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        Just(b"EHLO c.test\r\n".to_vec()),
+        Just(b"HELO c\r\n".to_vec()),
+        Just(b"HELO\r\n".to_vec()),
+        Just(b"MAIL FROM:<a@b.test>\r\n".to_vec()),
+        Just(b"MAIL FROM:<a@b@c.test>\r\n".to_vec()),
+        Just(b"MAIL FROM:<a@b.test> FOO=1\r\n".to_vec()),
+        Just(b"RCPT TO:<u@test>\r\n".to_vec()),
+        Just(b"RCPT TO:<\"u v\"@relay.test>\r\n".to_vec()),
+        Just(b"RCPT TO:<u@test.>\r\n".to_vec()),
+        Just(b"RSET\r\n".to_vec()),
+        Just(b"NOOP\r\n".to_vec()),
+        Just(b"VRFY x\r\n".to_vec()),
+        Just(b"HELP\r\n".to_vec()),
+        Just(b"EXPN x\r\n".to_vec()),
+        Just(b"FOO\r\n".to_vec()),
+        Just(b"DATA x\r\n".to_vec()),
+        Just(b"\xff\xfe\r\n".to_vec()),
+        Just(b"BDAT 3 LAST\r\nabc".to_vec()),
+        Just(b"BDAT 2\r\nab".to_vec()),
+        Just(b"BDAT x\r\n".to_vec()),
+        Just([vec![b'L'; 600], b"\r\n".to_vec()].concat()),
+        Just(b"QUIT\r\n".to_vec()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Every command gets exactly one reply: sent one at a time, each gets
+    /// one, except the failed command that reaches smtp.max_errors (its
+    /// own reply, then the 421); pipelined, the batch gets as many replies
+    /// as it has commands unless the session closed on the way.
+    #[test]
+    fn every_command_gets_exactly_one_reply(
+        tokens in proptest::collection::vec(command_token(), 1..60),
+        max_junk in 0u32..20,
+    ) {
+        let cfg = SmtpConfig { max_junk_commands: max_junk, max_errors: 8, ..cfg() };
+        let mut h = Harness::with(cfg.clone());
+        for t in &tokens {
+            let r = h.feed(t);
+            let want = match h.closed {
+                Some(CloseReason::TooManyErrors) => 2,
+                _ => 1,
+            };
+            prop_assert_eq!(reply_count(&r), want, "{:?} -> {:?}", String::from_utf8_lossy(t), r);
+            if h.closed.is_some() {
+                break;
+            }
+        }
+        let mut h = Harness::with(cfg);
+        let r = h.feed(&tokens.concat());
+        if h.closed.is_none() {
+            prop_assert_eq!(reply_count(&r), tokens.len(), "{}", r);
+        } else {
+            prop_assert!(reply_count(&r) <= tokens.len() + 1, "{}", r);
+        }
+    }
+}
+
+#[test]
+fn junk_commands_past_the_limit_close_with_421() {
+    let cfg = SmtpConfig {
+        max_junk_commands: 3,
+        ..cfg()
+    };
+    let mut h = Harness::with(cfg.clone());
+    let r = h.feed(b"EHLO c\r\nNOOP\r\nVRFY x\r\nHELP\r\nRSET\r\nNOOP\r\n");
+    assert!(
+        r.ends_with("214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP\r\n421 4.7.0 Too many junk commands, closing connection\r\n"),
+        "{r}"
+    );
+    assert_eq!(h.closed, Some(CloseReason::TooManyJunk));
+    // Unknown verbs and RCPTs past the recipient limit count too.
+    let mut h = Harness::with(SmtpConfig {
+        max_recipients: 1,
+        max_errors: 100,
+        ..cfg.clone()
+    });
+    let r = h.feed(
+        b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@test>\r\nRCPT TO:<v@test>\r\n\
+          FOO\r\nRCPT TO:<w@test>\r\nXYZ\r\n",
+    );
+    assert_eq!(
+        codes(&r)[codes(&r).len() - 5..],
+        ["250", "452", "500", "452", "421"],
+        "{r}"
+    );
+    assert_eq!(h.closed, Some(CloseReason::TooManyJunk));
+    // An accepted message resets the count, as in Postfix.
+    let mut h = Harness::with(cfg);
+    h.feed(b"EHLO c\r\nNOOP\r\nNOOP\r\nNOOP\r\n");
+    h.feed(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<u@test>\r\nDATA\r\n");
+    let r = h.feed(b"x\r\n.\r\nNOOP\r\nNOOP\r\nNOOP\r\n");
+    assert_eq!(codes(&r), ["250", "250", "250", "250"], "{r}");
+    assert_eq!(h.closed, None);
+    assert_eq!(codes(&h.feed(b"NOOP\r\n")), ["421"]);
+}
+
+/// RFC 2920 §3.1: DATA ends a group. A refused DATA with the client's body
+/// behind it in the same read must not have the body read as commands.
+#[test]
+fn refused_data_with_pipelined_body_closes_without_reading_it() {
+    const CLOSE: &str =
+        "554 5.5.0 Improper pipelining: data sent after a refused DATA, closing\r\n";
+    let mut h = Harness::new();
+    let r = h.feed(
+        b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@relay.test>\r\nDATA\r\n\
+          RCPT TO:<u@test>\r\nDATA\r\nx\r\n.\r\n",
+    );
+    assert!(
+        r.ends_with(&format!("550 5.7.1 Relay access denied\r\n{CLOSE}")),
+        "{r}"
+    );
+    assert_eq!(h.closed, Some(CloseReason::ImproperPipelining));
+    assert!(h.stored.is_empty());
+    // A client that waits for the DATA reply is answered as before.
+    let mut h = Harness::new();
+    h.feed(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@relay.test>\r\n");
+    assert_eq!(h.feed(b"DATA\r\n"), "554 5.5.1 No valid recipients\r\n");
+    assert_eq!(h.closed, None);
+    // An accepted DATA's body may follow at once (the body is read as one).
+    let mut h = Harness::new();
+    h.feed(ENVELOPE);
+    assert_eq!(h.stored.len(), 0);
+    assert_eq!(codes(&h.feed(b"x\r\n.\r\n")), ["250"]);
+}
+
+#[test]
+fn refusals_are_recorded_with_verb_code_and_argument() {
+    let mut h = Harness::new();
+    h.feed(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@relay.test>\r\nFOO \x01bar\r\nNOOP\r\n");
+    let got: Vec<_> =
+        h.s.drain_refusals()
+            .map(|r| {
+                (
+                    r.verb,
+                    r.code(),
+                    r.enhanced(),
+                    r.reason().to_string(),
+                    r.arg().to_string(),
+                )
+            })
+            .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "RCPT",
+                "550",
+                "5.7.1",
+                "Relay access denied".into(),
+                "TO:<u@relay.test>".into()
+            ),
+            (
+                "UNKNOWN",
+                "500",
+                "5.5.2",
+                "Command unrecognized".into(),
+                "?bar".into()
+            ),
+        ]
+    );
+    assert_eq!(h.s.drain_refusals().count(), 0);
+    // Refusals at the end of a body name DATA; closes that refuse a
+    // command are recorded too.
+    let mut h = Harness::new();
+    h.feed(ENVELOPE);
+    h.feed(b"bare\nnewline\r\n.\r\nGET / HTTP/1.1\r\n");
+    let got: Vec<_> = h.s.drain_refusals().map(|r| (r.verb, r.code())).collect();
+    assert_eq!(got, [("DATA", "550"), ("GET", "500")]);
 }

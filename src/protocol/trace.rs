@@ -3,6 +3,7 @@
 //! Time is an argument: the engine never reads the clock. The date itself is
 //! [`crate::civil`]'s (pure arithmetic).
 
+use super::command::{address_literal, valid_domain};
 use super::envelope::Envelope;
 
 /// Appends the `Received:` header, CRLF-terminated and folded, e.g.
@@ -23,7 +24,7 @@ pub fn write_received(
     unix_secs: i64,
 ) {
     out.extend_from_slice(b"Received: from ");
-    out.extend_from_slice(sanitize(env.helo).as_bytes());
+    out.extend_from_slice(helo_name(env.helo, env.protocol == "UTF8SMTP").as_bytes());
     if let Some(addr) = env.client {
         out.extend_from_slice(b" ([");
         match addr.ip() {
@@ -53,14 +54,19 @@ pub fn write_received(
     out.extend_from_slice(b"\r\n");
 }
 
-/// The HELO name is client-controlled: keep it on one header line.
-fn sanitize(s: &str) -> &str {
-    if s.bytes()
-        .any(|b| b.is_ascii_control() || b == b'(' || b == b')')
-    {
-        "invalid-helo"
-    } else {
+/// The HELO name as the header records it. The session accepts any name
+/// (as Postfix does: it is only recorded), but `from` takes a domain or an
+/// address literal (RFC 5321 §4.4, §4.1.1.1), non-ASCII only under SMTPUTF8
+/// (RFC 6531 §3.7.3); anything else — control bytes, parentheses that would
+/// unbalance the comment, spaces, `_` — is recorded as `invalid-helo`, so
+/// the client cannot break or inject into the header. The spool keeps the
+/// name as given.
+fn helo_name(s: &str, utf8: bool) -> &str {
+    let domain = valid_domain(s) && (utf8 || s.is_ascii());
+    if domain || address_literal(s) {
         s
+    } else {
+        "invalid-helo"
     }
 }
 
@@ -103,5 +109,36 @@ mod tests {
             "{s}"
         );
         assert!(!s.contains("for <"), "{s}");
+    }
+
+    #[test]
+    fn rfc5321_4_4_helo_name_is_a_domain_or_literal_or_replaced() {
+        let table: &[(&str, bool, &str)] = &[
+            ("client.example", false, "client.example"),
+            ("[192.0.2.1]", false, "[192.0.2.1]"),
+            ("[IPv6:2001:db8::1]", false, "[IPv6:2001:db8::1]"),
+            ("b\u{fc}cher.example", true, "b\u{fc}cher.example"),
+            ("b\u{fc}cher.example", false, "invalid-helo"),
+            ("a(b", false, "invalid-helo"),
+            ("a)b(c", false, "invalid-helo"),
+            ("x\r\nX-Injected: 1", false, "invalid-helo"),
+            ("my_host", false, "invalid-helo"),
+            ("host.", false, "invalid-helo"),
+            ("[1.2.3", false, "invalid-helo"),
+            ("", false, "invalid-helo"),
+        ];
+        for (name, utf8, want) in table {
+            assert_eq!(helo_name(name, *utf8), *want, "{name:?}");
+        }
+        // Through the header: one line, balanced.
+        let mut a = TxArena::default();
+        a.set_mail("s@src.example", MailParams::default(), "");
+        a.add_rcpt("u@example.com");
+        let env = Envelope::new(&a, None, "a(b))", "ESMTP");
+        let mut v = Vec::new();
+        write_received(&mut v, &env, "mx.example", "Q3", 0);
+        let s = String::from_utf8(v).unwrap();
+        assert!(s.starts_with("Received: from invalid-helo\r\n"), "{s}");
+        assert_eq!(s.matches('(').count(), s.matches(')').count(), "{s}");
     }
 }

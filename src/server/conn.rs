@@ -486,6 +486,7 @@ impl Conn {
     /// that does not read its replies is as stalled as one that does not
     /// send) and by the hard stop.
     async fn flush(&mut self) -> Result<(), Outcome> {
+        self.log_refusals();
         if self.out.is_empty() {
             return Ok(());
         }
@@ -505,8 +506,28 @@ impl Conn {
         }
     }
 
+    /// Logs each command the session refused, as Postfix's `NOQUEUE:
+    /// reject:` lines; every reply leaves through `flush` or `finish`, which
+    /// call this first.
+    fn log_refusals(&mut self) {
+        let peer = PeerDisplay(self.session.client().peer);
+        let on = crate::log::enabled(crate::log::Level::Info);
+        for r in self.session.drain_refusals().filter(|_| on) {
+            crate::info!(
+                "NOQUEUE: reject: {} from {peer}: {} {} {}; shard={} arg={:?}",
+                r.verb,
+                r.code(),
+                r.enhanced(),
+                r.reason(),
+                self.shard.id,
+                r.arg(),
+            );
+        }
+    }
+
     /// Last reply, then a lingering close.
     async fn finish(&mut self) {
+        self.log_refusals();
         if !self.out.is_empty() {
             let res = write_bounded(&mut self.stream, &self.out, LINGER, &self.shard, false).await;
             if res.is_ok() {

@@ -15,12 +15,12 @@ impl Session {
             Ok(c) => c,
             // Without a valid size we cannot tell where the chunk that
             // follows ends; reading it as commands would let its bytes
-            // smuggle commands in. Close instead.
+            // smuggle commands in. Close, with one reply that says why.
             Err(command::ParseError::BdatSyntax) => {
-                return Handled::with(
-                    Answer::Line(reply::BDAT_SYNTAX),
-                    Effect::Close(CloseReason::BdatUnknownSize),
-                )
+                return Handled::close(CloseReason::BdatUnknownSize)
+            }
+            Err(e @ command::ParseError::Unrecognized) => {
+                return self.junk(Handled::error(e.reply()))
             }
             Err(e) => return Handled::error(e.reply()),
         };
@@ -32,20 +32,41 @@ impl Session {
                 params,
                 raw_params,
             } => self.mail(from, params, raw_params),
-            Command::Rcpt { to } => self.rcpt(to),
+            Command::Rcpt { to, domain } => self.rcpt(to, domain),
             Command::Data => self.data_command(),
             Command::Bdat { size, last } => self.bdat_command(size, last),
-            Command::Rset => Handled {
-                answer: Some(Answer::Line(reply::OK)),
-                effect: self.reset_transaction(),
-            },
-            Command::Noop => Handled::reply(reply::OK),
+            Command::Rset => self.rset(),
+            Command::Noop => self.junk(Handled::reply(reply::OK)),
             Command::Quit => Handled::close(CloseReason::Quit),
-            Command::Vrfy => Handled::reply(reply::VRFY),
-            Command::Help => Handled::reply(reply::HELP),
-            Command::NotImplemented => Handled::error(reply::NOT_IMPLEMENTED),
+            Command::Vrfy => self.junk(Handled::reply(reply::VRFY)),
+            Command::Help => self.junk(Handled::reply(reply::HELP)),
+            Command::NotImplemented => self.junk(Handled::error(reply::NOT_IMPLEMENTED)),
             Command::Http => Handled::close(CloseReason::Http),
         }
+    }
+
+    /// Counts a junk command (Postfix's `smtpd_junk_command_limit`): past
+    /// smtp.max_junk_commands since the last accepted message, its one
+    /// reply is the `421` that closes, instead of `h`.
+    fn junk(&mut self, h: Handled<'static>) -> Handled<'static> {
+        if self.junk_over() {
+            return Handled::close(CloseReason::TooManyJunk);
+        }
+        h
+    }
+
+    /// Counts a junk command; true if it is past the limit.
+    fn junk_over(&mut self) -> bool {
+        self.junk = self.junk.saturating_add(1);
+        self.junk > self.cfg.max_junk_commands
+    }
+
+    /// RSET (RFC 5321 §4.1.1.5), a junk command.
+    fn rset(&mut self) -> Handled<'static> {
+        if self.junk_over() {
+            return Handled::close(CloseReason::TooManyJunk);
+        }
+        Handled::with(Answer::Line(reply::OK), self.reset_transaction())
     }
 
     /// HELO and EHLO (RFC 5321 §4.1.1.1).
@@ -101,35 +122,36 @@ impl Session {
     }
 
     /// RCPT TO (RFC 5321 §4.1.1.3).
-    fn rcpt(&mut self, to: &str) -> Handled<'static> {
+    fn rcpt(&mut self, to: &str, domain: &str) -> Handled<'static> {
         if self.tx != Tx::Envelope {
             return Handled::error(reply::NEED_MAIL);
         }
         if !to.is_ascii() && !self.arena.params.smtputf8 {
             return Handled::error(reply::UTF8_NOT_ALLOWED);
         }
-        if !self.accepts_domain(to) {
+        if !self.accepts_domain(domain) {
             return Handled::error(reply::RELAY_DENIED);
         }
         if self.arena.rcpt_count() >= self.cfg.max_recipients {
-            // RFC 5321 §4.5.3.1.10: 452, and not a protocol error.
-            return Handled::reply(reply::TOO_MANY_RECIPIENTS);
+            // RFC 5321 §4.5.3.1.10: 452, and not a protocol error; but
+            // junk, as a client that keeps sending them is not delivering.
+            return self.junk(Handled::reply(reply::TOO_MANY_RECIPIENTS));
         }
         self.arena.add_rcpt(to);
         Handled::reply(reply::RECIPIENT_OK)
     }
 
-    /// Recipient domain policy: no open relay (RFC 5321 §3.6.2).
-    fn accepts_domain(&self, to: &str) -> bool {
-        match to.rsplit_once('@') {
-            // Only `postmaster` parses without a domain (§4.5.1).
-            None => true,
-            Some((_, domain)) => self
+    /// Recipient domain policy: no open relay (RFC 5321 §3.6.2). `domain`
+    /// is the parser's, so a quoted `@` in the local part cannot fool it;
+    /// an address literal is accepted only if configured as one.
+    fn accepts_domain(&self, domain: &str) -> bool {
+        // Only `postmaster` parses without a domain (§4.5.1).
+        domain.is_empty()
+            || self
                 .cfg
                 .accepted_domains
                 .iter()
-                .any(|d| d.eq_ignore_ascii_case(domain)),
-        }
+                .any(|d| d.eq_ignore_ascii_case(domain))
     }
 
     /// DATA (RFC 5321 §4.1.1.4): `354`, then the body in [`Mode::Data`].
@@ -145,6 +167,7 @@ impl Session {
         if self.arena.params.body == BodyType::BinaryMime {
             return Handled::error(reply::BINARYMIME_NEEDS_BDAT);
         }
+        self.msg_verb = "DATA";
         self.body_bytes = 0;
         self.data_searched = 0;
         self.mode = Mode::Data {
@@ -158,6 +181,7 @@ impl Session {
     /// they are always consumed, never read as commands; a refusal is the
     /// reply after them. The first accepted chunk starts the message.
     fn bdat_command(&mut self, size: u64, last: bool) -> Handled<'static> {
+        self.msg_verb = "BDAT";
         let reject = match self.tx {
             // CHUNKING is advertised only in the EHLO reply.
             _ if self.greeted != Greeted::Ehlo => Some(reply::BDAT_NEEDS_EHLO),

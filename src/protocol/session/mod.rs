@@ -31,6 +31,9 @@
 //!    expired yet, does nothing.
 //! 4. At server shutdown call [`Session::handle_shutdown`]; when the grace
 //!    period is over, [`Session::handle_hard_stop`].
+//! 5. Before writing the output buffer, take [`Session::drain_refusals`]:
+//!    the commands refused since the last drain, to log (at most
+//!    16 are kept between drains, the rest only counted).
 //!
 //! The engine never reads the clock (time is the caller's `now`) and never
 //! allocates per command once its buffers have grown to the connection's
@@ -41,21 +44,28 @@
 //! Each command has its handler in `handlers.rs`; each returns the reply and
 //! an effect, and `Session::respond` is the one place that writes replies
 //! and counts failed commands. Message bodies (DATA and BDAT, with their
-//! shared text rules) are in `body.rs`.
+//! shared text rules) are in `body.rs`; the records of refused commands in
+//! `refusal.rs`.
 
 mod body;
 mod handlers;
+mod refusal;
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use super::command::is_bdat;
 use super::envelope::{Envelope, TxArena};
 use super::reply::{self, Reply};
 use super::scanner::LineScanner;
 use crate::config::SmtpConfig;
 use body::{BdatText, TextRules};
+use refusal::Refusals;
+use CloseReason::BdatUnknownSize;
+
+pub use refusal::Refusal;
 
 /// What the runtime knows about the client.
 #[derive(Debug, Clone, Copy, Default)]
@@ -82,7 +92,8 @@ pub enum CloseReason {
     Http,
     /// smtp.max_errors failed commands: `421 4.7.0`.
     TooManyErrors,
-    /// A malformed BDAT, after its `501`: the chunk's end is unknown, `421 4.5.4`.
+    /// A BDAT whose size cannot be read (malformed, too long, not UTF-8):
+    /// the chunk's end is unknown; its one reply is `421 4.5.4`.
     BdatUnknownSize,
     /// No input within the read timeout (RFC 5321 §4.5.3.2): `421 4.4.2`.
     Timeout,
@@ -94,6 +105,15 @@ pub enum CloseReason {
     /// The shutdown grace period ran out mid-transaction: `421 4.3.2`, the
     /// message in progress dropped.
     CutOff,
+    /// A refused DATA with bytes behind it in the same read (RFC 2920 §3.1:
+    /// DATA ends a group), which would otherwise be read as commands:
+    /// `554 5.5.0` instead of DATA's own reply (Postfix's
+    /// `smtpd_forbid_unauth_pipelining`).
+    ImproperPipelining,
+    /// More than smtp.max_junk_commands junk commands (NOOP, RSET, VRFY,
+    /// HELP, unknown verbs, RCPTs past the limit) since the last accepted
+    /// message: `421 4.7.0` (Postfix's `smtpd_junk_command_limit`).
+    TooManyJunk,
 }
 
 impl CloseReason {
@@ -107,6 +127,8 @@ impl CloseReason {
             CloseReason::Timeout => reply::TIMEOUT,
             CloseReason::Lifetime => reply::LIFETIME_EXCEEDED,
             CloseReason::Shutdown | CloseReason::CutOff => reply::SHUTTING_DOWN,
+            CloseReason::ImproperPipelining => reply::IMPROPER_PIPELINING,
+            CloseReason::TooManyJunk => reply::TOO_MANY_JUNK,
         }
     }
 
@@ -121,7 +143,24 @@ impl CloseReason {
             CloseReason::Lifetime => "lifetime",
             CloseReason::Shutdown => "shutdown",
             CloseReason::CutOff => "cut-off",
+            CloseReason::ImproperPipelining => "improper-pipelining",
+            CloseReason::TooManyJunk => "too-many-junk",
         }
+    }
+}
+
+impl CloseReason {
+    /// The close answers a command that is refused (not QUIT, not a
+    /// deadline or shutdown): it is recorded as a refusal.
+    fn refuses_a_command(self) -> bool {
+        matches!(
+            self,
+            CloseReason::Http
+                | CloseReason::TooManyErrors
+                | CloseReason::BdatUnknownSize
+                | CloseReason::ImproperPipelining
+                | CloseReason::TooManyJunk
+        )
     }
 }
 
@@ -280,6 +319,14 @@ impl<'a> Handled<'a> {
         Self::effect(Effect::Close(reason))
     }
 
+    /// The reply refuses the command (4xx/5xx).
+    fn is_refusal(&self) -> bool {
+        match self.answer {
+            Some(Answer::Line(r) | Answer::Error(r)) => matches!(r.first(), Some(b'4' | b'5')),
+            _ => false,
+        }
+    }
+
     fn with(answer: Answer<'a>, effect: Effect) -> Self {
         Self {
             answer: Some(answer),
@@ -308,6 +355,12 @@ pub struct Session {
     /// Text checks over BDAT chunks (bare newlines, line length).
     bdat_text: BdatText,
     errors: u32,
+    /// Junk commands since the last accepted message.
+    junk: u32,
+    /// Refused commands not yet drained by the runtime.
+    refusals: Refusals,
+    /// `DATA` or `BDAT`: names refusals at the end of a body.
+    msg_verb: &'static str,
     shutdown_requested: bool,
     messages_accepted: u64,
     /// When input was last handed in: the read timeout counts from here.
@@ -341,6 +394,9 @@ impl Session {
             data_searched: 0,
             bdat_text: BdatText::default(),
             errors: 0,
+            junk: 0,
+            refusals: Refusals::default(),
+            msg_verb: "DATA",
             shutdown_requested: false,
             messages_accepted: 0,
             last_input: now,
@@ -361,9 +417,25 @@ impl Session {
         Envelope::new(&self.arena, self.client.peer, &self.helo, protocol)
     }
 
+    /// What the runtime told the session about its client.
+    pub fn client(&self) -> ClientInfo {
+        self.client
+    }
+
     /// Body bytes received so far for the message in progress.
     pub fn body_bytes(&self) -> u64 {
         self.body_bytes
+    }
+
+    /// The commands refused (4xx/5xx) since the last drain, oldest first,
+    /// for the runtime to log; drain after every call that takes `out`.
+    pub fn drain_refusals(&mut self) -> impl Iterator<Item = Refusal> + '_ {
+        self.refusals.drain()
+    }
+
+    /// Refusals not recorded because too many waited to be drained.
+    pub fn refusals_dropped(&self) -> u64 {
+        self.refusals.dropped
     }
 
     /// Messages acknowledged with `250` on this session.
@@ -485,6 +557,8 @@ impl Session {
         let answer = match result {
             Ok(id) => {
                 self.messages_accepted += 1;
+                // As Postfix: a client that gets mail through is not junk.
+                self.junk = 0;
                 Answer::Queued(id)
             }
             Err(CommitError::SpoolFull) => Answer::Line(reply::SPOOL_FULL),
@@ -536,6 +610,9 @@ impl Session {
         }
         let Some(line) = self.scanner.next_line(input) else {
             if input.len() >= self.cfg.max_command_line_bytes {
+                if is_bdat(input) {
+                    return (0, self.respond(out, Handled::close(BdatUnknownSize)));
+                }
                 // RFC 5321 §4.5.3.1.4: drop the rest of this line without
                 // buffering it; reply once it ends.
                 self.scanner.reset();
@@ -545,13 +622,32 @@ impl Session {
             return (0, Some(Event::NeedInput));
         };
         if line.content_len() + 2 > self.cfg.max_command_line_bytes {
-            return (
-                line.end,
-                self.respond(out, Handled::error(reply::LINE_TOO_LONG)),
-            );
+            // An overlong BDAT: its size is unreadable, like a malformed one.
+            let h = match is_bdat(input) {
+                true => Handled::close(BdatUnknownSize),
+                false => Handled::error(reply::LINE_TOO_LONG),
+            };
+            let first = self.refusals.len();
+            let ev = self.respond(out, h);
+            self.refusals
+                .name_since(first, &input[..line.content_len()]);
+            return (line.end, ev);
         }
-        let handled = self.command(&input[..line.content_len()]);
-        (line.end, self.respond(out, handled))
+        let content = &input[..line.content_len()];
+        let mut handled = self.command(content);
+        // RFC 2920 §3.1: DATA ends a group. Bytes behind a refused one are
+        // likely its body; never read them as commands.
+        if line.end < input.len()
+            && self.cfg.forbid_pipelined_data
+            && handled.is_refusal()
+            && content.eq_ignore_ascii_case(b"DATA")
+        {
+            handled = Handled::close(CloseReason::ImproperPipelining);
+        }
+        let first = self.refusals.len();
+        let ev = self.respond(out, handled);
+        self.refusals.name_since(first, content);
+        (line.end, ev)
     }
 
     /// The rest of an overlong command line: dropped up to its LF.
@@ -563,10 +659,11 @@ impl Session {
         match memchr::memchr(b'\n', input) {
             Some(i) => {
                 self.mode = Mode::Commands;
-                (
-                    i + 1,
-                    self.respond(out, Handled::error(reply::LINE_TOO_LONG)),
-                )
+                let first = self.refusals.len();
+                let ev = self.respond(out, Handled::error(reply::LINE_TOO_LONG));
+                // Its start is gone: the record names no verb.
+                self.refusals.name_since(first, b"");
+                (i + 1, ev)
             }
             None => (input.len(), Some(Event::NeedInput)),
         }
@@ -582,9 +679,13 @@ impl Session {
         let mut failed = false;
         match h.answer {
             None => {}
-            Some(Answer::Line(r)) => out.extend_from_slice(r),
+            Some(Answer::Line(r)) => {
+                out.extend_from_slice(r);
+                self.refusals.note(r, self.msg_verb);
+            }
             Some(Answer::Error(r)) => {
                 out.extend_from_slice(r);
+                self.refusals.note(r, self.msg_verb);
                 failed = true;
             }
             Some(Answer::Greeting) => reply::write_greeting(out, &self.cfg.hostname),
@@ -619,6 +720,9 @@ impl Session {
             return r;
         }
         out.extend_from_slice(reason.reply());
+        if reason.refuses_a_command() {
+            self.refusals.note(reason.reply(), self.msg_verb);
+        }
         self.mode = Mode::Closed(reason);
         reason
     }
