@@ -1295,6 +1295,30 @@ fn refused_data_with_pipelined_body_closes_without_reading_it() {
     assert_eq!(codes(&h.feed(b"x\r\n.\r\n")), ["250"]);
 }
 
+/// The verb decides, not the exact line: a refused `DATA ` (trailing
+/// blank), `data x` or an overlong DATA line with bytes behind it closes too.
+#[test]
+fn refused_data_variants_with_pipelined_body_close_too() {
+    let long = format!("DATA{}\r\n", " ".repeat(600));
+    for data in ["DATA \r\n", "data   \r\n", "DATA x\r\n", long.as_str()] {
+        let mut h = Harness::new();
+        let mut input = b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@relay.test>\r\n".to_vec();
+        input.extend_from_slice(data.as_bytes());
+        input.extend_from_slice(b"RCPT TO:<u@test>\r\nDATA\r\nx\r\n.\r\n");
+        let r = h.feed(&input);
+        assert_eq!(
+            h.closed,
+            Some(CloseReason::ImproperPipelining),
+            "{data:?}: {r}"
+        );
+        assert!(h.stored.is_empty(), "{data:?}");
+        assert!(
+            !r.contains("354"),
+            "{data:?}: the body was read as commands: {r}"
+        );
+    }
+}
+
 #[test]
 fn refusals_are_recorded_with_verb_code_and_argument() {
     let mut h = Harness::new();

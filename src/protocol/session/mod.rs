@@ -627,6 +627,8 @@ impl Session {
                 true => Handled::close(BdatUnknownSize),
                 false => Handled::error(reply::LINE_TOO_LONG),
             };
+            let content = &input[..line.content_len()];
+            let h = self.guard_pipelined_data(content, h, line.end < input.len());
             let first = self.refusals.len();
             let ev = self.respond(out, h);
             self.refusals
@@ -634,20 +636,33 @@ impl Session {
             return (line.end, ev);
         }
         let content = &input[..line.content_len()];
-        let mut handled = self.command(content);
-        // RFC 2920 §3.1: DATA ends a group. Bytes behind a refused one are
-        // likely its body; never read them as commands.
-        if line.end < input.len()
-            && self.cfg.forbid_pipelined_data
-            && handled.is_refusal()
-            && content.eq_ignore_ascii_case(b"DATA")
-        {
-            handled = Handled::close(CloseReason::ImproperPipelining);
-        }
+        let handled = self.command(content);
+        let handled = self.guard_pipelined_data(content, handled, line.end < input.len());
         let first = self.refusals.len();
         let ev = self.respond(out, handled);
         self.refusals.name_since(first, content);
         (line.end, ev)
+    }
+
+    /// RFC 2920 §3.1: DATA ends a group. Bytes behind a refused one are
+    /// likely its body; never read them as commands. The verb decides, not
+    /// the whole line: `DATA ` (trailing blanks), `DATA x` and an overlong
+    /// DATA line are all refused DATAs whose body may follow.
+    fn guard_pipelined_data<'h>(
+        &self,
+        content: &[u8],
+        handled: Handled<'h>,
+        more: bool,
+    ) -> Handled<'h> {
+        let verb = content.split(|&b| b == b' ').next().unwrap_or_default();
+        if more
+            && self.cfg.forbid_pipelined_data
+            && handled.is_refusal()
+            && verb.eq_ignore_ascii_case(b"DATA")
+        {
+            return Handled::close(CloseReason::ImproperPipelining);
+        }
+        handled
     }
 
     /// The rest of an overlong command line: dropped up to its LF.
