@@ -799,7 +799,12 @@ fn check_frag_ref(
     };
     let rh = seg.header.record_header_len();
     let mut hb = [0u8; RECORD_HEADER_LEN];
-    if f.offset + rh as u64 + u64::from(f.len) > seg.len() {
+    // Hostile offsets must not overflow (a commit's fields are on-disk data).
+    let end = f
+        .offset
+        .checked_add(rh as u64)
+        .and_then(|e| e.checked_add(u64::from(f.len)));
+    if end.is_none_or(|e| e > seg.len()) {
         return Err("points past the end of its segment".into());
     }
     seg.read_exact_at(&mut hb[..rh], f.offset)

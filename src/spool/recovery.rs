@@ -310,6 +310,14 @@ async fn scan_segment(
                 Damage::Zeros => break Some((pos, "zeros after the last record")),
                 Damage::Tail => break Some((pos, reason)),
             },
+            // A seal of another length is no seal of ours (a writer bug or
+            // crafted bytes): never read past its payload, cut it like a
+            // seal that does not match.
+            Step::Record(m)
+                if m.header.kind == Kind::Seal && m.header.len as usize != SEAL_PAYLOAD_LEN =>
+            {
+                break Some((pos, "seal record does not match its segment"));
+            }
             Step::Record(m) if m.header.kind == Kind::Seal => {
                 let mut p = [0u8; SEAL_PAYLOAD_LEN];
                 seg.read_exact_at(&mut p, m.payload())?;

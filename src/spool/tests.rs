@@ -1373,3 +1373,42 @@ fn the_cut_after_a_failed_write_is_synced_before_the_refusal() {
     assert_eq!(read_all(&root).len(), 1);
     assert_verify_clean(&root);
 }
+
+/// A CRC-valid record of kind Seal whose payload is not a seal's 16 bytes
+/// (a writer bug, or crafted bytes with this segment's nonce) at the end of
+/// the open segment: recovery must neither read past it (which failed the
+/// start) nor lose the mail before it.
+#[test]
+fn a_seal_of_the_wrong_length_is_cut_and_the_mail_before_it_stays() {
+    use super::format::{finish_record, set_kind, stamp_record, FileHeader, RECORD_HEADER_LEN};
+    let dir = TempDir::new("short-seal");
+    let root = dir.path().to_owned();
+    let c = cfg(1024, 1 << 20, Durability::Fsync);
+    let mut want = BTreeMap::new();
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        for seed in 0..3 {
+            let b = body(200, seed);
+            want.insert(store(&spool, &b, 200).await.unwrap(), b);
+        }
+        spool.close().await.unwrap();
+    });
+    let seg = std::fs::read_dir(root.join("shard-0"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .max()
+        .unwrap();
+    let bytes = std::fs::read(&seg).unwrap();
+    let nonce = FileHeader::decode(&bytes).unwrap().nonce;
+    let mut rec = vec![0u8; RECORD_HEADER_LEN + 8];
+    set_kind(&mut rec, Kind::Seal);
+    finish_record(&mut rec).unwrap();
+    stamp_record(&mut rec, nonce);
+    let mut damaged = bytes.clone();
+    damaged.extend_from_slice(&rec);
+    std::fs::write(&seg, &damaged).unwrap();
+    reopen(&root, &c);
+    assert_eq!(read_all(&root), want);
+    assert_verify_clean(&root);
+}
