@@ -142,6 +142,11 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
         Some(i) => (&line[..i], &line[i + 1..]),
         None => (line, ""),
     };
+    // `BDAT<TAB>5` and the like: a BDAT to anyone who splits on any blank,
+    // so its chunk must never be read as commands here either.
+    if verb.len() != 4 && is_bdat(verb.as_bytes()) {
+        return Err(ParseError::BdatSyntax);
+    }
     if verb.len() > 8 {
         return Err(ParseError::Unrecognized);
     }
@@ -174,7 +179,7 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
 pub fn is_bdat(line: &[u8]) -> bool {
     line.get(..4)
         .is_some_and(|v| v.eq_ignore_ascii_case(b"BDAT"))
-        && matches!(line.get(4), None | Some(b' '))
+        && line.get(4).is_none_or(|b| !b.is_ascii_alphanumeric())
 }
 
 fn no_arg(arg: &str, c: Command<'static>) -> Result<Command<'static>, ParseError> {

@@ -858,9 +858,12 @@ fn malformed_bdat_closes_since_its_chunk_end_is_unknown() {
     const CLOSE: &str =
         "421 4.5.4 Syntax: BDAT size [LAST]; cannot tell where its data ends, closing\r\n";
     let long = format!("BDAT {}\r\n", "1".repeat(600));
-    let bad: [&[u8]; 4] = [
+    let bad: [&[u8]; 6] = [
         b"BDAT 99999999999999999999999\r\n",
         b"BDAT 1\xff\r\n",
+        // A tab is a separator to some: never read this chunk as commands.
+        b"BDAT\t5\r\n",
+        b"bdat\t5 LAST\r\n",
         long.as_bytes(),
         // Overlong and still unterminated in this read.
         &long.as_bytes()[..long.len() - 2],
