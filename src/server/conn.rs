@@ -27,7 +27,7 @@ use glommio::net::TcpStream;
 use glommio::sync::StaticPermit;
 use glommio::timer::sleep;
 
-use super::shard::{ActiveGuard, Shard, Stats, OVERLOAD_WAIT};
+use super::shard::{ActiveGuard, Shard, Stats};
 use super::store::{self, EnvelopeRecord, MessageWriter, ShardSpool, SpoolError};
 use crate::protocol::{reply, trace, ClientInfo, CloseReason, CommitError, Event, Session};
 
@@ -86,21 +86,31 @@ pub(crate) async fn serve(
     drop(guard);
 }
 
-/// Over the shard's connection limit: `421 4.3.2` and close (RFC 5321
-/// §3.8), with the same log line as a served connection.
-pub(crate) async fn reject(shard: Rc<Shard>, mut stream: TcpStream, guard: ActiveGuard) {
+/// Over the shard's connection limit: `421 4.3.2` and a lingering close
+/// (RFC 5321 §3.8), with the same log line as a served connection. The
+/// lingering close matters here most: a client that sent its EHLO before
+/// reading the greeting would otherwise get a reset that can destroy the
+/// 421 before it is read.
+pub(crate) async fn reject(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    permit: StaticPermit,
+    guard: ActiveGuard,
+) {
     let started = Instant::now();
     let peer = stream.peer_addr().ok();
     // A fresh socket's send buffer is empty: this write does not block;
     // the bound only keeps a broken socket from holding the task.
-    let ok = future::or(
-        async { stream.write_all(reply::TOO_MANY_CONNECTIONS).await.is_ok() },
-        async {
-            sleep(OVERLOAD_WAIT).await;
-            false
-        },
+    let ok = write_bounded(
+        &mut stream,
+        reply::TOO_MANY_CONNECTIONS,
+        LINGER,
+        &shard,
+        false,
     )
-    .await;
+    .await
+    .is_ok();
+    linger(&mut stream, &shard).await;
     let _ = stream.close().await;
     let log = ConnLog {
         peer,
@@ -115,7 +125,32 @@ pub(crate) async fn reject(shard: Rc<Shard>, mut stream: TcpStream, guard: Activ
         },
     };
     log.write(Outcome::TooManyConnections);
+    drop(permit);
     drop(guard);
+}
+
+/// The lingering close: shut down our side, then read and drop what the
+/// client still sends until it closes, for at most [`LINGER`] (or until the
+/// server shuts down: nothing is left to deliver).
+async fn linger(stream: &mut TcpStream, shard: &Shard) {
+    let _ = stream.shutdown(Shutdown::Write).await;
+    let until = Instant::now() + LINGER;
+    let mut sink = [0u8; 64];
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || shard.shutdown.is_fired() {
+            break;
+        }
+        let r = future::or(async { Some(stream.read(&mut sink).await) }, async {
+            future::or(sleep(left), shard.shutdown.wait()).await;
+            None
+        })
+        .await;
+        match r {
+            Some(Ok(n)) if n > 0 => {}
+            _ => break,
+        }
+    }
 }
 
 /// The facts of the one line logged per connection.
@@ -211,6 +246,21 @@ enum Wake {
     Stuck,
 }
 
+/// Unsent replies at which the connection stops handing input to the session
+/// and writes first (backpressure): a client that pipelines commands and
+/// never reads its replies stops being read, instead of making the server
+/// hold the replies to a whole read buffer of commands (README "Memory per
+/// connection"). A client that reads is never held up by it: the write that
+/// follows goes to the kernel's socket buffer.
+pub(crate) const REPLY_HIGH_WATER: usize = 8 * 1024;
+
+/// Command input is handed to the session at most this many bytes at a time
+/// (more only for a line longer than that), so one call's replies overshoot
+/// [`REPLY_HIGH_WATER`] by at most the replies to this much input: at most
+/// 21 commands (the shortest is 6 bytes), 21 EHLO replies of at most ~400
+/// bytes each. A body continuing past the input is handed over whole.
+pub(crate) const INPUT_CHUNK: usize = 128;
+
 /// The first read buffer of an active connection, before it proves to need
 /// server.read_buffer_bytes: one page covers any command batch of a
 /// non-pipelining client, and a connection that only said EHLO keeps no
@@ -294,13 +344,17 @@ struct Conn {
 /// What `process` left to do.
 enum Step {
     NeedInput,
+    /// Unsent replies reached [`REPLY_HIGH_WATER`]: write them, then process
+    /// the input that is left before reading more.
+    Flush,
     Close(CloseReason),
 }
 
 impl Conn {
     async fn run(&mut self) -> Outcome {
         loop {
-            if let Step::Close(reason) = self.process().await {
+            let step = self.process().await;
+            if let Step::Close(reason) = step {
                 self.finish().await;
                 return Outcome::Session(reason);
             }
@@ -317,6 +371,9 @@ impl Conn {
                 if let Some(o) = self.on_shutdown().await {
                     return o;
                 }
+                continue;
+            }
+            if matches!(step, Step::Flush) {
                 continue;
             }
             match self.wait_input().await {
@@ -362,18 +419,41 @@ impl Conn {
         Outcome::Session(reason)
     }
 
-    /// Feeds all unconsumed input to the session and acts on its events
-    /// until it needs more input or closes.
+    /// Feeds unconsumed input to the session and acts on its events until
+    /// it needs more input, closes, or has [`REPLY_HIGH_WATER`] bytes of
+    /// replies to write. Input goes in [`INPUT_CHUNK`] pieces, so the
+    /// replies to one piece are all that can pass the high-water mark; only
+    /// a body that continues past the piece gets the rest at once.
     async fn process(&mut self) -> Step {
+        let mut chunk = INPUT_CHUNK;
+        let mut whole = false;
         loop {
+            if self.out.len() >= REPLY_HIGH_WATER {
+                return Step::Flush;
+            }
             let now = Instant::now();
-            let (used, ev) = self
-                .session
-                .handle_input(now, self.rbuf.data(), &mut self.out);
+            let data = self.rbuf.data();
+            let fed = if whole {
+                data.len()
+            } else {
+                data.len().min(chunk)
+            };
+            let more = fed < data.len();
+            let (used, ev) = self.session.handle_input(now, &data[..fed], &mut self.out);
+            // The body went on to the end of the piece: it probably goes on.
+            whole = matches!(ev, Event::Body(_)) && used == fed;
             match ev {
                 Event::NeedInput => {
                     self.rbuf.consume(used);
-                    return Step::NeedInput;
+                    if !more {
+                        return Step::NeedInput;
+                    }
+                    // A line longer than the piece: hand over more of it.
+                    chunk = if used == 0 {
+                        chunk.saturating_mul(2)
+                    } else {
+                        INPUT_CHUNK
+                    };
                 }
                 Event::Body(bytes) => {
                     if let Msg::Open(w) = &mut self.msg {
@@ -514,26 +594,7 @@ impl Conn {
             }
             self.out.clear();
         }
-        let _ = self.stream.shutdown(Shutdown::Write).await;
-        // Read and drop what the client still sends, until it closes (or
-        // the server shuts down: nothing is left to deliver).
-        let until = Instant::now() + LINGER;
-        let mut sink = [0u8; 64];
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() || self.shard.shutdown.is_fired() {
-                break;
-            }
-            let r = future::or(async { Some(self.stream.read(&mut sink).await) }, async {
-                future::or(sleep(left), self.shard.shutdown.wait()).await;
-                None
-            })
-            .await;
-            match r {
-                Some(Ok(n)) if n > 0 => {}
-                _ => break,
-            }
-        }
+        linger(&mut self.stream, &self.shard).await;
     }
 
     /// Waits for input, the session's next deadline, shutdown or hard stop.
