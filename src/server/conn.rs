@@ -255,11 +255,58 @@ enum Wake {
 pub(crate) const REPLY_HIGH_WATER: usize = 8 * 1024;
 
 /// Command input is handed to the session at most this many bytes at a time
-/// (more only for a line longer than that), so one call's replies overshoot
-/// [`REPLY_HIGH_WATER`] by at most the replies to this much input: at most
-/// 21 commands (the shortest is 6 bytes), 21 EHLO replies of at most ~400
-/// bytes each. A body continuing past the input is handed over whole.
+/// (more only to complete a line longer than that), so one call's replies
+/// overshoot [`REPLY_HIGH_WATER`] by at most the replies to this much input:
+/// at most `INPUT_CHUNK / 2` of them (the shortest line is 2 bytes), each at
+/// most an EHLO reply. A body continuing past the input is handed over whole
+/// (it has no replies).
 pub(crate) const INPUT_CHUNK: usize = 128;
+
+/// A connection's own state besides its buffers: the session, the
+/// connection and its task, glommio's socket. Measured (VmRSS growth per
+/// idle connection after its buffers were released, tests/server_memory.rs)
+/// and rounded up.
+const CONN_STATE_BYTES: u64 = 8 * 1024;
+
+/// The worst-case memory of one connection, bytes, from the settings; the
+/// formulas are in README "Memory per connection".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnMemoryBound {
+    /// Idle (silent for a second) outside a transaction: its state only.
+    pub idle: u64,
+    /// Outside a mail transaction, whatever the client sends or fails to
+    /// read: state, read buffer, reply buffer.
+    pub active: u64,
+    /// Inside a mail transaction: `active` plus the envelope (up to
+    /// `smtp.max_recipients` recipients of `smtp.max_command_line_bytes`),
+    /// held in the session's arena and, while the body arrives, in the
+    /// spool's record with up to `spool.max_buffered_message_bytes` of body.
+    /// Given back when the transaction ends.
+    pub transaction: u64,
+}
+
+/// [`ConnMemoryBound`] for `cfg`.
+pub fn conn_memory_bound(cfg: &crate::config::Config) -> ConnMemoryBound {
+    let (server, smtp) = (&cfg.server, &cfg.smtp);
+    let mut ehlo = Vec::new();
+    reply::write_ehlo(&mut ehlo, &smtp.hostname, smtp.max_message_bytes);
+    // The greeting and every other reply are shorter than EHLO's, or fixed
+    // and under 128 bytes.
+    let longest = ehlo.len().max(128) as u64;
+    // A growing Vec may double: twice the most it holds.
+    let reply = (2 * (REPLY_HIGH_WATER as u64 + (INPUT_CHUNK / 2) as u64 * longest))
+        .max(server.write_buffer_bytes as u64);
+    let active = CONN_STATE_BYTES + server.read_buffer_bytes as u64 + reply;
+    // Per recipient: its bytes and its slot in the arena, its length and
+    // bytes in the record; the record also holds the buffered body.
+    let envelope = smtp.max_recipients as u64 * (smtp.max_command_line_bytes as u64 + 16);
+    let record = envelope + 1024 + cfg.spool.max_buffered_message_bytes as u64;
+    ConnMemoryBound {
+        idle: CONN_STATE_BYTES,
+        active,
+        transaction: active + 2 * envelope + 2 * record,
+    }
+}
 
 /// The first read buffer of an active connection, before it proves to need
 /// server.read_buffer_bytes: one page covers any command batch of a
@@ -448,9 +495,11 @@ impl Conn {
                     if !more {
                         return Step::NeedInput;
                     }
-                    // A line longer than the piece: hand over more of it.
+                    // A line longer than the piece: hand over the rest of
+                    // it and no more (so still at most one more reply).
                     chunk = if used == 0 {
-                        chunk.saturating_mul(2)
+                        let data = self.rbuf.data();
+                        memchr::memchr(b'\n', &data[fed..]).map_or(data.len(), |i| fed + i + 1)
                     } else {
                         INPUT_CHUNK
                     };

@@ -34,6 +34,7 @@ use std::sync::mpsc;
 
 use glommio::{LocalExecutorBuilder, Placement};
 
+pub use conn::{conn_memory_bound, ConnMemoryBound};
 pub use shard::ShardSummary;
 
 // The message store: the per-core spool (`250` means durable).
