@@ -54,27 +54,58 @@ fn large_transaction(addr: SocketAddr, n: usize) -> Client {
     c
 }
 
-/// A client with a small receive buffer (so the kernel holds few of the
-/// replies) that sends [`EHLOS`] EHLOs, as many as the socket takes without
-/// blocking, and never reads.
-fn flood(addr: SocketAddr) -> TcpStream {
+/// A client that sends [`EHLOS`] EHLOs and never reads. Its receive
+/// buffer is small (16 KiB, no autotuning) and its segments too (TCP_MAXSEG
+/// 536, which keeps the server's kernel send buffer, sized from the segment
+/// size, to a few tens of KB): the kernel takes the replies to the server's
+/// first 4 KiB read (~30 KB) but not those to a full read buffer (~300 KB),
+/// so what the server holds of them is in its RSS. (With less room the
+/// first replies wait on TCP's zero-window probes and the test takes
+/// minutes; with autotuned buffers the kernel takes every reply.)
+/// Returns the stream and the bytes sent.
+fn flood(addr: SocketAddr) -> (TcpStream, usize) {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    sock.set_mss(536).unwrap();
     sock.connect(&addr.into()).unwrap();
     let mut s: TcpStream = sock.into();
     s.set_nonblocking(true).unwrap();
-    let mut all = "EHLO flood.example\r\n".repeat(EHLOS).into_bytes();
-    while !all.is_empty() {
-        match s.write(&all) {
-            Ok(n) => {
-                all.drain(..n);
-            }
+    let all = "EHLO flood.example\r\n".repeat(EHLOS).into_bytes();
+    let mut sent = 0;
+    while sent < all.len() {
+        match s.write(&all[sent..]) {
+            Ok(n) => sent += n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,
             Err(e) => panic!("flood: {e}"),
         }
     }
-    s
+    (s, sent)
 }
+
+/// Bytes the server has not read yet on each of its connections, by the
+/// client's port (from /proc/net/tcp: the server's sockets are in this
+/// network namespace, local port = the server's).
+fn server_unread(server_port: u16) -> std::collections::HashMap<u16, usize> {
+    let t = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port = |a: &str| u16::from_str_radix(a.rsplit(':').next().unwrap_or(""), 16).ok();
+    t.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if port(f.get(1)?)? != server_port {
+                return None;
+            }
+            let rx = usize::from_str_radix(f.get(4)?.split(':').nth(1)?, 16).ok()?;
+            Some((port(f[2])?, rx))
+        })
+        .collect()
+}
+
+/// What the server reads of a flood before it must stop: its first read
+/// (4 KiB), then most of a full read buffer (16 KiB less the partial line
+/// it keeps); the replies to the first fit in the kernel, those to the
+/// second (~90 KB and more) do not.
+const SERVER_READS: usize = 17 * 1024;
 
 /// A NOOP round trip on its own connection: the shard's one thread has run
 /// the connection tasks that were ready before it.
@@ -114,7 +145,26 @@ fn memory_per_connection_stays_within_the_documented_bound() {
             .flat_map(|h| h.join().unwrap())
             .collect()
     });
-    let floods: Vec<TcpStream> = (0..FLOOD).map(|_| flood(s.addr)).collect();
+    let floods: Vec<(TcpStream, usize)> = (0..FLOOD).map(|_| flood(s.addr)).collect();
+    // Wait (bounded: fails as hung) until the server has read that much of
+    // every flood, so what it holds for them is at its most.
+    let until = std::time::Instant::now() + common::STEP;
+    for (i, (f, sent)) in floods.iter().enumerate() {
+        assert!(*sent > SERVER_READS, "flood {i} sent only {sent}");
+        let me = f.local_addr().unwrap().port();
+        loop {
+            let rx = server_unread(s.addr.port()).get(&me).copied();
+            if rx.is_some_and(|rx| sent - rx >= SERVER_READS) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "hung: the server read {:?} of flood {i}",
+                rx.map(|rx| sent - rx)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
     // Let every connection task run on what it was sent, then measure the
     // highest of a few readings.
     let mut after = 0;
