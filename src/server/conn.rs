@@ -164,16 +164,24 @@ struct ConnLog {
 }
 
 impl ConnLog {
+    /// Never rate-limited: one line per connection is the record.
     fn write(&self, outcome: Outcome) {
-        crate::info!(
-            "conn peer={} shard={} duration_ms={} messages={} bytes_in={} bytes_out={} outcome={}",
-            PeerDisplay(self.peer),
-            self.shard,
-            self.started.elapsed().as_millis(),
-            self.messages,
-            self.bytes_in,
-            self.bytes_out,
-            outcome,
+        if !crate::log::enabled(crate::log::Level::Info) {
+            return;
+        }
+        crate::log::write(
+            crate::log::Level::Info,
+            format_args!(
+                "conn peer={} shard={} duration_ms={} messages={} bytes_in={} bytes_out={} \
+                 outcome={}",
+                PeerDisplay(self.peer),
+                self.shard,
+                self.started.elapsed().as_millis(),
+                self.messages,
+                self.bytes_in,
+                self.bytes_out,
+                outcome,
+            ),
         );
     }
 }
@@ -589,12 +597,16 @@ impl Conn {
             Stats::add(&st.message_bytes, size);
             if crate::log::enabled(crate::log::Level::Info) {
                 let env = self.session.envelope();
-                crate::info!(
-                    "msg id={id} shard={} from=<{}> rcpts={} to={} size={size}",
-                    self.shard.id,
-                    env.mail_from(),
-                    env.rcpts().len(),
-                    RcptList(&env),
+                // Never rate-limited: one line per accepted message.
+                crate::log::write(
+                    crate::log::Level::Info,
+                    format_args!(
+                        "msg id={id} shard={} from=<{}> rcpts={} to={} size={size}",
+                        self.shard.id,
+                        env.mail_from(),
+                        env.rcpts().len(),
+                        RcptList(&env),
+                    ),
                 );
             }
         }

@@ -120,6 +120,8 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
     cfg.validate()?;
     crate::log::set_level(cfg.server.log_level);
     crate::log::install();
+    // Whatever way this returns, what the shards logged is written first.
+    let _flush = FlushLog;
 
     let allowed = allowed_cpus()?;
     let cpus = cfg.server.cores.resolve(&allowed)?;
@@ -215,12 +217,23 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
             }
         }
     }
+    // The shards' last lines come before the summary.
+    crate::log::flush();
     let total: u64 = summaries.iter().map(|s| s.messages).sum();
     crate::info!(
         "stopped: {} shards, {total} messages accepted",
         summaries.len()
     );
     Ok(summaries)
+}
+
+/// Flushes the shards' log queue when dropped (see [`crate::log::flush`]).
+struct FlushLog;
+
+impl Drop for FlushLog {
+    fn drop(&mut self) {
+        crate::log::flush();
+    }
 }
 
 fn one_line(e: &dyn std::fmt::Display) -> String {
@@ -343,6 +356,7 @@ fn spawn_signal_thread(
                     }
                 } else {
                     crate::warn!("{name} again: exiting at once");
+                    crate::log::flush();
                     std::process::exit(128 + sig);
                 }
             }

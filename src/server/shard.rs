@@ -213,6 +213,8 @@ pub(crate) async fn run(start: ShardStart) -> ShardSummary {
         stop,
         mut ready,
     } = start;
+    // From here on this thread never waits for stderr (see crate::log).
+    crate::log::queue_this_thread();
     let spool = match store::ShardSpool::open(&config.spool.dir, id, &config.spool).await {
         Ok(s) => s,
         Err(e) => {
@@ -283,6 +285,7 @@ async fn shutdown(shard: &Rc<Shard>, accept_loops: Vec<glommio::Task<()>>) -> Sh
     if let Err(e) = shard.spool.close().await {
         crate::error!("shard {id}: closing the store: {e}");
     }
+    crate::log::flush_thread();
     let st = &shard.stats;
     let sp = shard.spool.stats();
     // Always written, whatever the level: the shard's totals and the
