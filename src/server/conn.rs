@@ -625,12 +625,18 @@ impl Conn {
 
     /// Writes the reply buffer, bounded by the session's timeout (a client
     /// that does not read its replies is as stalled as one that does not
-    /// send) and by the hard stop.
+    /// send), by the end of its lifetime (then it closes as any session at
+    /// that point does) and by the hard stop.
     async fn flush(&mut self) -> Result<(), Outcome> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let limit = self.session.read_timeout();
+        let now = Instant::now();
+        let limit = match self.session.poll_timeout() {
+            Some(d) => d.saturating_duration_since(now),
+            None => self.session.read_timeout(),
+        }
+        .min(self.session.read_timeout());
         let res = write_bounded(&mut self.stream, &self.out, limit, &self.shard, true).await;
         self.bytes_out += self.out.len() as u64;
         self.out.clear();
@@ -641,7 +647,14 @@ impl Conn {
         }
         match res {
             Ok(()) => Ok(()),
-            Err(None) => Err(Outcome::WriteTimeout),
+            Err(None) => {
+                // The lifetime ended while the client was not reading.
+                if let Some(r) = self.session.handle_timeout(Instant::now(), &mut self.out) {
+                    self.finish().await;
+                    return Err(Outcome::Session(r));
+                }
+                Err(Outcome::WriteTimeout)
+            }
             Err(Some(k)) => Err(Outcome::WriteError(k)),
         }
     }
