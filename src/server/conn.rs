@@ -266,8 +266,8 @@ pub(crate) const REPLY_HIGH_WATER: usize = 8 * 1024;
 /// (more only to complete a line longer than that), so one call's replies
 /// overshoot [`REPLY_HIGH_WATER`] by at most the replies to this much input:
 /// at most `INPUT_CHUNK / 2` of them (the shortest line is 2 bytes), each at
-/// most an EHLO reply. A body continuing past the input is handed over whole
-/// (it has no replies).
+/// most an EHLO reply. A DATA body, or a BDAT chunk continuing past the
+/// piece, is handed over whole (a body has no replies).
 pub(crate) const INPUT_CHUNK: usize = 128;
 
 /// A connection's own state besides its buffers: the session, the
@@ -495,8 +495,11 @@ impl Conn {
             };
             let more = fed < data.len();
             let (used, ev) = self.session.handle_input(now, &data[..fed], &mut self.out);
-            // The body went on to the end of the piece: it probably goes on.
-            whole = matches!(ev, Event::Body(_)) && used == fed;
+            // A DATA body goes on: no reply comes before its end, which the
+            // session reports as an event. (A BDAT chunk is followed by
+            // commands within the same call, so it goes in pieces, unless
+            // it continues past the piece.)
+            whole = matches!(ev, Event::Body(_)) && (used == fed || self.session.in_data_body());
             match ev {
                 Event::NeedInput => {
                     self.rbuf.consume(used);
