@@ -651,10 +651,13 @@ impl Conn {
         match res {
             Ok(()) => Ok(()),
             Err(None) => {
-                // The lifetime ended while the client was not reading.
-                if let Some(r) = self.session.handle_timeout(Instant::now(), &mut self.out) {
+                // The lifetime ended while the client was not reading: close
+                // as at any other point past it. A plain write timeout
+                // drops the connection, as before.
+                let r = self.session.handle_timeout(Instant::now(), &mut self.out);
+                if r == Some(CloseReason::Lifetime) {
                     self.finish().await;
-                    return Err(Outcome::Session(r));
+                    return Err(Outcome::Session(CloseReason::Lifetime));
                 }
                 Err(Outcome::WriteTimeout)
             }
