@@ -232,14 +232,29 @@ pub fn flush_thread() {
 }
 
 /// Waits until every line queued so far is written. Returns at once if no
-/// thread ever queued; waits at most a second otherwise.
+/// thread ever queued; waits about [`FLUSH_WAIT`] at most otherwise (a
+/// stderr nobody reads must not keep the process from exiting).
 pub fn flush() {
     let Some(q) = queue_started() else { return };
+    let until = Instant::now() + FLUSH_WAIT;
     let (tx, rx) = mpsc::sync_channel(1);
-    if q.tx.send(Msg::Flush(tx)).is_ok() {
-        let _ = rx.recv_timeout(Duration::from_secs(1));
+    let mut msg = Msg::Flush(tx);
+    // The queue may be full: retry rather than block.
+    loop {
+        match q.tx.try_send(msg) {
+            Ok(()) => break,
+            Err(TrySendError::Full(m)) if Instant::now() < until => {
+                msg = m;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(_) => return,
+        }
     }
+    let _ = rx.recv_timeout(until.saturating_duration_since(Instant::now()));
 }
+
+/// The longest [`flush`] waits.
+pub const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// The queue, if some thread started it.
 fn queue_started() -> Option<&'static LineQueue> {
