@@ -33,7 +33,7 @@
 //! are counted, and once the window is over one line says how many
 //! "similar lines" were suppressed. A botnet that triggers one refusal
 //! line a million times gets a hundred lines a second, not a million.
-//! Lines written with [`write`] directly are never limited: they are the
+//! Lines written with [`write()`] directly are never limited: they are the
 //! record of events (one per connection, one per accepted message, the
 //! shard totals), which must all be there.
 
