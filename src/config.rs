@@ -80,14 +80,17 @@ macro_rules! with_settings {
                     "plain" backlog "N"
                     "listen(2) backlog of each shard socket, capped by net.core.somaxconn";
                 /// Read buffer per connection, bytes. Bounds the largest pipelined batch
-                /// handled in one pass; must exceed the longest allowed line.
+                /// handled in one pass; must exceed the longest allowed line. Part of
+                /// each connection's worst-case memory (README "Memory per connection",
+                /// `ringmx::server::conn_memory_bound`).
                 // 16 KiB holds a full pipelined envelope with hundreds of recipients
                 // and ~200 lines of body per read; see tuning/ for the sweep.
                 read_buffer_bytes: usize = 16 * 1024,
                     "size" read_buffer "SIZE"
                     "Read buffer per active connection; must exceed the longest line";
-                /// Initial reply buffer per connection, bytes (it grows for a huge
-                /// pipelined batch and is shrunk back when idle).
+                /// Initial reply buffer per connection, bytes. It grows for a pipelined
+                /// batch up to a fixed bound (backpressure: past 8 KiB unsent, input
+                /// waits; README "Memory per connection") and is shrunk back when idle.
                 write_buffer_bytes: usize = 1024,
                     "size" write_buffer "SIZE"
                     "Initial reply buffer per active connection";

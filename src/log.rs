@@ -10,15 +10,50 @@
 //! stream. Leaves to callers: what to log. The server logs one line per
 //! connection and per accepted message at `info`, never per command.
 //!
-//! Each line is formatted into a thread-local buffer and written with one
-//! `write(2)`, so lines from different shards never interleave. The `log`
-//! crate is a dependency only for that forwarding; everything else is here.
+//! Each line is formatted into a thread-local buffer and written whole, so
+//! lines from different threads never interleave. The `log` crate is a
+//! dependency only for that forwarding; everything else is here.
+//!
+//! # Shards never wait for the log
+//!
+//! On the main thread (start-up, fatal errors, the exit summary) a line is
+//! one blocking `write(2)`. A shard thread calls [`queue_this_thread`]
+//! first; its lines then go into a bounded queue ([`QUEUE_LINES`]) that
+//! one logger thread writes out, so a slow stderr (a full pipe, a stalled
+//! journald) never stalls a shard. When the queue is full the line is
+//! dropped and counted, and the logger writes "N log lines dropped" before
+//! its next line. [`flush`] waits until everything queued is written:
+//! [`crate::server::serve`] calls it before it returns. Lines still queued
+//! when the process is killed are lost; nothing depends on them.
+//!
+//! # Repeated lines are rate-limited
+//!
+//! On a queued thread, the lines of one macro call site (one template, at
+//! any level) are limited to [`RATE_BURST`] per [`RATE_WINDOW`]; the rest
+//! are counted, and once the window is over one line says how many
+//! "similar lines" were suppressed. A botnet that triggers one refusal
+//! line a million times gets a hundred lines a second, not a million.
+//! Lines written with [`write()`] directly are never limited: they are the
+//! record of events (one per connection, one per accepted message, the
+//! shard totals), which must all be there.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Lines the queue from the shards to the logger thread holds; past it,
+/// lines are dropped (and counted). At ~150 bytes a line, ~2.5 MB.
+pub const QUEUE_LINES: usize = 16 * 1024;
+
+/// The window of the per-call-site rate limit.
+pub const RATE_WINDOW: Duration = Duration::from_secs(1);
+
+/// Lines one call site may write per [`RATE_WINDOW`] on one thread.
+pub const RATE_BURST: u32 = 100;
 
 /// How important a line is; a logger set to a level shows it and the ones above.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -88,23 +123,304 @@ pub fn enabled(level: Level) -> bool {
 
 thread_local! {
     static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+    /// This thread's lines go to the logger thread.
+    static QUEUED: Cell<bool> = const { Cell::new(false) };
+    static LIMITER: RefCell<RateLimiter> =
+        RefCell::new(RateLimiter::new(RATE_WINDOW, RATE_BURST));
 }
 
-/// Writes one line at `level` (the macros check [`enabled`] first).
+/// What the logger thread is sent.
+enum Msg {
+    Line(String),
+    /// Answer once everything before it is written.
+    Flush(SyncSender<()>),
+}
+
+/// The sending side of the logger thread's queue: never blocks.
+struct LineQueue {
+    tx: SyncSender<Msg>,
+    /// Lines dropped because the queue was full, not yet reported.
+    dropped: Arc<AtomicU64>,
+}
+
+impl LineQueue {
+    /// A queue of `lines` and its receiving end.
+    fn new(lines: usize) -> (LineQueue, Receiver<Msg>, Arc<AtomicU64>) {
+        let (tx, rx) = mpsc::sync_channel(lines);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let q = LineQueue {
+            tx,
+            dropped: Arc::clone(&dropped),
+        };
+        (q, rx, dropped)
+    }
+
+    /// Queues a line, or drops and counts it if the queue is full.
+    fn push(&self, line: String) {
+        match self.tx.try_send(Msg::Line(line)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            // The logger thread is gone (it never panics; only at exit):
+            // nothing can be written any more.
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+/// The logger thread's loop: writes every line to `out`, each preceded by
+/// a count of the lines dropped since the last one, if any.
+fn drain(rx: &Receiver<Msg>, dropped: &AtomicU64, out: &mut dyn std::io::Write) {
+    let report = |out: &mut dyn std::io::Write| {
+        let n = dropped.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            let line = format_line(
+                Level::Warn,
+                format_args!("{n} log lines dropped: the log could not keep up"),
+            );
+            let _ = out.write_all(line.as_bytes());
+        }
+    };
+    for msg in rx {
+        report(out);
+        match msg {
+            Msg::Line(l) => {
+                let _ = out.write_all(l.as_bytes());
+            }
+            Msg::Flush(done) => {
+                let _ = out.flush();
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// The process's queue, with its logger thread started on first use.
+fn queue() -> Option<&'static LineQueue> {
+    static QUEUE: OnceLock<Option<LineQueue>> = OnceLock::new();
+    QUEUE
+        .get_or_init(|| {
+            let (q, rx, dropped) = LineQueue::new(QUEUE_LINES);
+            std::thread::Builder::new()
+                .name("ringmx-log".into())
+                .spawn(move || drain(&rx, &dropped, &mut std::io::stderr()))
+                .ok()
+                .map(|_| q)
+        })
+        .as_ref()
+}
+
+/// From now on, this thread's lines go through the logger thread (see the
+/// module docs). Falls back to writing them itself if that thread cannot
+/// be started.
+pub fn queue_this_thread() {
+    let ok = queue().is_some();
+    if ok {
+        STARTED.store(true, Ordering::Relaxed);
+    }
+    QUEUED.set(ok);
+}
+
+/// Writes the suppressed-lines counts of this thread's rate limiter for
+/// windows still open (a shard calls it as it stops).
+pub fn flush_thread() {
+    let pending = LIMITER.with(|l| l.borrow_mut().take_all());
+    for (key, level, n) in pending {
+        write_suppressed(key, level, n);
+    }
+}
+
+/// Waits until every line queued so far is written. Returns at once if no
+/// thread ever queued; waits about [`FLUSH_WAIT`] at most otherwise (a
+/// stderr nobody reads must not keep the process from exiting).
+pub fn flush() {
+    let Some(q) = queue_started() else { return };
+    let until = Instant::now() + FLUSH_WAIT;
+    let (tx, rx) = mpsc::sync_channel(1);
+    let mut msg = Msg::Flush(tx);
+    // The queue may be full: retry rather than block.
+    loop {
+        match q.tx.try_send(msg) {
+            Ok(()) => break,
+            Err(TrySendError::Full(m)) if Instant::now() < until => {
+                msg = m;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = rx.recv_timeout(until.saturating_duration_since(Instant::now()));
+}
+
+/// The longest [`flush`] waits.
+pub const FLUSH_WAIT: Duration = Duration::from_secs(2);
+
+/// The queue, if some thread started it.
+fn queue_started() -> Option<&'static LineQueue> {
+    if STARTED.load(Ordering::Relaxed) {
+        queue()
+    } else {
+        None
+    }
+}
+
+static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes one line at `level`, rate-limited per call site `key` on a queued
+/// thread (the macros pass `file:line` and check [`enabled`] first).
+pub fn write_keyed(level: Level, key: &'static str, args: fmt::Arguments<'_>) {
+    if QUEUED.get() {
+        let now = Instant::now();
+        let mut closed = Vec::new();
+        let admit = LIMITER.with(|l| l.borrow_mut().admit(key, level, now, &mut closed));
+        for (key, level, n) in closed {
+            write_suppressed(key, level, n);
+        }
+        if !admit {
+            return;
+        }
+    }
+    write(level, args);
+}
+
+fn write_suppressed(key: &str, level: Level, n: u64) {
+    write(
+        level,
+        format_args!("{n} similar lines suppressed (logged at {key})"),
+    );
+}
+
+/// One formatted line, with its newline.
+fn format_line(level: Level, args: fmt::Arguments<'_>) -> String {
+    let mut buf = String::new();
+    format_into(&mut buf, level, args);
+    buf
+}
+
+fn format_into(buf: &mut String, level: Level, args: fmt::Arguments<'_>) {
+    buf.clear();
+    write_timestamp(buf, SystemTime::now());
+    buf.push(' ');
+    buf.push_str(level.name());
+    buf.push(' ');
+    let _ = buf.write_fmt(args);
+    buf.push('\n');
+}
+
+/// Per call site, how many lines were written in the current window and
+/// how many suppressed; the clock is an argument, for tests.
+pub(crate) struct RateLimiter {
+    window: Duration,
+    burst: u32,
+    entries: Vec<RateEntry>,
+    /// No window can have closed before this.
+    next_sweep: Option<Instant>,
+}
+
+struct RateEntry {
+    key: &'static str,
+    level: Level,
+    start: Instant,
+    written: u32,
+    suppressed: u64,
+}
+
+impl RateLimiter {
+    pub(crate) fn new(window: Duration, burst: u32) -> Self {
+        Self {
+            window,
+            burst,
+            entries: Vec::new(),
+            next_sweep: None,
+        }
+    }
+
+    /// Whether a line of call site `key` may be written at `now`. Appends to
+    /// `closed` each call site whose window ended with lines suppressed, and
+    /// how many.
+    pub(crate) fn admit(
+        &mut self,
+        key: &'static str,
+        level: Level,
+        now: Instant,
+        closed: &mut Vec<(&'static str, Level, u64)>,
+    ) -> bool {
+        if self.next_sweep.is_some_and(|t| now >= t) {
+            self.next_sweep = None;
+            for e in &mut self.entries {
+                if now.saturating_duration_since(e.start) >= self.window {
+                    if e.suppressed > 0 {
+                        closed.push((e.key, e.level, e.suppressed));
+                    }
+                    e.start = now;
+                    e.written = 0;
+                    e.suppressed = 0;
+                }
+            }
+        }
+        let i = match self.entries.iter().position(|e| e.key == key) {
+            Some(i) => i,
+            None => {
+                self.entries.push(RateEntry {
+                    key,
+                    level,
+                    start: now,
+                    written: 0,
+                    suppressed: 0,
+                });
+                self.entries.len() - 1
+            }
+        };
+        let e = &mut self.entries[i];
+        if now.saturating_duration_since(e.start) >= self.window {
+            if e.suppressed > 0 {
+                closed.push((e.key, e.level, e.suppressed));
+            }
+            e.start = now;
+            e.written = 0;
+            e.suppressed = 0;
+        }
+        if e.written < self.burst {
+            e.written += 1;
+            true
+        } else {
+            e.suppressed += 1;
+            let end = e.start + self.window;
+            self.next_sweep = Some(self.next_sweep.map_or(end, |t| t.min(end)));
+            false
+        }
+    }
+
+    /// Every call site with lines suppressed in its open window, and how
+    /// many; their counts restart.
+    pub(crate) fn take_all(&mut self) -> Vec<(&'static str, Level, u64)> {
+        let mut out = Vec::new();
+        for e in &mut self.entries {
+            if e.suppressed > 0 {
+                out.push((e.key, e.level, std::mem::take(&mut e.suppressed)));
+            }
+        }
+        out
+    }
+}
+
+/// Writes one line at `level`, never rate-limited (the macros check
+/// [`enabled`] first and go through [`write_keyed`]).
 pub fn write(level: Level, args: fmt::Arguments<'_>) {
+    if QUEUED.get() {
+        if let Some(q) = queue() {
+            q.push(format_line(level, args));
+            return;
+        }
+    }
     LINE.with(|line| {
         // A logger must not panic; a re-entrant call (a Display impl that
         // logs) gets its own buffer.
         let mut own = String::new();
         let mut guard = line.try_borrow_mut().ok();
         let buf = guard.as_deref_mut().unwrap_or(&mut own);
-        buf.clear();
-        write_timestamp(buf, SystemTime::now());
-        buf.push(' ');
-        buf.push_str(level.name());
-        buf.push(' ');
-        let _ = buf.write_fmt(args);
-        buf.push('\n');
+        format_into(buf, level, args);
         // Nothing sensible can be done if stderr is gone.
         let _ = std::io::stderr().write_all(buf.as_bytes());
         if buf.capacity() > 4096 {
@@ -135,7 +451,11 @@ fn write_timestamp(out: &mut String, t: SystemTime) {
 macro_rules! error {
     ($($arg:tt)*) => {
         if $crate::log::enabled($crate::log::Level::Error) {
-            $crate::log::write($crate::log::Level::Error, format_args!($($arg)*))
+            $crate::log::write_keyed(
+                $crate::log::Level::Error,
+                concat!(file!(), ":", line!()),
+                format_args!($($arg)*),
+            )
         }
     };
 }
@@ -145,7 +465,11 @@ macro_rules! error {
 macro_rules! warn {
     ($($arg:tt)*) => {
         if $crate::log::enabled($crate::log::Level::Warn) {
-            $crate::log::write($crate::log::Level::Warn, format_args!($($arg)*))
+            $crate::log::write_keyed(
+                $crate::log::Level::Warn,
+                concat!(file!(), ":", line!()),
+                format_args!($($arg)*),
+            )
         }
     };
 }
@@ -155,7 +479,11 @@ macro_rules! warn {
 macro_rules! info {
     ($($arg:tt)*) => {
         if $crate::log::enabled($crate::log::Level::Info) {
-            $crate::log::write($crate::log::Level::Info, format_args!($($arg)*))
+            $crate::log::write_keyed(
+                $crate::log::Level::Info,
+                concat!(file!(), ":", line!()),
+                format_args!($($arg)*),
+            )
         }
     };
 }
@@ -165,7 +493,11 @@ macro_rules! info {
 macro_rules! debug {
     ($($arg:tt)*) => {
         if $crate::log::enabled($crate::log::Level::Debug) {
-            $crate::log::write($crate::log::Level::Debug, format_args!($($arg)*))
+            $crate::log::write_keyed(
+                $crate::log::Level::Debug,
+                concat!(file!(), ":", line!()),
+                format_args!($($arg)*),
+            )
         }
     };
 }
@@ -238,6 +570,78 @@ mod tests {
         s.clear();
         write_timestamp(&mut s, UNIX_EPOCH + Duration::from_secs(951_782_400));
         assert_eq!(s, "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn the_rate_limiter_lets_a_burst_through_then_counts_and_reports() {
+        let t0 = Instant::now();
+        let mut l = RateLimiter::new(Duration::from_secs(1), 3);
+        let mut closed = Vec::new();
+        let admitted = (0..10)
+            .filter(|_| l.admit("a.rs:1", Level::Info, t0, &mut closed))
+            .count();
+        assert_eq!(admitted, 3);
+        // Another call site has its own budget.
+        assert!(l.admit("b.rs:2", Level::Warn, t0, &mut closed));
+        assert!(closed.is_empty());
+        // Within the window: still suppressed, nothing reported yet.
+        let t = t0 + Duration::from_millis(999);
+        assert!(!l.admit("a.rs:1", Level::Info, t, &mut closed));
+        assert!(closed.is_empty());
+        // The window is over: the next line of any call site reports it,
+        // once, and a.rs:1 gets a fresh burst.
+        let t = t0 + Duration::from_secs(1);
+        assert!(l.admit("b.rs:2", Level::Warn, t, &mut closed));
+        assert_eq!(closed, [("a.rs:1", Level::Info, 8)]);
+        closed.clear();
+        assert!(l.admit("a.rs:1", Level::Info, t, &mut closed));
+        assert!(closed.is_empty());
+    }
+
+    #[test]
+    fn take_all_reports_open_windows_once() {
+        let t0 = Instant::now();
+        let mut l = RateLimiter::new(Duration::from_secs(1), 1);
+        let mut closed = Vec::new();
+        for _ in 0..5 {
+            l.admit("a.rs:1", Level::Debug, t0, &mut closed);
+        }
+        assert_eq!(l.take_all(), [("a.rs:1", Level::Debug, 4)]);
+        assert!(l.take_all().is_empty());
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_and_the_logger_reports_it() {
+        let (q, rx, dropped) = LineQueue::new(2);
+        for i in 0..5 {
+            q.push(format!("line {i}\n"));
+        }
+        assert_eq!(dropped.load(Ordering::Relaxed), 3);
+        drop(q);
+        let mut out = Vec::new();
+        drain(&rx, &dropped, &mut out);
+        let out = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(
+            lines[0].ends_with("WARN 3 log lines dropped: the log could not keep up"),
+            "{out}"
+        );
+        assert_eq!(&lines[1..], ["line 0", "line 1"]);
+        assert_eq!(dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn flush_answers_after_the_lines_before_it() {
+        let (q, rx, dropped) = LineQueue::new(8);
+        q.push("first\n".into());
+        let (tx, done) = mpsc::sync_channel(1);
+        q.tx.send(Msg::Flush(tx)).unwrap();
+        drop(q);
+        let mut out = Vec::new();
+        drain(&rx, &dropped, &mut out);
+        assert_eq!(out, b"first\n");
+        assert!(done.try_recv().is_ok());
     }
 
     #[test]

@@ -31,7 +31,8 @@ fn over_the_connection_limit_gets_421_and_close() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(
-        s.logs().contains("outcome=too-many-connections"),
+        s.wait_log("outcome=too-many-connections", common::STEP)
+            .is_some(),
         "{}",
         s.logs()
     );
@@ -248,4 +249,150 @@ fn between_bdat_chunks_the_command_timeout_applies_not_the_data_timeout() {
     let stored = s.stored();
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].body, b"Subject: chunked\r\n\r\nlater\r\n");
+}
+
+#[test]
+fn over_the_limit_every_client_reads_its_421_at_accept_speed() {
+    // 300 clients over the limit at once, each pipelining its EHLO before
+    // the greeting (so closing without reading it would reset the
+    // connection). Turned away at accept speed, all are answered well
+    // within one STEP for the whole batch; at 10 per second (the old fixed
+    // pace) that would take 30 s, and the batch fails as hung.
+    const OVER: usize = 300;
+    common::raise_nofile(4 * OVER as u64 + 256);
+    let s = Server::start(&["--max-connections", "2"]);
+    let mut a = s.client();
+    let mut b = s.client();
+    let over: Vec<Client> = (0..OVER)
+        .map(|_| {
+            let mut c = Client::connect(s.addr);
+            c.send("EHLO early.example\r\n");
+            c
+        })
+        .collect();
+    let mut full = 0;
+    let until = Instant::now() + common::STEP;
+    // Each client closes once answered, which ends the server's lingering
+    // close of it and frees its place among those being turned away.
+    for mut c in over {
+        let left = until.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "hung: {full} of {OVER} answered");
+        c.stream().set_read_timeout(Some(left)).unwrap();
+        // A reset or a cut line shows as something other than the line.
+        let l = c.try_line();
+        assert_eq!(
+            l.as_deref(),
+            Some("421 4.3.2 Too many connections, try again later"),
+            "after {full} full replies"
+        );
+        full += 1;
+        // Then an orderly close (EOF), not a reset.
+        let mut rest = Vec::new();
+        let r = std::io::Read::read_to_end(&mut c.stream().try_clone().unwrap(), &mut rest);
+        assert!(r.is_ok() && rest.is_empty(), "{r:?} {rest:?}");
+    }
+    assert_eq!(full, OVER);
+    // The held sessions were not disturbed.
+    for c in [&mut a, &mut b] {
+        c.ehlo();
+        c.send("QUIT\r\n");
+        c.expect("221 ");
+        c.expect_eof();
+    }
+    // Logged after each lingering close, by the logger thread: wait.
+    assert!(
+        s.wait_log_nth("outcome=too-many-connections", OVER, common::STEP)
+            .is_some(),
+        "{}",
+        s.logs()
+    );
+}
+
+/// Sends `first`, then `repeat` over and over from a thread until the
+/// server stops taking it; reads lines until EOF and returns them.
+fn flood_and_read(s: &Server, first: &str, repeat: &'static str) -> Vec<String> {
+    let mut c = s.client();
+    let mut w = c.stream().try_clone().unwrap();
+    c.send(first);
+    let writer = std::thread::spawn(move || {
+        let chunk = repeat.repeat(1000);
+        // Ends when the server closes (reset or broken pipe).
+        while std::io::Write::write_all(&mut w, chunk.as_bytes()).is_ok() {}
+    });
+    let mut lines = Vec::new();
+    while let Some(l) = c.try_line() {
+        lines.push(l);
+        // Far more replies than 2 s of lifetime allow at any speed here
+        // would mean the limit is not enforced.
+        assert!(lines.len() < 50_000_000, "lifetime not enforced");
+    }
+    drop(c);
+    writer.join().unwrap();
+    lines
+}
+
+#[test]
+fn the_lifetime_ends_a_client_that_never_stops_sending_commands() {
+    let s = Server::start(&["--max-connection-lifetime", "2s"]);
+    let lines = flood_and_read(&s, "EHLO c.example\r\n", "NOOP\r\n");
+    let last = lines.last().unwrap();
+    assert_eq!(last, "421 4.4.2 Connection lifetime exceeded, closing");
+    assert!(lines.iter().filter(|l| l.starts_with("250 2.0.0")).count() > 0);
+    assert!(
+        s.wait_log("outcome=lifetime", common::STEP).is_some(),
+        "{}",
+        s.logs()
+    );
+}
+
+#[test]
+fn the_lifetime_ends_a_body_that_never_ends() {
+    let mut s = Server::start(&["--max-connection-lifetime", "2s"]);
+    let lines = flood_and_read(
+        &s,
+        "EHLO c.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<u@localhost>\r\nDATA\r\n",
+        "more body text that never reaches its end\r\n",
+    );
+    assert!(lines.iter().any(|l| l.starts_with("354 ")), "{lines:?}");
+    assert_eq!(
+        lines.last().unwrap(),
+        "421 4.4.2 Connection lifetime exceeded, closing"
+    );
+    assert!(
+        s.wait_log("outcome=lifetime", common::STEP).is_some(),
+        "{}",
+        s.logs()
+    );
+    assert!(s.stop().success());
+    assert_eq!(s.stored().len(), 0, "a cut body must not be stored");
+}
+
+#[test]
+fn the_lifetime_ends_a_client_that_sends_and_never_reads() {
+    // The replies fill the socket buffers and the server stops reading
+    // (backpressure) while it waits to write; the lifetime (2 s) still
+    // ends the session long before the command timeout (60 s) would.
+    let s = Server::start(&[
+        "--max-connection-lifetime",
+        "2s",
+        "--command-timeout",
+        "60s",
+    ]);
+    let c = s.client();
+    let mut w = c.stream().try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = "NOOP\r\n".repeat(10_000);
+        w.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+        // Ends once the server stops reading (timeout) or closes.
+        while std::io::Write::write_all(&mut w, chunk.as_bytes()).is_ok() {}
+    });
+    let line = s.wait_log("outcome=", common::STEP);
+    assert!(
+        line.as_deref()
+            .is_some_and(|l| l.contains("outcome=lifetime")),
+        "{line:?}\n{}",
+        s.logs()
+    );
+    writer.join().unwrap();
+    drop(c);
 }

@@ -13,6 +13,16 @@ use std::ops::Range;
 
 use super::command::{BodyType, MailParams};
 
+/// What the arena keeps between transactions: room for a typical envelope
+/// (a sender, its parameters and a few recipients). A transaction that grew
+/// it past this (up to `smtp.max_recipients` long recipients, a few hundred
+/// KiB) gives the rest back when it ends, so a connection holds that memory
+/// only while the transaction lasts (README "Memory per connection").
+pub(crate) const ARENA_KEEP_BYTES: usize = 512;
+
+/// Recipient slots kept between transactions; see [`ARENA_KEEP_BYTES`].
+pub(crate) const ARENA_KEEP_RCPTS: usize = 16;
+
 /// Envelope bytes of the transaction in progress.
 #[derive(Debug, Default)]
 pub(crate) struct TxArena {
@@ -24,10 +34,19 @@ pub(crate) struct TxArena {
 }
 
 impl TxArena {
-    /// Drops the transaction, keeping the capacity.
+    /// Drops the transaction, keeping the capacity up to
+    /// [`ARENA_KEEP_BYTES`] and [`ARENA_KEEP_RCPTS`].
     pub(crate) fn clear(&mut self) {
         self.bytes.clear();
         self.rcpts.clear();
+        // Shrinking only past the keep sizes: a typical transaction still
+        // allocates nothing after the first.
+        if self.bytes.capacity() > ARENA_KEEP_BYTES {
+            self.bytes.shrink_to(ARENA_KEEP_BYTES);
+        }
+        if self.rcpts.capacity() > ARENA_KEEP_RCPTS {
+            self.rcpts.shrink_to(ARENA_KEEP_RCPTS);
+        }
         self.mail_from = 0..0;
         self.raw_params = 0..0;
         self.params = MailParams::default();
@@ -131,5 +150,32 @@ mod tests {
         assert_eq!(cap, (a.bytes.capacity(), a.rcpts.capacity()));
         let env = Envelope::new(&a, None, "h", "ESMTP");
         assert_eq!(env.rcpts().collect::<Vec<_>>(), ["z@w"]);
+    }
+
+    #[test]
+    fn a_large_transaction_gives_its_memory_back_when_it_ends() {
+        let mut a = TxArena::default();
+        a.set_mail("a@b", MailParams::default(), "");
+        let long = format!("{}@example.org", "x".repeat(240));
+        for _ in 0..1000 {
+            a.add_rcpt(&long);
+        }
+        assert!(a.bytes.capacity() >= 1000 * long.len());
+        a.clear();
+        assert!(
+            a.bytes.capacity() <= ARENA_KEEP_BYTES,
+            "{}",
+            a.bytes.capacity()
+        );
+        assert!(
+            a.rcpts.capacity() <= ARENA_KEEP_RCPTS,
+            "{}",
+            a.rcpts.capacity()
+        );
+        // And it is usable again.
+        a.set_mail("c@d", MailParams::default(), "");
+        a.add_rcpt("e@f");
+        let env = Envelope::new(&a, None, "h", "ESMTP");
+        assert_eq!(env.rcpts().collect::<Vec<_>>(), ["e@f"]);
     }
 }

@@ -27,7 +27,7 @@ use glommio::net::TcpStream;
 use glommio::sync::StaticPermit;
 use glommio::timer::sleep;
 
-use super::shard::{ActiveGuard, Shard, Stats, OVERLOAD_WAIT};
+use super::shard::{ActiveGuard, Shard, Stats};
 use super::store::{self, EnvelopeRecord, MessageWriter, ShardSpool, SpoolError};
 use crate::protocol::{reply, trace, ClientInfo, CloseReason, CommitError, Event, Session};
 
@@ -86,21 +86,31 @@ pub(crate) async fn serve(
     drop(guard);
 }
 
-/// Over the shard's connection limit: `421 4.3.2` and close (RFC 5321
-/// §3.8), with the same log line as a served connection.
-pub(crate) async fn reject(shard: Rc<Shard>, mut stream: TcpStream, guard: ActiveGuard) {
+/// Over the shard's connection limit: `421 4.3.2` and a lingering close
+/// (RFC 5321 §3.8), with the same log line as a served connection. The
+/// lingering close matters here most: a client that sent its EHLO before
+/// reading the greeting would otherwise get a reset that can destroy the
+/// 421 before it is read.
+pub(crate) async fn reject(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    permit: StaticPermit,
+    guard: ActiveGuard,
+) {
     let started = Instant::now();
     let peer = stream.peer_addr().ok();
     // A fresh socket's send buffer is empty: this write does not block;
     // the bound only keeps a broken socket from holding the task.
-    let ok = future::or(
-        async { stream.write_all(reply::TOO_MANY_CONNECTIONS).await.is_ok() },
-        async {
-            sleep(OVERLOAD_WAIT).await;
-            false
-        },
+    let ok = write_bounded(
+        &mut stream,
+        reply::TOO_MANY_CONNECTIONS,
+        LINGER,
+        &shard,
+        false,
     )
-    .await;
+    .await
+    .is_ok();
+    linger(&mut stream, &shard).await;
     let _ = stream.close().await;
     let log = ConnLog {
         peer,
@@ -115,7 +125,32 @@ pub(crate) async fn reject(shard: Rc<Shard>, mut stream: TcpStream, guard: Activ
         },
     };
     log.write(Outcome::TooManyConnections);
+    drop(permit);
     drop(guard);
+}
+
+/// The lingering close: shut down our side, then read and drop what the
+/// client still sends until it closes, for at most [`LINGER`] (or until the
+/// server shuts down: nothing is left to deliver).
+async fn linger(stream: &mut TcpStream, shard: &Shard) {
+    let _ = stream.shutdown(Shutdown::Write).await;
+    let until = Instant::now() + LINGER;
+    let mut sink = [0u8; 64];
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || shard.shutdown.is_fired() {
+            break;
+        }
+        let r = future::or(async { Some(stream.read(&mut sink).await) }, async {
+            future::or(sleep(left), shard.shutdown.wait()).await;
+            None
+        })
+        .await;
+        match r {
+            Some(Ok(n)) if n > 0 => {}
+            _ => break,
+        }
+    }
 }
 
 /// The facts of the one line logged per connection.
@@ -129,16 +164,24 @@ struct ConnLog {
 }
 
 impl ConnLog {
+    /// Never rate-limited: one line per connection is the record.
     fn write(&self, outcome: Outcome) {
-        crate::info!(
-            "conn peer={} shard={} duration_ms={} messages={} bytes_in={} bytes_out={} outcome={}",
-            PeerDisplay(self.peer),
-            self.shard,
-            self.started.elapsed().as_millis(),
-            self.messages,
-            self.bytes_in,
-            self.bytes_out,
-            outcome,
+        if !crate::log::enabled(crate::log::Level::Info) {
+            return;
+        }
+        crate::log::write(
+            crate::log::Level::Info,
+            format_args!(
+                "conn peer={} shard={} duration_ms={} messages={} bytes_in={} bytes_out={} \
+                 outcome={}",
+                PeerDisplay(self.peer),
+                self.shard,
+                self.started.elapsed().as_millis(),
+                self.messages,
+                self.bytes_in,
+                self.bytes_out,
+                outcome,
+            ),
         );
     }
 }
@@ -209,6 +252,68 @@ enum Wake {
     HardStop,
     /// No room to read: the session left a full buffer unconsumed.
     Stuck,
+}
+
+/// Unsent replies at which the connection stops handing input to the session
+/// and writes first (backpressure): a client that pipelines commands and
+/// never reads its replies stops being read, instead of making the server
+/// hold the replies to a whole read buffer of commands (README "Memory per
+/// connection"). A client that reads is never held up by it: the write that
+/// follows goes to the kernel's socket buffer.
+pub(crate) const REPLY_HIGH_WATER: usize = 8 * 1024;
+
+/// Command input is handed to the session at most this many bytes at a time
+/// (more only to complete a line longer than that), so one call's replies
+/// overshoot [`REPLY_HIGH_WATER`] by at most the replies to this much input:
+/// at most `INPUT_CHUNK / 2` of them (the shortest line is 2 bytes), each at
+/// most an EHLO reply. A DATA body, or a BDAT chunk continuing past the
+/// piece, is handed over whole (a body has no replies).
+pub(crate) const INPUT_CHUNK: usize = 128;
+
+/// A connection's own state besides its buffers: the session, the
+/// connection and its task, glommio's socket. Measured (VmRSS growth per
+/// idle connection after its buffers were released, tests/server_memory.rs)
+/// and rounded up.
+const CONN_STATE_BYTES: u64 = 8 * 1024;
+
+/// The worst-case memory of one connection, bytes, from the settings; the
+/// formulas are in README "Memory per connection".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnMemoryBound {
+    /// Idle (silent for a second) outside a transaction: its state only.
+    pub idle: u64,
+    /// Outside a mail transaction, whatever the client sends or fails to
+    /// read: state, read buffer, reply buffer.
+    pub active: u64,
+    /// Inside a mail transaction: `active` plus the envelope (up to
+    /// `smtp.max_recipients` recipients of `smtp.max_command_line_bytes`),
+    /// held in the session's arena and, while the body arrives, in the
+    /// spool's record with up to `spool.max_buffered_message_bytes` of body.
+    /// Given back when the transaction ends.
+    pub transaction: u64,
+}
+
+/// [`ConnMemoryBound`] for `cfg`.
+pub fn conn_memory_bound(cfg: &crate::config::Config) -> ConnMemoryBound {
+    let (server, smtp) = (&cfg.server, &cfg.smtp);
+    let mut ehlo = Vec::new();
+    reply::write_ehlo(&mut ehlo, &smtp.hostname, smtp.max_message_bytes);
+    // The greeting and every other reply are shorter than EHLO's, or fixed
+    // and under 128 bytes.
+    let longest = ehlo.len().max(128) as u64;
+    // A growing Vec may double: twice the most it holds.
+    let reply = (2 * (REPLY_HIGH_WATER as u64 + (INPUT_CHUNK / 2) as u64 * longest))
+        .max(server.write_buffer_bytes as u64);
+    let active = CONN_STATE_BYTES + server.read_buffer_bytes as u64 + reply;
+    // Per recipient: its bytes and its slot in the arena, its length and
+    // bytes in the record; the record also holds the buffered body.
+    let envelope = smtp.max_recipients as u64 * (smtp.max_command_line_bytes as u64 + 16);
+    let record = envelope + 1024 + cfg.spool.max_buffered_message_bytes as u64;
+    ConnMemoryBound {
+        idle: CONN_STATE_BYTES,
+        active,
+        transaction: active + 2 * envelope + 2 * record,
+    }
 }
 
 /// The first read buffer of an active connection, before it proves to need
@@ -294,13 +399,17 @@ struct Conn {
 /// What `process` left to do.
 enum Step {
     NeedInput,
+    /// Unsent replies reached [`REPLY_HIGH_WATER`]: write them, then process
+    /// the input that is left before reading more.
+    Flush,
     Close(CloseReason),
 }
 
 impl Conn {
     async fn run(&mut self) -> Outcome {
         loop {
-            if let Step::Close(reason) = self.process().await {
+            let step = self.process().await;
+            if let Step::Close(reason) = step {
                 self.finish().await;
                 return Outcome::Session(reason);
             }
@@ -317,6 +426,9 @@ impl Conn {
                 if let Some(o) = self.on_shutdown().await {
                     return o;
                 }
+                continue;
+            }
+            if matches!(step, Step::Flush) {
                 continue;
             }
             match self.wait_input().await {
@@ -362,18 +474,46 @@ impl Conn {
         Outcome::Session(reason)
     }
 
-    /// Feeds all unconsumed input to the session and acts on its events
-    /// until it needs more input or closes.
+    /// Feeds unconsumed input to the session and acts on its events until
+    /// it needs more input, closes, or has [`REPLY_HIGH_WATER`] bytes of
+    /// replies to write. Input goes in [`INPUT_CHUNK`] pieces, so the
+    /// replies to one piece are all that can pass the high-water mark; only
+    /// a body that continues past the piece gets the rest at once.
     async fn process(&mut self) -> Step {
+        let mut chunk = INPUT_CHUNK;
+        let mut whole = false;
         loop {
+            if self.out.len() >= REPLY_HIGH_WATER {
+                return Step::Flush;
+            }
             let now = Instant::now();
-            let (used, ev) = self
-                .session
-                .handle_input(now, self.rbuf.data(), &mut self.out);
+            let data = self.rbuf.data();
+            let fed = if whole {
+                data.len()
+            } else {
+                data.len().min(chunk)
+            };
+            let more = fed < data.len();
+            let (used, ev) = self.session.handle_input(now, &data[..fed], &mut self.out);
+            // A DATA body goes on: no reply comes before its end, which the
+            // session reports as an event. (A BDAT chunk is followed by
+            // commands within the same call, so it goes in pieces, unless
+            // it continues past the piece.)
+            whole = matches!(ev, Event::Body(_)) && (used == fed || self.session.in_data_body());
             match ev {
                 Event::NeedInput => {
                     self.rbuf.consume(used);
-                    return Step::NeedInput;
+                    if !more {
+                        return Step::NeedInput;
+                    }
+                    // A line longer than the piece: hand over the rest of
+                    // it and no more (so still at most one more reply).
+                    chunk = if used == 0 {
+                        let data = self.rbuf.data();
+                        memchr::memchr(b'\n', &data[fed..]).map_or(data.len(), |i| fed + i + 1)
+                    } else {
+                        INPUT_CHUNK
+                    };
                 }
                 Event::Body(bytes) => {
                     if let Msg::Open(w) = &mut self.msg {
@@ -460,12 +600,16 @@ impl Conn {
             Stats::add(&st.message_bytes, size);
             if crate::log::enabled(crate::log::Level::Info) {
                 let env = self.session.envelope();
-                crate::info!(
-                    "msg id={id} shard={} from=<{}> rcpts={} to={} size={size}",
-                    self.shard.id,
-                    env.mail_from(),
-                    env.rcpts().len(),
-                    RcptList(&env),
+                // Never rate-limited: one line per accepted message.
+                crate::log::write(
+                    crate::log::Level::Info,
+                    format_args!(
+                        "msg id={id} shard={} from=<{}> rcpts={} to={} size={size}",
+                        self.shard.id,
+                        env.mail_from(),
+                        env.rcpts().len(),
+                        RcptList(&env),
+                    ),
                 );
             }
         }
@@ -484,13 +628,19 @@ impl Conn {
 
     /// Writes the reply buffer, bounded by the session's timeout (a client
     /// that does not read its replies is as stalled as one that does not
-    /// send) and by the hard stop.
+    /// send), by the end of its lifetime (then it closes as any session at
+    /// that point does) and by the hard stop.
     async fn flush(&mut self) -> Result<(), Outcome> {
         self.log_refusals();
         if self.out.is_empty() {
             return Ok(());
         }
-        let limit = self.session.read_timeout();
+        let now = Instant::now();
+        let limit = match self.session.poll_timeout() {
+            Some(d) => d.saturating_duration_since(now),
+            None => self.session.read_timeout(),
+        }
+        .min(self.session.read_timeout());
         let res = write_bounded(&mut self.stream, &self.out, limit, &self.shard, true).await;
         self.bytes_out += self.out.len() as u64;
         self.out.clear();
@@ -501,7 +651,17 @@ impl Conn {
         }
         match res {
             Ok(()) => Ok(()),
-            Err(None) => Err(Outcome::WriteTimeout),
+            Err(None) => {
+                // The lifetime ended while the client was not reading: close
+                // as at any other point past it. A plain write timeout
+                // drops the connection, as before.
+                let r = self.session.handle_timeout(Instant::now(), &mut self.out);
+                if r == Some(CloseReason::Lifetime) {
+                    self.finish().await;
+                    return Err(Outcome::Session(CloseReason::Lifetime));
+                }
+                Err(Outcome::WriteTimeout)
+            }
             Err(Some(k)) => Err(Outcome::WriteError(k)),
         }
     }
@@ -535,26 +695,7 @@ impl Conn {
             }
             self.out.clear();
         }
-        let _ = self.stream.shutdown(Shutdown::Write).await;
-        // Read and drop what the client still sends, until it closes (or
-        // the server shuts down: nothing is left to deliver).
-        let until = Instant::now() + LINGER;
-        let mut sink = [0u8; 64];
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() || self.shard.shutdown.is_fired() {
-                break;
-            }
-            let r = future::or(async { Some(self.stream.read(&mut sink).await) }, async {
-                future::or(sleep(left), self.shard.shutdown.wait()).await;
-                None
-            })
-            .await;
-            match r {
-                Some(Ok(n)) if n > 0 => {}
-                _ => break,
-            }
-        }
+        linger(&mut self.stream, &self.shard).await;
     }
 
     /// Waits for input, the session's next deadline, shutdown or hard stop.

@@ -34,6 +34,7 @@ use std::sync::mpsc;
 
 use glommio::{LocalExecutorBuilder, Placement};
 
+pub use conn::{conn_memory_bound, ConnMemoryBound};
 pub use shard::ShardSummary;
 
 // The message store: the per-core spool (`250` means durable).
@@ -55,9 +56,25 @@ const RINGS_PER_EXECUTOR: u64 = 3;
 /// glommio refuses to start an executor below this RLIMIT_MEMLOCK.
 pub const MIN_MEMLOCK_BYTES: u64 = 512 << 10;
 
-/// File descriptors beyond the connections: listeners, rings, eventfds,
-/// stop sockets, spool files.
-const FD_SLACK: u64 = 256;
+/// File descriptors of the process outside any shard: stdin/out/err, the
+/// spool lock, the signal thread, files opened briefly at start-up, with
+/// room to spare.
+const FD_PROCESS: u64 = 32;
+
+/// File descriptors each shard holds besides its connections and listeners
+/// (counted with `ls /proc/<pid>/fd` on a running server): glommio's three
+/// io_uring rings and its eventfd (4), both ends of the stop socket pair
+/// (2), the segment being appended to, its successor and the shard
+/// directory while a segment rolls over (3).
+const FD_PER_SHARD: u64 = 9;
+
+/// File descriptors beyond the connection limit: [`FD_PROCESS`], and per
+/// shard [`FD_PER_SHARD`], one listener per listen address and up to
+/// [`shard::MAX_REJECTING`] connections being turned away with `421`.
+/// Scales with the shards, since each holds its own of all of these.
+fn fd_slack(shards: u64, listen_addrs: u64) -> u64 {
+    FD_PROCESS + shards * (FD_PER_SHARD + listen_addrs + shard::MAX_REJECTING)
+}
 
 /// Why the server could not start or run; each message is one line.
 #[derive(Debug, thiserror::Error)]
@@ -103,12 +120,18 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
     cfg.validate()?;
     crate::log::set_level(cfg.server.log_level);
     crate::log::install();
+    // Whatever way this returns, what the shards logged is written first.
+    let _flush = FlushLog;
 
     let allowed = allowed_cpus()?;
     let cpus = cfg.server.cores.resolve(&allowed)?;
     let shards = cpus.len() as u64;
 
-    raise_nofile(shards * cfg.server.max_connections_per_shard as u64 + FD_SLACK);
+    let slack = fd_slack(shards, cfg.server.listen.len() as u64);
+    raise_nofile(
+        shards * cfg.server.max_connections_per_shard as u64 + slack,
+        slack,
+    );
     check_memlock(shards)?;
 
     let bound = listener::bind_all(&cfg.server.listen, cpus.len(), &cfg.server)?;
@@ -194,12 +217,23 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
             }
         }
     }
+    // The shards' last lines come before the summary.
+    crate::log::flush();
     let total: u64 = summaries.iter().map(|s| s.messages).sum();
     crate::info!(
         "stopped: {} shards, {total} messages accepted",
         summaries.len()
     );
     Ok(summaries)
+}
+
+/// Flushes the shards' log queue when dropped (see [`crate::log::flush`]).
+struct FlushLog;
+
+impl Drop for FlushLog {
+    fn drop(&mut self) {
+        crate::log::flush();
+    }
 }
 
 fn one_line(e: &dyn std::fmt::Display) -> String {
@@ -215,12 +249,12 @@ fn allowed_cpus() -> Result<Vec<usize>, ServerError> {
         .map_err(|e| ServerError::System(format!("cannot read the CPU affinity mask: {e}")))
 }
 
-fn raise_nofile(want: u64) {
+fn raise_nofile(want: u64, slack: u64) {
     let got = sys::raise_limit(Limit::OpenFiles, want);
     if got < want {
         crate::warn!(
             "open-file limit (RLIMIT_NOFILE) is {got}, below shards x max_connections + \
-             {FD_SLACK} = {want}: connections past it fail to accept; raise ulimit -n \
+             {slack} = {want}: connections past it fail to accept; raise ulimit -n \
              (LimitNOFILE= in systemd)"
         );
     }
@@ -322,10 +356,25 @@ fn spawn_signal_thread(
                     }
                 } else {
                     crate::warn!("{name} again: exiting at once");
+                    crate::log::flush();
                     std::process::exit(128 + sig);
                 }
             }
         })
         .map(drop)
         .map_err(|e| ServerError::System(format!("cannot start the signal thread: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_file_headroom_grows_with_shards_and_listeners() {
+        let one = fd_slack(1, 1);
+        assert_eq!(one, FD_PROCESS + FD_PER_SHARD + 1 + shard::MAX_REJECTING);
+        // Each shard adds its own rings, files, listeners and rejections.
+        assert_eq!(fd_slack(8, 1) - one, 7 * (one - FD_PROCESS));
+        assert_eq!(fd_slack(8, 3) - fd_slack(8, 1), 16);
+    }
 }

@@ -24,14 +24,12 @@ use super::conn;
 use super::store;
 use crate::config::{Config, ServerConfig, SmtpConfig};
 
-/// When the shard is full, how long the accept loop waits for a slot before
-/// it accepts the next connection anyway and answers it `421 4.3.2`. Meanwhile
-/// new connections queue in the kernel (the listen backlog), so a burst at
-/// exactly the limit is absorbed as the first connections close, while a
-/// client over the limit hears `421` in a fraction of a second instead of
-/// sitting silent until its 5-minute greeting timeout (RFC 5321 §4.5.3.2.1)
-/// on a shard that cannot serve it.
-pub(crate) const OVERLOAD_WAIT: Duration = Duration::from_millis(100);
+/// Connections a shard turns away at once (each gets `421 4.3.2` and a
+/// lingering close, up to [`super::conn`]'s linger time). Below this the
+/// accept loop answers connections over the limit as fast as they come;
+/// past it, a flood waits in the kernel's listen backlog instead of holding
+/// ever more descriptors.
+pub(crate) const MAX_REJECTING: u64 = 64;
 
 /// After `accept` fails for lack of file descriptors or memory, pause before
 /// trying again rather than spin on the same error.
@@ -113,6 +111,8 @@ pub(crate) struct Shard {
     pub(crate) spool: Rc<store::ShardSpool>,
     /// One permit per open connection: the per-shard connection limit.
     permits: Rc<Semaphore>,
+    /// One permit per connection being turned away: [`MAX_REJECTING`].
+    rejecting: Rc<Semaphore>,
     /// Connection tasks alive (served or being rejected).
     active: Cell<usize>,
     /// Fired at the first signal: stop accepting; idle sessions get `421`.
@@ -213,6 +213,8 @@ pub(crate) async fn run(start: ShardStart) -> ShardSummary {
         stop,
         mut ready,
     } = start;
+    // From here on this thread never waits for stderr (see crate::log).
+    crate::log::queue_this_thread();
     let spool = match store::ShardSpool::open(&config.spool.dir, id, &config.spool).await {
         Ok(s) => s,
         Err(e) => {
@@ -235,6 +237,7 @@ pub(crate) async fn run(start: ShardStart) -> ShardSummary {
         smtp: Rc::new(config.smtp.clone()),
         spool,
         permits: Rc::new(Semaphore::new(max)),
+        rejecting: Rc::new(Semaphore::new(MAX_REJECTING)),
         active: Cell::new(0),
         shutdown: Trigger::new(),
         hard_stop: Trigger::new(),
@@ -282,6 +285,7 @@ async fn shutdown(shard: &Rc<Shard>, accept_loops: Vec<glommio::Task<()>>) -> Sh
     if let Err(e) = shard.spool.close().await {
         crate::error!("shard {id}: closing the store: {e}");
     }
+    crate::log::flush_thread();
     let st = &shard.stats;
     let sp = shard.spool.stats();
     // Always written, whatever the level: the shard's totals and the
@@ -312,17 +316,22 @@ async fn shutdown(shard: &Rc<Shard>, accept_loops: Vec<glommio::Task<()>>) -> Sh
 
 enum Slot {
     Permit(StaticPermit),
-    Full,
+    /// Over the limit: the connection is turned away, holding this.
+    Full(StaticPermit),
     Shutdown,
 }
 
-/// Accepts on one listener until shutdown. A connection permit is taken
-/// before `accept`, so when the shard is full new connections wait in the
-/// kernel queue; see [`OVERLOAD_WAIT`] for what happens past that.
+/// Accepts on one listener until shutdown. A slot is taken before `accept`:
+/// a connection permit, or when the shard is full a permit to turn the
+/// connection away with `421 4.3.2` at once (RFC 5321 §3.8; a client over
+/// the limit should not sit silent until its greeting timeout). Only when
+/// [`MAX_REJECTING`] are being turned away do new connections wait in the
+/// kernel queue.
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     loop {
         let slot = match shard.permits.try_acquire_static_permit(1) {
             Ok(p) => Slot::Permit(p),
+            // A freed connection slot wins over turning the client away.
             Err(_) => {
                 future::or(
                     async {
@@ -333,8 +342,10 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                     },
                     future::or(
                         async {
-                            sleep(OVERLOAD_WAIT).await;
-                            Slot::Full
+                            match shard.rejecting.acquire_static_permit(1).await {
+                                Ok(p) => Slot::Full(p),
+                                Err(_) => Slot::Shutdown,
+                            }
                         },
                         async {
                             shard.shutdown.wait().await;
@@ -376,9 +387,10 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 glommio::spawn_local(conn::serve(Rc::clone(&shard), stream, permit, guard))
                     .detach();
             }
-            Slot::Full => {
+            Slot::Full(permit) => {
                 Stats::add(&shard.stats.rejected, 1);
-                glommio::spawn_local(conn::reject(Rc::clone(&shard), stream, guard)).detach();
+                glommio::spawn_local(conn::reject(Rc::clone(&shard), stream, permit, guard))
+                    .detach();
             }
             Slot::Shutdown => unreachable!("returned above"),
         }

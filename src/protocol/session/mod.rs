@@ -461,6 +461,13 @@ impl Session {
         self.mode == Mode::AwaitCommit
     }
 
+    /// A DATA body is being received: no reply comes until its end, which
+    /// the session reports as an event (the runtime hands over body input
+    /// whole only then; see server/conn.rs).
+    pub fn in_data_body(&self) -> bool {
+        matches!(self.mode, Mode::Data { .. })
+    }
+
     /// A mail transaction is under way (MAIL given, or a body in progress).
     pub fn in_transaction(&self) -> bool {
         self.tx != Tx::Idle || !matches!(self.mode, Mode::Commands | Mode::DiscardLine)
