@@ -333,7 +333,13 @@ fn flood_and_read(s: &Server, first: &str, repeat: &'static str) -> Vec<String> 
 
 #[test]
 fn the_lifetime_ends_a_client_that_never_stops_sending_commands() {
-    let s = Server::start(&["--max-connection-lifetime", "2s"]);
+    // NOOPs are junk: lift that limit so only the lifetime can end it.
+    let s = Server::start(&[
+        "--max-connection-lifetime",
+        "2s",
+        "--max-junk-commands",
+        "4000000000",
+    ]);
     let lines = flood_and_read(&s, "EHLO c.example\r\n", "NOOP\r\n");
     let last = lines.last().unwrap();
     assert_eq!(last, "421 4.4.2 Connection lifetime exceeded, closing");
@@ -377,6 +383,8 @@ fn the_lifetime_ends_a_client_that_sends_and_never_reads() {
         "2s",
         "--command-timeout",
         "60s",
+        "--max-junk-commands",
+        "4000000000",
     ]);
     let c = s.client();
     let mut w = c.stream().try_clone().unwrap();
