@@ -36,14 +36,22 @@ impl TextRules {
         }
     }
 
-    /// Finds the end of the line that continues at `buf[search..]`. A bare
-    /// CR never ends a line; under the reject policy it sets `fault` (if
-    /// none is set yet).
+    /// Finds the end of the line that continues at `buf[search..]`; the
+    /// line started at `buf[line_start]`, after `prior` bytes of it seen
+    /// in earlier input. A bare CR never ends a line; under the reject
+    /// policy it sets `fault` (if none is set yet).
+    ///
+    /// Which fault a message gets must not depend on how its bytes were
+    /// split into reads: a line that has reached the length limit by its
+    /// bare CR (the CR included) is too long, since a read ending at that
+    /// CR would have found it so ([`TextRules::partial`]) before seeing the
+    /// byte that makes the CR bare.
     #[inline]
     pub(super) fn find_end(
         &self,
         buf: &[u8],
         mut search: usize,
+        (line_start, prior): (usize, usize),
         fault: &mut Option<Fault>,
     ) -> LineEnd {
         loop {
@@ -66,7 +74,11 @@ impl TextRules {
                 }
                 Some(_) => {
                     if self.reject_bare && fault.is_none() {
-                        *fault = Some(Fault::BareNewline);
+                        let len = prior + at + 1 - line_start;
+                        *fault = Some(match self.partial(len) {
+                            Some(long) => long,
+                            None => Fault::BareNewline,
+                        });
                     }
                     search = at + 1;
                 }
@@ -126,7 +138,7 @@ impl BdatText {
         }
         let mut fault = None;
         loop {
-            match rules.find_end(chunk, start, &mut fault) {
+            match rules.find_end(chunk, start, (start, self.line_len), &mut fault) {
                 LineEnd::Complete { end, crlf } => {
                     if fault.is_none() {
                         fault = rules.line(self.line_len + end - start, crlf);
@@ -192,7 +204,7 @@ impl Session {
         // Copies the loop can keep in registers.
         let (text, max_bytes) = (self.text, self.cfg.max_message_bytes);
         loop {
-            let (end, crlf) = match text.find_end(input, search, &mut c.fault) {
+            let (end, crlf) = match text.find_end(input, search, (c.pos, 0), &mut c.fault) {
                 LineEnd::Complete { end, crlf } => (end, crlf),
                 LineEnd::Partial { search } => {
                     return self.data_partial(input, c, search, faulted_before)
