@@ -23,6 +23,10 @@ pub(crate) const ARENA_KEEP_BYTES: usize = 512;
 /// Recipient slots kept between transactions; see [`ARENA_KEEP_BYTES`].
 pub(crate) const ARENA_KEEP_RCPTS: usize = 16;
 
+/// Recipients an envelope keeps once shed ([`TxArena::shed`]): those the
+/// per-message log line names (the rest it only counts).
+pub const SHED_KEEP_RCPTS: usize = 5;
+
 /// Envelope bytes of the transaction in progress.
 #[derive(Debug, Default)]
 pub(crate) struct TxArena {
@@ -30,6 +34,9 @@ pub(crate) struct TxArena {
     mail_from: Range<usize>,
     raw_params: Range<usize>,
     rcpts: Vec<Range<usize>>,
+    /// Recipients accepted but dropped by [`TxArena::shed`]: counted, not
+    /// kept.
+    shed_rcpts: usize,
     pub(crate) params: MailParams,
 }
 
@@ -49,7 +56,26 @@ impl TxArena {
         }
         self.mail_from = 0..0;
         self.raw_params = 0..0;
+        self.shed_rcpts = 0;
         self.params = MailParams::default();
+    }
+
+    /// Once the spool's record holds the envelope: keeps the sender, its
+    /// parameters, the first [`SHED_KEEP_RCPTS`] recipients and the count
+    /// of the rest, and gives the memory of the rest back, so a long
+    /// envelope is not held twice while the body arrives.
+    pub(crate) fn shed(&mut self) {
+        if self.rcpts.len() <= SHED_KEEP_RCPTS {
+            return;
+        }
+        // Everything kept lies before the first dropped recipient: the
+        // arena is appended to in order (sender, parameters, recipients).
+        let keep_end = self.rcpts[SHED_KEEP_RCPTS].start;
+        self.shed_rcpts += self.rcpts.len() - SHED_KEEP_RCPTS;
+        self.rcpts.truncate(SHED_KEEP_RCPTS);
+        self.bytes.truncate(keep_end);
+        self.bytes.shrink_to(ARENA_KEEP_BYTES);
+        self.rcpts.shrink_to(ARENA_KEEP_RCPTS);
     }
 
     fn push(&mut self, s: &str) -> Range<usize> {
@@ -70,8 +96,9 @@ impl TxArena {
         self.rcpts.push(r);
     }
 
+    /// Recipients accepted, shed or not.
     pub(crate) fn rcpt_count(&self) -> usize {
-        self.rcpts.len()
+        self.rcpts.len() + self.shed_rcpts
     }
 }
 
@@ -123,10 +150,18 @@ impl<'a> Envelope<'a> {
         self.arena.params.body
     }
 
-    /// Accepted recipients, in order.
+    /// Accepted recipients, in order: all of them until the session sheds
+    /// the envelope (`Session::shed_envelope`), then the first
+    /// [`SHED_KEEP_RCPTS`];
+    /// [`Envelope::rcpt_count`] counts them all.
     pub fn rcpts(&self) -> impl ExactSizeIterator<Item = &'a str> + 'a {
         let arena = self.arena;
         arena.rcpts.iter().map(move |r| &arena.bytes[r.clone()])
+    }
+
+    /// How many recipients were accepted, including any shed.
+    pub fn rcpt_count(&self) -> usize {
+        self.arena.rcpt_count()
     }
 }
 
@@ -177,5 +212,55 @@ mod tests {
         a.add_rcpt("e@f");
         let env = Envelope::new(&a, None, "h", "ESMTP");
         assert_eq!(env.rcpts().collect::<Vec<_>>(), ["e@f"]);
+    }
+
+    #[test]
+    fn shedding_keeps_the_sender_the_first_recipients_and_the_count() {
+        let mut a = TxArena::default();
+        a.set_mail("a@b", MailParams::default(), "BODY=8BITMIME");
+        let long = |i: usize| format!("{}{i:04}@example.org", "x".repeat(236));
+        for i in 0..1000 {
+            a.add_rcpt(&long(i));
+        }
+        a.shed();
+        let env = Envelope::new(&a, None, "h", "ESMTP");
+        assert_eq!(env.mail_from(), "a@b");
+        assert_eq!(env.raw_params(), "BODY=8BITMIME");
+        assert_eq!(env.rcpt_count(), 1000);
+        let kept: Vec<String> = (0..SHED_KEEP_RCPTS).map(long).collect();
+        assert_eq!(env.rcpts().collect::<Vec<_>>(), kept);
+        // The dropped recipients' memory is given back.
+        assert!(
+            a.bytes.capacity() <= ARENA_KEEP_BYTES.max(a.bytes.len()),
+            "{}",
+            a.bytes.capacity()
+        );
+        assert!(
+            a.rcpts.capacity() <= ARENA_KEEP_RCPTS,
+            "{}",
+            a.rcpts.capacity()
+        );
+        // Shedding twice changes nothing; the next transaction starts at 0.
+        a.shed();
+        assert_eq!(a.rcpt_count(), 1000);
+        a.set_mail("c@d", MailParams::default(), "");
+        assert_eq!(a.rcpt_count(), 0);
+        a.add_rcpt("e@f");
+        let env = Envelope::new(&a, None, "h", "ESMTP");
+        assert_eq!(env.rcpt_count(), 1);
+        assert_eq!(env.rcpts().collect::<Vec<_>>(), ["e@f"]);
+    }
+
+    #[test]
+    fn shedding_a_short_envelope_keeps_it_whole() {
+        let mut a = TxArena::default();
+        a.set_mail("a@b", MailParams::default(), "");
+        for r in ["1@x", "2@x", "3@x"] {
+            a.add_rcpt(r);
+        }
+        a.shed();
+        let env = Envelope::new(&a, None, "h", "ESMTP");
+        assert_eq!(env.rcpt_count(), 3);
+        assert_eq!(env.rcpts().collect::<Vec<_>>(), ["1@x", "2@x", "3@x"]);
     }
 }

@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use super::envelope::SHED_KEEP_RCPTS;
 use super::session::{ClientInfo, CloseReason, CommitError, Event, Session};
 use crate::config::{ServerConfig, SmtpConfig};
 
@@ -55,7 +56,8 @@ pub struct Replay {
 ///
 /// # Panics
 /// If the engine breaks its event contract: a body outside a message, a
-/// second `MessageStart`, a consumed count past the input, a partial line
+/// second `MessageStart`, a message without recipients or whose count
+/// changed after shedding its envelope, a consumed count past the input, a partial line
 /// carried that is longer than the longest allowed line, a message whose
 /// delivered bytes differ from the session's count, or a deadline that
 /// `poll_timeout` and `handle_timeout` disagree on. These are engine bugs,
@@ -123,6 +125,8 @@ struct Driver<'c> {
     record: bool,
     /// A message is open: its length so far, and its bytes when recording.
     open: Option<(u64, Vec<u8>)>,
+    /// Recipients of the open message, counted at `MessageStart`.
+    rcpts: usize,
     fail_next: Option<CommitError>,
     r: Replay,
 }
@@ -145,6 +149,7 @@ fn drive(
         buf: Vec::with_capacity(read.clamp(1, 1 << 20) * 2),
         record,
         open: None,
+        rcpts: 0,
         fail_next: None,
         r: Replay::default(),
     };
@@ -199,6 +204,10 @@ impl Driver<'_> {
                 Event::MessageStart => {
                     assert!(self.open.is_none(), "MessageStart inside a message");
                     self.open = Some((0, Vec::new()));
+                    // As a connection does once its record holds the envelope.
+                    self.rcpts = self.s.envelope().rcpt_count();
+                    assert!(self.rcpts > 0, "MessageStart without recipients");
+                    self.s.shed_envelope();
                 }
                 Event::Body(b) => {
                     let (n, body) = self.open.as_mut().expect("Body outside a message");
@@ -239,6 +248,14 @@ impl Driver<'_> {
             n,
             self.s.body_bytes(),
             "delivered bytes differ from the session's count"
+        );
+        // Shedding kept the count and the recipients the log line names.
+        let env = self.s.envelope();
+        assert_eq!(env.rcpt_count(), self.rcpts, "recipient count changed");
+        assert_eq!(
+            env.rcpts().len(),
+            self.rcpts.min(SHED_KEEP_RCPTS),
+            "a shed envelope kept the wrong recipients"
         );
         match self.fail_next.take() {
             Some(e) => {

@@ -87,6 +87,8 @@ impl Harness {
                         rcpts: env.rcpts().map(String::from).collect(),
                         body: Vec::new(),
                     });
+                    // As the runtime does once its record holds the envelope.
+                    self.s.shed_envelope();
                 }
                 Event::Body(b) => {
                     assert!(!b.is_empty(), "empty Body event");

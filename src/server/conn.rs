@@ -29,6 +29,7 @@ use glommio::timer::sleep;
 
 use super::shard::{ActiveGuard, Shard, Stats};
 use super::store::{self, EnvelopeRecord, MessageWriter, ShardSpool, SpoolError};
+use crate::protocol::envelope::SHED_KEEP_RCPTS;
 use crate::protocol::{reply, trace, ClientInfo, CloseReason, CommitError, Event, Session};
 
 /// A connection that has waited this long for input gives its read and reply
@@ -287,9 +288,13 @@ pub struct ConnMemoryBound {
     pub active: u64,
     /// Inside a mail transaction: `active` plus the envelope (up to
     /// `smtp.max_recipients` recipients of `smtp.max_command_line_bytes`),
-    /// held in the session's arena and, while the body arrives, in the
-    /// spool's record with up to `spool.max_buffered_message_bytes` of body.
-    /// Given back when the transaction ends.
+    /// counted once: held in the session's arena until the body begins,
+    /// then in the spool's record with up to
+    /// `spool.max_buffered_message_bytes` of body, while the arena keeps
+    /// only the sender and the first recipients (`Session::shed_envelope`).
+    /// Given back when the transaction ends. (A shard holds both copies of
+    /// one envelope for the moment it opens its record: once per shard,
+    /// not per connection.)
     pub transaction: u64,
 }
 
@@ -307,12 +312,18 @@ pub fn conn_memory_bound(cfg: &crate::config::Config) -> ConnMemoryBound {
     let active = CONN_STATE_BYTES + server.read_buffer_bytes as u64 + reply;
     // Per recipient: its bytes and its slot in the arena, its length and
     // bytes in the record; the record also holds the buffered body.
-    let envelope = smtp.max_recipients as u64 * (smtp.max_command_line_bytes as u64 + 16);
+    let line = smtp.max_command_line_bytes as u64 + 16;
+    let envelope = smtp.max_recipients as u64 * line;
     let record = envelope + 1024 + cfg.spool.max_buffered_message_bytes as u64;
+    // What the arena keeps once shed: the MAIL line's sender and
+    // parameters, and the first recipients.
+    let shed = (SHED_KEEP_RCPTS as u64 + 1) * line;
     ConnMemoryBound {
         idle: CONN_STATE_BYTES,
         active,
-        transaction: active + 2 * envelope + 2 * record,
+        // Before the body the arena, after it the record (larger) and the
+        // shed arena; each may have doubled as it grew.
+        transaction: active + (2 * envelope).max(2 * record + shed),
     }
 }
 
@@ -548,7 +559,9 @@ impl Conn {
         }
     }
 
-    /// A body begins: open a record with the envelope and trace header.
+    /// A body begins: open a record with the envelope and trace header,
+    /// then let the session shed its copy of the envelope (the record holds
+    /// it now; the commit's log line needs only its head and counts).
     fn begin_message(&mut self) {
         let spool = &self.shard.spool;
         let id = spool.next_queue_id();
@@ -575,6 +588,7 @@ impl Conn {
             Ok(w) => Msg::Open(Box::new(w)),
             Err(e) => Msg::Failed(self.store_failed("begin", &e)),
         };
+        self.session.shed_envelope();
     }
 
     /// End of data: make the message durable, then let the session reply.
@@ -607,7 +621,7 @@ impl Conn {
                         "msg id={id} shard={} from=<{}> rcpts={} to={} size={size}",
                         self.shard.id,
                         env.mail_from(),
-                        env.rcpts().len(),
+                        env.rcpt_count(),
                         RcptList(&env),
                     ),
                 );
@@ -835,13 +849,14 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Up to five recipients, then a count of the rest.
+/// Up to five recipients, then a count of the rest: what a shed envelope
+/// still holds (`Session::shed_envelope`).
 struct RcptList<'a, 'e>(&'a crate::protocol::Envelope<'e>);
 
 impl fmt::Display for RcptList<'_, '_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const SHOWN: usize = 5;
-        let n = self.0.rcpts().len();
+        const SHOWN: usize = SHED_KEEP_RCPTS;
+        let n = self.0.rcpt_count();
         for (i, r) in self.0.rcpts().take(SHOWN).enumerate() {
             write!(f, "{}<{r}>", if i > 0 { "," } else { "" })?;
         }

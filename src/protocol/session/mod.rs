@@ -12,7 +12,9 @@
 //!      output buffer to the socket (one write per batch: PIPELINING), keep
 //!      the unconsumed tail, read more, call again.
 //!    * [`Event::MessageStart`]: a body begins; open a spool record for
-//!      [`Session::envelope`]. Call again with the rest of the input.
+//!      [`Session::envelope`], then call [`Session::shed_envelope`] so the
+//!      envelope is not held twice while the body arrives. Call again with
+//!      the rest of the input.
 //!    * [`Event::Body`]: body bytes, dot-unstuffed, borrowed from the input;
 //!      append them to the record. Call again with the rest.
 //!    * [`Event::MessageAbort`]: the message will be rejected (size, bare
@@ -407,7 +409,9 @@ impl Session {
     }
 
     /// The envelope of the transaction in progress (valid from
-    /// [`Event::MessageStart`] until the commit reply).
+    /// [`Event::MessageStart`] until the commit reply). Complete until
+    /// [`Session::shed_envelope`]; after it, [`Envelope::rcpts`] lists only
+    /// the first five recipients ([`Envelope::rcpt_count`] still counts all).
     pub fn envelope(&self) -> Envelope<'_> {
         let protocol = match (self.greeted, self.arena.params.smtputf8) {
             (_, true) => "UTF8SMTP",
@@ -415,6 +419,22 @@ impl Session {
             _ => "SMTP",
         };
         Envelope::new(&self.arena, self.client.peer, &self.helo, protocol)
+    }
+
+    /// Drops the envelope down to what the rest of the transaction needs:
+    /// the sender, its parameters (the body rules read them), the first
+    /// five recipients and the count, for the per-message log line. Call it
+    /// after [`Event::MessageStart`] once the spool's record holds the
+    /// envelope; the memory of the other recipients goes back to the
+    /// allocator (README "Memory per connection"). The session itself
+    /// needs no recipient after `MessageStart`: none can be added until
+    /// the transaction ends.
+    pub fn shed_envelope(&mut self) {
+        debug_assert!(
+            self.tx == Tx::Chunking || matches!(self.mode, Mode::Data { .. }),
+            "shed_envelope outside a message"
+        );
+        self.arena.shed();
     }
 
     /// What the runtime told the session about its client.
