@@ -23,8 +23,9 @@ pub(crate) const ARENA_KEEP_BYTES: usize = 512;
 /// Recipient slots kept between transactions; see [`ARENA_KEEP_BYTES`].
 pub(crate) const ARENA_KEEP_RCPTS: usize = 16;
 
-/// Recipients an envelope keeps once shed ([`TxArena::shed`]): those the
-/// per-message log line names (the rest it only counts).
+/// Recipients an envelope keeps once shed
+/// ([`Session::shed_envelope`](crate::protocol::Session::shed_envelope)):
+/// those the per-message log line names (the rest it only counts).
 pub const SHED_KEEP_RCPTS: usize = 5;
 
 /// Envelope bytes of the transaction in progress.
