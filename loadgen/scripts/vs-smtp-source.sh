@@ -15,8 +15,8 @@
 #
 # smtp-source does not pipeline (see its man page, BUGS), so "off"
 # (--pipelining off) is the like-for-like row; "auto" is loadgen's default,
-# which pipelines because smtp-sink advertises PIPELINING and chains each
-# body with the next envelope; "nochain" is auto with --no-chain. The modes'
+# which pipelines because smtp-sink advertises PIPELINING; "chain" is auto
+# with --chain (each body shares its write with the next envelope). The modes'
 # order also flips every round.
 #
 # Two scenarios: "kept" (one connection per session for all its messages:
@@ -25,7 +25,7 @@
 #
 # Usage: loadgen/scripts/vs-smtp-source.sh            (from the workspace root)
 # Knobs (environment): CONNS=16 MSGS=32000 CHURN_MSGS=8000 LEN=1024 ROUNDS=5
-#                      SCENARIOS="kept churn" MODES="auto nochain off"
+#                      SCENARIOS="kept churn" MODES="chain auto off"
 #                      PORT=<free port> LOADGEN=target/release/loadgen
 #                      LOADGENS="name=path name2=path2" (A/B builds; default
 #                      loadgen=$LOADGEN, built first unless LOADGEN_SKIP_BUILD)
@@ -39,7 +39,7 @@ CHURN_MSGS=${CHURN_MSGS:-8000}
 LEN=${LEN:-1024}
 ROUNDS=${ROUNDS:-5}
 SCENARIOS=${SCENARIOS:-kept churn}
-MODES=${MODES:-auto nochain off}
+MODES=${MODES:-chain auto off}
 LOADGEN=${LOADGEN:-target/release/loadgen}
 LOADGENS=${LOADGENS:-loadgen=$LOADGEN}
 SINK=$(command -v smtp-sink || echo /usr/sbin/smtp-sink)
@@ -98,7 +98,7 @@ run_source() { # messages, extra flags
 
 run_loadgen() { # binary, messages, mode, msgs-per-conn
     local s e mode=(--pipelining "$3")
-    [ "$3" = nochain ] && mode=(--pipelining auto --no-chain)
+    [ "$3" = chain ] && mode=(--pipelining auto --chain)
     s=$(now)
     taskset -c 1 "${cpu[@]}" "$1" run --target "127.0.0.1:$PORT" --connections "$CONNS" \
         --messages "$2" --size "$SIZE" "${mode[@]}" --msgs-per-conn "$4" -q \

@@ -113,11 +113,13 @@ struct RunArgs {
     #[arg(long, value_enum, default_value_t = Pipelining::Auto)]
     pipelining: Pipelining,
 
-    /// Do not chain messages: by default, in closed loop with pipelined DATA,
-    /// one message's body and final dot go in the same write as the next
-    /// message's MAIL+RCPTs+DATA (RFC 2920 §3.1), one write per message.
+    /// Chain messages: in closed loop with pipelined DATA, one message's body
+    /// and final dot go in the same write as the next message's
+    /// MAIL+RCPTs+DATA (RFC 2920 §3.1), one write per message. Off by
+    /// default: RFC 2920 allows it, but some servers (Haraka) refuse a MAIL
+    /// that arrives before their end-of-data reply.
     #[arg(long)]
-    no_chain: bool,
+    chain: bool,
 
     /// Send bodies with BDAT (RFC 3030 CHUNKING) instead of DATA.
     #[arg(long)]
@@ -264,7 +266,7 @@ fn to_config(a: RunArgs) -> Result<RunConfig, ConfigError> {
         rcpts: a.rcpts,
         msgs_per_conn: a.msgs_per_conn,
         pipelining: a.pipelining,
-        chain: !a.no_chain,
+        chain: a.chain,
         bdat: a.bdat,
         scenario: a.scenario,
         from: a.from,

@@ -75,7 +75,7 @@ pub struct ConfigEcho {
     pub msgs_per_conn: u64,
     /// `--pipelining`.
     pub pipelining: crate::config::Pipelining,
-    /// Messages chained (not `--no-chain`); absent in summaries from before the flag.
+    /// `--chain`; absent in summaries from before the flag.
     #[serde(default)]
     pub chain: bool,
     /// `--bdat`.

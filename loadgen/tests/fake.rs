@@ -204,19 +204,39 @@ fn chaining_one_write_per_message_unless_off() {
     // goes out with the next message's envelope behind its dot. Both
     // connections claim their first message before either finishes one.
     for (flags, chained) in [
-        (&["-c", "2", "--messages", "200"][..], 198),
-        (&["-c", "2", "--messages", "200", "--no-chain"][..], 0),
+        (&["-c", "2", "--messages", "200", "--chain"][..], 198),
+        // Off by default.
+        (&["-c", "2", "--messages", "200"][..], 0),
         (
-            &["-c", "2", "--messages", "200", "--pipelining", "off"][..],
+            &[
+                "-c",
+                "2",
+                "--messages",
+                "200",
+                "--pipelining",
+                "off",
+                "--chain",
+            ][..],
             0,
         ),
         // Three messages per connection: two chained on each of ten.
         (
-            &["-c", "1", "--messages", "30", "--msgs-per-conn", "3"][..],
+            &[
+                "-c",
+                "1",
+                "--messages",
+                "30",
+                "--msgs-per-conn",
+                "3",
+                "--chain",
+            ][..],
             20,
         ),
         // Open loop keeps each message's own start: never chained.
-        (&["-c", "2", "--rate", "200", "--messages", "40"][..], 0),
+        (
+            &["-c", "2", "--rate", "200", "--messages", "40", "--chain"][..],
+            0,
+        ),
     ] {
         let server = FakeServer::start(Script::default());
         let dir = TempDir::new("chain");
@@ -243,7 +263,7 @@ fn chaining_one_write_per_message_unless_off() {
         assert_eq!(count(&s, &["latency_ms", "eod", "count"]), n);
         assert_eq!(count(&s, &["latency_ms", "transaction", "count"]), n);
         assert_eq!(s["errors"], serde_json::json!({}));
-        assert_eq!(s["config"]["chain"], !flags.contains(&"--no-chain"));
+        assert_eq!(s["config"]["chain"], flags.contains(&"--chain"));
         let (logged, issued) = acks_and_issued(&acks, &server);
         assert_eq!(logged.len() as u64, n);
         assert_eq!(logged, issued);
@@ -271,6 +291,7 @@ fn chained_next_mail_refused_is_that_message_refused() {
             "1",
             "--messages",
             "5",
+            "--chain",
             "--ack-log",
             acks.to_str().unwrap(),
         ],
@@ -322,8 +343,8 @@ fn chained_refusal_at_end_of_data_needs_no_rset() {
             "--ack-log",
             acks.to_str().unwrap(),
         ];
-        if !chain {
-            args.push("--no-chain");
+        if chain {
+            args.push("--chain");
         }
         let (s, out) = run_json(&server.target(), &args);
         let ctx = format!("{reply} chain {chain}\n{}", out.stdout);
@@ -367,8 +388,8 @@ fn chained_message_survives_an_early_close() {
             "--ack-log",
             acks.to_str().unwrap(),
         ];
-        if !chain {
-            args.push("--no-chain");
+        if chain {
+            args.push("--chain");
         }
         let (s, out) = run_json(&server.target(), &args);
         let ctx = format!("chain {chain}\n{}", out.stdout);

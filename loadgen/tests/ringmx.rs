@@ -155,6 +155,18 @@ fn closed_loop_acks_match_the_spool() {
 }
 
 #[test]
+fn chained_closed_loop_acks_match_the_spool() {
+    // Each body shares its write with the next envelope (RFC 2920 §3.1):
+    // ringmx must answer them in order and store exactly what it acked.
+    let s = run_against_ringmx(
+        "ringmx-chained",
+        &["-c", "8", "--messages", "400", "--chain"],
+    );
+    assert_eq!(count(&s, &["messages", "ok"]), 400);
+    assert_eq!(s["config"]["chain"], true);
+}
+
+#[test]
 fn open_loop_holds_its_rate_against_ringmx() {
     let s = run_against_ringmx(
         "ringmx-open",
