@@ -3,7 +3,7 @@
 //!
 //! Owns: the port-in-use probe, socket options (SO_REUSEPORT, SO_REUSEADDR,
 //! IPV6_V6ONLY, TCP_NODELAY, the listen backlog) and port-0 resolution.
-//! Leaves to [`super::shard`]: handing each socket to its executor
+//! Leaves to `shard.rs`: handing each socket to its executor
 //! (`glommio::net::TcpListener::from_raw_fd`) and accepting.
 //!
 //! glommio's own `TcpListener::bind` always sets SO_REUSEPORT and fixes the
