@@ -61,6 +61,25 @@ fn large_transaction(addr: SocketAddr, n: usize) -> Client {
     c
 }
 
+/// `n` clients made by `open(addr, k)` (k = 1..), four threads at a time.
+fn open_in_four(addr: SocketAddr, n: usize, open: fn(SocketAddr, usize) -> Client) -> Vec<Client> {
+    std::thread::scope(|sc| {
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                sc.spawn(move || {
+                    (0..n / 4)
+                        .map(|i| open(addr, w * n + i + 1))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    })
+}
+
 /// A client that sends [`EHLOS`] EHLOs and never reads. Its receive
 /// buffer is small (16 KiB, no autotuning) and its segments too (TCP_MAXSEG
 /// 536, which keeps the server's kernel send buffer, sized from the segment
@@ -136,22 +155,7 @@ fn memory_per_connection_stays_within_the_documented_bound() {
 
     // Four at a time: each large transaction holds its envelope only while
     // it lasts, and the test is about what stays held afterwards.
-    let idle: Vec<Client> = std::thread::scope(|sc| {
-        let workers: Vec<_> = (0..4)
-            .map(|w| {
-                let addr = s.addr;
-                sc.spawn(move || {
-                    (0..IDLE / 4)
-                        .map(|i| large_transaction(addr, w * IDLE + i + 1))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
-    });
+    let idle: Vec<Client> = open_in_four(s.addr, IDLE, large_transaction);
     let floods: Vec<(TcpStream, usize)> = (0..FLOOD).map(|_| flood(s.addr)).collect();
     // Wait (bounded: fails as hung) until the server has read that much of
     // every flood, so what it holds for them is at its most. ~10 s on a
@@ -234,22 +238,7 @@ fn memory_mid_body_counts_the_envelope_once() {
     round_trip(&mut control);
     let before = vm_rss(s.pid());
 
-    let held: Vec<Client> = std::thread::scope(|sc| {
-        let workers: Vec<_> = (0..4)
-            .map(|w| {
-                let addr = s.addr;
-                sc.spawn(move || {
-                    (0..MID_BODY / 4)
-                        .map(|i| mid_body(addr, w * MID_BODY + i + 1))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
-    });
+    let held: Vec<Client> = open_in_four(s.addr, MID_BODY, mid_body);
     // Each got its 354 after its record was opened and its envelope shed;
     // the round trips let the shard handle the partial bodies.
     let mut after = 0;
