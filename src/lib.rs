@@ -7,6 +7,7 @@
 //! | durable per-core spool: segments, group commit, recovery, reader | [`spool`] |
 //! | executors, listeners, connection tasks (glommio) | [`server`] |
 //! | leveled stderr logging | [`log`] |
+//! | shipping the spool onward: consumers, checkpoints, sinks | [`outlet`] |
 //! | sizes and durations as written in flags and TOML | [`units`] |
 //! | calendar dates from Unix time, RFC 5322 dates | [`civil`] |
 //! | CPU affinity mask, resource limits (shared with loadgen) | [`sys`] |
@@ -14,6 +15,7 @@
 pub mod civil;
 pub mod config;
 pub mod log;
+pub mod outlet;
 pub mod protocol;
 pub mod server;
 pub mod spool;
