@@ -248,7 +248,10 @@ impl Webhook {
         }
         let mut answer = match sent {
             Ok(a) => a,
-            Err(e) => return Verdict::Deferred(format!("POST {}: {}", self.shown, describe(&e))),
+            Err(e) => {
+                let why = describe(&e, &self.opts);
+                return Verdict::Deferred(format!("POST {}: {why}", self.shown));
+            }
         };
         let status = answer.status();
         let code = status.as_u16();
@@ -407,10 +410,22 @@ fn now_unix() -> i64 {
 
 /// What a transport error means to an operator reading the dead-letter
 /// record or the log.
-fn describe(e: &ureq::Error) -> String {
+fn describe(e: &ureq::Error, opts: &Options) -> String {
+    use crate::units::format_duration;
     match e {
-        ureq::Error::Timeout(t) => format!("timed out ({t})"),
-        ureq::Error::Io(io) => format!("{io}"),
+        ureq::Error::Timeout(ureq::Timeout::Connect) => format!(
+            "timed out: not connected within connect-timeout={}",
+            format_duration(opts.connect_timeout)
+        ),
+        ureq::Error::Timeout(t) => format!(
+            "timed out: no answer within timeout={} ({t})",
+            format_duration(opts.timeout)
+        ),
+        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "the connection closed before an answer (the message may have arrived; \
+             it is sent again with the same Idempotency-Key)"
+                .to_owned()
+        }
         other => other.to_string(),
     }
 }
