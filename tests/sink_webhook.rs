@@ -5,7 +5,8 @@
 //! and records what it got. Its scripted answers (503s, 404, 429 with
 //! Retry-After, a sleep past the timeout, a crash mid-request, a restart on
 //! the same port) check the verdict mapping and that a redelivery carries
-//! the same Idempotency-Key.
+//! the same Idempotency-Key; a listener whose queue is full checks the
+//! connect timeout.
 
 mod common;
 
@@ -756,4 +757,44 @@ fn https_with_a_private_ca() {
     assert_eq!(recv.keys_with(200), keys(&mails));
     let recs = recv.records();
     assert_eq!(hex(recs[1]["message_hex"].as_str().unwrap()), mails[1].data);
+}
+
+#[test]
+fn a_peer_that_never_completes_the_connect_hits_connect_timeout() {
+    use socket2::{Domain, Socket, Type};
+    let Some((_work, mails)) = spool_mail(&[simple(0)]) else {
+        return;
+    };
+    // A listener that never accepts, its queue filled: Linux drops further
+    // SYNs, so a connect neither succeeds nor fails until the client gives
+    // up.
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let fillers: Vec<Socket> = (0..4)
+        .map(|_| {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            s.set_nonblocking(true).unwrap();
+            let _ = s.connect(&addr.into());
+            s
+        })
+        .collect();
+    // A whole-request timeout far longer: were the connect bounded by it
+    // instead, the reason would name it.
+    let url = format!("http://{addr}/inbound#connect-timeout=500ms&timeout=20s");
+    let mut sink = sinks::open(&url).expect("open");
+    let v = deliver(sink.as_mut(), &mails);
+    assert!(
+        is_deferred(&v[0], "not connected within connect-timeout=500ms"),
+        "{v:?}"
+    );
+    drop(fillers);
 }
