@@ -98,6 +98,17 @@ impl Options {
     /// # Errors
     /// An unknown name or a value that does not parse; the message says
     /// what is allowed.
+    ///
+    /// # Example
+    /// ```
+    /// use ringmx::outlet::sinks::webhook::Options;
+    /// use std::time::Duration;
+    ///
+    /// let o = Options::parse("permanent=404,410&timeout=10s").unwrap();
+    /// assert_eq!(o.permanent, [404, 410]);
+    /// assert_eq!(o.timeout, Duration::from_secs(10));
+    /// assert!(Options::parse("permanent=503").is_err());
+    /// ```
     pub fn parse(fragment: &str) -> Result<Self, String> {
         let mut o = Self::default();
         for pair in fragment.split('&').filter(|p| !p.is_empty()) {
@@ -347,6 +358,16 @@ impl Sink for Webhook {
 /// The `retry after N s` a [`Verdict::Deferred`] reason carries when the
 /// peer sent `Retry-After` (at most [`MAX_RETRY_AFTER`]), for the consumer to
 /// back off at least that long.
+///
+/// # Example
+/// ```
+/// use ringmx::outlet::sinks::webhook::retry_after;
+/// use std::time::Duration;
+///
+/// let reason = "POST https://h/x: HTTP 429 Too Many Requests; retry after 30 s";
+/// assert_eq!(retry_after(reason), Some(Duration::from_secs(30)));
+/// assert_eq!(retry_after("POST https://h/x: HTTP 502 Bad Gateway"), None);
+/// ```
 pub fn retry_after(reason: &str) -> Option<Duration> {
     let (_, rest) = reason.rsplit_once("retry after ")?;
     let secs = rest.strip_suffix(" s")?;
