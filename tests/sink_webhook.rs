@@ -262,9 +262,14 @@ impl Receiver {
     }
 
     fn url(&self, options: &str) -> String {
+        self.url_as("", options)
+    }
+
+    /// [`Receiver::url`] with user info (`user:password@`).
+    fn url_as(&self, userinfo: &str, options: &str) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         format!(
-            "{scheme}://127.0.0.1:{}/inbound?token=t0k#{options}",
+            "{scheme}://{userinfo}127.0.0.1:{}/inbound?token=t0k#{options}",
             self.port
         )
     }
@@ -371,6 +376,8 @@ fn every_message_arrives_byte_exact_with_its_envelope() {
     assert_eq!(recs.len(), mails.len());
     for (m, r) in mails.iter().zip(&recs) {
         assert_eq!(r["key"], m.key.as_str(), "Idempotency-Key, in order");
+        assert_eq!(r["authorization"], Value::Null);
+        assert!(r["user_agent"].as_str().unwrap().starts_with("ringmx/"));
         assert_eq!(r["envelope_type"], "application/json");
         assert_eq!(r["message_type"], "message/rfc822");
         assert_eq!(hex(r["message_hex"].as_str().unwrap()), m.data, "{}", m.key);
@@ -751,12 +758,15 @@ fn https_with_a_private_ca() {
     let v = deliver(sink.as_mut(), &mails);
     assert!(is_deferred(&v[0], "invalid peer certificate"), "{v:?}");
     assert!(recv.records().is_empty());
-    // Trusting it, both go.
-    let mut sink = sinks::open(&recv.url(&format!("ca={}", ca.display()))).expect("open");
+    // Trusting it, both go; user info in the URL becomes Basic auth.
+    let url = recv.url_as("hook:s3cret@", &format!("ca={}", ca.display()));
+    let mut sink = sinks::open(&url).expect("open");
     assert_eq!(deliver(sink.as_mut(), &mails), vec![Verdict::Accepted; 2]);
     assert_eq!(recv.keys_with(200), keys(&mails));
     let recs = recv.records();
     assert_eq!(hex(recs[1]["message_hex"].as_str().unwrap()), mails[1].data);
+    // base64("hook:s3cret")
+    assert_eq!(recs[1]["authorization"], "Basic aG9vazpzM2NyZXQ=");
 }
 
 #[test]

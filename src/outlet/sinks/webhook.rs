@@ -297,11 +297,11 @@ impl Webhook {
             .lossy_utf8(true)
             .read_to_string()
             .unwrap_or_default();
-        let mut reason = format!(
-            "POST {}: HTTP {code} {}",
-            self.shown,
-            status.canonical_reason().unwrap_or("")
-        );
+        let mut reason = format!("POST {}: HTTP {code}", self.shown);
+        if let Some(name) = status.canonical_reason() {
+            reason.push(' ');
+            reason.push_str(name);
+        }
         let text = one_line(&text);
         if !text.is_empty() {
             reason.push_str(": ");
@@ -356,8 +356,9 @@ impl Sink for Webhook {
 }
 
 /// The `retry after N s` a [`Verdict::Deferred`] reason carries when the
-/// peer sent `Retry-After` (at most [`MAX_RETRY_AFTER`]), for the consumer to
-/// back off at least that long.
+/// peer sent `Retry-After`, for the consumer to back off at least that long.
+/// At most [`MAX_RETRY_AFTER`] whatever the text says: the reason also
+/// quotes the peer's answer, which could end in those words.
 ///
 /// # Example
 /// ```
@@ -370,8 +371,8 @@ impl Sink for Webhook {
 /// ```
 pub fn retry_after(reason: &str) -> Option<Duration> {
     let (_, rest) = reason.rsplit_once("retry after ")?;
-    let secs = rest.strip_suffix(" s")?;
-    secs.parse().ok().map(Duration::from_secs)
+    let secs: u64 = rest.strip_suffix(" s")?.parse().ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
 /// RFC 9110 §10.2.3: `Retry-After` is delay-seconds or an HTTP-date (only
@@ -664,6 +665,7 @@ mod tests {
     fn open_checks_the_url() {
         assert!(Webhook::open("http://127.0.0.1:9/hook").is_ok());
         assert!(Webhook::open("https://hooks.example/x?token=s#timeout=5s").is_ok());
+        assert!(Webhook::open("https://user:pw@hooks.example:8443/x").is_ok());
         for bad in [
             "http://",
             "ftp://host/x",
@@ -716,6 +718,10 @@ mod tests {
             Some(Duration::from_secs(7))
         );
         assert_eq!(retry_after("POST x: HTTP 503"), None);
+        assert_eq!(
+            retry_after("POST x: HTTP 503: text that says retry after 99999 s"),
+            Some(MAX_RETRY_AFTER)
+        );
     }
 
     #[test]
