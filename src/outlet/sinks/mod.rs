@@ -2,8 +2,10 @@
 
 use super::sink::{Sink, SinkError};
 
+pub mod webhook;
+
 /// The URL schemes [`open`] knows, for error messages and `--help`.
-pub const SCHEMES: &[&str] = &[];
+pub const SCHEMES: &[&str] = &["http", "https"];
 
 /// Opens the sink a `--to` URL names.
 ///
@@ -11,6 +13,9 @@ pub const SCHEMES: &[&str] = &[];
 /// An unknown scheme or a URL the sink cannot use.
 pub fn open(url: &str) -> Result<Box<dyn Sink>, SinkError> {
     let scheme = url.split_once(':').map_or(url, |(s, _)| s);
+    if matches!(scheme, "http" | "https") {
+        return Ok(Box::new(webhook::Webhook::open(url)?));
+    }
     Err(SinkError(format!(
         "{url:?}: unknown sink {scheme:?}; known: {}",
         SCHEMES.join(", ")
