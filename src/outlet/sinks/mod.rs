@@ -2,8 +2,10 @@
 
 use super::sink::{Sink, SinkError};
 
+pub mod smtp;
+
 /// The URL schemes [`open`] knows, for error messages and `--help`.
-pub const SCHEMES: &[&str] = &[];
+pub const SCHEMES: &[&str] = &["smtp", "lmtp"];
 
 /// Opens the sink a `--to` URL names.
 ///
@@ -11,6 +13,9 @@ pub const SCHEMES: &[&str] = &[];
 /// An unknown scheme or a URL the sink cannot use.
 pub fn open(url: &str) -> Result<Box<dyn Sink>, SinkError> {
     let scheme = url.split_once(':').map_or(url, |(s, _)| s);
+    if smtp::SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(scheme)) {
+        return Ok(Box::new(smtp::SmtpSink::new(url)?));
+    }
     Err(SinkError(format!(
         "{url:?}: unknown sink {scheme:?}; known: {}",
         SCHEMES.join(", ")
