@@ -505,6 +505,17 @@ impl Conn {
                 Ok(0) => return Err(Lost("the next hop closed the connection".into())),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(Lost(format!(
+                        "no reply within {}",
+                        crate::units::format_duration(self.timeout)
+                    )))
+                }
                 Err(e) => {
                     return Err(Lost(format!(
                         "reading from the next hop: {}",
