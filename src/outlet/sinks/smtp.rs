@@ -989,6 +989,173 @@ impl Sink for SmtpSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader};
+
+    /// A connection whose peer is `script`, run on a thread over a socket
+    /// pair: it reads our commands and writes whatever it likes.
+    fn scripted(
+        caps: Caps,
+        script: impl FnOnce(&mut BufReader<UnixStream>, &mut UnixStream) + Send + 'static,
+    ) -> (Conn, std::thread::JoinHandle<()>) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            let mut w = theirs.try_clone().unwrap();
+            script(&mut BufReader::new(theirs), &mut w);
+        });
+        let stream = Stream::Unix(ours);
+        stream.set_write_timeout(Duration::from_secs(5)).unwrap();
+        let conn = Conn {
+            stream,
+            buf: Vec::new(),
+            pos: 0,
+            caps,
+            clean: true,
+            timeout: Duration::from_secs(5),
+        };
+        (conn, t)
+    }
+
+    fn line(r: &mut BufReader<UnixStream>) -> String {
+        let mut l = String::new();
+        r.read_line(&mut l).unwrap();
+        l
+    }
+
+    fn env<'a>(rcpts: &[&'a str]) -> Envelope<'a> {
+        Envelope {
+            from: "s@x",
+            rcpts: rcpts.to_vec(),
+            smtputf8: false,
+            eightbit: false,
+        }
+    }
+
+    const PIPELINED: Caps = Caps {
+        pipelining: true,
+        size: None,
+        eightbit: true,
+        smtputf8: false,
+    };
+
+    /// With PIPELINING, MAIL, the RCPTs and DATA arrive before any reply
+    /// is sent (the peer answers only once it has read DATA).
+    #[test]
+    fn pipelined_envelope_is_one_write_and_lmtp_answers_per_recipient() {
+        let (mut c, t) = scripted(PIPELINED, |r, w| {
+            let got: Vec<String> = (0..4).map(|_| line(r)).collect();
+            assert_eq!(
+                got,
+                [
+                    "MAIL FROM:<s@x>\r\n",
+                    "RCPT TO:<a@x>\r\n",
+                    "RCPT TO:<b@x>\r\n",
+                    "DATA\r\n"
+                ]
+            );
+            w.write_all(b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+                .unwrap();
+            assert_eq!(line(r), "..x\r\n");
+            assert_eq!(line(r), ".\r\n");
+            w.write_all(b"250 a ok\r\n452 b later\r\n").unwrap();
+        });
+        let att = transact(&mut c, Proto::Lmtp, &env(&["a@x", "b@x"]), b".x\r\n");
+        t.join().unwrap();
+        assert_eq!(att.lost, None);
+        assert_eq!(
+            att.fates,
+            [
+                Some(Fate::Took),
+                Some(Fate::Later("data for <b@x>: 452 b later".into()))
+            ]
+        );
+        assert!(c.clean);
+    }
+
+    /// LMTP: the connection drops after the first recipient's answer. That
+    /// one is settled; the other is unknown and the data was sent.
+    #[test]
+    fn lmtp_connection_lost_between_recipient_answers() {
+        let (mut c, t) = scripted(PIPELINED, |r, w| {
+            for _ in 0..4 {
+                line(r);
+            }
+            w.write_all(b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+                .unwrap();
+            while line(r) != ".\r\n" {}
+            w.write_all(b"250 a ok\r\n").unwrap();
+        });
+        let att = transact(&mut c, Proto::Lmtp, &env(&["a@x", "b@x"]), b"x\r\n");
+        t.join().unwrap();
+        assert_eq!(att.fates, [Some(Fate::Took), None]);
+        assert!(att.data_sent);
+        assert!(att.lost.unwrap().contains("closed the connection"));
+    }
+
+    /// Every RCPT refused but a 354 anyway (pipelined DATA went blind):
+    /// no data is sent and the connection is not reused.
+    #[test]
+    fn unexpected_354_after_all_rcpts_refused_closes() {
+        let (mut c, t) = scripted(PIPELINED, |r, w| {
+            for _ in 0..3 {
+                line(r);
+            }
+            w.write_all(b"250 ok\r\n550 no such user\r\n354 go\r\n")
+                .unwrap();
+        });
+        let att = transact(&mut c, Proto::Smtp, &env(&["a@x"]), b"x\r\n");
+        t.join().unwrap();
+        assert!(att.close && !att.data_sent && att.lost.is_none());
+        assert_eq!(
+            att.fates,
+            [Some(Fate::Refused(
+                "RCPT TO:<a@x>: 550 no such user".into()
+            ))]
+        );
+    }
+
+    /// A reply line past the cap, and a multi-line reply that changes its
+    /// code, end the connection instead of being believed.
+    #[test]
+    fn hostile_replies_end_the_connection() {
+        let (mut c, t) = scripted(PIPELINED, |_, w| {
+            let _ = w.write_all(&vec![b'2'; MAX_REPLY_LINE * 2]);
+        });
+        let e = c.read_reply().unwrap_err();
+        assert!(e.0.contains("over 2048 bytes"), "{e:?}");
+        drop(c);
+        t.join().unwrap();
+        let (mut c, t) = scripted(PIPELINED, |_, w| {
+            w.write_all(b"250-one\r\n550 two\r\n").unwrap();
+        });
+        let e = c.read_reply().unwrap_err();
+        assert!(e.0.contains("changed its code"), "{e:?}");
+        t.join().unwrap();
+    }
+
+    /// Without PIPELINING: one command per write, and nothing after a
+    /// refused MAIL.
+    #[test]
+    fn unpipelined_stops_at_a_refused_mail() {
+        let caps = Caps {
+            pipelining: false,
+            ..PIPELINED
+        };
+        let (mut c, t) = scripted(caps, |r, w| {
+            assert_eq!(line(r), "MAIL FROM:<s@x>\r\n");
+            w.write_all(b"451 try later\r\n").unwrap();
+            // Nothing more comes: EOF once the client is dropped.
+            assert_eq!(line(r), "");
+        });
+        let att = transact(&mut c, Proto::Smtp, &env(&["a@x", "b@x"]), b"x\r\n");
+        assert!(!c.clean, "the next transaction starts with RSET");
+        drop(c);
+        t.join().unwrap();
+        let why = "MAIL FROM:<s@x>: 451 try later".to_string();
+        assert_eq!(
+            att.fates,
+            [Some(Fate::Later(why.clone())), Some(Fate::Later(why))]
+        );
+    }
 
     fn tcp(host: &str, port: u16) -> Target {
         Target::Tcp {
