@@ -669,6 +669,64 @@ fn a_4xx_then_success_delivers_each_recipient_once() {
     }
 }
 
+/// A BINARYMIME body (bare LF and CR, NUL, no final CRLF) goes by BDAT to
+/// a next hop offering CHUNKING and BINARYMIME, and arrives byte-exact; an
+/// SMTPUTF8 envelope goes where SMTPUTF8 is offered and is refused before
+/// sending where it is not (smtp-sink).
+#[test]
+fn binarymime_by_bdat_and_smtputf8_where_offered() {
+    let mails = vec![
+        Mail {
+            bdat: true,
+            opts: vec!["BODY=BINARYMIME"],
+            ..mail(
+                "bin@sender.test",
+                &["bin@example.com"],
+                b"X-Seq: binary\r\n\r\nbare\nLF\rCR \x00 NUL\n.\nno final CRLF",
+            )
+        },
+        Mail {
+            opts: vec!["SMTPUTF8"],
+            ..mail(
+                "j\u{f6}rg@sender.test",
+                &["zo\u{eb}@example.com"],
+                b"X-Seq: utf8\r\n\r\nhello\r\n",
+            )
+        },
+    ];
+    let Some(up) = spool_of(&mails) else { return };
+    let mut next = Server::start(&["--domain", "example.com"]);
+    let mut sink = sinks::open(&format!("smtp://{}?timeout=20s", next.addr)).unwrap();
+    let v = with_parcels(&up.msgs, |p| sink.deliver(p)).unwrap();
+    assert_eq!(v, [Verdict::Accepted, Verdict::Accepted]);
+    next.stop();
+    let got = next.stored();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].body, data_of(&up.msgs[0]), "{}", got[0].text());
+    assert!(
+        got[0].mail_params.contains("BODY=BINARYMIME"),
+        "{}",
+        got[0].mail_params
+    );
+    assert_eq!(got[1].mail_from, "j\u{f6}rg@sender.test");
+    assert_eq!(got[1].rcpts, ["zo\u{eb}@example.com"]);
+    assert!(
+        got[1].mail_params.contains("SMTPUTF8"),
+        "{}",
+        got[1].mail_params
+    );
+    let Some(plain) = PostfixSink::start(&[]) else {
+        return;
+    };
+    let mut sink = sinks::open(&plain.url("&timeout=20s")).unwrap();
+    let v = with_parcels(&up.msgs[1..], |p| sink.deliver(p)).unwrap();
+    assert!(
+        matches!(&v[0], Verdict::Rejected { rcpts: None, reason } if reason.contains("SMTPUTF8")),
+        "{v:?}"
+    );
+    assert!(plain.dumps().is_empty());
+}
+
 /// A next hop that accepts the connection and never answers, and one that
 /// stalls after DATA: bounded by the URL's timeout, never a hang. Nothing
 /// handed over: `Err`; a stall mid-transaction: `Deferred`.

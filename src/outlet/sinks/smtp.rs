@@ -5,7 +5,7 @@
 //! A blocking `std::net` client: sinks run in the `ringmx ship` process,
 //! never on a shard thread, so no executor is needed. Owns the dialogue
 //! (greeting, EHLO/LHLO with HELO fallback, PIPELINING, SIZE, 8BITMIME,
-//! SMTPUTF8, dot-stuffing, RSET between transactions, reconnecting after a
+//! SMTPUTF8, dot-stuffing, BDAT for a BINARYMIME body, RSET between transactions, reconnecting after a
 //! lost connection or a `421`) and the mapping of replies to [`Verdict`]s;
 //! leaves batching, backoff and dead letters to the consumer.
 //!
@@ -342,6 +342,8 @@ struct Caps {
     size: Option<u64>,
     eightbit: bool,
     smtputf8: bool,
+    chunking: bool,
+    binarymime: bool,
 }
 
 impl Caps {
@@ -357,6 +359,8 @@ impl Caps {
                 "SIZE" => c.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
                 "8BITMIME" => c.eightbit = true,
                 "SMTPUTF8" => c.smtputf8 = true,
+                "CHUNKING" => c.chunking = true,
+                "BINARYMIME" => c.binarymime = true,
                 _ => {}
             }
         }
@@ -601,6 +605,9 @@ struct Envelope<'a> {
     rcpts: Vec<&'a str>,
     smtputf8: bool,
     eightbit: bool,
+    /// Stored as `BODY=BINARYMIME` (RFC 3030): may hold bare CR/LF that
+    /// only BDAT carries unchanged.
+    binary: bool,
 }
 
 /// Runs one transaction for `rcpts` of `p`. Never fails: a lost
@@ -611,11 +618,16 @@ fn transact(c: &mut Conn, proto: Proto, env: &Envelope<'_>, data: &[u8]) -> Atte
         fates: vec![None; n],
         ..Attempt::default()
     };
+    // RFC 3030: a binary body goes by BDAT where the next hop takes it;
+    // otherwise by DATA, which may turn its bare line ends into lines.
+    let bdat = env.binary && c.caps.chunking && c.caps.binarymime;
     let mut mail = format!("MAIL FROM:<{}>", env.from);
     if c.caps.size.is_some() {
         mail.push_str(&format!(" SIZE={}", data.len()));
     }
-    if env.eightbit && c.caps.eightbit {
+    if bdat {
+        mail.push_str(" BODY=BINARYMIME");
+    } else if env.eightbit && c.caps.eightbit {
         mail.push_str(" BODY=8BITMIME");
     }
     if env.smtputf8 {
@@ -628,7 +640,9 @@ fn transact(c: &mut Conn, proto: Proto, env: &Envelope<'_>, data: &[u8]) -> Atte
     }
     cmds.push(Cmd::Mail);
     cmds.extend((0..n).map(Cmd::Rcpt));
-    cmds.push(Cmd::Data);
+    if !bdat {
+        cmds.push(Cmd::Data);
+    }
     c.clean = false;
 
     let window = if c.caps.pipelining {
@@ -645,7 +659,7 @@ fn transact(c: &mut Conn, proto: Proto, env: &Envelope<'_>, data: &[u8]) -> Atte
         if mail_reply.as_ref().is_some_and(|r| !r.ok()) {
             break;
         }
-        let mut end = (i + window).min(cmds.len());
+        let end = (i + window).min(cmds.len());
         // Without a reply to every RCPT yet, DATA goes blind (pipelined);
         // with them all and none accepted, it is not sent at all.
         if cmds[i] == Cmd::Data
@@ -654,9 +668,6 @@ fn transact(c: &mut Conn, proto: Proto, env: &Envelope<'_>, data: &[u8]) -> Atte
                 .all(|r| r.as_ref().is_some_and(|r| !r.ok()))
         {
             break;
-        }
-        if cmds[end - 1] == Cmd::Data && end - 1 > i && !c.caps.pipelining {
-            end -= 1;
         }
         out.clear();
         for cmd in &cmds[i..end] {
@@ -722,34 +733,43 @@ fn transact(c: &mut Conn, proto: Proto, env: &Envelope<'_>, data: &[u8]) -> Atte
             });
         }
     }
-    let Some(d) = data_reply else {
-        return att;
-    };
-    if takers.is_empty() {
-        // RFC 2920 §3.1 has the client send the data after an unexpected
-        // 354; simpler and as safe: drop this connection.
-        att.close = d.code == 354;
-        return att;
-    }
-    if d.code != 354 {
-        let why = format!("DATA: {}", d.summary());
-        for &k in &takers {
-            att.fates[k] = Some(if d.class() == 5 {
-                Fate::Refused(why.clone())
-            } else {
-                Fate::Later(why.clone())
-            });
-        }
-        return att;
-    }
     out.clear();
-    stuff(data, &mut out);
+    if bdat {
+        if takers.is_empty() {
+            return att;
+        }
+        out.extend_from_slice(format!("BDAT {} LAST\r\n", data.len()).as_bytes());
+        out.extend_from_slice(data);
+    } else {
+        let Some(d) = data_reply else {
+            return att;
+        };
+        if takers.is_empty() {
+            // RFC 2920 §3.1 has the client send the data after an
+            // unexpected 354; simpler and as safe: drop this connection.
+            att.close = d.code == 354;
+            return att;
+        }
+        if d.code != 354 {
+            let why = format!("DATA: {}", d.summary());
+            for &k in &takers {
+                att.fates[k] = Some(if d.class() == 5 {
+                    Fate::Refused(why.clone())
+                } else {
+                    Fate::Later(why.clone())
+                });
+            }
+            return att;
+        }
+        stuff(data, &mut out);
+    }
     if let Err(e) = c.send(&out) {
         att.lost = Some(e.0);
         return att;
     }
     att.data_sent = true;
-    // SMTP answers once for all; LMTP once per accepted recipient, in order.
+    // SMTP answers once for all; LMTP once per accepted recipient, in
+    // order (RFC 2033 §4.2; RFC 3030 §4.2 for BDAT LAST).
     let replies = match proto {
         Proto::Smtp => 1,
         Proto::Lmtp => takers.len(),
@@ -850,6 +870,10 @@ impl SmtpSink {
                     .split_ascii_whitespace()
                     .any(|w| w.eq_ignore_ascii_case("SMTPUTF8")),
             eightbit: p.data.iter().any(|&b| b >= 0x80),
+            binary: stored
+                .mail_params
+                .split_ascii_whitespace()
+                .any(|w| w.eq_ignore_ascii_case("BODY=BINARYMIME")),
             rcpts: pending,
         };
         let mut done = done;
@@ -873,7 +897,13 @@ impl SmtpSink {
                 self.conn = Some(c);
                 return Ok(v);
             }
-            if env.eightbit && !c.caps.eightbit {
+            if env.binary && !(c.caps.chunking && c.caps.binarymime) {
+                crate::warn!(
+                    "{}: sending a BINARYMIME body by DATA to a next hop without CHUNKING and \
+                     BINARYMIME; a bare CR or LF in it may not arrive as stored",
+                    p.key
+                );
+            } else if env.eightbit && !c.caps.eightbit {
                 crate::warn!(
                     "{}: sending 8-bit data to a next hop that does not offer 8BITMIME",
                     p.key
@@ -1027,6 +1057,7 @@ mod tests {
             rcpts: rcpts.to_vec(),
             smtputf8: false,
             eightbit: false,
+            binary: false,
         }
     }
 
@@ -1035,6 +1066,8 @@ mod tests {
         size: None,
         eightbit: true,
         smtputf8: false,
+        chunking: false,
+        binarymime: false,
     };
 
     /// With PIPELINING, MAIL, the RCPTs and DATA arrive before any reply
@@ -1229,6 +1262,7 @@ mod tests {
                 "8BITMIME",
                 "smtputf8",
                 "DSN",
+                "CHUNKING",
             ]
             .map(String::from)
             .to_vec(),
@@ -1240,7 +1274,9 @@ mod tests {
                 pipelining: true,
                 size: Some(1000),
                 eightbit: true,
-                smtputf8: true
+                smtputf8: true,
+                chunking: true,
+                binarymime: false,
             }
         );
         let r = Reply {
