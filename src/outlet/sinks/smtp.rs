@@ -893,9 +893,12 @@ impl SmtpSink {
                     }
                 }
             };
-            if let Some(v) = refusal(c.caps, p, &env) {
+            if let Some(why) = refusal(c.caps, p, &env) {
                 self.conn = Some(c);
-                return Ok(v);
+                // Recipients an earlier attempt settled keep their fate.
+                done.refused
+                    .extend(env.rcpts.iter().map(|r| ((*r).to_owned(), why.clone())));
+                return Ok(final_verdict(done, stored.rcpts.len()));
             }
             if env.binary && !(c.caps.chunking && c.caps.binarymime) {
                 crate::warn!(
@@ -956,25 +959,26 @@ impl SmtpSink {
     }
 }
 
-/// A parcel a next hop with these capabilities can never take, refused
-/// before any command is sent.
-fn refusal(caps: Caps, p: &Parcel<'_>, env: &Envelope<'_>) -> Option<Verdict> {
+/// Why a next hop with these capabilities can never take this parcel, if
+/// it cannot: refused before any command is sent.
+fn refusal(caps: Caps, p: &Parcel<'_>, env: &Envelope<'_>) -> Option<String> {
+    // The server's parser never stores one; a damaged or foreign spool
+    // must not smuggle a command into the next hop's dialogue.
+    let bad = |a: &str| a.contains(['\r', '\n', '\0']);
+    if bad(env.from) || env.rcpts.iter().any(|r| bad(r)) {
+        return Some("an envelope address holds a CR, LF or NUL; not relayed".into());
+    }
     if env.smtputf8 && !caps.smtputf8 {
-        return Some(Verdict::Rejected {
-            reason: "the envelope needs SMTPUTF8 (RFC 6531), which the next hop does not offer"
-                .into(),
-            rcpts: None,
-        });
+        return Some(
+            "the envelope needs SMTPUTF8 (RFC 6531), which the next hop does not offer".into(),
+        );
     }
     // RFC 1870 §4: SIZE 0 announces no limit.
     if let Some(limit) = caps.size.filter(|&l| l > 0 && (p.data.len() as u64) > l) {
-        return Some(Verdict::Rejected {
-            reason: format!(
-                "{} bytes is over the next hop's SIZE limit of {limit} (RFC 1870)",
-                p.data.len()
-            ),
-            rcpts: None,
-        });
+        return Some(format!(
+            "{} bytes is over the next hop's SIZE limit of {limit} (RFC 1870)",
+            p.data.len()
+        ));
     }
     None
 }
@@ -1011,8 +1015,12 @@ impl Sink for SmtpSink {
         Ok(out)
     }
 
+    /// Each wait is bounded by the URL's `timeout`; a parcel makes several
+    /// (connect, greeting, EHLO, the envelope's replies, the data, its
+    /// reply, and all of it once more after a stale connection), so this
+    /// is a rough upper bound for a parcel of up to 100 recipients.
     fn timeout(&self) -> Duration {
-        self.opts.timeout
+        self.opts.timeout.saturating_mul(12)
     }
 }
 
