@@ -1026,3 +1026,27 @@ fn bad_urls_fail_at_open() {
     };
     assert!(e.0.contains("smtp") && e.0.contains("lmtp"), "{e}");
 }
+
+/// Not a test: a figure. Ships 2,000 one-recipient parcels (about 300
+/// bytes each) to smtp-sink, pipelined over one connection, and prints the
+/// rate. `cargo test --test sink_smtp -- --ignored --nocapture throughput`
+#[test]
+#[ignore]
+fn throughput_to_smtp_sink() {
+    let mails: Vec<Mail> = (0..2000).map(|i| plain(i, &["a@example.com"])).collect();
+    let Some(up) = spool_of(&mails) else { return };
+    let Some(next) = PostfixSink::start(&[]) else {
+        return;
+    };
+    let mut sink = sinks::open(&format!("smtp://{}?timeout=20s", next.addr)).unwrap();
+    let started = Instant::now();
+    let v = with_parcels(&up.msgs, |p| ship(sink.as_mut(), p));
+    let took = started.elapsed();
+    assert!(v.iter().all(|v| v == &Verdict::Accepted));
+    let bytes: usize = up.msgs.iter().map(|m| data_of(m).len()).sum();
+    eprintln!(
+        "{} parcels, {bytes} bytes in {took:?}: {:.0} parcels/s",
+        v.len(),
+        v.len() as f64 / took.as_secs_f64()
+    );
+}
