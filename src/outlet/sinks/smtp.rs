@@ -840,6 +840,16 @@ impl SmtpSink {
     ///
     /// # Errors
     /// A URL this sink cannot use, with what to write instead.
+    ///
+    /// # Example
+    /// ```
+    /// use ringmx::outlet::sinks::smtp::SmtpSink;
+    /// // Nothing is connected yet: a URL is only checked.
+    /// assert!(SmtpSink::new("lmtp:unix:/run/dovecot/lmtp?timeout=30s").is_ok());
+    /// assert!(SmtpSink::new("smtp://mx.example:25?helo=ship.example").is_ok());
+    /// let e = SmtpSink::new("smtp://mx.example:0").err().unwrap();
+    /// assert!(e.0.contains("port"));
+    /// ```
     pub fn new(url: &str) -> Result<SmtpSink, SinkError> {
         Ok(SmtpSink {
             opts: parse_url(url)?,
