@@ -49,4 +49,4 @@ pub use reader::{
     BodyReader, Problem, ShardMessages, ShardSummary, SpoolReader, StoredEnvelope, StoredMessage,
 };
 pub use recovery::{RecoveryReport, TailCut};
-pub use segment::{ShardSpool, SpoolStats};
+pub use segment::{ShardSpool, SpoolStats, NO_PIN};
