@@ -74,6 +74,7 @@ mod stats;
 mod writer;
 
 pub(crate) use channel::{Completion, Job, Written};
+pub(crate) use free_space::available_bytes;
 use free_space::FreeCheck;
 pub(crate) use shared::Core;
 pub use shared::NO_PIN;
