@@ -334,6 +334,78 @@ fn retention_keeps_consumed_segments_until_they_are_old_enough() {
 }
 
 #[test]
+fn spool_gc_by_hand_dry_run_then_real_and_refused_under_a_server() {
+    let mut s = server(&["--reclaim-interval", "1h"]);
+    let spool = s.spool.path().to_owned();
+    send(&s, 20, 700, 600);
+    consumer_at(&spool, "c", Some(caught_up(&spool)));
+    let (ok, out, err) = cli(&spool, &["gc"]);
+    assert!(
+        !ok && err.contains("reclaims space on its own"),
+        "{out}{err}"
+    );
+    s.stop();
+
+    let before = segments(&spool);
+    let (ok, out, err) = cli(&spool, &["gc", "--dry-run"]);
+    assert!(ok, "{err}");
+    let lines = |out: &str, verb: &str| out.lines().filter(|l| l.starts_with(verb)).count();
+    assert_eq!(lines(&out, "would remove "), before.len() - 1, "{out}");
+    assert_eq!(segments(&spool), before);
+    let (ok, out, err) = cli(&spool, &["gc", "--retention", "1h"]);
+    assert!(ok && out.contains("gc: removed 0 segments"), "{out}{err}");
+    let (ok, out, err) = cli(&spool, &["gc"]);
+    assert!(ok, "{err}");
+    assert_eq!(lines(&out, "removed "), before.len() - 1, "{out}");
+    assert!(out.contains(&format!("gc: removed {} segments", before.len() - 1)));
+    assert_eq!(segments(&spool), vec![*before.last().unwrap()]);
+    verify_clean(&spool);
+    // And with no consumer nothing would ever go.
+    ConsumerDir::new(&spool, "c").unwrap().remove().unwrap();
+    let (ok, out, _) = cli(&spool, &["gc"]);
+    assert!(ok && out.contains("no consumer"), "{out}");
+}
+
+#[test]
+fn spool_stats_shows_each_consumers_lag() {
+    let mut s = server(&[]);
+    let spool = s.spool.path().to_owned();
+    send(&s, 5, 700, 700);
+    let mid = caught_up(&spool);
+    send(&s, 3, 900, 800);
+    s.stop();
+    consumer_at(&spool, "behind", Some(mid));
+    consumer_at(&spool, "fresh", None);
+    let broken = ConsumerDir::new(&spool, "broken").unwrap();
+    broken.create().unwrap();
+    std::fs::write(broken.dir().join("shard-0.checkpoint"), "garbage").unwrap();
+
+    let (ok, out, err) = cli(&spool, &["stats", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let rows = v["consumers"].as_array().unwrap();
+    let row = |name: &str| rows.iter().find(|r| r["consumer"] == name).unwrap().clone();
+    let total_body: u64 = (0..5).map(|i| body(700, 700 + i).len() as u64).sum::<u64>()
+        + (0..3).map(|i| body(900, 800 + i).len() as u64).sum::<u64>();
+    assert_eq!(row("fresh")["messages"], 8);
+    assert_eq!(row("fresh")["body_bytes"], total_body);
+    assert!(row("fresh")["oldest_age_secs"].as_i64().unwrap() >= 0);
+    assert_eq!(row("behind")["messages"], 3);
+    let behind: u64 = (0..3).map(|i| body(900, 800 + i).len() as u64).sum();
+    assert_eq!(row("behind")["body_bytes"], behind);
+    assert!(row("broken")["error"]
+        .as_str()
+        .unwrap()
+        .contains("checkpoint"));
+    let (ok, out, err) = cli(&spool, &["stats"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("broken") && out.contains("damaged checkpoint"),
+        "{out}"
+    );
+}
+
+#[test]
 fn backpressure_refuses_at_mail_past_the_high_mark_and_resumes_below_the_low() {
     let s = server(&["--lag-high", "16k", "--lag-low", "6k"]);
     let spool = s.spool.path().to_owned();
