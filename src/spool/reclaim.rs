@@ -285,7 +285,9 @@ pub struct PassReport {
 }
 
 impl Reclaimer {
-    /// A reclaimer for the spool at `root` with `shared.pins.len()` shards.
+    /// A reclaimer for the spool at `root`: the shards `shared` has pins
+    /// for (a running server's), and any other shard found on disk
+    /// (nothing writes those, so nothing is in flight there).
     pub fn new(root: &Path, cfg: &SpoolConfig, shared: Shared) -> Self {
         Self {
             root: root.to_owned(),
@@ -305,6 +307,15 @@ impl Reclaimer {
     /// Listing or reading the spool failing; deleting a segment failing.
     pub fn pass(&mut self, dry_run: bool) -> Result<PassReport, SpoolError> {
         let mut report = PassReport::default();
+        // Shards on disk beyond this server's (a run with more cores left
+        // them): nothing writes them, so nothing pins them.
+        let on_disk = super::SpoolReader::open(&self.root)?
+            .shards()?
+            .last()
+            .map_or(0, |s| *s as usize + 1);
+        while self.states.len() < on_disk {
+            self.states.push(ShardState::default());
+        }
         for shard in 0..self.states.len() as u32 {
             let plan = self.plan_shard(shard)?;
             report.lag_bytes += plan.lag_bytes;
@@ -353,7 +364,11 @@ impl Reclaimer {
             return Ok(plan);
         };
         // 2. The in-flight pin.
-        let pin = self.shared.pins[shard as usize].load(Ordering::SeqCst);
+        let pin = self
+            .shared
+            .pins
+            .get(shard as usize)
+            .map_or(NO_PIN, |p| p.load(Ordering::SeqCst));
         // 3. The consumers.
         let consumers = consumer_positions(&self.root, shard)?;
         if consumers.is_empty() {

@@ -233,12 +233,12 @@ fn gc(
         }
         Err(e) => return Err(e.into()),
     };
-    let shards = reader.shards()?.last().map_or(0, |s| s + 1);
     let cfg = ringmx::config::SpoolConfig {
         retention,
         ..Default::default()
     };
-    let mut r = Reclaimer::new(root, &cfg, Shared::new(shards));
+    // No server runs (we hold the lock), so nothing is in flight: no pins.
+    let mut r = Reclaimer::new(root, &cfg, Shared::new(0));
     let report = r.pass(dry_run)?;
     let verb = if dry_run { "would remove" } else { "removed" };
     let (mut n, mut bytes) = (0u64, 0u64);
