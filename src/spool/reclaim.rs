@@ -46,6 +46,7 @@ use super::format::{decode_payload, shard_dir_name, Kind, Location, MessageView}
 use super::scan::{list_segments, Damage, OpenError, Payload, SegmentFile, Step};
 use super::segment::{available_bytes, NO_PIN};
 use crate::config::SpoolConfig;
+use crate::log::Level;
 use crate::outlet::checkpoint;
 
 /// Where a consumer stands in one shard.
@@ -267,8 +268,9 @@ pub struct Reclaimer {
     lag_over: bool,
     /// Hysteresis: below `min_free_bytes`, until above the resume mark.
     free_under: bool,
-    /// "No consumer registered" was said once.
-    told_no_consumer: bool,
+    /// What holds deletion back (or the error), as last logged: each
+    /// reason is said once, not every round.
+    told: Option<String>,
 }
 
 /// What [`Reclaimer::pass`] did.
@@ -296,7 +298,7 @@ impl Reclaimer {
             shared,
             lag_over: false,
             free_under: false,
-            told_no_consumer: false,
+            told: None,
         }
     }
 
@@ -372,7 +374,11 @@ impl Reclaimer {
         // 3. The consumers.
         let consumers = consumer_positions(&self.root, shard)?;
         if consumers.is_empty() {
-            plan.held = Some("no consumer is registered: nothing ships, nothing is deleted".into());
+            // Quiet for a spool with nothing to reclaim yet.
+            if segs.len() > 1 {
+                plan.held =
+                    Some("no consumer is registered: nothing ships, nothing is deleted".into());
+            }
             return Ok(plan);
         }
         let mut slowest: Option<Location> = None;
@@ -524,23 +530,23 @@ impl Reclaimer {
 
     /// One round of the server's thread: reclaim, then update the flag.
     fn round(&mut self, n: u64) {
-        let lag = match self.pass(false) {
+        let (lag, news) = match self.pass(false) {
             Ok(r) => {
-                let quiet = r.shards.iter().all(|s| s.held.is_none());
-                if !quiet && !self.told_no_consumer {
-                    if let Some(why) = r.shards.iter().find_map(|s| s.held.as_ref()) {
-                        // Said once: a spool without consumers is a normal setup.
-                        crate::info!("spool: not reclaiming space: {why}");
-                        self.told_no_consumer = true;
-                    }
-                }
-                r.lag_bytes
+                let held = r.shards.iter().find_map(|s| {
+                    let why = s.held.as_ref()?;
+                    Some(format!("shard {}: {why}", s.shard))
+                });
+                (r.lag_bytes, held.map(|h| (Level::Info, h)))
             }
-            Err(e) => {
-                crate::warn!("spool: reclaiming space: {e}");
-                0
-            }
+            Err(e) => (0, Some((Level::Warn, e.to_string()))),
         };
+        let text = news.as_ref().map(|(_, t)| t.clone());
+        if text != self.told {
+            if let Some((level, why)) = news.filter(|(l, _)| crate::log::enabled(*l)) {
+                crate::log::write(level, format_args!("spool: not reclaiming space: {why}"));
+            }
+            self.told = text;
+        }
         self.update_pressure(lag);
         // Tests wait for these to know a whole pass ran after their setup.
         crate::debug!(
@@ -591,7 +597,10 @@ fn lag_bytes(segs: &[(u64, PathBuf)], from: Location) -> u64 {
         .sum()
 }
 
-/// The reclaimer's thread; dropping it stops the thread and waits for it.
+/// The reclaimer's thread; dropping it tells the thread to stop after the
+/// round under way. It is not waited for: a first round over a large spool
+/// may take a while, and must not hold up a shutdown (a deletion cut short
+/// by the exit is simply redone next time).
 #[derive(Debug)]
 pub struct ReclaimThread {
     stop: Option<mpsc::Sender<()>>,
@@ -601,8 +610,6 @@ pub struct ReclaimThread {
 impl Drop for ReclaimThread {
     fn drop(&mut self) {
         self.stop.take();
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
+        self.handle.take();
     }
 }
