@@ -469,3 +469,26 @@ fn backpressure_refuses_at_mail_past_the_high_mark_and_resumes_below_the_low() {
     segs = segments(&spool);
     assert_eq!(segs.len(), 1, "and the shipped segments went");
 }
+
+#[test]
+fn a_segment_left_unsealed_is_kept_and_later_ones_still_go() {
+    let mut s = server(&[]);
+    let spool = s.spool.path().to_owned();
+    send(&s, 20, 700, 1000);
+    s.stop();
+    let before = segments(&spool);
+    // As a failed seal leaves it: the records intact, no seal at the end
+    // (28-byte record header + 16-byte seal payload).
+    let unsealed = before[1];
+    let path = shard_dir(&spool).join(format!("ringmx-v2-{unsealed:016x}.seg"));
+    let f = std::fs::File::options().write(true).open(&path).unwrap();
+    f.set_len(seg_len(&spool, unsealed) - 44).unwrap();
+    consumer_at(&spool, "c", Some(caught_up(&spool)));
+    let (ok, out, err) = cli(&spool, &["gc"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        segments(&spool),
+        vec![unsealed, *before.last().unwrap()],
+        "{out}"
+    );
+}

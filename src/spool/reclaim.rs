@@ -18,7 +18,8 @@
 //!   earlier segment (the shard's in-flight pin, [`crate::spool::NO_PIN`]
 //!   when none);
 //! * it is not the shard's newest segment (that carries the queue-id
-//!   sequence across restarts), and it ends with a valid seal;
+//!   sequence across restarts), and it ends with a valid seal (a segment
+//!   abandoned unsealed after a write error stays; later ones still go);
 //! * it was sealed (last modified) at least `spool.retention` ago.
 //!
 //! Commit records are found incrementally: each shard remembers how far it
@@ -35,7 +36,7 @@
 //! and then the scan (which starts after the checkpoints were read) sees the
 //! Commit record unless a consumer has already shipped it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -339,8 +340,8 @@ impl Reclaimer {
                     .map_err(|e| SpoolError::io("syncing directory", &dir, e))?;
                 report.deleted_bytes += bytes;
                 crate::info!(
-                    "spool shard={shard}: reclaimed {} segments, {bytes} bytes (segments {}..={}), \
-                     every consumer had passed them",
+                    "spool shard={shard}: reclaimed {} segments, {bytes} bytes (oldest {}, \
+                     newest {}), every consumer had passed them",
                     plan.delete.len(),
                     plan.delete[0].0,
                     plan.delete[plan.delete.len() - 1].0
@@ -396,9 +397,12 @@ impl Reclaimer {
         }
         let slowest = slowest.unwrap_or_default();
         plan.lag_bytes = lag_bytes(&segs, slowest);
-        // 4. Commit records appended since the last pass.
+        // 4. Commit records appended since the last pass; forget those
+        // whose own segment is gone.
         let oldest = segs[0].0;
+        let present: BTreeSet<u64> = segs.iter().map(|(q, _)| *q).collect();
         let st = &mut self.states[shard as usize];
+        st.cross.retain(|at, _| present.contains(&at.segment));
         let from = match st.scanned_to {
             Some(at) if at.segment >= oldest => at,
             _ => Location {
@@ -414,17 +418,18 @@ impl Reclaimer {
                 }
             }
         })?);
-        // 5. The prefix of segments that may go: before every consumer,
-        // the pin and the newest segment, sealed, past the retention.
+        // 5. Candidates: before every consumer, the pin and the newest
+        // segment; sealed (one left unsealed after a write error is kept,
+        // and the ones after it still go); past the retention.
         let limit = slowest.segment.min(pin).min(newest);
         let now = SystemTime::now();
-        let mut candidates = Vec::new();
+        let mut candidates = BTreeMap::new();
         for (seq, path) in segs.iter().take_while(|(s, _)| *s < limit) {
             let Ok(seg) = SegmentFile::open(path) else {
-                break;
+                continue;
             };
             if seg.read_seal()?.is_none() {
-                break;
+                continue;
             }
             let meta = seg
                 .file()
@@ -435,37 +440,32 @@ impl Reclaimer {
                 .ok()
                 .and_then(|m| now.duration_since(m).ok())
                 .unwrap_or_default();
-            if age < self.cfg.retention {
-                break;
+            if age >= self.cfg.retention {
+                candidates.insert(*seq, (path.clone(), meta.len()));
             }
-            candidates.push((*seq, path.clone(), meta.len()));
         }
-        // 6. No Commit record that stays may lose a fragment: shrink the
-        // prefix below the oldest fragment of every commit kept (shipped
-        // or not), until nothing kept points into it.
-        let mut cut = candidates.last().map_or(oldest, |c| c.0 + 1);
+        // 6. No Commit record that stays may lose a fragment (shipped or
+        // not): a commit in a kept segment keeps every segment from its
+        // first fragment's on. Keeping one may keep more: repeat until
+        // nothing changes. (Commits in candidates were all shipped.)
         loop {
-            let need = st
-                .cross
-                .range(
-                    Location {
-                        segment: cut,
-                        offset: 0,
-                    }..,
-                )
-                .map(|(_, first)| *first)
-                .min()
-                .unwrap_or(NO_PIN);
-            if need >= cut {
+            let mut keep = Vec::new();
+            for (at, first) in &st.cross {
+                if !candidates.contains_key(&at.segment) {
+                    keep.extend(candidates.range(*first..at.segment).map(|(q, _)| *q));
+                }
+            }
+            if keep.is_empty() {
                 break;
             }
-            cut = need;
+            for q in keep {
+                candidates.remove(&q);
+            }
         }
-        candidates.retain(|c| c.0 < cut);
-        st.cross = st.cross.split_off(&Location {
-            segment: cut,
-            offset: 0,
-        });
+        let candidates = candidates
+            .into_iter()
+            .map(|(q, (path, len))| (q, path, len))
+            .collect();
         plan.delete = candidates;
         Ok(plan)
     }
