@@ -228,6 +228,41 @@ macro_rules! with_settings {
                 min_free_bytes: u64 = 64 * 1024 * 1024,
                     "size" min_free "SIZE"
                     "Refuse new messages with 452 4.3.1 below this much free disk";
+                /// Once under `min_free_bytes`, keep refusing new transactions (`452 4.3.1`
+                /// at MAIL) until this much is free again, bytes, so acceptance does not
+                /// flap around the floor. 0: twice `min_free_bytes`.
+                // A segment or two of room before accepting again.
+                resume_free_bytes: u64 = 0,
+                    "size" resume_free "SIZE"
+                    "After running under min_free, accept again only above this (0: 2 x min_free)";
+                /// How long a segment that every consumer has passed is kept before it
+                /// is deleted: a window for replaying (`ringmx ship --reset`). 0: delete
+                /// as soon as every consumer has passed it. With no consumer registered
+                /// nothing is ever deleted.
+                // Unshipped mail is never deleted; shipped mail is the consumers' now.
+                retention: Duration = Duration::ZERO,
+                    "duration" retention "DURATION"
+                    "Keep spool segments every consumer has passed this long (0: delete at once)";
+                /// How often the server's reclaimer deletes segments every consumer has
+                /// passed and re-reads consumer lag and free space for backpressure.
+                // Cheap: a directory listing, a few stats and the records appended
+                // since the last round; once a second bounds how late backpressure acts.
+                reclaim_interval: Duration = Duration::from_secs(1),
+                    "duration" reclaim_interval "DURATION"
+                    "How often to reclaim shipped segments and re-check backpressure";
+                /// Backpressure: while the consumers are more than this many bytes
+                /// behind (summed over shards, behind the slowest consumer), refuse new
+                /// transactions with `452 4.3.1` at MAIL. 0: off.
+                // Off by default: how much lag is too much depends on the disk.
+                lag_high_bytes: u64 = 0,
+                    "size" lag_high "SIZE"
+                    "Refuse new mail (452 at MAIL) while consumers lag more than this (0: off)";
+                /// Backpressure resumes accepting once the lag is under this, bytes.
+                /// 0: half of `lag_high_bytes`.
+                // Hysteresis wide enough that one burst does not flap it.
+                lag_low_bytes: u64 = 0,
+                    "size" lag_low "SIZE"
+                    "Accept again once consumer lag is under this (0: half of lag_high)";
                 /// This host's id in every segment header, so that node id plus queue id
                 /// is unique across a fleet: 1 to 32 of `A-Z a-z 0-9 . _ -`. Empty: the
                 /// host name, cut to those characters.
@@ -682,6 +717,9 @@ impl Config {
         }
         if self.spool.segment_bytes == 0 {
             return Err(ConfigError::Zero("spool.segment_bytes"));
+        }
+        if self.spool.reclaim_interval.is_zero() {
+            return Err(ConfigError::Zero("spool.reclaim_interval"));
         }
         for (i, a) in s.listen.iter().enumerate() {
             if s.listen[..i].contains(a) {

@@ -1368,3 +1368,37 @@ fn refusals_are_recorded_with_verb_code_and_argument() {
     let got: Vec<_> = h.s.drain_refusals().map(|r| (r.verb, r.code())).collect();
     assert_eq!(got, [("DATA", "550"), ("GET", "500")]);
 }
+
+#[test]
+fn spool_backpressure_refuses_mail_early_and_lets_a_transaction_finish() {
+    let mut h = Harness::with(SmtpConfig {
+        max_errors: 2,
+        ..cfg()
+    });
+    h.feed(b"EHLO c\r\n");
+    h.s.set_spool_full(true);
+    // Refused at MAIL, before any body; not counted as a client error.
+    for _ in 0..3 {
+        let r = h.feed(b"MAIL FROM:<a@example.org>\r\n");
+        assert_eq!(
+            r,
+            "452 4.3.1 Insufficient system storage, try again later\r\n"
+        );
+    }
+    assert_eq!(h.closed, None);
+    let refused: Vec<_> = h.s.drain_refusals().map(|r| (r.verb, r.code())).collect();
+    assert_eq!(refused, vec![("MAIL", "452"); 3]);
+    // A transaction begun before the flag rose finishes normally.
+    h.s.set_spool_full(false);
+    let r = h.feed(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<u@example.com>\r\nDATA\r\n");
+    assert!(
+        r.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n"),
+        "{r}"
+    );
+    h.s.set_spool_full(true);
+    let r = h.feed(b"body\r\n.\r\n");
+    assert_eq!(r, "250 2.0.0 Ok: queued as Q0\r\n");
+    h.s.set_spool_full(false);
+    let r = h.feed(b"MAIL FROM:<a@example.org>\r\n");
+    assert!(r.starts_with("250 "), "{r}");
+}

@@ -505,6 +505,12 @@ impl Conn {
                 data.len().min(chunk)
             };
             let more = fed < data.len();
+            // The reclaimer thread's backpressure flag: one relaxed load.
+            let full = self
+                .shard
+                .pressure
+                .load(std::sync::atomic::Ordering::Relaxed);
+            self.session.set_spool_full(full);
             let (used, ev) = self.session.handle_input(now, &data[..fed], &mut self.out);
             // A DATA body goes on: no reply comes before its end, which the
             // session reports as an event. (A BDAT chunk is followed by

@@ -7,6 +7,7 @@
 //! | SO_REUSEPORT listener sockets, port-in-use probe | [`listener`] |
 //! | per-core state, accept loop, connection limit, shutdown | `shard.rs` |
 //! | one client connection driving the session | `conn.rs` |
+//! | deleting shipped segments, backpressure (a thread) | [`crate::spool::reclaim`] |
 //!
 //! Start-up, on the main thread: resolve the cores, raise RLIMIT_NOFILE and
 //! RLIMIT_MEMLOCK where allowed, bind every shard's sockets (so "port in use"
@@ -136,6 +137,7 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
 
     let bound = listener::bind_all(&cfg.server.listen, cpus.len(), &cfg.server)?;
 
+    let reclaim = store::reclaim::Shared::new(cpus.len() as u32);
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut stops = Vec::with_capacity(cpus.len());
     let mut starts = Vec::with_capacity(cpus.len());
@@ -150,6 +152,8 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
             sockets,
             stop: OwnedFd::from(theirs),
             ready: shard::Ready::new(i as u32, ready_tx.clone()),
+            pin: std::sync::Arc::clone(&reclaim.pins[i]),
+            pressure: std::sync::Arc::clone(&reclaim.pressure),
         });
     }
     drop(ready_tx);
@@ -187,6 +191,12 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
         };
         return Err(ServerError::Shard { shard: id, reason });
     }
+
+    // Off the shard threads: deletes what every consumer shipped, sets the
+    // backpressure flag. Stops when this function returns.
+    let _reclaimer = store::reclaim::Reclaimer::new(&cfg.spool.dir, &cfg.spool, reclaim)
+        .spawn()
+        .map_err(|e| ServerError::System(format!("cannot start the reclaimer thread: {e}")))?;
 
     let addrs: Vec<String> = bound.addrs.iter().map(SocketAddr::to_string).collect();
     // Always written, whatever the level: scripts and tests wait for it.

@@ -12,7 +12,8 @@
 use std::cell::Cell;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use futures_lite::{future, AsyncReadExt};
@@ -109,6 +110,9 @@ pub(crate) struct Shard {
     pub(crate) smtp: Rc<SmtpConfig>,
     /// Where accepted messages go.
     pub(crate) spool: Rc<store::ShardSpool>,
+    /// Set by the reclaimer thread while the spool is over a backpressure
+    /// mark: new transactions get `452 4.3.1` at MAIL.
+    pub(crate) pressure: Arc<AtomicBool>,
     /// One permit per open connection: the per-shard connection limit.
     permits: Rc<Semaphore>,
     /// One permit per connection being turned away: [`MAX_REJECTING`].
@@ -155,6 +159,10 @@ pub(crate) struct ShardStart {
     pub(crate) stop: OwnedFd,
     /// Start-up result, so the main thread can report it in one line.
     pub(crate) ready: Ready,
+    /// Where the spool publishes its in-flight pin for the reclaimer.
+    pub(crate) pin: Arc<AtomicU64>,
+    /// The reclaimer's backpressure flag.
+    pub(crate) pressure: Arc<AtomicBool>,
 }
 
 /// What a shard reports to the main thread at start: `Ok`, `Err(Some(why))`,
@@ -212,6 +220,8 @@ pub(crate) async fn run(start: ShardStart) -> ShardSummary {
         sockets,
         stop,
         mut ready,
+        pin,
+        pressure,
     } = start;
     // From here on this thread never waits for stderr (see crate::log).
     crate::log::queue_this_thread();
@@ -222,6 +232,7 @@ pub(crate) async fn run(start: ShardStart) -> ShardSummary {
             return ShardSummary::default();
         }
     };
+    spool.publish_pins_to(pin);
     let listeners: Vec<TcpListener> = sockets
         .into_iter()
         // SAFETY: each fd is a bound, listening TCP socket that we own and
@@ -236,6 +247,7 @@ pub(crate) async fn run(start: ShardStart) -> ShardSummary {
         server: config.server.clone(),
         smtp: Rc::new(config.smtp.clone()),
         spool,
+        pressure,
         permits: Rc::new(Semaphore::new(max)),
         rejecting: Rc::new(Semaphore::new(MAX_REJECTING)),
         active: Cell::new(0),

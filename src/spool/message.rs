@@ -49,6 +49,9 @@ pub struct MessageWriter {
     /// Set by the first failure; later calls repeat it.
     failed: Option<SpoolError>,
     committed: bool,
+    /// The segment pinned for this message while in flight (see
+    /// `Core::pin`): taken before its first fragment, dropped with it.
+    pinned: Option<u64>,
 }
 
 impl MessageWriter {
@@ -82,6 +85,7 @@ impl MessageWriter {
             limit,
             failed: None,
             committed: false,
+            pinned: None,
         })
     }
 
@@ -149,6 +153,9 @@ impl MessageWriter {
         };
         let len = (frag.len() - RECORD_HEADER_LEN) as u32;
         finish_record(&mut frag)?;
+        if self.pinned.is_none() {
+            self.pinned = Some(self.spool.core().pin());
+        }
         let w = self.submit(frag, false, None).await?;
         match self.frag_epoch {
             None => self.frag_epoch = Some(w.epoch),
@@ -236,6 +243,11 @@ impl Drop for MessageWriter {
     fn drop(&mut self) {
         if !self.committed {
             self.spool.core().stats.borrow_mut().aborted += 1;
+        }
+        // Committed: the Commit record now names the fragments; aborted:
+        // they are dead space. Either way the reclaimer may judge them.
+        if let Some(seg) = self.pinned.take() {
+            self.spool.core().unpin(seg);
         }
     }
 }

@@ -26,6 +26,7 @@
 //! | start-up scan: cut a torn tail, quarantine and step over damage | `recovery.rs` ([`RecoveryReport`]) |
 //! | walking a segment record by record, resync after damage | `scan.rs` |
 //! | iterate, look up, verify committed messages | `reader.rs` ([`SpoolReader`]) |
+//! | deleting what every consumer shipped; lag; backpressure | [`reclaim`] |
 
 mod error;
 pub mod format;
@@ -33,6 +34,7 @@ mod lock;
 mod message;
 mod queue_id;
 mod reader;
+pub mod reclaim;
 mod recovery;
 mod scan;
 mod segment;
@@ -49,4 +51,4 @@ pub use reader::{
     BodyReader, Problem, ShardMessages, ShardSummary, SpoolReader, StoredEnvelope, StoredMessage,
 };
 pub use recovery::{RecoveryReport, TailCut};
-pub use segment::{ShardSpool, SpoolStats};
+pub use segment::{ShardSpool, SpoolStats, NO_PIN};

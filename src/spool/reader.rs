@@ -447,6 +447,8 @@ impl SpoolReader {
                 Ok(s) => s,
                 // A segment being created right now holds nothing yet.
                 Err(OpenError::Header(_, true)) => continue,
+                // Reclaimed after the listing: every consumer had shipped it.
+                Err(e) if e.is_gone() => continue,
                 Err(e) => return Err(header_error(path, e)),
             };
             check_segment_header(&seg, id.shard(), *seq)?;
@@ -635,6 +637,8 @@ impl Summarizer {
                 self.damage_at_end(path, last, 0, 0, reason);
                 return None;
             }
+            // Reclaimed after the listing: not damage.
+            Err(e) if e.is_gone() => return None,
             Err(e) => {
                 self.damage(path, 0, 0, header_error(path, e).to_string());
                 return None;
@@ -954,6 +958,8 @@ impl ShardMessages {
                     Ok(s) => s,
                     // Being created right now, or a failed creation: no records.
                     Err(OpenError::Header(_, true)) => continue,
+                    // Reclaimed after the listing: every consumer had shipped it.
+                    Err(e) if e.is_gone() => continue,
                     Err(e) => {
                         // The other segments can still be read.
                         self.resumable = true;

@@ -49,6 +49,14 @@ pub(crate) enum OpenError {
     Spool(SpoolError),
 }
 
+impl OpenError {
+    /// The file is gone: deleted by space reclamation after it was listed.
+    pub(crate) fn is_gone(&self) -> bool {
+        matches!(self, OpenError::Spool(SpoolError::Io { source, .. })
+            if source.kind() == io::ErrorKind::NotFound)
+    }
+}
+
 /// One step of a walk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Step {

@@ -1412,3 +1412,50 @@ fn a_seal_of_the_wrong_length_is_cut_and_the_mail_before_it_stays() {
     assert_eq!(read_all(&root), want);
     assert_verify_clean(&root);
 }
+
+#[test]
+fn in_flight_messages_pin_the_segment_of_their_first_fragment() {
+    let dir = TempDir::new("pins");
+    let root = dir.path().to_owned();
+    // 1 KiB fragments, 4 KiB segments: a few fragments per segment.
+    let c = cfg(1024, 4096, Durability::Fsync);
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        let slot = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        spool.publish_pins_to(std::sync::Arc::clone(&slot));
+        let pin = || slot.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(pin(), crate::spool::NO_PIN);
+        // A small message never writes a fragment, so it never pins.
+        let id = spool.next_queue_id();
+        let mut small = spool.begin(id, &envelope("h"), &received(id)).unwrap();
+        small.write(b"short\r\n").await.unwrap();
+        assert_eq!(pin(), crate::spool::NO_PIN);
+
+        let first = spool.stats().written.segment;
+        let id = spool.next_queue_id();
+        let mut old = spool.begin(id, &envelope("h"), &received(id)).unwrap();
+        let data = body(20 << 10, 7);
+        old.write(&data[..3000]).await.unwrap();
+        assert_eq!(pin(), first);
+        // Another message streams across several rotations meanwhile.
+        store(&spool, &body(16 << 10, 8), 1000).await.unwrap();
+        let id = spool.next_queue_id();
+        let mut young = spool.begin(id, &envelope("h"), &received(id)).unwrap();
+        young.write(&body(3000, 9)).await.unwrap();
+        let later = spool.oldest_pin().unwrap();
+        assert_eq!(later, first, "the oldest pin wins");
+        assert!(spool.stats().written.segment > first, "segments rotated");
+        // The old message finishes: the pin moves to the young one's segment.
+        old.write(&data[3000..]).await.unwrap();
+        commit(&spool, old, &data).await.unwrap();
+        let young_seg = pin();
+        assert!(young_seg > first && young_seg != crate::spool::NO_PIN);
+        // Aborting releases it too.
+        young.abort();
+        assert_eq!(pin(), crate::spool::NO_PIN);
+        small.write(b"more\r\n").await.unwrap();
+        small.commit().await.unwrap();
+        assert_eq!(pin(), crate::spool::NO_PIN);
+        spool.close().await.unwrap();
+    });
+}

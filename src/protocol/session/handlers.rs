@@ -94,6 +94,11 @@ impl Session {
         if let Some(r) = self.mail_refusal(from, &params, raw_params) {
             return Handled::error(r);
         }
+        // Backpressure: temporary and not the client's error, so it does
+        // not count towards max_errors.
+        if self.spool_full {
+            return Handled::reply(reply::SPOOL_FULL);
+        }
         self.arena.set_mail(from, params, raw_params);
         self.tx = Tx::Envelope;
         Handled::reply(reply::SENDER_OK)

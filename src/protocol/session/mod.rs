@@ -364,6 +364,9 @@ pub struct Session {
     /// `DATA` or `BDAT`: names refusals at the end of a body.
     msg_verb: &'static str,
     shutdown_requested: bool,
+    /// The runtime says the spool is over a backpressure mark: MAIL gets
+    /// `452 4.3.1` (see [`Session::set_spool_full`]).
+    spool_full: bool,
     messages_accepted: u64,
     /// When input was last handed in: the read timeout counts from here.
     last_input: Instant,
@@ -400,12 +403,21 @@ impl Session {
             refusals: Refusals::default(),
             msg_verb: "DATA",
             shutdown_requested: false,
+            spool_full: false,
             messages_accepted: 0,
             last_input: now,
             lifetime_end: now.checked_add(max_lifetime),
         };
         s.respond(out, Handled::with(Answer::Greeting, Effect::Continue));
         s
+    }
+
+    /// Whether the spool is over a backpressure mark (consumer lag or free
+    /// space) now; the runtime sets it before handing input in. While set,
+    /// MAIL is answered `452 4.3.1` — early, before any body is sent; a
+    /// transaction already under way finishes normally.
+    pub fn set_spool_full(&mut self, full: bool) {
+        self.spool_full = full;
     }
 
     /// The envelope of the transaction in progress (valid from

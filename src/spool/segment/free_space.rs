@@ -69,7 +69,7 @@ impl FreeCheck {
 }
 
 /// Bytes an unprivileged writer may still use on `dir`'s filesystem.
-fn available_bytes(dir: &Path) -> std::io::Result<u64> {
+pub(crate) fn available_bytes(dir: &Path) -> std::io::Result<u64> {
     let c = CString::new(dir.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();

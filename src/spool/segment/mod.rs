@@ -74,8 +74,10 @@ mod stats;
 mod writer;
 
 pub(crate) use channel::{Completion, Job, Written};
+pub(crate) use free_space::available_bytes;
 use free_space::FreeCheck;
 pub(crate) use shared::Core;
+pub use shared::NO_PIN;
 pub use stats::SpoolStats;
 use writer::Writer;
 
@@ -194,6 +196,10 @@ impl ShardSpool {
             free: RefCell::new(FreeCheck::default()),
             recovery: rec.report,
             claim: RefCell::new(Some(claim)),
+            pins: RefCell::new(std::collections::BTreeMap::new()),
+            pin_out: RefCell::new(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(
+                NO_PIN,
+            ))),
         });
         let writer = Writer::open(Rc::clone(&core), rec.append_to, rec.next_segment_seq).await?;
         let task = match queue {
@@ -282,6 +288,20 @@ impl ShardSpool {
         };
         self.core.claim.borrow_mut().take();
         r
+    }
+
+    /// Publishes this shard's in-flight pin into `slot` from now on: the
+    /// oldest segment holding a fragment of a message still in flight
+    /// (written, not yet committed or aborted), or [`NO_PIN`]. The space
+    /// reclaimer (another thread) never deletes that segment or a later one.
+    pub fn publish_pins_to(&self, slot: std::sync::Arc<std::sync::atomic::AtomicU64>) {
+        *self.core.pin_out.borrow_mut() = slot;
+        self.core.publish_pin();
+    }
+
+    /// The oldest pinned segment now (see [`ShardSpool::publish_pins_to`]).
+    pub fn oldest_pin(&self) -> Option<u64> {
+        self.core.pins.borrow().keys().next().copied()
     }
 
     pub(crate) fn core(&self) -> &Rc<Core> {

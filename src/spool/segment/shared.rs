@@ -4,9 +4,11 @@
 //! shard's claim on the spool lock.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 
 use futures_lite::future::poll_fn;
@@ -43,7 +45,17 @@ pub(crate) struct Core {
     pub(super) recovery: RecoveryReport,
     /// Keeps this process's spool lock and this shard's claim on it.
     pub(super) claim: RefCell<Option<ShardClaim>>,
+    /// In-flight pins: for each segment, how many messages still in flight
+    /// (a fragment written, not yet committed or aborted) wrote their first
+    /// fragment there or later. Per message, not per fragment.
+    pub(super) pins: RefCell<BTreeMap<u64, u32>>,
+    /// The oldest pinned segment, published for the reclaimer thread;
+    /// [`NO_PIN`] when nothing is in flight.
+    pub(super) pin_out: RefCell<Arc<AtomicU64>>,
 }
+
+/// The published pin when no message is in flight.
+pub const NO_PIN: u64 = u64::MAX;
 
 impl Core {
     /// Queues a record for the writer.
@@ -76,6 +88,35 @@ impl Core {
             *self.writer_waker.borrow_mut() = Some(cx.waker().clone());
             Poll::Pending
         })
+    }
+
+    /// Pins the segment being written now for a message about to write its
+    /// first fragment (it lands there or in a later segment); returns the
+    /// pinned segment for [`Core::unpin`]. Called before the fragment is
+    /// queued, so a reclaimer never sees the fragment without the pin.
+    pub(crate) fn pin(&self) -> u64 {
+        let seg = self.stats.borrow().written.segment;
+        *self.pins.borrow_mut().entry(seg).or_insert(0) += 1;
+        self.publish_pin();
+        seg
+    }
+
+    /// Drops a pin taken by [`Core::pin`] (the message committed or was abandoned).
+    pub(crate) fn unpin(&self, seg: u64) {
+        let mut pins = self.pins.borrow_mut();
+        if let Some(n) = pins.get_mut(&seg) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&seg);
+            }
+        }
+        drop(pins);
+        self.publish_pin();
+    }
+
+    pub(super) fn publish_pin(&self) {
+        let oldest = self.pins.borrow().keys().next().copied().unwrap_or(NO_PIN);
+        self.pin_out.borrow().store(oldest, Ordering::SeqCst);
     }
 
     /// [`FreeCheck::check`] for this shard, counting a refusal as a full error.

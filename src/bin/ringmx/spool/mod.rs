@@ -22,7 +22,15 @@
 //!   line per message, LF line ends, `>*From ` lines quoted with one more `>`.
 //! * `verify`: one line per damaged range naming segment file, offset and
 //!   length (every range, not only the first); exit status 1 if there is any.
-//! * `stats`: per-shard counts from disk (`--json` for one JSON object).
+//! * `stats`: per-shard counts from disk (`--json` for one JSON object), then
+//!   per consumer and shard what it has not shipped yet: messages, body
+//!   bytes, the age of the oldest (a damaged checkpoint is reported there,
+//!   not fatal).
+//! * `gc [--dry-run] [--retention DURATION]`: deletes the sealed segments
+//!   every consumer has passed, by the server's rule (`ringmx::spool::reclaim`);
+//!   one line per segment removed (or that would be). Refused while a server
+//!   holds the spool: it reclaims on its own, and only it knows which
+//!   segments hold fragments of messages still arriving.
 
 mod export;
 
@@ -31,7 +39,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use ringmx::civil::DateTime;
-use ringmx::spool::{QueueId, ShardSummary, SpoolError, SpoolReader};
+use ringmx::spool::reclaim::{consumer_positions, lag, Lag, Reclaimer, Shared};
+use ringmx::spool::{DirLock, QueueId, ShardSummary, SpoolError, SpoolReader};
 
 use export::{export, ExportFormat};
 
@@ -71,11 +80,22 @@ pub enum SpoolCommand {
     /// Check every record's checksum and structure; exit 1 naming segment and
     /// offset of any damage.
     Verify,
-    /// Counts per shard: segments, bytes, messages, fragments, orphans.
+    /// Counts per shard: segments, bytes, messages, fragments, orphans; and
+    /// each consumer's lag.
     Stats {
         /// One JSON object instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Delete the sealed segments every consumer has passed (as a running
+    /// server does on its own); refused while a server holds the spool.
+    Gc {
+        /// Print what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep segments younger than this (the server's spool.retention), e.g. 1h.
+        #[arg(long, value_name = "DURATION", value_parser = ringmx::units::parse_duration, default_value = "0s")]
+        retention: std::time::Duration,
     },
 }
 
@@ -95,6 +115,9 @@ pub enum CliError {
     /// The spool could not be read, or holds something unreadable.
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    /// The command cannot run now; the text says why and what to do.
+    #[error("{0}")]
+    Refused(String),
     /// Writing the output (stdout, an export file or directory) failed.
     #[error("{op} {}: {source}", path.display())]
     Write {
@@ -121,7 +144,7 @@ impl CliError {
         let kind = match self {
             Self::Write { source, .. } => source.kind(),
             Self::Spool(SpoolError::Io { source, .. }) => source.kind(),
-            Self::Spool(_) => return false,
+            Self::Spool(_) | Self::Refused(_) => return false,
         };
         kind == io::ErrorKind::BrokenPipe
     }
@@ -182,7 +205,80 @@ pub fn run_to(
         SpoolCommand::Export { format, dir } => export(&reader, format, &dir, out),
         SpoolCommand::Verify => verify(&reader, out),
         SpoolCommand::Stats { json } => stats(&reader, json, out),
+        SpoolCommand::Gc { dry_run, retention } => gc(&reader, dry_run, retention, out),
     }
+}
+
+fn gc(
+    reader: &SpoolReader,
+    dry_run: bool,
+    retention: std::time::Duration,
+    out: &mut dyn Write,
+) -> Result<Outcome, CliError> {
+    let root = reader.root();
+    // A running server's in-flight messages (fragments written, commit to
+    // come) are known only to it: deleting by hand could take their
+    // fragments. It reclaims on its own; hold the lock so none starts meanwhile.
+    let _lock = match DirLock::acquire(root) {
+        Ok(l) => l,
+        Err(SpoolError::Locked { dir, pid }) => {
+            let who = pid.map_or("a ringmx server".to_owned(), |p| {
+                format!("ringmx (pid {p})")
+            });
+            return Err(CliError::Refused(format!(
+                "spool {} is in use by {who}: a running server reclaims space on its own \
+                 (spool.reclaim_interval, spool.retention); stop it to run gc by hand",
+                dir.display()
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let cfg = ringmx::config::SpoolConfig {
+        retention,
+        ..Default::default()
+    };
+    // No server runs (we hold the lock), so nothing is in flight: no pins.
+    let mut r = Reclaimer::new(root, &cfg, Shared::new(0));
+    let report = r.pass(dry_run)?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    let (mut n, mut bytes) = (0u64, 0u64);
+    for s in &report.shards {
+        if let Some(why) = &s.held {
+            writeln!(out, "shard {}: keeping everything: {why}", s.shard).map_err(werr)?;
+        }
+        for (_, path, len) in &s.delete {
+            writeln!(out, "{verb} {} ({len} bytes)", path.display()).map_err(werr)?;
+            n += 1;
+            bytes += len;
+        }
+    }
+    writeln!(out, "gc: {verb} {n} segments, {bytes} bytes").map_err(werr)?;
+    Ok(Outcome::Clean)
+}
+
+/// One consumer in one shard: its lag, or why its checkpoint is unreadable.
+type LagRow = (String, u32, Result<Lag, String>);
+
+/// Each consumer's lag per shard, for `stats`.
+fn consumer_lags(reader: &SpoolReader) -> Result<Vec<LagRow>, CliError> {
+    let mut rows = Vec::new();
+    for shard in reader.shards()? {
+        for c in consumer_positions(reader.root(), shard)? {
+            let lag = match c.position {
+                Ok(p) => Ok(lag(reader.root(), shard, p)?),
+                Err(why) => Err(why),
+            };
+            rows.push((c.name, shard, lag));
+        }
+    }
+    rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    Ok(rows)
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// A damaged range a listing stepped over: reported on stderr and counted,
@@ -340,7 +436,24 @@ fn stats(reader: &SpoolReader, json: bool, out: &mut dyn Write) -> Result<Outcom
             .iter()
             .map(|s| (s.shard.to_string(), row(s)))
             .collect();
-        let v = serde_json::json!({ "shards": per, "total": row(&total) });
+        let lags: Vec<serde_json::Value> = consumer_lags(reader)?
+            .into_iter()
+            .map(|(name, shard, lag)| match lag {
+                Ok(l) => serde_json::json!({
+                    "consumer": name,
+                    "shard": shard,
+                    "messages": l.messages,
+                    "body_bytes": l.body_bytes,
+                    "oldest_age_secs": l.oldest_arrival.map(|t| (now_unix() - t).max(0)),
+                }),
+                Err(why) => serde_json::json!({
+                    "consumer": name,
+                    "shard": shard,
+                    "error": why,
+                }),
+            })
+            .collect();
+        let v = serde_json::json!({ "shards": per, "total": row(&total), "consumers": lags });
         writeln!(out, "{v}").map_err(werr)?;
         return Ok(Outcome::Clean);
     }
@@ -380,6 +493,29 @@ fn stats(reader: &SpoolReader, json: bool, out: &mut dyn Write) -> Result<Outcom
         total.orphan_fragments()
     )
     .map_err(werr)?;
+    let lags = consumer_lags(reader)?;
+    if !lags.is_empty() {
+        writeln!(
+            out,
+            "\n{:<20} {:>6} {:>10} {:>14} {:>12}",
+            "consumer", "shard", "unshipped", "body bytes", "oldest age"
+        )
+        .map_err(werr)?;
+    }
+    for (name, shard, lag) in lags {
+        match lag {
+            Ok(l) => writeln!(
+                out,
+                "{name:<20} {shard:>6} {:>10} {:>14} {:>12}",
+                l.messages,
+                l.body_bytes,
+                l.oldest_arrival
+                    .map_or("-".to_owned(), |t| format!("{}s", (now_unix() - t).max(0)))
+            ),
+            Err(why) => writeln!(out, "{name:<20} {shard:>6} damaged checkpoint: {why}"),
+        }
+        .map_err(werr)?;
+    }
     Ok(Outcome::Clean)
 }
 
