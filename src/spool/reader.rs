@@ -102,6 +102,31 @@ pub struct StoredMessage {
 }
 
 impl StoredMessage {
+    /// A message held outside the spool (a consumer's dead letter, a copy
+    /// taken before space reclamation deleted its segment): the body is
+    /// kept in memory, [`StoredMessage::body`] reads it from there.
+    /// `location` is where it was stored, for reports only.
+    pub fn from_parts(
+        id: QueueId,
+        location: Location,
+        node_id: String,
+        envelope: StoredEnvelope,
+        received: Vec<u8>,
+        body: Vec<u8>,
+    ) -> Self {
+        Self {
+            id,
+            location,
+            node_id,
+            envelope,
+            received,
+            body_len: body.len() as u64,
+            frags: Vec::new(),
+            tail: body,
+            shard_dir: PathBuf::new(),
+        }
+    }
+
     /// How many fragment records hold the start of the body (0: stored whole).
     pub fn fragments(&self) -> usize {
         self.frags.len()
@@ -992,6 +1017,13 @@ impl ShardMessages {
     /// would call instead.)
     pub fn resume_point(&self) -> Location {
         self.here
+    }
+
+    /// Whether iteration ended for good after an error (the directory or a
+    /// file could not be read): start a new one at
+    /// [`ShardMessages::resume_point`] to try again.
+    pub fn ended(&self) -> bool {
+        self.done
     }
 
     /// The shard this reads.

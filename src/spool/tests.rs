@@ -1530,3 +1530,20 @@ fn a_reader_that_returned_none_sees_what_is_appended_later() {
         spool.close().await.unwrap();
     });
 }
+
+/// For other modules' tests (the outlet's consumer): a spool at `root`
+/// with `n` messages in shard 0, in segments of `segment_bytes`; their ids
+/// and bodies, in order.
+pub(crate) fn write_test_spool(root: &Path, n: u64, segment_bytes: u64) -> Vec<(QueueId, Vec<u8>)> {
+    let c = cfg(4096, segment_bytes, Durability::Fsync);
+    run(|| async {
+        let spool = ShardSpool::open(root, 0, &c).await.unwrap();
+        let mut v = Vec::new();
+        for i in 0..n {
+            let b = body(200 + (i as usize * 97) % 3000, i);
+            v.push((store(&spool, &b, 1000).await.unwrap(), b));
+        }
+        spool.close().await.unwrap();
+        v
+    })
+}
