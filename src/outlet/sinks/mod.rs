@@ -1,9 +1,11 @@
 //! The sinks, one file each, chosen by the scheme of a `--to` URL.
 
+pub mod maildir;
+
 use super::sink::{Sink, SinkError};
 
 /// The URL schemes [`open`] knows, for error messages and `--help`.
-pub const SCHEMES: &[&str] = &[];
+pub const SCHEMES: &[&str] = &["maildir"];
 
 /// Opens the sink a `--to` URL names.
 ///
@@ -11,8 +13,12 @@ pub const SCHEMES: &[&str] = &[];
 /// An unknown scheme or a URL the sink cannot use.
 pub fn open(url: &str) -> Result<Box<dyn Sink>, SinkError> {
     let scheme = url.split_once(':').map_or(url, |(s, _)| s);
-    Err(SinkError(format!(
-        "{url:?}: unknown sink {scheme:?}; known: {}",
-        SCHEMES.join(", ")
-    )))
+    let rest = url.split_once(':').map_or("", |(_, r)| r);
+    match scheme {
+        "maildir" => Ok(Box::new(maildir::Maildir::open(rest)?)),
+        _ => Err(SinkError(format!(
+            "{url:?}: unknown sink {scheme:?}; known: {}",
+            SCHEMES.join(", ")
+        ))),
+    }
 }
