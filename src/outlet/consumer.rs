@@ -41,6 +41,10 @@ pub struct ConsumerConfig {
     /// Keep tailing the shard (`--follow`) instead of ending once what was
     /// committed at the start is shipped.
     pub follow: bool,
+    /// At most this many parcels per batch, below the sink's own
+    /// `max_batch` (`None`: the sink's): smaller batches ship each message
+    /// sooner and re-ship fewer after a crash, at more checkpoint writes.
+    pub max_batch: Option<usize>,
     /// A batch ends at this many bytes of message data (or at the sink's
     /// `max_batch` parcels): bounds the memory a batch holds, at one
     /// message's size over it.
@@ -58,6 +62,7 @@ impl Default for ConsumerConfig {
     fn default() -> Self {
         Self {
             follow: false,
+            max_batch: None,
             // 16 MiB: large enough for a batch of 64 typical messages
             // many times over, small enough for many shards at once.
             max_batch_bytes: 16 << 20,
@@ -233,7 +238,11 @@ impl<'a> ShardConsumer<'a> {
         let mut it = self
             .spool
             .shard_messages_from(self.shard, self.committed.position);
-        let max_batch = sink.max_batch().max(1);
+        let max_batch = self
+            .cfg
+            .max_batch
+            .map_or(sink.max_batch(), |m| m.min(sink.max_batch()))
+            .max(1);
         let mut items: Vec<Item> = Vec::new();
         let mut backoff = self.cfg.backoff_min;
         loop {

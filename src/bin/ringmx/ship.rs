@@ -73,6 +73,10 @@ pub struct ShipArgs {
     /// accepted is removed.
     #[arg(long)]
     pub redrive: bool,
+    /// At most N messages per batch (the sink has its own maximum too):
+    /// fewer are shipped twice after a crash, at more checkpoint writes.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_batch: Option<u64>,
     /// Seconds between progress lines on stderr while shipping; 0: none.
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
     pub progress: u64,
@@ -281,6 +285,9 @@ fn ship(args: &ShipArgs, reader: SpoolReader, dir: &ConsumerDir, url: &str) -> R
     handle_signals()?;
     let cfg = ConsumerConfig {
         follow: args.follow,
+        max_batch: args
+            .max_batch
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         ..ConsumerConfig::default()
     };
     let (done_tx, done_rx) = mpsc::channel::<(u32, Result<Ended, String>)>();
