@@ -591,3 +591,50 @@ fn usage_errors_exit_2_and_say_what_to_do() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("--spool"), "{}", r.stderr);
 }
+
+#[test]
+fn serve_ship_runs_a_consumer_child_and_restarts_it_when_it_dies() {
+    let dir = ShmDir::new("serve");
+    let spool = dir.path().join("spool");
+    let out = dir.path().join("out");
+    let target = format!("sup=maildir:{}", out.display());
+    let mut srv = Server::start_with(
+        &["--listen", "127.0.0.1:0", "--cores", "1"],
+        &["--spool", spool.to_str().unwrap(), "--ship", &target],
+    );
+    let Some(mut ids) = send(&srv, 5, "sup1") else {
+        return;
+    };
+    wait_until("the first 5 shipped by the child", || count_new(&out) == 5);
+    let line = srv
+        .wait_log("ship sup: started `ringmx ship` (pid ", STEP)
+        .expect("the child's start is logged");
+    let pid: i32 = line
+        .rsplit("(pid ")
+        .next()
+        .unwrap()
+        .trim_end_matches(')')
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) on the server's child, which the server has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    srv.wait_log(
+        "ship sup: `ringmx ship` exited (killed by signal 9); restarting",
+        STEP,
+    )
+    .expect("the death is logged");
+    let again = srv
+        .wait_log_nth("ship sup: started `ringmx ship` (pid ", 2, STEP)
+        .expect("a new child");
+    assert_ne!(again, line);
+    ids.extend(send(&srv, 6, "sup2").unwrap());
+    wait_until("all 11 shipped", || count_new(&out) == 11);
+    let status = srv.stop();
+    assert!(status.success(), "{}", srv.logs());
+    assert!(
+        srv.wait_log("ship sup: stopped (status 0)", STEP).is_some(),
+        "{}",
+        srv.logs()
+    );
+    assert_delivered(&out, &spool, &ids);
+}

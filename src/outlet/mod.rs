@@ -21,6 +21,7 @@
 //! | a message's header fields, parsed once into an arena | [`headers`] |
 //! | what a sink is given and what it answers | [`sink`] |
 //! | the sinks, one file each, chosen by URL | [`sinks`] |
+//! | `ringmx serve --ship`: child processes, restarted | [`supervise`] |
 
 pub mod checkpoint;
 pub mod consumer;
@@ -28,6 +29,7 @@ pub mod dead;
 pub mod headers;
 pub mod sink;
 pub mod sinks;
+pub mod supervise;
 
 pub use checkpoint::{Checkpoint, ConsumerDir};
 pub use headers::HeaderFields;

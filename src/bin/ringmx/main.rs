@@ -74,6 +74,12 @@ fn parse() -> Cli {
     let defaults = ConfigOverrides::help_defaults();
     let cmd = Cli::command().mut_subcommand("serve", |mut sc| {
         for (id, default) in defaults {
+            // An empty list shows as "none", not as nothing.
+            let default = if default.is_empty() {
+                "none".to_owned()
+            } else {
+                default
+            };
             sc = sc.mut_arg(id, |a| {
                 let help = a.get_help().map(ToString::to_string).unwrap_or_default();
                 a.help(format!("{help} [default: {default}]"))
