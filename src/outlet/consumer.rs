@@ -89,7 +89,7 @@ pub struct ShardProgress {
     pub damaged: AtomicU64,
     /// Deliveries retried after a `Deferred` or a sink failure.
     pub retries: AtomicU64,
-    /// The checkpoint as last written.
+    /// The checkpoint as last read or written.
     pub position: Mutex<Option<Location>>,
 }
 
@@ -188,6 +188,7 @@ impl<'a> ShardConsumer<'a> {
             shipped: 0,
             written_unix: 0,
         });
+        *progress.position.lock().unwrap_or_else(|e| e.into_inner()) = Some(committed.position);
         Ok(Self {
             spool,
             dir,

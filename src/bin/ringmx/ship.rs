@@ -365,11 +365,11 @@ fn ship(args: &ShipArgs, reader: SpoolReader, dir: &ConsumerDir, url: &str) -> R
                 .sum();
             ringmx::info!(
                 "ship {}: shipped {shipped} ({rate:.0} msgs/s), dead letters {}, retries {}, \
-                 lag {} in the spool",
+                 lag {:.1} MiB in the spool",
                 dir.name(),
                 total(&running, |p| &p.rejected),
                 total(&running, |p| &p.retries),
-                ringmx::units::format_size(lag)
+                lag as f64 / f64::from(1u32 << 20)
             );
             last_report = (Instant::now(), shipped);
         }
@@ -606,10 +606,9 @@ fn forget(reader: &SpoolReader, dir: &ConsumerDir) -> Result<(), Failure> {
     let dead = DeadLetters::of(dir).list().map_or(0, |l| l.len());
     dir.remove()?;
     println!(
-        "forgot consumer {}: it had {msgs} unshipped messages ({}) and {dead} dead letters; \
-         space reclamation no longer waits for it",
+        "forgot consumer {}: it had {msgs} unshipped messages ({bytes} bytes of body) and \
+         {dead} dead letters; space reclamation no longer waits for it",
         dir.name(),
-        ringmx::units::format_size(bytes)
     );
     Ok(())
 }
