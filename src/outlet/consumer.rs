@@ -603,6 +603,41 @@ mod tests {
     }
 
     #[test]
+    fn the_checkpoint_moves_past_segments_with_nothing_to_ship() {
+        let dir = TempDir::new("consumer-empty");
+        write_test_spool(dir.path(), 3, 8 << 10);
+        let spool = SpoolReader::open(dir.path()).unwrap();
+        let cd = ConsumerDir::new(dir.path(), "t").unwrap();
+        cd.create().unwrap();
+        let progress = ShardProgress::default();
+        let (c, stop) = (cfg(), AtomicBool::new(false));
+        let mut sink = Scripted {
+            script: VecDeque::new(),
+            calls: Vec::new(),
+            taken: Vec::new(),
+            max: 64,
+        };
+        ShardConsumer::new(&spool, &cd, 0, &c, &progress)
+            .unwrap()
+            .run(&mut sink, &stop)
+            .unwrap();
+        assert_eq!(sink.taken.len(), 3);
+        let before = cd.read(0).unwrap().unwrap().position;
+        // An aborted streamed message fills segments with fragments only.
+        crate::spool::tests::append_aborted(dir.path(), 40 << 10, 8 << 10);
+        let end = spool.shard_end(0).unwrap().unwrap();
+        assert!(end.segment >= before.segment + 3, "{before:?} {end:?}");
+        ShardConsumer::new(&spool, &cd, 0, &c, &progress)
+            .unwrap()
+            .run(&mut sink, &stop)
+            .unwrap();
+        assert_eq!(sink.calls.len(), 1, "nothing more was delivered");
+        let cp = cd.read(0).unwrap().unwrap();
+        assert_eq!(cp.position, end, "space reclamation sees the position move");
+        assert_eq!(cp.shipped, 3);
+    }
+
+    #[test]
     fn a_stop_during_retries_keeps_what_was_finished_and_resumes_there() {
         let dir = TempDir::new("consumer-stop");
         write_test_spool(dir.path(), 6, 1 << 20);

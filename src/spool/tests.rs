@@ -1547,3 +1547,20 @@ pub(crate) fn write_test_spool(root: &Path, n: u64, segment_bytes: u64) -> Vec<(
         v
     })
 }
+
+/// For other modules' tests: appends to shard 0 at `root` a streamed
+/// message of `len` bytes that is aborted (fragments, no commit), in
+/// segments of `segment_bytes`: segments with nothing to ship.
+pub(crate) fn append_aborted(root: &Path, len: usize, segment_bytes: u64) {
+    let c = cfg(1024, segment_bytes, Durability::Fsync);
+    run(|| async {
+        let spool = ShardSpool::open(root, 0, &c).await.unwrap();
+        let id = spool.next_queue_id();
+        let mut w = spool.begin(id, &envelope("h"), &received(id)).unwrap();
+        for chunk in body(len, 7).chunks(1000) {
+            w.write(chunk).await.unwrap();
+        }
+        w.abort();
+        spool.close().await.unwrap();
+    });
+}
