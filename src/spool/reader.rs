@@ -19,7 +19,13 @@
 //! the server appended since, in the live segment or in new ones. A
 //! follower that ships what it sees at once can, in the rare case above,
 //! ship a message the server then drops (and its client sends again): the
-//! next hop gets it once more under a new queue id, never loses one.
+//! next hop gets it once more under a new queue id, never loses one. A
+//! reader that finds its segment shorter than where it stands goes on from
+//! the new end, where the server writes next; only if the server has
+//! written past that point again before the reader looks does the reader
+//! meet a record boundary it does not know, which it reports as damage and
+//! resynchronises after (the server moves to a new segment after a failed
+//! fdatasync, so that needs a failed write, cut and rewritten, in between).
 //!
 //! At the end of the newest segment a record that is not intact is where the
 //! server is writing now (or a torn tail the next start will cut): iteration
@@ -1043,6 +1049,22 @@ impl ShardMessages {
         }
     }
 
+    /// The current segment is shorter than where this reader stands: the
+    /// server cut records away after a failed write or fdatasync (records
+    /// this reader saw a moment before the fdatasync; see the module docs).
+    /// A cut ends at a record boundary and anything written later starts
+    /// there, so reading goes on from the new end.
+    fn after_shrink(&mut self) {
+        let Some(len) = self.cur.as_ref().map(SegmentFile::len) else {
+            return;
+        };
+        if len < self.pos {
+            self.pos = len;
+            self.here.offset = len;
+            self.prev = None;
+        }
+    }
+
     /// Lists segments newer than those already seen; true if there are any.
     fn refill(&mut self) -> Result<bool, SpoolError> {
         if !self.pending.is_empty() {
@@ -1115,7 +1137,13 @@ impl ShardMessages {
             };
             if self.pos >= seg.len() {
                 // Catch records appended since the file was opened.
-                seg.refresh_len()?;
+                let len = seg.refresh_len()?;
+                if len < self.pos {
+                    // Cut shorter: see `after_shrink`.
+                    self.pos = len;
+                    self.here.offset = len;
+                    self.prev = None;
+                }
             }
             match seg.next(self.pos, Payload::Skip)? {
                 Step::End | Step::EndMark => {
@@ -1239,6 +1267,7 @@ impl Iterator for ShardMessages {
                 if let Err(e) = seg.refresh_len() {
                     return Some(Err(e));
                 }
+                self.after_shrink();
             }
         }
         match self.step() {

@@ -1564,3 +1564,43 @@ pub(crate) fn append_aborted(root: &Path, len: usize, segment_bytes: u64) {
         spool.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_tailing_reader_goes_on_from_where_the_server_cut_its_segment() {
+    let dir = TempDir::new("tailcut");
+    let root = dir.path().to_owned();
+    let c = cfg(1024, 1 << 20, Durability::Fsync);
+    let mut want = Vec::new();
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        for i in 0..3 {
+            want.push(store(&spool, &body(400, i), 400).await.unwrap());
+        }
+        spool.close().await.unwrap();
+    });
+    let r = SpoolReader::open(&root).unwrap();
+    let mut it = r.shard_messages(0);
+    let seen: Vec<(QueueId, Location)> = drain_now(&mut it);
+    assert_eq!(seen.len(), 3);
+    // The server cuts the last record away (as after a failed fdatasync a
+    // reader raced): the file ends where that record began.
+    let cut = seen[1].1;
+    let (segs, _) = scan::list_segments(&root.join("shard-0")).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segs.last().unwrap().1)
+        .unwrap();
+    f.set_len(cut.offset).unwrap();
+    drop(f);
+    assert!(it.next().is_none());
+    assert_eq!(it.resume_point(), cut, "back at the cut");
+    // The server writes on from there: the reader sees the new message.
+    let mut new = Vec::new();
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        new.push(store(&spool, &body(900, 9), 300).await.unwrap());
+        spool.close().await.unwrap();
+    });
+    let got: Vec<QueueId> = drain_now(&mut it).into_iter().map(|x| x.0).collect();
+    assert_eq!(got, new);
+}
