@@ -638,3 +638,28 @@ fn serve_ship_runs_a_consumer_child_and_restarts_it_when_it_dies() {
     );
     assert_delivered(&out, &spool, &ids);
 }
+
+#[test]
+fn a_follower_keeps_shipping_across_a_server_sigkill_and_restart() {
+    let dir = ShmDir::new("srvkill");
+    let spool = dir.path().join("spool");
+    let out = dir.path().join("out");
+    let to = format!("maildir:{}", out.display());
+    let mut srv = server(&dir, "1");
+    let mut bg = Bg::start(&spool, &["--name", "s", "--to", &to, "--follow"]);
+    let Some(mut ids) = send(&srv, 30, "before") else {
+        return;
+    };
+    srv.signal(libc::SIGKILL);
+    assert!(srv.wait_exit(STEP).is_some(), "the server did not die");
+    // The same spool, recovered by a new server.
+    let srv = server(&dir, "1");
+    ids.extend(send(&srv, 30, "after").unwrap());
+    wait_until("all 60", || count_new(&out) == 60);
+    bg.signal(libc::SIGTERM);
+    let err = bg.stderr();
+    let (code, stdout) = bg.wait();
+    assert_eq!(code, Some(0), "{stdout}{err}");
+    assert!(!err.contains("damage"), "{err}");
+    assert_delivered(&out, &spool, &ids);
+}
