@@ -1,6 +1,7 @@
 //! Calendar dates from Unix time, in UTC: the one place that turns seconds
 //! since 1970 into year, month, day and weekday, and writes the RFC 5322
-//! §3.3 date that `Received:` headers and loadgen's `Date:` carry.
+//! §3.3 date that `Received:` headers and loadgen's `Date:` carry; reads
+//! the times a command line gives (`ringmx ship --reset --since`).
 //!
 //! Pure arithmetic: no clock reads, no allocation in [`write_rfc5322`], so the
 //! sans-IO protocol engine can call it with the time it was given. The log's
@@ -83,6 +84,95 @@ impl DateTime {
     }
 }
 
+/// (year, month 1–12, day 1–31) → days since 1970-01-01: the inverse of
+/// [`days_to_civil`] (Howard Hinnant's `days_from_civil`), for years an
+/// RFC 3339 time can hold.
+pub const fn days_from_civil(year: i64, month: u8, day: u8) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = month as i64;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + day as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Reads a moment given on a command line: unix seconds (`1795959882`) or
+/// an RFC 3339 date-time (`2026-11-29T13:44:42Z`, `2026-11-29 14:44:42+01:00`,
+/// fractions of a second ignored), as unix seconds.
+///
+/// # Errors
+/// Anything else, with the forms it takes.
+pub fn parse_time(text: &str) -> Result<i64, String> {
+    let t = text.trim();
+    let bad = || {
+        format!(
+            "{text:?} is not a time: give unix seconds (1795959882) or RFC 3339 \
+             (2026-11-29T13:44:42Z, 2026-11-29T14:44:42+01:00)"
+        )
+    };
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return t.parse().map_err(|_| bad());
+    }
+    let b = t.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Result<i64, String> {
+        let s = t.get(r).ok_or_else(bad)?;
+        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(bad());
+        }
+        s.parse().map_err(|_| bad())
+    };
+    // YYYY-MM-DDTHH:MM:SS, then fraction, then Z or ±HH:MM.
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return Err(bad());
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut i = 19;
+    if b[i] == b'.' {
+        i += 1;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+    }
+    let offset = match b.get(i) {
+        Some(b'Z' | b'z') if i + 1 == b.len() => 0,
+        Some(sign @ (b'+' | b'-')) if i + 6 == b.len() && b[i + 3] == b':' => {
+            let (h, m) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+            if h > 23 || m > 59 {
+                return Err(bad());
+            }
+            let o = h * 3600 + m * 60;
+            if *sign == b'+' {
+                o
+            } else {
+                -o
+            }
+        }
+        _ => return Err(bad()),
+    };
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        _ => return Err(bad()),
+    };
+    // Second 60: a leap second, which unix time folds into the next.
+    if day < 1 || day > days_in_month || hour > 23 || minute > 59 || second > 60 {
+        return Err(bad());
+    }
+    let days = days_from_civil(year, month as u8, day as u8);
+    Ok(days * 86_400 + hour * 3600 + minute * 60 + second - offset)
+}
+
 /// Appends an RFC 5322 §3.3 date-time in UTC, e.g.
 /// `Sun, 29 Nov 2026 13:44:42 +0000` (day without a leading zero, year at
 /// least four digits).
@@ -155,6 +245,40 @@ mod tests {
         (i64::MAX, 292_277_026_596, 12, 4, 15, 30, 7, "Sun"),
         (i64::MIN, -292_277_022_657, 1, 27, 8, 29, 52, "Sun"),
     ];
+
+    #[test]
+    fn times_from_the_command_line() {
+        for (text, want) in [
+            ("1795959882", 1_795_959_882),
+            ("2026-11-29T13:44:42Z", 1_795_959_882),
+            ("2026-11-29t13:44:42z", 1_795_959_882),
+            ("2026-11-29 14:44:42+01:00", 1_795_959_882),
+            ("2026-11-29T13:44:42.999Z", 1_795_959_882),
+            ("2026-11-29T08:44:42-05:00", 1_795_959_882),
+            ("1970-01-01T00:00:00Z", 0),
+            ("2000-02-29T23:59:59Z", 951_868_799),
+        ] {
+            assert_eq!(parse_time(text), Ok(want), "{text}");
+        }
+        for bad in [
+            "",
+            "yesterday",
+            "2026-11-29",
+            "2026-11-29T13:44:42",
+            "2026-02-29T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-11-29T24:00:00Z",
+            "2026-11-29T13:44:42+1:00",
+            "-5",
+            "2026-11-29T13:44:42Zjunk",
+        ] {
+            let e = parse_time(bad).unwrap_err();
+            assert!(e.contains("RFC 3339"), "{bad}: {e}");
+        }
+        for (y, m, d) in [(1970, 1, 1), (2000, 2, 29), (1600, 3, 1), (9999, 12, 31)] {
+            assert_eq!(days_to_civil(days_from_civil(y, m, d)), (y, m, d));
+        }
+    }
 
     #[test]
     fn known_dates() {

@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::outlet::supervise::ShipTarget;
 use crate::protocol::command::{address_literal, valid_domain};
 use crate::units::{self, UnitError};
 use kinds::{duration, list, path, plain, size};
@@ -110,6 +111,14 @@ macro_rules! with_settings {
                 log_level: LogLevel = LogLevel::Info,
                     "plain" log_level "LEVEL"
                     "Log level: error, warn, info or debug";
+                /// Consumers the server runs and restarts, each a child process
+                /// `ringmx ship --to URL --name NAME --follow` on this spool
+                /// (`crate::outlet::supervise`). TOML: `[[server.ship]]` tables with
+                /// `to` and, optionally, `name` (default: the URL's scheme).
+                // None: shipping is opt-in, and `ringmx ship` also runs on its own.
+                ship: Vec<ShipTarget> = Vec::new(),
+                    "list" ship "[NAME=]URL"
+                    "Ship the spool to URL in a supervised child `ringmx ship --follow`; NAME= names the consumer (default: the URL's scheme); repeat for several";
             }
 
             /// SMTP policy and protocol limits: everything the sans-IO engine needs.
@@ -280,6 +289,7 @@ macro_rules! with_settings {
 #[doc(hidden)]
 pub mod types {
     pub use super::{BareNewline, Cores, Durability, LogLevel};
+    pub use crate::outlet::supervise::ShipTarget;
     pub use std::net::SocketAddr;
     pub use std::path::PathBuf;
     pub use std::time::Duration;
@@ -616,6 +626,9 @@ pub mod kinds {
 /// A setting that cannot work, with the numbers that conflict.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
+    /// A `server.ship` target that cannot run.
+    #[error("server.ship: {0}")]
+    Ship(String),
     /// RFC 5321 §4.5.3.1.8.
     #[error("smtp.max_recipients = {0}: RFC 5321 §4.5.3.1.8 requires at least 100")]
     TooFewRecipients(usize),
@@ -731,6 +744,7 @@ impl Config {
             Cores::List(l) if l.is_empty() => return Err(ConfigError::Zero("server.cores")),
             _ => {}
         }
+        crate::outlet::supervise::check_all(&s.ship).map_err(ConfigError::Ship)?;
         self.server.check_limits()?;
         self.spool.check_limits()?;
         Ok(())

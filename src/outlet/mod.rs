@@ -16,14 +16,20 @@
 //! | concern | file |
 //! |---|---|
 //! | positions per consumer and shard, on disk | [`checkpoint`] |
+//! | the loop per (consumer, shard): read, batch, deliver, checkpoint | [`consumer`] |
+//! | copies of refused messages, listed and sent again | [`dead`] |
 //! | a message's header fields, parsed once into an arena | [`headers`] |
 //! | what a sink is given and what it answers | [`sink`] |
 //! | the sinks, one file each, chosen by URL | [`sinks`] |
+//! | `ringmx serve --ship`: child processes, restarted | [`supervise`] |
 
 pub mod checkpoint;
+pub mod consumer;
+pub mod dead;
 pub mod headers;
 pub mod sink;
 pub mod sinks;
+pub mod supervise;
 
 pub use checkpoint::{Checkpoint, ConsumerDir};
 pub use headers::HeaderFields;
@@ -50,6 +56,14 @@ pub enum OutletError {
     #[error("{}: {reason} (fix the file, or rewind with `ringmx ship --name NAME --reset`)", path.display())]
     BadCheckpoint {
         /// The checkpoint file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A dead letter's JSON file that cannot be read as one.
+    #[error("{}: {reason} (fix or remove the dead letter)", path.display())]
+    BadDeadLetter {
+        /// The JSON file.
         path: PathBuf,
         /// What is wrong with it.
         reason: String,

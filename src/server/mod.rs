@@ -208,6 +208,8 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
             cpus.len()
         ),
     );
+    // Consumers (`--ship`) start once every shard's spool is open.
+    let ships = start_ships(&cfg);
     if cfg.spool.durability == crate::config::Durability::None {
         crate::warn!(
             "spool.durability = none: 250 is sent before messages reach the disk; a crash \
@@ -227,6 +229,10 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
             }
         }
     }
+    // After the shards: the consumers ship what they took last.
+    if let Some(s) = ships {
+        s.stop();
+    }
     // The shards' last lines come before the summary.
     crate::log::flush();
     let total: u64 = summaries.iter().map(|s| s.messages).sum();
@@ -235,6 +241,24 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
         summaries.len()
     );
     Ok(summaries)
+}
+
+/// Starts the `server.ship` consumers as child processes of this binary.
+fn start_ships(cfg: &Config) -> Option<crate::outlet::supervise::Supervisor> {
+    if cfg.server.ship.is_empty() {
+        return None;
+    }
+    match std::env::current_exe() {
+        Ok(exe) => Some(crate::outlet::supervise::Supervisor::start(
+            &exe,
+            &cfg.spool.dir,
+            &cfg.server.ship,
+        )),
+        Err(e) => {
+            crate::error!("server.ship: cannot find this program's path ({e}); not shipping");
+            None
+        }
+    }
 }
 
 /// Flushes the shards' log queue when dropped (see [`crate::log::flush`]).

@@ -40,7 +40,7 @@ mod scan;
 mod segment;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use error::SpoolError;
 pub use format::{EnvelopeRecord, Location};

@@ -12,6 +12,21 @@
 //! client re-sends. Consumers that must not see it should stay behind the
 //! newest segment, or re-check after a moment.
 //!
+//! Consumers (`ringmx ship`) resume and tail: [`SpoolReader::shard_messages_from`]
+//! starts at a stored [`Location`], [`ShardMessages::resume_point`] is where the
+//! next read begins (store it once what came before is shipped), and a
+//! [`ShardMessages`] that returned `None` can be polled again to see what
+//! the server appended since, in the live segment or in new ones. A
+//! follower that ships what it sees at once can, in the rare case above,
+//! ship a message the server then drops (and its client sends again): the
+//! next hop gets it once more under a new queue id, never loses one. A
+//! reader that finds its segment shorter than where it stands goes on from
+//! the new end, where the server writes next; only if the server has
+//! written past that point again before the reader looks does the reader
+//! meet a record boundary it does not know, which it reports as damage and
+//! resynchronises after (the server moves to a new segment after a failed
+//! fdatasync, so that needs a failed write, cut and rewritten, in between).
+//!
 //! At the end of the newest segment a record that is not intact is where the
 //! server is writing now (or a torn tail the next start will cut): iteration
 //! ends there quietly. Anywhere else it is damage: reported as an error
@@ -93,6 +108,31 @@ pub struct StoredMessage {
 }
 
 impl StoredMessage {
+    /// A message held outside the spool (a consumer's dead letter, a copy
+    /// taken before space reclamation deleted its segment): the body is
+    /// kept in memory, [`StoredMessage::body`] reads it from there.
+    /// `location` is where it was stored, for reports only.
+    pub fn from_parts(
+        id: QueueId,
+        location: Location,
+        node_id: String,
+        envelope: StoredEnvelope,
+        received: Vec<u8>,
+        body: Vec<u8>,
+    ) -> Self {
+        Self {
+            id,
+            location,
+            node_id,
+            envelope,
+            received,
+            body_len: body.len() as u64,
+            frags: Vec::new(),
+            tail: body,
+            shard_dir: PathBuf::new(),
+        }
+    }
+
     /// How many fragment records hold the start of the body (0: stored whole).
     pub fn fragments(&self) -> usize {
         self.frags.len()
@@ -401,11 +441,30 @@ impl SpoolReader {
 
     /// Committed messages of one shard, in commit order.
     pub fn shard_messages(&self, shard: u32) -> ShardMessages {
+        self.shard_messages_from(
+            shard,
+            Location {
+                segment: 0,
+                offset: 0,
+            },
+        )
+    }
+
+    /// Committed messages of one shard from `from` on, in commit order: a
+    /// consumer resuming at its checkpoint. Offset 0 (or any offset inside
+    /// the segment header) means the start of that segment's records; a
+    /// segment older than the oldest present means the oldest present
+    /// (space reclamation deleted the ones before). `from` must be a record
+    /// boundary, as [`ShardMessages::resume_point`] returns.
+    pub fn shard_messages_from(&self, shard: u32, from: Location) -> ShardMessages {
         ShardMessages {
             shard,
             dir: self.shard_dir(shard),
             pending: Vec::new(),
-            listed_up_to: None,
+            listed_up_to: from.segment.checked_sub(1),
+            resume: Some(from),
+            here: from,
+            at_end: false,
             cur: None,
             pos: 0,
             prev: None,
@@ -413,6 +472,31 @@ impl SpoolReader {
             done: false,
             resumable: false,
         }
+    }
+
+    /// Where one shard's data ends now: the newest segment and its length
+    /// (`None`: the shard holds no segment). A consumer that drains "what
+    /// was committed when it started" stops once its
+    /// [`ShardMessages::resume_point`] reaches this.
+    ///
+    /// # Errors
+    /// The shard directory cannot be listed or the file's size read.
+    pub fn shard_end(&self, shard: u32) -> Result<Option<Location>, SpoolError> {
+        let dir = self.shard_dir(shard);
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        let (segs, _) = list_segments(&dir)?;
+        let Some((seq, path)) = segs.last() else {
+            return Ok(None);
+        };
+        let len = std::fs::metadata(path)
+            .map_err(|e| SpoolError::io("reading size of", path, e))?
+            .len();
+        Ok(Some(Location {
+            segment: *seq,
+            offset: len,
+        }))
     }
 
     /// Committed messages of every shard: shard 0's in order, then shard 1's, ...
@@ -895,15 +979,18 @@ impl ShardSummary {
     }
 }
 
-/// Committed messages of one shard, in order. Ends at the end of the newest
-/// segment present when it gets there.
+/// Committed messages of one shard, in order. Returns `None` at the end of
+/// the newest segment present when it gets there; polled again, it goes on
+/// with whatever was appended since (tailing the live segment, then newer
+/// segments).
 ///
 /// Damage is reported as an `Err` item ([`SpoolError::Corrupt`] naming the
 /// segment file and the offset where the damaged range starts), after which
 /// iteration goes on with the next intact record: damage in the middle of a
 /// segment is stepped over (version 2 segments resynchronise on their
 /// nonce), a damaged tail of an older segment ends that segment only. Any
-/// other error (the directory or a file cannot be read) ends iteration.
+/// other error (the directory or a file cannot be read) ends iteration for
+/// good (start a new one at [`ShardMessages::resume_point`] to retry).
 pub struct ShardMessages {
     shard: u32,
     dir: PathBuf,
@@ -911,6 +998,13 @@ pub struct ShardMessages {
     pending: Vec<(u64, PathBuf)>,
     /// The highest segment sequence listed so far.
     listed_up_to: Option<u64>,
+    /// Where to start in the first segment opened, if it is this one.
+    resume: Option<Location>,
+    /// The position: every committed message before it has been returned.
+    here: Location,
+    /// The last poll found nothing more: the current segment's length is
+    /// re-read before the next (a partial record may be whole by now).
+    at_end: bool,
     cur: Option<SegmentFile>,
     pos: u64,
     /// Start of the previous record of the current segment, while known intact
@@ -923,6 +1017,58 @@ pub struct ShardMessages {
 }
 
 impl ShardMessages {
+    /// Where the next read begins: every committed message before it has
+    /// been returned, so a consumer that shipped them stores this. Moves
+    /// past records that are not messages too (fragments, seals), and to
+    /// `(next segment, 0)` once a segment is read to its end and a newer
+    /// one exists, so a position in segment `s` has passed every segment
+    /// before `s` (space reclamation counts on that). (Not `position`:
+    /// that name is `Iterator::position`'s, which a `&mut ShardMessages`
+    /// would call instead.)
+    pub fn resume_point(&self) -> Location {
+        self.here
+    }
+
+    /// Whether iteration ended for good after an error (the directory or a
+    /// file could not be read): start a new one at
+    /// [`ShardMessages::resume_point`] to try again.
+    pub fn ended(&self) -> bool {
+        self.done
+    }
+
+    /// The shard this reads.
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    /// Leaves the current segment for the next one listed (`refill` said
+    /// there is one).
+    fn next_segment(&mut self) {
+        self.cur = None;
+        if let Some((seq, _)) = self.pending.last() {
+            self.here = Location {
+                segment: *seq,
+                offset: 0,
+            };
+        }
+    }
+
+    /// The current segment is shorter than where this reader stands: the
+    /// server cut records away after a failed write or fdatasync (records
+    /// this reader saw a moment before the fdatasync; see the module docs).
+    /// A cut ends at a record boundary and anything written later starts
+    /// there, so reading goes on from the new end.
+    fn after_shrink(&mut self) {
+        let Some(len) = self.cur.as_ref().map(SegmentFile::len) else {
+            return;
+        };
+        if len < self.pos {
+            self.pos = len;
+            self.here.offset = len;
+            self.prev = None;
+        }
+    }
+
     /// Lists segments newer than those already seen; true if there are any.
     fn refill(&mut self) -> Result<bool, SpoolError> {
         if !self.pending.is_empty() {
@@ -956,10 +1102,21 @@ impl ShardMessages {
                 };
                 let seg = match SegmentFile::open(&path) {
                     Ok(s) => s,
-                    // Being created right now, or a failed creation: no records.
-                    Err(OpenError::Header(_, true)) => continue,
+                    // Being created right now: look again at the next poll.
+                    Err(OpenError::Header(_, true)) if self.pending.is_empty() => {
+                        self.listed_up_to = seq.checked_sub(1);
+                        return Ok(None);
+                    }
+                    // A failed creation, with newer segments after it: no records.
+                    Err(OpenError::Header(_, true)) => {
+                        self.next_segment();
+                        continue;
+                    }
                     // Reclaimed after the listing: every consumer had shipped it.
-                    Err(e) if e.is_gone() => continue,
+                    Err(e) if e.is_gone() => {
+                        self.next_segment();
+                        continue;
+                    }
                     Err(e) => {
                         // The other segments can still be read.
                         self.resumable = true;
@@ -970,7 +1127,17 @@ impl ShardMessages {
                     self.resumable = true;
                     return Err(e);
                 }
-                self.pos = seg.data_start();
+                let mut start = seg.data_start();
+                if let Some(r) = self.resume.take() {
+                    if r.segment == seq {
+                        start = start.max(r.offset);
+                    }
+                }
+                self.here = Location {
+                    segment: seq,
+                    offset: start,
+                };
+                self.pos = start;
                 self.prev = None;
                 self.cur = Some(seg);
             }
@@ -979,14 +1146,20 @@ impl ShardMessages {
             };
             if self.pos >= seg.len() {
                 // Catch records appended since the file was opened.
-                seg.refresh_len()?;
+                let len = seg.refresh_len()?;
+                if len < self.pos {
+                    // Cut shorter: see `after_shrink`.
+                    self.pos = len;
+                    self.here.offset = len;
+                    self.prev = None;
+                }
             }
             match seg.next(self.pos, Payload::Skip)? {
                 Step::End | Step::EndMark => {
                     if !self.refill()? {
                         return Ok(None);
                     }
-                    self.cur = None;
+                    self.next_segment();
                 }
                 Step::Bad(reason) => {
                     let (path, pos, prev) = (seg.path().to_owned(), self.pos, self.prev);
@@ -1005,12 +1178,14 @@ impl ShardMessages {
                     if !matches!(m.header.kind, Kind::Message | Kind::Commit) {
                         self.prev = Some(pos);
                         self.pos = m.end();
+                        self.here.offset = self.pos;
                         continue;
                     }
                     match seg.next(pos, Payload::Load(&mut self.buf))? {
                         Step::Record(_) => {
                             self.prev = Some(pos);
                             self.pos = m.end();
+                            self.here.offset = self.pos;
                             let r =
                                 stored(self.shard, &self.dir, seg, pos, m.header.id_seq, &self.buf);
                             // An undecodable payload is damage of one record.
@@ -1048,6 +1223,7 @@ impl ShardMessages {
         match damage {
             Damage::Middle(next) => {
                 self.pos = next;
+                self.here.offset = next;
                 self.prev = None;
                 self.resumable = true;
                 Err(SpoolError::corrupt(
@@ -1060,19 +1236,22 @@ impl ShardMessages {
                 ))
             }
             Damage::Zeros => {
-                // The end of data: on to the next segment, if there is one.
-                self.cur = None;
+                // The end of data: on to the next segment, if there is one;
+                // else stay here, where the next poll looks again.
                 if self.refill()? {
+                    self.next_segment();
                     self.step()
                 } else {
                     Ok(None)
                 }
             }
             Damage::Tail => {
-                self.cur = None;
+                // In the newest segment: where the server writes now; the
+                // next poll looks again from here.
                 if !self.refill()? {
                     return Ok(None);
                 }
+                self.next_segment();
                 self.resumable = true;
                 Err(SpoolError::corrupt(
                     path,
@@ -1092,10 +1271,19 @@ impl Iterator for ShardMessages {
             return None;
         }
         self.resumable = false;
+        if std::mem::take(&mut self.at_end) {
+            if let Some(seg) = self.cur.as_mut() {
+                if let Err(e) = seg.refresh_len() {
+                    return Some(Err(e));
+                }
+                self.after_shrink();
+            }
+        }
         match self.step() {
             Ok(Some(m)) => Some(Ok(m)),
+            // Not done: a later poll sees what is appended by then.
             Ok(None) => {
-                self.done = true;
+                self.at_end = true;
                 None
             }
             Err(e) => {

@@ -1459,3 +1459,195 @@ fn in_flight_messages_pin_the_segment_of_their_first_fragment() {
         spool.close().await.unwrap();
     });
 }
+
+/// Drains what `it` holds now: (id, position after it) per message.
+fn drain_now(it: &mut ShardMessages) -> Vec<(QueueId, Location)> {
+    let mut v = Vec::new();
+    while let Some(m) = it.next() {
+        v.push((m.unwrap().id, it.resume_point()));
+    }
+    v
+}
+
+#[test]
+fn a_reader_resumes_at_any_position_it_reported() {
+    let dir = TempDir::new("resume");
+    let root = dir.path().to_owned();
+    // 16 KiB segments: the messages spread over several sealed segments.
+    let c = cfg(4096, 16 << 10, Durability::Fsync);
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        for i in 0..40u64 {
+            store(&spool, &body(1500 + i as usize * 13, i), 700)
+                .await
+                .unwrap();
+        }
+        spool.close().await.unwrap();
+    });
+    let r = SpoolReader::open(&root).unwrap();
+    let mut it = r.shard_messages(0);
+    let all = drain_now(&mut it);
+    assert_eq!(all.len(), 40);
+    let segments: HashSet<u64> = all.iter().map(|(_, p)| p.segment).collect();
+    assert!(segments.len() > 3, "{segments:?}");
+    let end = r.shard_end(0).unwrap().unwrap();
+    assert_eq!(it.resume_point(), end, "a drained reader stands at the end");
+    // From every reported position, exactly the messages after it follow.
+    for (k, (_, pos)) in all.iter().enumerate() {
+        let rest: Vec<QueueId> = drain_now(&mut r.shard_messages_from(0, *pos))
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let want: Vec<QueueId> = all[k + 1..].iter().map(|(id, _)| *id).collect();
+        assert_eq!(rest, want, "resumed at {pos:?}");
+    }
+    // Offset 0 is the start of that segment's records.
+    let second = *segments.iter().filter(|s| **s > 1).min().unwrap();
+    let from_second = drain_now(&mut r.shard_messages_from(
+        0,
+        Location {
+            segment: second,
+            offset: 0,
+        },
+    ));
+    let first_in_second = all.iter().position(|(_, p)| p.segment >= second).unwrap();
+    assert_eq!(from_second.len(), 40 - first_in_second);
+    // A segment older than the oldest present: start at the oldest. Delete
+    // the first segment, as space reclamation would.
+    let (segs, _) = scan::list_segments(&root.join("shard-0")).unwrap();
+    std::fs::remove_file(&segs[0].1).unwrap();
+    let after_gc = drain_now(&mut r.shard_messages_from(
+        0,
+        Location {
+            segment: 0,
+            offset: 0,
+        },
+    ));
+    assert!(
+        !after_gc.is_empty() && after_gc.len() < 40,
+        "{}",
+        after_gc.len()
+    );
+    assert_eq!(after_gc.last().unwrap().0, all.last().unwrap().0);
+}
+
+#[test]
+fn a_reader_that_returned_none_sees_what_is_appended_later() {
+    let dir = TempDir::new("tail");
+    let root = dir.path().to_owned();
+    let c = cfg(1024, 16 << 10, Durability::Fsync);
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        let r = SpoolReader::open(&root).unwrap();
+        let mut it = r.shard_messages(0);
+        assert!(it.next().is_none(), "an empty spool");
+        let mut want = Vec::new();
+        for i in 0..3 {
+            want.push(store(&spool, &body(300, i), 300).await.unwrap());
+        }
+        let mut got: Vec<QueueId> = drain_now(&mut it).into_iter().map(|x| x.0).collect();
+        assert_eq!(got, want);
+        let before = it.resume_point();
+        assert!(it.next().is_none(), "nothing new yet");
+        assert_eq!(it.resume_point(), before);
+        // A message streamed in fragments: invisible until its commit.
+        let id = spool.next_queue_id();
+        let mut w = spool
+            .begin(id, &envelope("client.example"), &received(id))
+            .unwrap();
+        w.write(&body(5000, 9)).await.unwrap();
+        assert!(it.next().is_none(), "fragments alone are no message");
+        commit(&spool, w, &body(5000, 9)).await.unwrap();
+        want.push(id);
+        // Enough more to rotate into new segments while tailing.
+        for i in 10..40 {
+            want.push(store(&spool, &body(1200, i), 400).await.unwrap());
+            if i % 7 == 0 {
+                got.extend(drain_now(&mut it).into_iter().map(|x| x.0));
+            }
+        }
+        got.extend(drain_now(&mut it).into_iter().map(|x| x.0));
+        assert_eq!(got, want);
+        assert!(
+            it.resume_point().segment > before.segment,
+            "{:?}",
+            it.resume_point()
+        );
+        assert_eq!(Some(it.resume_point()), r.shard_end(0).unwrap());
+        spool.close().await.unwrap();
+    });
+}
+
+/// For other modules' tests (the outlet's consumer): a spool at `root`
+/// with `n` messages in shard 0, in segments of `segment_bytes`; their ids
+/// and bodies, in order.
+pub(crate) fn write_test_spool(root: &Path, n: u64, segment_bytes: u64) -> Vec<(QueueId, Vec<u8>)> {
+    let c = cfg(4096, segment_bytes, Durability::Fsync);
+    run(|| async {
+        let spool = ShardSpool::open(root, 0, &c).await.unwrap();
+        let mut v = Vec::new();
+        for i in 0..n {
+            let b = body(200 + (i as usize * 97) % 3000, i);
+            v.push((store(&spool, &b, 1000).await.unwrap(), b));
+        }
+        spool.close().await.unwrap();
+        v
+    })
+}
+
+/// For other modules' tests: appends to shard 0 at `root` a streamed
+/// message of `len` bytes that is aborted (fragments, no commit), in
+/// segments of `segment_bytes`: segments with nothing to ship.
+pub(crate) fn append_aborted(root: &Path, len: usize, segment_bytes: u64) {
+    let c = cfg(1024, segment_bytes, Durability::Fsync);
+    run(|| async {
+        let spool = ShardSpool::open(root, 0, &c).await.unwrap();
+        let id = spool.next_queue_id();
+        let mut w = spool.begin(id, &envelope("h"), &received(id)).unwrap();
+        for chunk in body(len, 7).chunks(1000) {
+            w.write(chunk).await.unwrap();
+        }
+        w.abort();
+        spool.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_tailing_reader_goes_on_from_where_the_server_cut_its_segment() {
+    let dir = TempDir::new("tailcut");
+    let root = dir.path().to_owned();
+    let c = cfg(1024, 1 << 20, Durability::Fsync);
+    let mut want = Vec::new();
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        for i in 0..3 {
+            want.push(store(&spool, &body(400, i), 400).await.unwrap());
+        }
+        spool.close().await.unwrap();
+    });
+    let r = SpoolReader::open(&root).unwrap();
+    let mut it = r.shard_messages(0);
+    let seen: Vec<(QueueId, Location)> = drain_now(&mut it);
+    assert_eq!(seen.len(), 3);
+    // The server cuts the last record away (as after a failed fdatasync a
+    // reader raced): the file ends where that record began.
+    let cut = seen[1].1;
+    let (segs, _) = scan::list_segments(&root.join("shard-0")).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segs.last().unwrap().1)
+        .unwrap();
+    f.set_len(cut.offset).unwrap();
+    drop(f);
+    assert!(it.next().is_none());
+    assert_eq!(it.resume_point(), cut, "back at the cut");
+    // The server writes on from there: the reader sees the new message.
+    let mut new = Vec::new();
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        new.push(store(&spool, &body(900, 9), 300).await.unwrap());
+        spool.close().await.unwrap();
+    });
+    let got: Vec<QueueId> = drain_now(&mut it).into_iter().map(|x| x.0).collect();
+    assert_eq!(got, new);
+}

@@ -2,8 +2,10 @@
 //!
 //! * `ringmx serve [FLAGS]`: run the SMTP server ([`ringmx::server::serve`]).
 //! * `ringmx spool ...`: read the spool ([`spool`](mod@spool)).
+//! * `ringmx ship ...`: ship the spool onward, as a named consumer ([`ship`]).
 
 mod settings;
+mod ship;
 mod spool;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -33,13 +35,36 @@ enum Command {
     Serve(Box<ConfigOverrides>),
     /// Read the spool: ls, cat, export, verify, stats.
     Spool(spool::SpoolArgs),
+    /// Ship the spool onward as a named consumer, with durable checkpoints.
+    ///
+    /// Ships what is committed and exits (or keeps tailing with --follow);
+    /// delivery is at-least-once, keyed <node_id>.<queue_id>. Messages the
+    /// sink refuses for good become dead letters under
+    /// DIR/consumers/NAME/dead/. Exit status: 0 done, 1 failed, 2 usage.
+    #[command(after_help = SHIP_EXAMPLES)]
+    Ship(ship::ShipArgs),
 }
+
+const SHIP_EXAMPLES: &str = "Examples:
+  ringmx ship --spool /var/spool/ringmx --name mbox --to maildir:/srv/mail/in
+  ringmx ship --spool /var/spool/ringmx --name mbox --to maildir:/srv/mail/in --follow
+  ringmx ship --spool /var/spool/ringmx --name mbox --dead-letters
+  ringmx ship --spool /var/spool/ringmx --name mbox --redrive --to maildir:/srv/mail/in
+  ringmx ship --spool /var/spool/ringmx --name mbox --reset --since 2026-11-29T00:00:00Z
+  ringmx ship --spool /var/spool/ringmx --name mbox --forget";
 
 fn main() {
     let cli = parse();
     let code = match cli.command {
         Command::Serve(flags) => serve(&flags),
         Command::Spool(args) => spool(args),
+        Command::Ship(args) => match args.run() {
+            Ok(()) => 0,
+            Err(f) => {
+                eprintln!("ringmx ship: {}", f.message);
+                f.code
+            }
+        },
     };
     std::process::exit(code);
 }
@@ -49,6 +74,12 @@ fn parse() -> Cli {
     let defaults = ConfigOverrides::help_defaults();
     let cmd = Cli::command().mut_subcommand("serve", |mut sc| {
         for (id, default) in defaults {
+            // An empty list shows as "none", not as nothing.
+            let default = if default.is_empty() {
+                "none".to_owned()
+            } else {
+                default
+            };
             sc = sc.mut_arg(id, |a| {
                 let help = a.get_help().map(ToString::to_string).unwrap_or_default();
                 a.help(format!("{help} [default: {default}]"))

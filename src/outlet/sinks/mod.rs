@@ -1,12 +1,13 @@
 //! The sinks, one file each, chosen by the scheme of a `--to` URL.
 
-use super::sink::{Sink, SinkError};
-
+pub mod maildir;
 pub mod smtp;
 pub mod webhook;
 
+use super::sink::{Sink, SinkError};
+
 /// The URL schemes [`open`] knows, for error messages and `--help`.
-pub const SCHEMES: &[&str] = &["smtp", "lmtp", "http", "https"];
+pub const SCHEMES: &[&str] = &["maildir", "smtp", "lmtp", "http", "https"];
 
 /// Opens the sink a `--to` URL names.
 ///
@@ -14,14 +15,14 @@ pub const SCHEMES: &[&str] = &["smtp", "lmtp", "http", "https"];
 /// An unknown scheme or a URL the sink cannot use.
 pub fn open(url: &str) -> Result<Box<dyn Sink>, SinkError> {
     let scheme = url.split_once(':').map_or(url, |(s, _)| s);
-    if smtp::SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(scheme)) {
-        return Ok(Box::new(smtp::SmtpSink::new(url)?));
+    let rest = url.split_once(':').map_or("", |(_, r)| r);
+    match scheme.to_ascii_lowercase().as_str() {
+        "maildir" => Ok(Box::new(maildir::Maildir::open(rest)?)),
+        "smtp" | "lmtp" => Ok(Box::new(smtp::SmtpSink::new(url)?)),
+        "http" | "https" => Ok(Box::new(webhook::Webhook::open(url)?)),
+        _ => Err(SinkError(format!(
+            "{url:?}: unknown sink {scheme:?}; known: {}",
+            SCHEMES.join(", ")
+        ))),
     }
-    if matches!(scheme, "http" | "https") {
-        return Ok(Box::new(webhook::Webhook::open(url)?));
-    }
-    Err(SinkError(format!(
-        "{url:?}: unknown sink {scheme:?}; known: {}",
-        SCHEMES.join(", ")
-    )))
 }
