@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use std::future::IntoFuture;
 use std::time::Duration;
 
+use async_nats::connection::State;
 use async_nats::jetstream::{self, context::PublishErrorKind, object_store, stream};
 use async_nats::{ConnectOptions, HeaderMap};
 use tokio::runtime::Runtime;
@@ -313,6 +314,9 @@ pub struct NatsSink {
     shown: String,
     rt: Runtime,
     conn: Option<Conn>,
+    /// Acks that said `duplicate: true`: publishes an earlier try had
+    /// already stored.
+    duplicates: u64,
 }
 
 impl std::fmt::Debug for NatsSink {
@@ -361,7 +365,15 @@ impl NatsSink {
             shown,
             rt,
             conn: None,
+            duplicates: 0,
         })
+    }
+
+    /// How many publishes the stream acknowledged as duplicates so far
+    /// (stored by an earlier try, within the duplicate window): retries
+    /// that cost nothing, for logs and tests.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
     }
 
     /// Connects if not connected, and makes sure the stream exists.
@@ -400,6 +412,19 @@ impl NatsSink {
         let Some(c) = conn.as_mut() else {
             unreachable!("connected just above")
         };
+        // Publishing into a lost connection only queues copies in the
+        // client until it is back (and a retry would queue more): wait for
+        // the reconnect instead, as long as for a connection.
+        let until = Instant::now() + cfg.connect_timeout;
+        while c.client.connection_state() != State::Connected {
+            if Instant::now() >= until {
+                return Err(SinkError(format!(
+                    "{shown}: disconnected, not reconnected within {:?}",
+                    cfg.connect_timeout
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         if !c.stream_ready {
             ensure_stream(cfg, shown, &c.js).await?;
             c.stream_ready = true;
@@ -411,6 +436,7 @@ impl NatsSink {
         cfg: &Config,
         shown: &str,
         conn: &mut Option<Conn>,
+        duplicates: &mut u64,
         batch: &[Parcel<'_>],
     ) -> Result<Vec<Verdict>, SinkError> {
         Self::ready(cfg, shown, conn).await?;
@@ -469,12 +495,15 @@ impl NatsSink {
         // Then every ack, against one deadline: a timed-out wait still takes
         // an ack that has already arrived (the inner future is polled first).
         let mut outcomes = Vec::with_capacity(pending.len());
-        for p in pending {
+        for (p, d) in pending.into_iter().zip(&dests) {
             outcomes.push(match p {
                 Err(o) => o,
                 Ok(ack) => match tokio::time::timeout_at(deadline, ack.into_future()).await {
-                    Ok(Ok(_ack)) => Outcome::Acked,
-                    Ok(Err(e)) => publish_outcome(&e, ""),
+                    Ok(Ok(ack)) => {
+                        *duplicates += u64::from(ack.duplicate);
+                        Outcome::Acked
+                    }
+                    Ok(Err(e)) => publish_outcome(&e, &d.subject),
                     Err(_) => Outcome::Failed(format!("no publish ack within {:?}", cfg.timeout)),
                 },
             });
@@ -489,9 +518,11 @@ impl NatsSink {
         }
         if let Some(Verdict::Deferred(first)) = verdicts.first() {
             if verdicts.iter().all(|v| matches!(v, Verdict::Deferred(_))) {
+                // No responders is also what a cluster answers for a moment
+                // while it moves a stream's leader: a hint, not a verdict.
                 let hint = if stream_missing {
                     format!(
-                        " (stream {:?} does not take these subjects: it must listen on {:?}, or name another with ?stream=)",
+                        " (if this persists, stream {:?} does not take these subjects: it must listen on {:?}, or name another with ?stream=)",
                         cfg.stream,
                         cfg.subject.pattern()
                     )
@@ -775,7 +806,7 @@ async fn ensure_stream(
             }
             _ => {
                 return Err(SinkError(format!(
-                    "{shown}: cannot look up stream {:?}: {e} (is JetStream enabled on the server, nats-server -js?)",
+                    "{shown}: cannot look up stream {:?}: {e} (JetStream not enabled on the server, nats-server -js, or not ready yet)",
                     cfg.stream
                 )))
             }
@@ -842,8 +873,9 @@ impl Sink for NatsSink {
             shown,
             rt,
             conn,
+            duplicates,
         } = self;
-        rt.block_on(Self::deliver_async(cfg, shown, conn, batch))
+        rt.block_on(Self::deliver_async(cfg, shown, conn, duplicates, batch))
     }
 
     fn max_batch(&self) -> usize {
