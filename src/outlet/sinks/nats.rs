@@ -53,6 +53,10 @@ const COPIED_FIELDS: &[&str] = &[
 /// character boundary.
 const MAX_HEADER_VALUE_BYTES: usize = 998;
 
+/// Bytes of room left between the estimated and the real size of a
+/// message's headers when deciding whether it fits in `max_payload`.
+const HEADER_SLACK: usize = 256;
+
 /// JetStream's own default duplicate window (2 minutes): a retry within it
 /// is acknowledged as a duplicate instead of stored twice.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -399,8 +403,13 @@ impl NatsSink {
                 ))
             })?
             .map_err(|e| SinkError(format!("{shown}: cannot connect: {e}")))?;
+            // Acks in flight are bounded by the batch (at most 4,096 parcels
+            // times their domains), not by the client: its default of 5,000
+            // would make a large batch wait for permits that only awaiting
+            // its own acks frees.
             let js = jetstream::ContextBuilder::new()
                 .timeout(cfg.timeout)
+                .max_ack_inflight(1 << 22)
                 .build(client.clone());
             *conn = Some(Conn {
                 client,
@@ -443,18 +452,25 @@ impl NatsSink {
         let Some(c) = conn.as_mut() else {
             unreachable!("ready connects or fails")
         };
-        let deadline = Instant::now() + cfg.timeout;
         let dests = destinations(cfg, batch);
         let max_payload = c.client.max_payload();
 
-        // Send every publish first; an ack is awaited only after.
+        // Send every publish first; an ack is awaited only after. Sending
+        // has one deadline too, moved on by the time object store puts take
+        // (they have their own).
+        let mut send_deadline = Instant::now() + cfg.timeout;
         let mut pending = Vec::with_capacity(dests.len());
+        // The parcel whose data the object store holds now (its publishes
+        // per domain are next to each other and share the object).
+        let mut stored: Option<usize> = None;
         for d in &dests {
             let p = &batch[d.parcel];
             let mut headers = parcel_headers(p, d);
             let mut payload = p.data;
-            if headers.wire_len + p.data.len() > max_payload {
-                if headers.wire_len > max_payload {
+            // HEADER_SLACK: should the estimate fall short, the message
+            // still goes to the object store instead of being refused.
+            if headers.wire_len + p.data.len() + HEADER_SLACK > max_payload {
+                if headers.wire_len + HEADER_SLACK > max_payload {
                     pending.push(Err(Outcome::Refused(format!(
                         "its headers alone ({} bytes, {} recipients) exceed the server's max payload of {max_payload} bytes",
                         headers.wire_len,
@@ -462,11 +478,19 @@ impl NatsSink {
                     ))));
                     continue;
                 }
-                // Too big for one message: the body goes to the object store,
-                // under the parcel's key (once, whichever destination comes
-                // first), and the message names it.
-                match store_object(cfg, c, p, deadline).await {
+                // Too big for one message: the data goes to the object store,
+                // under the parcel's key, and the message names it.
+                let put = if stored == Some(d.parcel) {
+                    Ok(())
+                } else {
+                    let t = Instant::now();
+                    let r = store_object(cfg, c, p, t + cfg.timeout).await;
+                    send_deadline += t.elapsed();
+                    r
+                };
+                match put {
                     Ok(()) => {
+                        stored = Some(d.parcel);
                         headers.push("Ringmx-Object", format!("{}/{}", cfg.bucket, p.key));
                         payload = &[];
                     }
@@ -481,7 +505,8 @@ impl NatsSink {
                 .headers(headers.map)
                 .message_id(&d.key);
             let sent =
-                tokio::time::timeout_at(deadline, c.js.send_publish(d.subject.clone(), msg)).await;
+                tokio::time::timeout_at(send_deadline, c.js.send_publish(d.subject.clone(), msg))
+                    .await;
             pending.push(match sent {
                 Ok(Ok(ack)) => Ok(ack),
                 Ok(Err(e)) => Err(publish_outcome(&e, &d.subject)),
@@ -492,8 +517,11 @@ impl NatsSink {
             });
         }
 
-        // Then every ack, against one deadline: a timed-out wait still takes
-        // an ack that has already arrived (the inner future is polled first).
+        // Then every ack, against one deadline counted from the last send
+        // (object store puts before it have their own): a timed-out wait
+        // still takes an ack that has already arrived (the inner future is
+        // polled first).
+        let deadline = Instant::now() + cfg.timeout;
         let mut outcomes = Vec::with_capacity(pending.len());
         for (p, d) in pending.into_iter().zip(&dests) {
             outcomes.push(match p {
