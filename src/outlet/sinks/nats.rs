@@ -250,17 +250,16 @@ impl Config {
     }
 }
 
-/// A stream or bucket name: JetStream allows neither `.`, `*`, `>`, a path
-/// separator nor whitespace in one.
+/// A stream or bucket name: letters, digits, `-` and `_` (what object
+/// store bucket names allow, and a safe subset of stream names).
 fn name_param(k: &str, v: String) -> Result<String, String> {
     if v.is_empty()
-        || v.chars().any(|c| {
-            matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace() || c.is_control()
-        })
+        || v.len() > 64
+        || !v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
-        return Err(format!(
-            "{k}={v:?}: a name of letters, digits, - and _ (no . * > / or spaces)"
-        ));
+        return Err(format!("{k}={v:?}: 1 to 64 letters, digits, - and _"));
     }
     Ok(v)
 }
@@ -951,6 +950,7 @@ mod tests {
             ("nats://h:1/a.x{node}", "not a placeholder"),
             ("nats://h:1/a.{domain}", "not a placeholder"),
             ("nats://h:1/a?stream=a.b", "stream="),
+            ("nats://h:1/a?bucket=a$b", "bucket="),
             ("nats://h:1/a?replicas=7", "replicas="),
             ("nats://h:1/a?timeout=0", "timeout="),
             ("nats://h:1/a?nope=1", "unknown parameter"),
