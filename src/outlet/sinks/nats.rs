@@ -379,46 +379,54 @@ impl NatsSink {
         self.duplicates
     }
 
-    /// Connects if not connected, and makes sure the stream exists.
-    async fn ready(cfg: &Config, shown: &str, conn: &mut Option<Conn>) -> Result<(), SinkError> {
-        if conn.is_none() {
-            let servers: Vec<String> = cfg.servers.iter().map(|s| format!("nats://{s}")).collect();
-            let opts = ConnectOptions::new()
-                .name("ringmx ship")
-                .connection_timeout(cfg.connect_timeout)
-                .request_timeout(Some(cfg.timeout))
-                .event_callback(|event| async move {
-                    log::info!("nats sink: {event}");
-                });
-            let client = tokio::time::timeout(
-                cfg.connect_timeout,
-                async_nats::connect_with_options(servers, opts),
-            )
-            .await
-            .map_err(|_| {
-                SinkError(format!(
-                    "{shown}: no connection within {:?}",
-                    cfg.connect_timeout
-                ))
-            })?
-            .map_err(|e| SinkError(format!("{shown}: cannot connect: {e}")))?;
-            // Acks in flight are bounded by the batch (at most 4,096 parcels
-            // times their domains), not by the client: its default of 5,000
-            // would make a large batch wait for permits that only awaiting
-            // its own acks frees.
-            let js = jetstream::ContextBuilder::new()
-                .timeout(cfg.timeout)
-                .max_ack_inflight(1 << 22)
-                .build(client.clone());
-            *conn = Some(Conn {
-                client,
-                js,
-                stream_ready: false,
-                objects: None,
+    /// Connects (trying each seed server) within `connect_timeout`.
+    async fn connect(cfg: &Config, shown: &str) -> Result<Conn, SinkError> {
+        let servers: Vec<String> = cfg.servers.iter().map(|s| format!("nats://{s}")).collect();
+        let opts = ConnectOptions::new()
+            .name("ringmx ship")
+            .connection_timeout(cfg.connect_timeout)
+            .request_timeout(Some(cfg.timeout))
+            .event_callback(|event| async move {
+                log::info!("nats sink: {event}");
             });
-        }
-        let Some(c) = conn.as_mut() else {
-            unreachable!("connected just above")
+        let client = tokio::time::timeout(
+            cfg.connect_timeout,
+            async_nats::connect_with_options(servers, opts),
+        )
+        .await
+        .map_err(|_| {
+            SinkError(format!(
+                "{shown}: no connection within {:?}",
+                cfg.connect_timeout
+            ))
+        })?
+        .map_err(|e| SinkError(format!("{shown}: cannot connect: {e}")))?;
+        // Acks in flight are bounded by the batch (at most 4,096 parcels
+        // times their domains), not by the client: its default of 5,000
+        // would make a large batch wait for permits that only awaiting
+        // its own acks frees.
+        let js = jetstream::ContextBuilder::new()
+            .timeout(cfg.timeout)
+            .max_ack_inflight(1 << 22)
+            .build(client.clone());
+        Ok(Conn {
+            client,
+            js,
+            stream_ready: false,
+            objects: None,
+        })
+    }
+
+    /// Connects if not connected, waits out a reconnect, and makes sure the
+    /// stream exists.
+    async fn ready<'c>(
+        cfg: &Config,
+        shown: &str,
+        conn: &'c mut Option<Conn>,
+    ) -> Result<&'c mut Conn, SinkError> {
+        let c = match conn {
+            Some(c) => c,
+            None => conn.insert(Self::connect(cfg, shown).await?),
         };
         // Publishing into a lost connection only queues copies in the
         // client until it is back (and a retry would queue more): wait for
@@ -437,7 +445,7 @@ impl NatsSink {
             ensure_stream(cfg, shown, &c.js).await?;
             c.stream_ready = true;
         }
-        Ok(())
+        Ok(c)
     }
 
     async fn deliver_async(
@@ -447,10 +455,7 @@ impl NatsSink {
         duplicates: &mut u64,
         batch: &[Parcel<'_>],
     ) -> Result<Vec<Verdict>, SinkError> {
-        Self::ready(cfg, shown, conn).await?;
-        let Some(c) = conn.as_mut() else {
-            unreachable!("ready connects or fails")
-        };
+        let c = Self::ready(cfg, shown, conn).await?;
         let dests = destinations(cfg, batch);
         let max_payload = c.client.max_payload();
 
@@ -768,8 +773,9 @@ async fn store_object(
     deadline: Instant,
 ) -> Result<(), String> {
     let work = async {
-        if c.objects.is_none() {
-            let store = match c.js.get_object_store(&cfg.bucket).await {
+        let store = match c.objects.take() {
+            Some(s) => s,
+            None => match c.js.get_object_store(&cfg.bucket).await {
                 Ok(s) => s,
                 Err(_) => {
                     c.js.create_object_store(object_store::Config {
@@ -781,12 +787,9 @@ async fn store_object(
                     .await
                     .map_err(|e| format!("object store bucket {:?}: {e}", cfg.bucket))?
                 }
-            };
-            c.objects = Some(store);
-        }
-        let Some(store) = c.objects.as_ref() else {
-            unreachable!("set just above")
+            },
         };
+        let store = c.objects.insert(store);
         // Chunks as large as a message may be (less room for the chunk's
         // subject and framing): fewer chunks, fewer acks to wait for.
         let max_payload = c.client.max_payload();
