@@ -36,16 +36,16 @@ use tokio::time::Instant;
 
 use crate::outlet::sink::{Parcel, Sink, SinkError, Verdict};
 
-/// The header fields copied into `Ringmx-Hdr-<Name>` headers, every
-/// occurrence, in order.
-const COPIED_FIELDS: &[&str] = &[
-    "From",
-    "To",
-    "Subject",
-    "Message-ID",
-    "Date",
-    "List-Id",
-    "Auto-Submitted",
+/// The header fields copied into headers, every occurrence, in order:
+/// (field name, NATS header name).
+const COPIED_FIELDS: &[(&str, &str)] = &[
+    ("From", "Ringmx-Hdr-From"),
+    ("To", "Ringmx-Hdr-To"),
+    ("Subject", "Ringmx-Hdr-Subject"),
+    ("Message-ID", "Ringmx-Hdr-Message-ID"),
+    ("Date", "Ringmx-Hdr-Date"),
+    ("List-Id", "Ringmx-Hdr-List-Id"),
+    ("Auto-Submitted", "Ringmx-Hdr-Auto-Submitted"),
 ];
 
 /// Bytes of one header value at most: RFC 5322 §2.1.1's line limit, so a
@@ -723,6 +723,8 @@ fn header_value(raw: &[u8]) -> String {
     out
 }
 
+/// The headers of one publish (README.md, "Shipping to NATS JetStream",
+/// lists them).
 fn parcel_headers(p: &Parcel<'_>, d: &Dest) -> Headers {
     let env = &p.msg.envelope;
     let mut h = Headers::new();
@@ -742,25 +744,12 @@ fn parcel_headers(p: &Parcel<'_>, d: &Dest) -> Headers {
         h.push("Ringmx-Client", addr.to_string());
     }
     h.push("Ringmx-Arrival", env.arrival_unix.to_string());
-    for &name in COPIED_FIELDS {
-        for v in p.headers.get_all(name) {
-            h.push(copied_name(name), header_value(v));
+    for &(field, header) in COPIED_FIELDS {
+        for v in p.headers.get_all(field) {
+            h.push(header, header_value(v));
         }
     }
     h
-}
-
-/// `Ringmx-Hdr-<Name>` for a copied field (static, so no allocation).
-fn copied_name(name: &str) -> &'static str {
-    match name {
-        "From" => "Ringmx-Hdr-From",
-        "To" => "Ringmx-Hdr-To",
-        "Subject" => "Ringmx-Hdr-Subject",
-        "Message-ID" => "Ringmx-Hdr-Message-ID",
-        "Date" => "Ringmx-Hdr-Date",
-        "List-Id" => "Ringmx-Hdr-List-Id",
-        _ => "Ringmx-Hdr-Auto-Submitted",
-    }
 }
 
 /// Puts a parcel's data into the object store under its key (creating the
@@ -912,8 +901,12 @@ impl Sink for NatsSink {
         self.cfg.batch
     }
 
+    /// The most one batch can take, object store puts aside (each of those
+    /// adds up to `timeout`): a connection and a reconnect wait
+    /// (`connect_timeout` each), the stream's look-up and creation, the
+    /// sends and the acks (`timeout` each).
     fn timeout(&self) -> Duration {
-        self.cfg.timeout
+        self.cfg.connect_timeout * 2 + self.cfg.timeout * 4
     }
 }
 
