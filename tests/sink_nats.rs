@@ -934,8 +934,33 @@ fn throughput_1k() {
         bytes / n
     );
 
-    let measure = |label: &str, hosts: &str, params: &str| {
+    // CPU seconds so far: this process (the sink), and the nats-servers.
+    let own_cpu = || {
+        // SAFETY: getrusage fills the struct it is given.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        tv(u.ru_utime) + tv(u.ru_stime)
+    };
+    let servers_cpu = |nodes: &[&Nats]| -> f64 {
+        // SAFETY: sysconf has no preconditions.
+        let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        nodes
+            .iter()
+            .filter_map(|n| n.child.as_ref())
+            .map(|c| {
+                let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.id())).unwrap();
+                // Fields 14 and 15 (utime, stime), counted after the ")"
+                // that ends the command name.
+                let after = &stat[stat.rfind(')').unwrap() + 2..];
+                let f: Vec<&str> = after.split(' ').collect();
+                (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / tick
+            })
+            .sum()
+    };
+    let measure = |label: &str, hosts: &str, params: &str, nodes: &[&Nats]| {
         let mut rates = Vec::new();
+        let mut cpu = Vec::new();
         for run in 0..3 {
             // A stream and subject of their own per run, so each starts empty.
             let url = format!(
@@ -944,11 +969,19 @@ fn throughput_1k() {
             let mut sink = sinks::open(&url).unwrap();
             // Connect and create the stream outside the clock.
             deliver(sink.as_mut(), &msgs[..1], &b[..1]).unwrap();
+            let (own0, srv0) = (own_cpu(), servers_cpu(nodes));
             let t = Instant::now();
             assert_eq!(ship_all(sink.as_mut(), &msgs, &b, &|_| {}), 0);
             let s = t.elapsed().as_secs_f64();
             rates.push((n as f64 / s, bytes as f64 / s / 1e6));
+            cpu.push((own_cpu() - own0, servers_cpu(nodes) - srv0));
         }
+        let (own, srv) = cpu.iter().fold((0.0, 0.0), |a, c| (a.0 + c.0, a.1 + c.1));
+        eprintln!(
+            "{label}: CPU per message, sink {:.1} us, nats-server(s) {:.1} us",
+            own / (3 * n) as f64 * 1e6,
+            srv / (3 * n) as f64 * 1e6
+        );
         rates.sort_by(|a, b| a.0.total_cmp(&b.0));
         let (m, mb) = rates[1];
         eprintln!(
@@ -961,11 +994,12 @@ fn throughput_1k() {
         );
     };
     let solo = single(&bin, "");
-    measure("R1", &solo.url(), "replicas=1");
+    measure("R1", &solo.url(), "replicas=1", &[&solo]);
     drop(solo);
     let nodes = cluster(&bin);
     let rt = runtime();
     rt.block_on(wait_jetstream(&rt.block_on(js(&nodes[0].url()))));
     let all: Vec<String> = nodes.iter().map(Nats::url).collect();
-    measure("R3", &all.join(","), "replicas=3");
+    let refs: Vec<&Nats> = nodes.iter().collect();
+    measure("R3", &all.join(","), "replicas=3", &refs);
 }
