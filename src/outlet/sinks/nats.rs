@@ -356,6 +356,17 @@ impl NatsSink {
     /// # Errors
     /// A URL this sink cannot use (the message says what to write), or no
     /// runtime (out of threads or file descriptors).
+    ///
+    /// # Example
+    /// ```
+    /// use ringmx::outlet::sinks::nats::NatsSink;
+    /// use ringmx::outlet::Sink;
+    /// // Nothing is contacted yet: that happens on the first batch.
+    /// let sink = NatsSink::open("nats://127.0.0.1:4222/mail.in.{rcpt_domain}?stream=MAIL&batch=128")?;
+    /// assert_eq!(sink.max_batch(), 128);
+    /// assert!(NatsSink::open("nats://127.0.0.1:4222/mail.*").is_err());
+    /// # Ok::<(), ringmx::outlet::SinkError>(())
+    /// ```
     pub fn open(url: &str) -> Result<Self, SinkError> {
         let shown = hide_password(url);
         let cfg = Config::parse(url).map_err(|e| SinkError(format!("{shown}: {e}")))?;
