@@ -4,6 +4,7 @@
 //! switch to reading a body set the mode; the body itself is [`super::body`]'s.
 
 use super::super::command::{self, BodyType, Command, MailParams};
+use super::super::recipients::Lookup;
 use super::super::reply;
 use super::{Answer, Reply};
 use super::{BdatText, CloseReason, Effect, Greeted, Handled, Mode, Session, Tx};
@@ -130,13 +131,28 @@ impl Session {
             return Handled::error(reply::UTF8_NOT_ALLOWED);
         }
         if !self.accepts_domain(domain) {
+            self.rcpt_counts.relay_denied += 1;
             return Handled::error(reply::RELAY_DENIED);
         }
+        let known = self
+            .recipients
+            .as_ref()
+            .map_or(Lookup::Exists, |m| m.lookup(to, domain));
+        if known == Lookup::Unknown {
+            self.rcpt_counts.unknown += 1;
+            // Junk, not an error: a list with a few dead addresses must not
+            // cost the sender its session (smtp.max_errors is 10), yet an
+            // address harvester gets smtp.max_junk_commands guesses per
+            // message it actually delivers.
+            return self.junk(Handled::reply(reply::UNKNOWN_RECIPIENT));
+        }
         if self.arena.rcpt_count() >= self.cfg.max_recipients {
+            self.rcpt_counts.over_limit += 1;
             // RFC 5321 §4.5.3.1.10: 452, and not a protocol error; but
             // junk, as a client that keeps sending them is not delivering.
             return self.junk(Handled::reply(reply::TOO_MANY_RECIPIENTS));
         }
+        self.rcpt_counts.accepted += 1;
         self.arena.add_rcpt(to);
         Handled::reply(reply::RECIPIENT_OK)
     }
