@@ -529,6 +529,38 @@ fn unknown_recipients_are_junk_not_errors() {
 }
 
 #[test]
+fn pipelined_data_after_only_unknown_recipients_is_not_an_error() {
+    let mut h = Harness::new();
+    let map = RecipientMap::parse(b"alice@example.com\n", MapOptions::default()).unwrap();
+    h.s.set_recipients(Some(std::sync::Arc::new(map)));
+    h.feed(b"EHLO c\r\n");
+    // Past smtp.max_errors (10) such transactions, the session goes on.
+    for _ in 0..12 {
+        // (RSET apart: bytes behind a refused DATA close the session.)
+        let r = h.feed(b"MAIL FROM:<a@b>\r\nRCPT TO:<nobody@example.com>\r\nDATA\r\n");
+        assert!(
+            r.ends_with(
+                "550 5.1.1 Recipient address rejected: User unknown\r\n\
+                             554 5.5.1 No valid recipients\r\n"
+            ),
+            "{r}"
+        );
+        assert_eq!(h.feed(b"RSET\r\n"), "250 2.0.0 Ok\r\n");
+    }
+    let r = h.feed(b"MAIL FROM:<a@b>\r\nRCPT TO:<nobody@example.com>\r\nBDAT 1 LAST\r\nxRSET\r\n");
+    assert_eq!(codes(&r), ["250", "550", "554", "250"], "{r}");
+    assert_eq!(h.closed, None);
+    // Without an unknown recipient, DATA with none is still a failed command.
+    for _ in 0..9 {
+        assert!(h.feed(b"MAIL FROM:<a@b>\r\nDATA\r\n").contains("554 5.5.1"));
+        h.feed(b"RSET\r\n");
+    }
+    assert_eq!(h.closed, None);
+    h.feed(b"MAIL FROM:<a@b>\r\nDATA\r\n");
+    assert_eq!(h.closed, Some(CloseReason::TooManyErrors));
+}
+
+#[test]
 fn a_new_map_applies_from_the_next_rcpt() {
     let mut h = with_map("alice@example.com\n");
     h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\n");

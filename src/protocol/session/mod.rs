@@ -372,6 +372,9 @@ pub struct Session {
     recipients: Option<Arc<RecipientMap>>,
     /// RCPTs by outcome.
     rcpt_counts: RcptCounts,
+    /// A RCPT of this transaction was refused as unknown (see
+    /// `no_recipients`).
+    unknown_in_tx: bool,
     mode: Mode,
     tx: Tx,
     greeted: Greeted,
@@ -418,6 +421,7 @@ impl Session {
             client,
             recipients: None,
             rcpt_counts: RcptCounts::default(),
+            unknown_in_tx: false,
             mode: Mode::Commands,
             tx: Tx::Idle,
             greeted: Greeted::No,
@@ -816,6 +820,7 @@ impl Session {
 
     fn end_transaction(&mut self) {
         self.tx = Tx::Idle;
+        self.unknown_in_tx = false;
         self.arena.clear();
         self.body_bytes = 0;
     }
