@@ -54,14 +54,13 @@ pub(crate) async fn serve(
     let started = Instant::now();
     let peer = stream.peer_addr().ok();
     let mut out = Vec::with_capacity(shard.server.write_buffer_bytes);
-    let session = Session::new(
+    let mut session = Session::new(
         Rc::clone(&shard.smtp),
         ClientInfo { peer },
         started,
         shard.server.max_connection_lifetime,
         &mut out,
     );
-    let mut session = session;
     // The generation first: a swap in between is then picked up at once.
     let recipients_gen = shard.recipients.generation();
     session.set_recipients(shard.recipients.load());

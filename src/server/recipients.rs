@@ -143,7 +143,8 @@ impl SharedRecipients {
             .replace(Arc::new(map));
         self.generation.fetch_add(1, Ordering::Release);
         // The old map (tens of MiB for millions of entries) is freed here
-        // unless a connection still holds it: then by its last holder.
+        // unless a connection still holds it: then once the last of them
+        // reads again or closes (so two maps may briefly coexist).
         drop(old);
     }
 }
