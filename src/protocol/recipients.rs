@@ -17,7 +17,7 @@
 //!   before maps existed. The server logs both lists at start and reload.
 //!
 //! Further policies (`ldap`, `verify`) are lookups that complete later: they
-//! will be [`Policy`] variants whose lookup answers [`Lookup::Pending`]
+//! will be [`Policy`] variants whose lookup answers `Lookup::Pending`
 //! instead of a verdict; the session then returns an effect ("lookup
 //! pending"), the runtime asks a lookup thread, and hands the answer back
 //! as a fact (`handle_lookup`, with `451 4.3.0` when it fails or times
