@@ -1228,4 +1228,38 @@ mod tests {
             Err(ConfigError::BadDomain("bad domain".into()))
         );
     }
+
+    /// A delimiter cuts local parts at RCPT time: it must be a character
+    /// that can sit in one and cannot end the address.
+    #[test]
+    fn recipient_delimiters_are_printable_ascii_and_not_address_syntax() {
+        for ok in ["+", "", "-+", "=_"] {
+            let mut c = Config::default();
+            c.smtp.recipient_delimiter = ok.into();
+            assert_eq!(c.validate(), Ok(()), "{ok:?}");
+        }
+        for bad in ["@", " ", "+ ", "\"", "\u{e9}", "\t"] {
+            let mut c = Config::default();
+            c.smtp.recipient_delimiter = bad.into();
+            assert_eq!(
+                c.validate(),
+                Err(ConfigError::BadDelimiter(bad.into())),
+                "{bad:?}"
+            );
+        }
+        let c = Config::from_toml(
+            "[smtp]\nrecipient_map = \"/etc/ringmx/recipients\"\nrecipient_delimiter = \"-\"\n\
+             recipient_ignore_case = false\n",
+            Path::new("ringmx.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.smtp.recipient_map, Path::new("/etc/ringmx/recipients"));
+        assert_eq!(
+            (
+                c.smtp.recipient_delimiter.as_str(),
+                c.smtp.recipient_ignore_case
+            ),
+            ("-", false)
+        );
+    }
 }
