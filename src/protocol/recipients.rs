@@ -578,6 +578,34 @@ erin@mixed.example
         assert!(m.memory_bytes() < 20_000 * 64, "{}", m.memory_bytes());
     }
 
+    proptest::proptest! {
+        /// Any bytes: a map or a line-numbered error, never a panic.
+        #[test]
+        fn parse_never_panics(text in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            if let Err(e) = RecipientMap::parse(&text, MapOptions::default()) {
+                proptest::prop_assert!(e.line >= 1);
+            }
+        }
+
+        /// Every address a map lists is found, in any case, with any
+        /// extension; lookups of arbitrary strings never panic.
+        #[test]
+        fn listed_addresses_are_found_and_lookups_never_panic(
+            locals in proptest::collection::vec("[a-zA-Z0-9_=]{1,12}", 1..40),
+            probe in ".{0,40}",
+            probe_domain in ".{0,300}",
+        ) {
+            let text: String = locals.iter().map(|l| format!("{l}@Example.com\n")).collect();
+            let m = RecipientMap::parse(text.as_bytes(), MapOptions::default()).unwrap();
+            for l in &locals {
+                let upper = format!("{}+TAG@EXAMPLE.COM", l.to_ascii_uppercase());
+                proptest::prop_assert_eq!(m.lookup(&upper, "EXAMPLE.COM"), Lookup::Exists);
+            }
+            let _ = m.lookup(&probe, &probe_domain);
+            let _ = m.lookup(&probe, "example.com");
+        }
+    }
+
     #[test]
     fn an_empty_map_names_no_domain() {
         let m = map("# nothing yet\n\n");
