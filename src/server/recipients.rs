@@ -169,3 +169,66 @@ pub fn reload(shared: &SharedRecipients, path: &Path, smtp: &SmtpConfig) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> RecipientMap {
+        RecipientMap::parse(text.as_bytes(), MapOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn the_log_line_names_both_policies_and_domains_nobody_accepts() {
+        let m = parse("a@example.com\nb@stray.example\n@catch.example\n");
+        let accepted: Vec<String> = ["example.com", "catch.example", "open.example"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            describe(&m, &accepted),
+            format!(
+                "2 addresses, {} KiB; map domains: example.com stray.example; catch-all \
+                 domains: catch.example open.example (unnamed); 1 map domains are not in \
+                 smtp.accepted_domains (their recipients get 550 5.7.1)",
+                m.memory_bytes() >> 10
+            )
+        );
+        let names: Vec<String> = (0..12).map(|i| format!("d{i}.example")).collect();
+        assert!(list(&names).ends_with("d9.example and 2 more"));
+        assert_eq!(list::<String>(&[]), "none");
+    }
+
+    #[test]
+    fn a_store_bumps_the_generation_and_loads_see_the_new_map() {
+        let shared = SharedRecipients::new(None);
+        let g0 = shared.generation();
+        assert!(shared.load().is_none());
+        shared.store(parse("a@example.com\n"));
+        assert_ne!(shared.generation(), g0);
+        let held = shared.load().unwrap();
+        shared.store(parse("a@example.com\nb@example.com\n"));
+        // A holder keeps its map until it loads again.
+        assert_eq!(held.addresses(), 1);
+        assert_eq!(shared.load().unwrap().addresses(), 2);
+    }
+
+    #[test]
+    fn load_errors_name_the_file_and_line() {
+        let dir = std::env::temp_dir().join(format!("ringmx-rcpt-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("map");
+        std::fs::write(&path, "ok@example.com\n\nnot-an-address\n").unwrap();
+        let e = load(&path, MapOptions::default()).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("recipient map {}:3: ", path.display())),
+            "{e}"
+        );
+        std::fs::remove_file(&path).unwrap();
+        let e = load(&path, MapOptions::default()).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("cannot read recipient map {}: ", path.display())),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
