@@ -132,6 +132,29 @@ macro_rules! with_settings {
                 accepted_domains: Vec<String> = vec!["localhost".into()],
                     "list" domain "DOMAIN"
                     "Recipient domain to accept mail for; repeat for several; others get 550 5.7.1";
+                /// Who exists at RCPT time: a file of `user@domain` lines (`user@domain:
+                /// target` aliases, `@domain` catch-all domains, `#` comments). A domain it
+                /// names with a user is `map` (others get `550 5.1.1`); accepted domains
+                /// it does not name stay catch-all. Empty: every accepted domain is
+                /// catch-all. Read at start (a bad line stops it, with file:line) and on
+                /// SIGHUP (a bad file keeps the old map). See `protocol::recipients`.
+                // Off by default: without a list of users, catch-all is all we can do.
+                recipient_map: PathBuf = PathBuf::new(),
+                    "path" recipient_map "FILE"
+                    "File of recipients that exist (user@domain, @domain, alias: target); none: catch-all";
+                /// Extension delimiters for recipient lookups: `user+tag@d` is looked up
+                /// as itself, then as `user@d`. Each character is one; empty: none.
+                // Postfix's recipient_delimiter, with the usual `+`.
+                recipient_delimiter: String = "+".into(),
+                    "plain" recipient_delimiter "CHARS"
+                    "Recipient extension delimiters: user+tag@d also matches user@d";
+                /// Compare local parts in recipient lookups without ASCII case (domains
+                /// always are).
+                // true, as Postfix's table lookups: a sender's mis-cased address
+                // refused is a lost message; RFC 5321 §2.4 allows either.
+                recipient_ignore_case: bool = true,
+                    "plain" recipient_ignore_case "BOOL"
+                    "Recipient lookups ignore the case of local parts";
                 /// Largest message body, bytes after dot-unstuffing; advertised as SIZE.
                 max_message_bytes: u64 = 50 * 1024 * 1024,
                     "size" max_message_size "SIZE"
@@ -678,6 +701,12 @@ pub enum ConfigError {
     /// No accepted domain: every recipient would be refused.
     #[error("smtp.accepted_domains is empty: give at least one --domain")]
     NoDomains,
+    /// A delimiter that would cut addresses in the wrong place.
+    #[error(
+        "smtp.recipient_delimiter {0:?}: use printable ASCII other than @, quotes and \
+         spaces, e.g. +"
+    )]
+    BadDelimiter(String),
     /// The config file could not be read.
     #[error("cannot read config file {path}: {reason}")]
     Read {
@@ -779,6 +808,13 @@ impl SmtpConfig {
         // ASCII: it is sent before any client could have said SMTPUTF8.
         if !(self.hostname.is_ascii() && name(&self.hostname)) {
             return Err(ConfigError::BadHostname(self.hostname.clone()));
+        }
+        if !self
+            .recipient_delimiter
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"@\"".contains(&b))
+        {
+            return Err(ConfigError::BadDelimiter(self.recipient_delimiter.clone()));
         }
         if self.accepted_domains.is_empty() {
             return Err(ConfigError::NoDomains);
@@ -1242,6 +1278,40 @@ mod tests {
         assert_eq!(
             c.validate(),
             Err(ConfigError::BadDomain("bad domain".into()))
+        );
+    }
+
+    /// A delimiter cuts local parts at RCPT time: it must be a character
+    /// that can sit in one and cannot end the address.
+    #[test]
+    fn recipient_delimiters_are_printable_ascii_and_not_address_syntax() {
+        for ok in ["+", "", "-+", "=_"] {
+            let mut c = Config::default();
+            c.smtp.recipient_delimiter = ok.into();
+            assert_eq!(c.validate(), Ok(()), "{ok:?}");
+        }
+        for bad in ["@", " ", "+ ", "\"", "\u{e9}", "\t"] {
+            let mut c = Config::default();
+            c.smtp.recipient_delimiter = bad.into();
+            assert_eq!(
+                c.validate(),
+                Err(ConfigError::BadDelimiter(bad.into())),
+                "{bad:?}"
+            );
+        }
+        let c = Config::from_toml(
+            "[smtp]\nrecipient_map = \"/etc/ringmx/recipients\"\nrecipient_delimiter = \"-\"\n\
+             recipient_ignore_case = false\n",
+            Path::new("ringmx.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.smtp.recipient_map, Path::new("/etc/ringmx/recipients"));
+        assert_eq!(
+            (
+                c.smtp.recipient_delimiter.as_str(),
+                c.smtp.recipient_ignore_case
+            ),
+            ("-", false)
         );
     }
 }

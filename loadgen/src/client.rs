@@ -21,6 +21,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::config::Pipelining;
+use crate::config::RcptPattern;
 use crate::message::{Messages, Payload};
 use crate::reply::{self, Reply};
 use crate::stats::{Command, ErrorKind, IntervalStats, Phase};
@@ -127,7 +128,15 @@ pub struct Conn {
     /// the previous body, in the write that began at this instant; its
     /// replies follow the previous message's final reply.
     envelope_sent: Option<Instant>,
+    /// `--rcpt-pattern`: the index of this connection's next recipient.
+    rcpt_seq: u64,
+    /// `--rcpt-pattern`: where each message's envelope is formatted.
+    scratch: Vec<u8>,
 }
+
+/// Connections opened by this process, to start each at its own place in a
+/// `--rcpt-pattern`.
+static CONNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Initial read buffer: a few pipelined replies fit; grows only for long EHLO replies.
 const READ_BUF_BYTES: usize = 4096;
@@ -174,6 +183,12 @@ impl Conn {
             chunking: false,
             transactions: 0,
             envelope_sent: None,
+            // Spread the connections over the pattern (golden-ratio steps).
+            rcpt_seq: msgs.rcpt_pattern.as_ref().map_or(0, |p| {
+                let n = CONNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                n.wrapping_mul(0x9e37_79b9_7f4a_7c15) % p.count()
+            }),
+            scratch: Vec::new(),
         };
 
         // RFC 5321 §4.3.1: 220 to go on; 554 (or a 4xx) to refuse.
@@ -257,7 +272,18 @@ impl Conn {
             if self.pipelining {
                 // RFC 3030 §4.2 allows BDAT in a pipelined group: the whole
                 // transaction is one write.
-                self.write(&payload.pipelined_bdat, Command::Bdat).await?;
+                match &msgs.rcpt_pattern {
+                    None => self.write(&payload.pipelined_bdat, Command::Bdat).await?,
+                    Some(p) => {
+                        let mut buf = std::mem::take(&mut self.scratch);
+                        buf.clear();
+                        self.pattern_envelope(msgs, p, &mut buf, false);
+                        buf.extend_from_slice(&payload.bdat_chunk);
+                        let r = self.write(&buf, Command::Bdat).await;
+                        self.scratch = buf;
+                        r?;
+                    }
+                }
                 let sent = Instant::now();
                 let blocked = self.envelope_replies(env.rcpts.len(), rec).await?;
                 (
@@ -282,7 +308,17 @@ impl Conn {
         } else {
             let (blocked, data) = if self.pipelining {
                 if chained.is_none() {
-                    self.write(&env.pipelined_data, Command::Mail).await?;
+                    match &msgs.rcpt_pattern {
+                        None => self.write(&env.pipelined_data, Command::Mail).await?,
+                        Some(p) => {
+                            let mut buf = std::mem::take(&mut self.scratch);
+                            buf.clear();
+                            self.pattern_envelope(msgs, p, &mut buf, true);
+                            let r = self.write(&buf, Command::Mail).await;
+                            self.scratch = buf;
+                            r?;
+                        }
+                    }
                 }
                 let blocked = self.envelope_replies(env.rcpts.len(), rec).await?;
                 (blocked, self.read_reply(Command::Data, rec).await?)
@@ -306,15 +342,26 @@ impl Conn {
             // the data ended; send an empty one. Such a message is not
             // chained: it is refused anyway, and the caller resets.
             let chain = blocked.is_none() && self.pipelining && s.chain && chain_next();
+            let mut buf = std::mem::take(&mut self.scratch);
             let body: &[u8] = if blocked.is_some() {
                 b".\r\n"
             } else if chain {
-                &payload.chained
+                match &msgs.rcpt_pattern {
+                    None => &payload.chained,
+                    Some(p) => {
+                        buf.clear();
+                        buf.extend_from_slice(&payload.data_body);
+                        self.pattern_envelope(msgs, p, &mut buf, true);
+                        &buf
+                    }
+                }
             } else {
                 &payload.data_body
             };
             let write_start = Instant::now();
-            self.write(body, Command::DataEnd).await?;
+            let r = self.write(body, Command::DataEnd).await;
+            self.scratch = buf;
+            r?;
             let sent = Instant::now();
             if chain {
                 self.envelope_sent = Some(write_start);
@@ -429,6 +476,7 @@ impl Conn {
         let mut first_refusal = None;
         for _ in 0..rcpts {
             let r = self.read_reply(Command::Rcpt, rec).await?;
+            rec.borrow_mut().counters.rcpt_reply(r.code);
             match r.class() {
                 2 => rcpts_ok += 1,
                 4 | 5 => {
@@ -460,9 +508,23 @@ impl Conn {
         }
         let mut first_refusal = None;
         let mut rcpts_ok = 0;
+        let mut buf = std::mem::take(&mut self.scratch);
         for rcpt in &env.rcpts {
-            self.write(rcpt, Command::Rcpt).await?;
+            let r = match &msgs.rcpt_pattern {
+                None => self.write(rcpt, Command::Rcpt).await,
+                Some(p) => {
+                    buf.clear();
+                    p.write_rcpt(self.rcpt_seq, &mut buf);
+                    self.rcpt_seq += 1;
+                    self.write(&buf, Command::Rcpt).await
+                }
+            };
+            if let Err(e) = r {
+                self.scratch = buf;
+                return Err(e);
+            }
             let r = self.read_reply(Command::Rcpt, rec).await?;
+            rec.borrow_mut().counters.rcpt_reply(r.code);
             match r.class() {
                 2 => rcpts_ok += 1,
                 4 | 5 => {
@@ -471,7 +533,27 @@ impl Conn {
                 _ => return Err(unexpected(Command::Rcpt, r.code)),
             }
         }
+        self.scratch = buf;
         Ok(if rcpts_ok == 0 { first_refusal } else { None })
+    }
+
+    /// Appends MAIL, this message's `--rcpt-pattern` RCPTs and, with
+    /// `data`, `DATA`: one pipelined envelope.
+    fn pattern_envelope(
+        &mut self,
+        msgs: &Messages,
+        p: &RcptPattern,
+        out: &mut Vec<u8>,
+        data: bool,
+    ) {
+        out.extend_from_slice(&msgs.envelope.mail);
+        for _ in 0..msgs.envelope.rcpts.len() {
+            p.write_rcpt(self.rcpt_seq, out);
+            self.rcpt_seq += 1;
+        }
+        if data {
+            out.extend_from_slice(b"DATA\r\n");
+        }
     }
 
     async fn write(&mut self, bytes: &[u8], during: Command) -> Result<(), Failure> {

@@ -213,6 +213,8 @@ pub struct RunConfig {
     pub from: String,
     /// Domain of the generated recipients `user<N>@DOMAIN`.
     pub to_domain: String,
+    /// Recipients drawn in turn from a pattern instead (`--rcpt-pattern`).
+    pub rcpt_pattern: Option<RcptPattern>,
     /// Name sent in EHLO/HELO.
     pub ehlo: String,
     /// Longest wait for any one read of a server reply (or write).
@@ -231,6 +233,73 @@ pub struct RunConfig {
     pub seed: u64,
     /// Print one line per second while running.
     pub live: bool,
+}
+
+/// `--rcpt-pattern`: addresses `PREFIX{LO..HI}SUFFIX` (both ends included),
+/// e.g. `user{0..1999}@example.com`. Each connection takes `--rcpts` of them
+/// per message, in turn, starting at its own offset, so a run covers the
+/// whole range; with a recipient map listing only part of it, the run mixes
+/// known and unknown recipients in that proportion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RcptPattern {
+    prefix: String,
+    lo: u64,
+    hi: u64,
+    suffix: String,
+}
+
+impl RcptPattern {
+    /// Parses `PREFIX{LO..HI}SUFFIX`.
+    ///
+    /// # Errors
+    /// No `{LO..HI}`, numbers that do not parse, `LO > HI`, or a result
+    /// with spaces or angle brackets (it must fit in `RCPT TO:<..>`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad =
+            |why: &str| format!("--rcpt-pattern {s:?}: {why}; e.g. user{{0..999}}@example.com");
+        let (prefix, rest) = s.split_once('{').ok_or_else(|| bad("no {LO..HI} range"))?;
+        let (range, suffix) = rest.split_once('}').ok_or_else(|| bad("no closing }"))?;
+        let (lo, hi) = range
+            .split_once("..")
+            .ok_or_else(|| bad("the range is not LO..HI"))?;
+        let num = |t: &str| {
+            t.trim()
+                .parse::<u64>()
+                .map_err(|_| bad("LO and HI must be numbers"))
+        };
+        let (lo, hi) = (num(lo)?, num(hi)?);
+        if lo > hi {
+            return Err(bad("LO is above HI"));
+        }
+        if s.contains([' ', '<', '>', '\r', '\n']) || !suffix.contains('@') && !prefix.contains('@')
+        {
+            return Err(bad("an address needs an @ and no spaces or angle brackets"));
+        }
+        Ok(Self {
+            prefix: prefix.into(),
+            lo,
+            hi,
+            suffix: suffix.into(),
+        })
+    }
+
+    /// How many addresses the pattern makes.
+    pub fn count(&self) -> u64 {
+        self.hi - self.lo + 1
+    }
+
+    /// Appends `RCPT TO:<address n>\r\n` (n taken modulo [`Self::count`]).
+    pub fn write_rcpt(&self, n: u64, out: &mut Vec<u8>) {
+        use std::io::Write;
+        // Writing into a Vec cannot fail.
+        let _ = write!(
+            out,
+            "RCPT TO:<{}{}{}>\r\n",
+            self.prefix,
+            self.lo + n % self.count(),
+            self.suffix
+        );
+    }
 }
 
 impl RunConfig {
@@ -303,6 +372,40 @@ impl fmt::Display for Load {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rcpt_patterns_expand_in_turn_and_bad_ones_say_why() {
+        let p = RcptPattern::parse("user{8..10}@example.com").unwrap();
+        assert_eq!(p.count(), 3);
+        let mut out = Vec::new();
+        for n in 0..4 {
+            p.write_rcpt(n, &mut out);
+        }
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "RCPT TO:<user8@example.com>\r\nRCPT TO:<user9@example.com>\r\n\
+             RCPT TO:<user10@example.com>\r\nRCPT TO:<user8@example.com>\r\n"
+        );
+        let mut out = Vec::new();
+        RcptPattern::parse("a@d{0..0}.example")
+            .unwrap()
+            .write_rcpt(5, &mut out);
+        assert_eq!(out, b"RCPT TO:<a@d0.example>\r\n");
+        for (bad, why) in [
+            ("user@example.com", "no {LO..HI}"),
+            ("user{1..x}@example.com", "must be numbers"),
+            ("user{5..1}@example.com", "LO is above HI"),
+            ("user{0..9}", "needs an @"),
+            ("us er{0..9}@example.com", "needs an @"),
+            ("user{0-9}@example.com", "not LO..HI"),
+        ] {
+            let e = RcptPattern::parse(bad).unwrap_err();
+            assert!(
+                e.contains(why) && e.contains("e.g. user{0..999}"),
+                "{bad}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn sizes_have_the_servers_meaning() {

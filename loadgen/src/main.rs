@@ -9,7 +9,9 @@ use clap::{Parser, Subcommand};
 use ringmx::units::parse_duration;
 
 use loadgen::compare;
-use loadgen::config::{Arrivals, ConfigError, Load, Pipelining, RunConfig, Scenario, SizeDist};
+use loadgen::config::{
+    Arrivals, ConfigError, Load, Pipelining, RcptPattern, RunConfig, Scenario, SizeDist,
+};
 use loadgen::engine;
 use loadgen::stats::Phase;
 
@@ -137,6 +139,15 @@ struct RunArgs {
     /// Domain of the recipients, which are user0@DOMAIN, user1@DOMAIN, ...
     #[arg(long, value_name = "DOMAIN", default_value = "example.com")]
     to_domain: String,
+
+    /// Recipients drawn in turn from PREFIX{LO..HI}SUFFIX instead of
+    /// userN@--to-domain, --rcpts per message, each connection from its own
+    /// offset: e.g. 'user{0..1999}@example.com' against a recipient map that
+    /// lists user0..user999 mixes known and unknown recipients half and half.
+    /// The report then splits RCPT replies into 250 / 550 / other. Envelopes
+    /// are formatted per message (a little more client CPU).
+    #[arg(long, value_name = "PATTERN", value_parser = RcptPattern::parse)]
+    rcpt_pattern: Option<RcptPattern>,
 
     /// Name sent with EHLO/HELO.
     #[arg(long, value_name = "NAME", default_value = "loadgen.test")]
@@ -271,6 +282,7 @@ fn to_config(a: RunArgs) -> Result<RunConfig, ConfigError> {
         scenario: a.scenario,
         from: a.from,
         to_domain: a.to_domain,
+        rcpt_pattern: a.rcpt_pattern,
         ehlo: a.ehlo,
         reply_timeout: a.timeout,
         connect_timeout: a.connect_timeout,

@@ -4,11 +4,12 @@
 //! and pipelined batches that combine them.
 //!
 //! Nothing is formatted per message on the hot path; a connection only picks
-//! which prebuilt slice to write. Deciding when to write what is `client.rs`'s job.
+//! which prebuilt slice to write (except with `--rcpt-pattern`, whose
+//! envelopes differ per message). Deciding when to write what is `client.rs`'s job.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::RunConfig;
+use crate::config::{RcptPattern, RunConfig};
 
 /// Commands of one transaction, each ready to write.
 #[derive(Debug, Clone)]
@@ -44,8 +45,11 @@ pub struct Payload {
 /// Everything a run sends, indexed by size-distribution entry.
 #[derive(Debug, Clone)]
 pub struct Messages {
-    /// The envelope, the same for every message.
+    /// The envelope, the same for every message (without `--rcpt-pattern`).
     pub envelope: Envelope,
+    /// `--rcpt-pattern`: each message's recipients are formatted from it
+    /// (see `client.rs`); `envelope.rcpts` then only gives their number.
+    pub rcpt_pattern: Option<RcptPattern>,
     /// One payload per entry of the size distribution, same order.
     pub payloads: Vec<Payload>,
     /// `EHLO <name>\r\n`.
@@ -92,6 +96,7 @@ impl Messages {
             })
             .collect();
         Messages {
+            rcpt_pattern: cfg.rcpt_pattern.clone(),
             envelope: Envelope {
                 mail,
                 rcpts,

@@ -40,6 +40,10 @@ pub struct Summary {
     pub connections: ConnectionCounts,
     /// Replies by command, then by class (`2xx`..`5xx`); commands never sent are left out.
     pub replies: BTreeMap<String, BTreeMap<String, u64>>,
+    /// RCPT replies by code: `250`, `550` and `other` (recipient checks;
+    /// absent in summaries written before it existed).
+    #[serde(default)]
+    pub rcpt_replies: BTreeMap<String, u64>,
     /// Errors by kind; kinds that never happened are left out.
     pub errors: BTreeMap<String, u64>,
     /// The first error message of each kind seen.
@@ -181,6 +185,11 @@ impl Summary {
                 chunking: c.conns_chunking,
             },
             replies,
+            rcpt_replies: ["250", "550", "other"]
+                .iter()
+                .zip(c.rcpt_codes)
+                .map(|(k, n)| (k.to_string(), n))
+                .collect(),
             errors,
             first_errors,
             latency_ms: Phase::ALL
@@ -328,6 +337,22 @@ impl Summary {
                 n("3xx"),
                 n("4xx"),
                 n("5xx")
+            );
+        }
+
+        let rcpt = |k: &str| self.rcpt_replies.get(k).copied().unwrap_or(0);
+        let all = rcpt("250") + rcpt("550") + rcpt("other");
+        if all > 0 {
+            let pct = |n: u64| 100.0 * n as f64 / all as f64;
+            let _ = writeln!(
+                s,
+                "  RCPT split: 250 {} ({:.1}%), 550 {} ({:.1}%), other {} ({:.1}%)",
+                rcpt("250"),
+                pct(rcpt("250")),
+                rcpt("550"),
+                pct(rcpt("550")),
+                rcpt("other"),
+                pct(rcpt("other"))
             );
         }
 

@@ -221,6 +221,8 @@ pub struct Counters {
     pub replies: [[u64; 4]; Command::COUNT],
     /// Errors by kind (index: [`ErrorKind`] order).
     pub errors: [u64; ErrorKind::COUNT],
+    /// RCPT replies: 250, 550, anything else (recipient checks).
+    pub rcpt_codes: [u64; 3],
 }
 
 impl Counters {
@@ -243,6 +245,19 @@ impl Counters {
         for (x, y) in self.errors.iter_mut().zip(other.errors.iter()) {
             *x += y;
         }
+        for (x, y) in self.rcpt_codes.iter_mut().zip(other.rcpt_codes.iter()) {
+            *x += y;
+        }
+    }
+
+    /// Counts a RCPT reply by code: 250, 550, other.
+    pub fn rcpt_reply(&mut self, code: u16) {
+        let i = match code {
+            250 => 0,
+            550 => 1,
+            _ => 2,
+        };
+        self.rcpt_codes[i] += 1;
     }
 
     /// Counts a reply with `code` (200..=599) to `cmd`.

@@ -35,7 +35,8 @@ struct Ringmx {
 }
 
 impl Ringmx {
-    fn start(spool: &Path) -> Ringmx {
+    /// `extra`: more `ringmx serve` flags.
+    fn start_with(spool: &Path, extra: &[&str]) -> Ringmx {
         let mut child = Command::new(ringmx_bin())
             .args([
                 "serve",
@@ -46,6 +47,7 @@ impl Ringmx {
                 "--domain",
                 "example.com",
             ])
+            .args(extra)
             .args(["--log-level", "warn", "--spool"])
             .arg(spool)
             .stdin(Stdio::null())
@@ -98,9 +100,19 @@ fn spool_ids(spool: &Path) -> BTreeSet<String> {
 /// Runs loadgen against a fresh ringmx with `extra` flags; checks the ack
 /// log against the spool; returns the summary.
 fn run_against_ringmx(name: &str, extra: &[&str]) -> serde_json::Value {
+    run_against_ringmx_with(name, &[], extra).0
+}
+
+/// [`run_against_ringmx`] with `serve` flags for the server; also returns
+/// the recipients of every stored message.
+fn run_against_ringmx_with(
+    name: &str,
+    serve: &[&str],
+    extra: &[&str],
+) -> (serde_json::Value, Vec<Vec<String>>) {
     let dir = TempDir::new(name);
     let spool = dir.path("spool");
-    let server = Ringmx::start(&spool);
+    let server = Ringmx::start_with(&spool, serve);
     let (json, acks) = (dir.path("run.json"), dir.path("acks.log"));
     let mut args = vec![
         "run",
@@ -140,7 +152,13 @@ fn run_against_ringmx(name: &str, extra: &[&str]) -> serde_json::Value {
     // The ack log and the spool agree exactly (no warm-up here, so every
     // committed message was measured).
     assert_eq!(acked_set, spool_ids(&spool));
-    s
+    let rcpts = ringmx::spool::SpoolReader::open(&spool)
+        .unwrap()
+        .messages()
+        .unwrap()
+        .map(|m| m.unwrap().envelope.rcpts)
+        .collect();
+    (s, rcpts)
 }
 
 #[test]
@@ -196,4 +214,51 @@ fn bdat_with_new_connection_per_message() {
     assert_eq!(count(&s, &["messages", "ok"]), 100);
     assert_eq!(count(&s, &["connections", "chunking"]), 100);
     assert_eq!(count(&s, &["replies", "quit", "2xx"]), 100);
+}
+
+/// `--rcpt-pattern` over twice the users a recipient map lists: the RCPT
+/// replies split into 250 and 550, counted per reply, and only listed users
+/// are stored. Pipelined with chaining, and pipelined BDAT: both build each
+/// message's envelope from the pattern.
+#[test]
+fn rcpt_pattern_mixes_known_and_unknown_recipients() {
+    let dir = TempDir::new("ringmx-rcpt-map");
+    let map = dir.path("recipients");
+    // Half the users, in runs of two: each message (two recipients in turn)
+    // has zero, one or two known. Long runs of unknown recipients would
+    // trip smtp.max_junk_commands, as a harvester should.
+    let users: String = (0..200)
+        .filter(|i| i % 4 < 2)
+        .map(|i| format!("user{i}@example.com\n"))
+        .collect();
+    std::fs::write(&map, users).unwrap();
+    for mode in [&["--chain"][..], &["--bdat"][..]] {
+        let mut extra = vec![
+            "-c",
+            "4",
+            "--messages",
+            "200",
+            "--rcpts",
+            "2",
+            "--rcpt-pattern",
+            "user{0..199}@example.com",
+        ];
+        extra.extend_from_slice(mode);
+        let (s, stored) = run_against_ringmx_with(
+            "ringmx-rcpt",
+            &["--recipient-map", map.to_str().unwrap()],
+            &extra,
+        );
+        let split = |k: &str| count(&s, &["rcpt_replies", k]);
+        assert_eq!(split("250") + split("550"), 400, "{s}");
+        assert_eq!(split("other"), 0);
+        assert!(split("250") > 0 && split("550") > 0, "{s}");
+        assert_eq!(split("250"), count(&s, &["replies", "rcpt", "2xx"]));
+        let stored_rcpts: usize = stored.iter().map(Vec::len).sum();
+        assert_eq!(stored_rcpts as u64, split("250"), "{mode:?}");
+        for r in stored.iter().flatten() {
+            let n: u32 = r["user".len()..r.find('@').unwrap()].parse().unwrap();
+            assert!(n % 4 < 2, "{r} is not in the map but was stored");
+        }
+    }
 }

@@ -16,6 +16,7 @@
 //! | one handler per command | `session/handlers.rs` |
 //! | DATA and BDAT bodies, their shared text rules | `session/body.rs` |
 //! | refused commands as records, for the log | `session/refusal.rs` |
+//! | who exists at RCPT time: per-domain policy, the static map | [`recipients`] |
 //! | the `Received:` trace header | [`trace`] |
 //! | an in-memory driver for benches and fuzzing | [`replay`] |
 //!
@@ -26,6 +27,7 @@
 
 pub mod command;
 pub mod envelope;
+pub mod recipients;
 pub mod replay;
 pub mod reply;
 pub mod scanner;
@@ -33,7 +35,7 @@ pub mod session;
 pub mod trace;
 
 pub use envelope::Envelope;
-pub use session::{ClientInfo, CloseReason, CommitError, Event, Refusal, Session};
+pub use session::{ClientInfo, CloseReason, CommitError, Event, RcptCounts, Refusal, Session};
 
 #[cfg(test)]
 mod tests;

@@ -92,6 +92,9 @@ pub const BINARYMIME_NEEDS_BDAT: Reply = b"503 5.5.1 BODY=BINARYMIME requires BD
 // Policy.
 /// A recipient outside smtp.accepted_domains: no open relay (RFC 5321 §3.6.2).
 pub const RELAY_DENIED: Reply = b"550 5.7.1 Relay access denied\r\n";
+/// A recipient the recipient map does not list, at a domain whose policy
+/// is `map` (RFC 3463 §3.2: X.1.1 bad destination mailbox address).
+pub const UNKNOWN_RECIPIENT: Reply = b"550 5.1.1 Recipient address rejected: User unknown\r\n";
 /// Past smtp.max_recipients (RFC 5321 §4.5.3.1.10).
 pub const TOO_MANY_RECIPIENTS: Reply = b"452 4.5.3 Too many recipients\r\n";
 /// SIZE= or the body itself over smtp.max_message_bytes (RFC 1870 §6.1).
@@ -201,6 +204,7 @@ mod tests {
             DATA_AFTER_BDAT,
             BINARYMIME_NEEDS_BDAT,
             RELAY_DENIED,
+            UNKNOWN_RECIPIENT,
             TOO_MANY_RECIPIENTS,
             MESSAGE_TOO_BIG,
             TEXT_LINE_TOO_LONG,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
+use super::recipients::{MapOptions, RecipientMap};
 use super::session::{ClientInfo, CloseReason, CommitError, Event, Session};
 use crate::config::{BareNewline, SmtpConfig};
 
@@ -448,6 +449,134 @@ fn rfc5321_4_5_3_1_10_too_many_recipients() {
     );
     h.feed(b"DATA\r\nx\r\n.\r\n");
     assert_eq!(h.stored[0].rcpts.len(), 100);
+}
+
+fn with_map(text: &str) -> Harness {
+    let mut h = Harness::with(SmtpConfig {
+        max_junk_commands: 3,
+        ..cfg()
+    });
+    let map = RecipientMap::parse(text.as_bytes(), MapOptions::default()).unwrap();
+    h.s.set_recipients(Some(std::sync::Arc::new(map)));
+    h
+}
+
+#[test]
+fn recipient_map_refuses_unknown_recipients_with_550_5_1_1() {
+    // example.com is a map domain; `test` is accepted but not named: catch-all.
+    let mut h = with_map(
+        "alice@example.com
+bob@example.com: bob@store.internal
+",
+    );
+    h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\n");
+    let replies = h.feed(
+        b"RCPT TO:<alice@example.com>\r\nRCPT TO:<mallory@example.com>\r\n\
+          RCPT TO:<Bob+x@Example.com>\r\nRCPT TO:<anyone@test>\r\n\
+          RCPT TO:<postmaster@example.com>\r\nRCPT TO:<u@elsewhere.example>\r\n",
+    );
+    assert_eq!(
+        codes(&replies),
+        ["250", "550", "250", "250", "250", "550"],
+        "{replies}"
+    );
+    assert!(replies.contains("550 5.1.1 Recipient address rejected: User unknown\r\n"));
+    assert!(replies.contains("550 5.7.1 Relay access denied\r\n"));
+    h.feed(b"DATA\r\nx\r\n.\r\n");
+    // Stored with the recipients as sent, the unknown one left out.
+    assert_eq!(
+        h.stored[0].rcpts,
+        [
+            "alice@example.com",
+            "Bob+x@Example.com",
+            "anyone@test",
+            "postmaster@example.com"
+        ]
+    );
+    let c = h.s.rcpt_counts();
+    assert_eq!(
+        (c.accepted, c.unknown, c.relay_denied, c.over_limit),
+        (4, 1, 1, 0)
+    );
+    let refused: Vec<_> =
+        h.s.drain_refusals()
+            .map(|r| (r.verb, r.enhanced()))
+            .collect();
+    assert_eq!(refused, [("RCPT", "5.1.1"), ("RCPT", "5.7.1")]);
+}
+
+#[test]
+fn unknown_recipients_are_junk_not_errors() {
+    let mut h = with_map("alice@example.com\n");
+    h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\n");
+    // Three guesses (max_junk_commands) are answered; a delivered message
+    // resets the count; the fourth guess in a row closes.
+    for i in 0..3 {
+        let r = h.feed(format!("RCPT TO:<guess{i}@example.com>\r\n").as_bytes());
+        assert!(r.starts_with("550 5.1.1"), "{r}");
+    }
+    h.feed(b"RCPT TO:<alice@example.com>\r\nDATA\r\nx\r\n.\r\nMAIL FROM:<a@b>\r\n");
+    assert_eq!(h.stored.len(), 1);
+    for i in 0..3 {
+        let r = h.feed(format!("RCPT TO:<again{i}@example.com>\r\n").as_bytes());
+        assert!(r.starts_with("550 5.1.1"), "{r}");
+    }
+    assert_eq!(
+        h.feed(b"RCPT TO:<last@example.com>\r\n"),
+        "421 4.7.0 Too many junk commands, closing connection\r\n"
+    );
+    assert_eq!(h.closed, Some(CloseReason::TooManyJunk));
+}
+
+#[test]
+fn pipelined_data_after_only_unknown_recipients_is_not_an_error() {
+    let mut h = Harness::new();
+    let map = RecipientMap::parse(b"alice@example.com\n", MapOptions::default()).unwrap();
+    h.s.set_recipients(Some(std::sync::Arc::new(map)));
+    h.feed(b"EHLO c\r\n");
+    // Past smtp.max_errors (10) such transactions, the session goes on.
+    for _ in 0..12 {
+        // (RSET apart: bytes behind a refused DATA close the session.)
+        let r = h.feed(b"MAIL FROM:<a@b>\r\nRCPT TO:<nobody@example.com>\r\nDATA\r\n");
+        assert!(
+            r.ends_with(
+                "550 5.1.1 Recipient address rejected: User unknown\r\n\
+                             554 5.5.1 No valid recipients\r\n"
+            ),
+            "{r}"
+        );
+        assert_eq!(h.feed(b"RSET\r\n"), "250 2.0.0 Ok\r\n");
+    }
+    let r = h.feed(b"MAIL FROM:<a@b>\r\nRCPT TO:<nobody@example.com>\r\nBDAT 1 LAST\r\nxRSET\r\n");
+    assert_eq!(codes(&r), ["250", "550", "554", "250"], "{r}");
+    assert_eq!(h.closed, None);
+    // Without an unknown recipient, DATA with none is still a failed command.
+    for _ in 0..9 {
+        assert!(h.feed(b"MAIL FROM:<a@b>\r\nDATA\r\n").contains("554 5.5.1"));
+        h.feed(b"RSET\r\n");
+    }
+    assert_eq!(h.closed, None);
+    h.feed(b"MAIL FROM:<a@b>\r\nDATA\r\n");
+    assert_eq!(h.closed, Some(CloseReason::TooManyErrors));
+}
+
+#[test]
+fn a_new_map_applies_from_the_next_rcpt() {
+    let mut h = with_map("alice@example.com\n");
+    h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\n");
+    assert!(h
+        .feed(b"RCPT TO:<bob@example.com>\r\n")
+        .starts_with("550 5.1.1"));
+    let map = RecipientMap::parse(b"bob@example.com\n", MapOptions::default()).unwrap();
+    h.s.set_recipients(Some(std::sync::Arc::new(map)));
+    assert!(h.feed(b"RCPT TO:<bob@example.com>\r\n").starts_with("250"));
+    assert!(h
+        .feed(b"RCPT TO:<alice@example.com>\r\n")
+        .starts_with("550 5.1.1"));
+    h.s.set_recipients(None);
+    assert!(h
+        .feed(b"RCPT TO:<alice@example.com>\r\n")
+        .starts_with("250"));
 }
 
 #[test]

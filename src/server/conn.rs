@@ -54,17 +54,21 @@ pub(crate) async fn serve(
     let started = Instant::now();
     let peer = stream.peer_addr().ok();
     let mut out = Vec::with_capacity(shard.server.write_buffer_bytes);
-    let session = Session::new(
+    let mut session = Session::new(
         Rc::clone(&shard.smtp),
         ClientInfo { peer },
         started,
         shard.server.max_connection_lifetime,
         &mut out,
     );
+    // The generation first: a swap in between is then picked up at once.
+    let recipients_gen = shard.recipients.generation();
+    session.set_recipients(shard.recipients.load());
     let mut c = Conn {
         shard,
         stream,
         session,
+        recipients_gen,
         rbuf: ReadBuf::default(),
         out,
         msg: Msg::None,
@@ -82,6 +86,9 @@ pub(crate) async fn serve(
         bytes_out: c.bytes_out,
     };
     log.write(outcome);
+    let mut rcpt = c.shard.stats.rcpt.get();
+    rcpt.add(&c.session.rcpt_counts());
+    c.shard.stats.rcpt.set(rcpt);
     drop(c);
     drop(permit);
     drop(guard);
@@ -397,6 +404,8 @@ struct Conn {
     shard: Rc<Shard>,
     stream: TcpStream,
     session: Session,
+    /// The generation of the recipient map the session holds.
+    recipients_gen: u64,
     rbuf: ReadBuf,
     /// Replies not yet written.
     out: Vec<u8>,
@@ -491,6 +500,13 @@ impl Conn {
     /// replies to one piece are all that can pass the high-water mark; only
     /// a body that continues past the piece gets the rest at once.
     async fn process(&mut self) -> Step {
+        // A map reloaded on SIGHUP applies from the next command on: one
+        // atomic load per read, the lock only after a swap.
+        let g = self.shard.recipients.generation();
+        if g != self.recipients_gen {
+            self.recipients_gen = g;
+            self.session.set_recipients(self.shard.recipients.load());
+        }
         let mut chunk = INPUT_CHUNK;
         let mut whole = false;
         loop {

@@ -8,6 +8,7 @@
 //! | per-core state, accept loop, connection limit, shutdown | `shard.rs` |
 //! | one client connection driving the session | `conn.rs` |
 //! | deleting shipped segments, backpressure (a thread) | [`crate::spool::reclaim`] |
+//! | the recipient map: load, share, reload on SIGHUP | [`recipients`] |
 //!
 //! Start-up, on the main thread: resolve the cores, raise RLIMIT_NOFILE and
 //! RLIMIT_MEMLOCK where allowed, bind every shard's sockets (so "port in use"
@@ -16,6 +17,11 @@
 //! store is open and its listeners are running. Any failure is one line and
 //! [`serve`] returns an error.
 //!
+//! SIGHUP reloads what can change at run time (so far the recipient map,
+//! `smtp.recipient_map`): each reload is checked first and a bad one keeps
+//! what runs. Further reloads (certificates, user files) add a hook to the
+//! signal thread's list.
+//!
 //! Shutdown: the first SIGTERM/SIGINT writes a byte to each shard's stop
 //! socket; each shard stops accepting, answers idle sessions `421 4.3.2`,
 //! lets transactions in flight finish for `server.shutdown_grace`, then cuts
@@ -23,6 +29,7 @@
 //! signal exits the process at once (status 128 + signal).
 
 pub mod listener;
+pub mod recipients;
 
 mod conn;
 mod shard;
@@ -31,7 +38,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 use glommio::{LocalExecutorBuilder, Placement};
 
@@ -105,6 +112,9 @@ pub enum ServerError {
         /// What failed.
         reason: String,
     },
+    /// `smtp.recipient_map` cannot be read or has a bad line.
+    #[error(transparent)]
+    RecipientMap(#[from] recipients::RecipientMapError),
     /// A system call the start-up needs failed.
     #[error("{0}")]
     System(String),
@@ -135,6 +145,15 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
     );
     check_memlock(shards)?;
 
+    let shared = Arc::new(recipients::SharedRecipients::new(load_recipients(&cfg)?));
+    let mut reloads: Vec<Reload> = Vec::new();
+    if !cfg.smtp.recipient_map.as_os_str().is_empty() {
+        let (shared, smtp) = (Arc::clone(&shared), cfg.smtp.clone());
+        reloads.push(Box::new(move || {
+            recipients::reload(&shared, &smtp.recipient_map, &smtp)
+        }));
+    }
+
     let bound = listener::bind_all(&cfg.server.listen, cpus.len(), &cfg.server)?;
 
     let reclaim = store::reclaim::Shared::new(cpus.len() as u32);
@@ -149,6 +168,7 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
             id: i as u32,
             cpu: *cpu,
             config: cfg.clone(),
+            recipients: Arc::clone(&shared),
             sockets,
             stop: OwnedFd::from(theirs),
             ready: shard::Ready::new(i as u32, ready_tx.clone()),
@@ -159,7 +179,7 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
     drop(ready_tx);
 
     block_signals()?;
-    spawn_signal_thread(stops, cfg.server.shutdown_grace)?;
+    spawn_signal_thread(stops, cfg.server.shutdown_grace, reloads)?;
 
     let mut handles = Vec::with_capacity(starts.len());
     for start in starts {
@@ -261,6 +281,29 @@ fn start_ships(cfg: &Config) -> Option<crate::outlet::supervise::Supervisor> {
     }
 }
 
+/// Something SIGHUP rereads; run on the signal thread, so it may block
+/// (read files) but must log its own failures and keep what runs.
+type Reload = Box<dyn FnMut() + Send>;
+
+/// The recipient map named by `smtp.recipient_map`, if any, logged.
+fn load_recipients(
+    cfg: &Config,
+) -> Result<Option<crate::protocol::recipients::RecipientMap>, ServerError> {
+    let path = &cfg.smtp.recipient_map;
+    if path.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let started = std::time::Instant::now();
+    let map = recipients::load(path, recipients::options(&cfg.smtp))?;
+    crate::info!(
+        "recipient map {} loaded in {} ms: {}",
+        path.display(),
+        started.elapsed().as_millis(),
+        recipients::describe(&map, &cfg.smtp.accepted_domains)
+    );
+    Ok(Some(map))
+}
+
 /// Flushes the shards' log queue when dropped (see [`crate::log::flush`]).
 struct FlushLog;
 
@@ -340,11 +383,12 @@ fn signal_set() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
     }
     set
 }
 
-/// Blocks SIGINT/SIGTERM here; threads started later inherit the mask, so
+/// Blocks SIGINT/SIGTERM/SIGHUP here; threads started later inherit the mask, so
 /// only the signal thread's `sigwait` ever sees them.
 fn block_signals() -> Result<(), ServerError> {
     let set = signal_set();
@@ -359,9 +403,12 @@ fn block_signals() -> Result<(), ServerError> {
     Ok(())
 }
 
+/// Waits for signals: SIGHUP runs every reload in `reloads`, in order;
+/// SIGTERM/SIGINT shut down (see the module docs).
 fn spawn_signal_thread(
     stops: Vec<UnixStream>,
     grace: std::time::Duration,
+    mut reloads: Vec<Reload>,
 ) -> Result<(), ServerError> {
     std::thread::Builder::new()
         .name("ringmx-signals".into())
@@ -372,6 +419,15 @@ fn spawn_signal_thread(
                 let mut sig: libc::c_int = 0;
                 // SAFETY: `set` and `sig` are valid for the call.
                 if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                    continue;
+                }
+                if sig == libc::SIGHUP {
+                    if reloads.is_empty() {
+                        crate::info!("SIGHUP: nothing to reload (no smtp.recipient_map)");
+                    }
+                    for r in &mut reloads {
+                        r();
+                    }
                     continue;
                 }
                 let name = if sig == libc::SIGINT {

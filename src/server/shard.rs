@@ -22,8 +22,10 @@ use glommio::sync::{Semaphore, StaticPermit};
 use glommio::timer::sleep;
 
 use super::conn;
+use super::recipients::SharedRecipients;
 use super::store;
 use crate::config::{Config, ServerConfig, SmtpConfig};
+use crate::protocol::RcptCounts;
 
 /// Connections a shard turns away at once (each gets `421 4.3.2` and a
 /// lingering close, up to [`super::conn`]'s linger time). Below this the
@@ -91,6 +93,8 @@ pub(crate) struct Stats {
     pub(crate) message_bytes: Cell<u64>,
     /// Failed `accept` calls (out of descriptors, aborted handshakes).
     pub(crate) accept_errors: Cell<u64>,
+    /// RCPT commands by outcome, added as each session ends.
+    pub(crate) rcpt: Cell<RcptCounts>,
 }
 
 impl Stats {
@@ -113,6 +117,9 @@ pub(crate) struct Shard {
     /// Set by the reclaimer thread while the spool is over a backpressure
     /// mark: new transactions get `452 4.3.1` at MAIL.
     pub(crate) pressure: Arc<AtomicBool>,
+    /// Who exists at RCPT time; read by every connection before its next
+    /// commands, replaced by the signal thread on SIGHUP.
+    pub(crate) recipients: Arc<SharedRecipients>,
     /// One permit per open connection: the per-shard connection limit.
     permits: Rc<Semaphore>,
     /// One permit per connection being turned away: [`MAX_REJECTING`].
@@ -153,6 +160,8 @@ pub(crate) struct ShardStart {
     pub(crate) id: u32,
     pub(crate) cpu: usize,
     pub(crate) config: Config,
+    /// The recipient map every shard shares (swapped on SIGHUP).
+    pub(crate) recipients: Arc<SharedRecipients>,
     /// Bound and listening, one per listen address.
     pub(crate) sockets: Vec<socket2::Socket>,
     /// Readable (a byte, or EOF) when the process is told to stop.
@@ -217,6 +226,7 @@ pub(crate) async fn run(start: ShardStart) -> ShardSummary {
         id,
         cpu,
         config,
+        recipients,
         sockets,
         stop,
         mut ready,
@@ -248,6 +258,7 @@ pub(crate) async fn run(start: ShardStart) -> ShardSummary {
         smtp: Rc::new(config.smtp.clone()),
         spool,
         pressure,
+        recipients,
         permits: Rc::new(Semaphore::new(max)),
         rejecting: Rc::new(Semaphore::new(MAX_REJECTING)),
         active: Cell::new(0),
@@ -300,19 +311,25 @@ async fn shutdown(shard: &Rc<Shard>, accept_loops: Vec<glommio::Task<()>>) -> Sh
     crate::log::flush_thread();
     let st = &shard.stats;
     let sp = shard.spool.stats();
+    let rc = st.rcpt.get();
     // Always written, whatever the level: the shard's totals and the
     // spool's group-commit batching are what an operator checks after a run.
     crate::log::write(
         crate::log::Level::Info,
         format_args!(
             "shard {id} stopped: connections={} rejected={} messages={} message_bytes={} \
-         accept_errors={} cut_off={cut_off} spool_records={} fdatasyncs={} \
+         accept_errors={} cut_off={cut_off} rcpt_accepted={} rcpt_unknown={} \
+         rcpt_relay_denied={} rcpt_over_limit={} spool_records={} fdatasyncs={} \
          commits_per_fdatasync={:.2}",
             st.connections.get(),
             st.rejected.get(),
             st.messages.get(),
             st.message_bytes.get(),
             st.accept_errors.get(),
+            rc.accepted,
+            rc.unknown,
+            rc.relay_denied,
+            rc.over_limit,
             sp.records,
             sp.fdatasyncs,
             sp.commits_per_fdatasync(),

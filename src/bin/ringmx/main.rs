@@ -31,6 +31,7 @@ enum Command {
     ///
     /// Settings come from the defaults, then --config FILE, then the flags.
     /// SIGTERM/SIGINT: graceful shutdown (a second one exits at once).
+    /// SIGHUP: reread the recipient map (a bad one keeps the old).
     #[command(after_help = ringmx::units::FORMS_HELP)]
     Serve(Box<ConfigOverrides>),
     /// Read the spool: ls, cat, export, verify, stats.
@@ -105,7 +106,7 @@ fn serve(flags: &ConfigOverrides) -> i32 {
             eprintln!("ringmx: {e}");
             // 2 for settings (like a usage error), 1 for the environment.
             match e {
-                ServerError::Config(_) => 2,
+                ServerError::Config(_) | ServerError::RecipientMap(_) => 2,
                 _ => 1,
             }
         }

@@ -368,6 +368,7 @@ impl Session {
         self.mode = Mode::Commands;
         let binary = self.arena.params.body == BodyType::BinaryMime;
         let handled = match reject {
+            Some(r) if r == reply::NEED_RCPT => self.no_recipients(),
             Some(r) => {
                 if self.tx == Tx::Chunking {
                     self.end_transaction();

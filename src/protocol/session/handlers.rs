@@ -4,6 +4,7 @@
 //! switch to reading a body set the mode; the body itself is [`super::body`]'s.
 
 use super::super::command::{self, BodyType, Command, MailParams};
+use super::super::recipients::Lookup;
 use super::super::reply;
 use super::{Answer, Reply};
 use super::{BdatText, CloseReason, Effect, Greeted, Handled, Mode, Session, Tx};
@@ -135,13 +136,29 @@ impl Session {
             return Handled::error(reply::UTF8_NOT_ALLOWED);
         }
         if !self.accepts_domain(domain) {
+            self.rcpt_counts.relay_denied += 1;
             return Handled::error(reply::RELAY_DENIED);
         }
+        let known = self
+            .recipients
+            .as_ref()
+            .map_or(Lookup::Exists, |m| m.lookup(to, domain));
+        if known == Lookup::Unknown {
+            self.rcpt_counts.unknown += 1;
+            self.unknown_in_tx = true;
+            // Junk, not an error: a list with a few dead addresses must not
+            // cost the sender its session (smtp.max_errors is 10), yet an
+            // address harvester gets smtp.max_junk_commands guesses per
+            // message it actually delivers.
+            return self.junk(Handled::reply(reply::UNKNOWN_RECIPIENT));
+        }
         if self.arena.rcpt_count() >= self.cfg.max_recipients {
+            self.rcpt_counts.over_limit += 1;
             // RFC 5321 §4.5.3.1.10: 452, and not a protocol error; but
             // junk, as a client that keeps sending them is not delivering.
             return self.junk(Handled::reply(reply::TOO_MANY_RECIPIENTS));
         }
+        self.rcpt_counts.accepted += 1;
         self.arena.add_rcpt(to);
         Handled::reply(reply::RECIPIENT_OK)
     }
@@ -159,6 +176,18 @@ impl Session {
                 .any(|d| d.eq_ignore_ascii_case(domain))
     }
 
+    /// DATA or BDAT without an accepted recipient: `554 5.5.1`. A failed
+    /// command, unless a recipient was refused as unknown in this
+    /// transaction: a pipelining client sends DATA before it can see that
+    /// (RFC 2920 §3.1), so it is junk then, not a protocol error (else a
+    /// list sender with ten dead addresses in a row would be cut off).
+    pub(super) fn no_recipients(&mut self) -> Handled<'static> {
+        if self.unknown_in_tx {
+            return self.junk(Handled::reply(reply::NEED_RCPT));
+        }
+        Handled::error(reply::NEED_RCPT)
+    }
+
     /// DATA (RFC 5321 §4.1.1.4): `354`, then the body in [`Mode::Data`].
     fn data_command(&mut self) -> Handled<'static> {
         match self.tx {
@@ -167,7 +196,7 @@ impl Session {
             Tx::Envelope => {}
         }
         if self.arena.rcpt_count() == 0 {
-            return Handled::error(reply::NEED_RCPT);
+            return self.no_recipients();
         }
         if self.arena.params.body == BodyType::BinaryMime {
             return Handled::error(reply::BINARYMIME_NEEDS_BDAT);

@@ -56,10 +56,12 @@ mod refusal;
 use std::fmt;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::command::is_bdat;
 use super::envelope::{Envelope, TxArena};
+use super::recipients::RecipientMap;
 use super::reply::{self, Reply};
 use super::scanner::LineScanner;
 use crate::config::SmtpConfig;
@@ -74,6 +76,30 @@ pub use refusal::Refusal;
 pub struct ClientInfo {
     /// Peer address of the connection.
     pub peer: Option<SocketAddr>,
+}
+
+/// RCPT commands by outcome, for the shard's counters. A RCPT refused
+/// before these checks (no MAIL, bad syntax) is in none of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RcptCounts {
+    /// Answered `250`.
+    pub accepted: u64,
+    /// Outside smtp.accepted_domains: `550 5.7.1`.
+    pub relay_denied: u64,
+    /// Not in the recipient map: `550 5.1.1`.
+    pub unknown: u64,
+    /// Past smtp.max_recipients: `452 4.5.3`.
+    pub over_limit: u64,
+}
+
+impl RcptCounts {
+    /// Adds `other` to these.
+    pub fn add(&mut self, other: &RcptCounts) {
+        self.accepted += other.accepted;
+        self.relay_denied += other.relay_denied;
+        self.unknown += other.unknown;
+        self.over_limit += other.over_limit;
+    }
 }
 
 /// Why the runtime could not make a message durable.
@@ -342,6 +368,13 @@ impl<'a> Handled<'a> {
 pub struct Session {
     cfg: Rc<SmtpConfig>,
     client: ClientInfo,
+    /// Who exists at RCPT time; `None`: every accepted domain is catch-all.
+    recipients: Option<Arc<RecipientMap>>,
+    /// RCPTs by outcome.
+    rcpt_counts: RcptCounts,
+    /// A RCPT of this transaction was refused as unknown (see
+    /// `no_recipients`).
+    unknown_in_tx: bool,
     mode: Mode,
     tx: Tx,
     greeted: Greeted,
@@ -389,6 +422,9 @@ impl Session {
             text: TextRules::new(&cfg),
             cfg,
             client,
+            recipients: None,
+            rcpt_counts: RcptCounts::default(),
+            unknown_in_tx: false,
             mode: Mode::Commands,
             tx: Tx::Idle,
             greeted: Greeted::No,
@@ -447,6 +483,19 @@ impl Session {
             "shed_envelope outside a message"
         );
         self.arena.shed();
+    }
+
+    /// Sets the recipient map the following RCPTs are checked against
+    /// (`None`: catch-all, the default). The runtime may call it between
+    /// any two calls, e.g. after a reload; recipients already accepted
+    /// stay accepted.
+    pub fn set_recipients(&mut self, map: Option<Arc<RecipientMap>>) {
+        self.recipients = map;
+    }
+
+    /// RCPT commands so far, by outcome.
+    pub fn rcpt_counts(&self) -> RcptCounts {
+        self.rcpt_counts
     }
 
     /// What the runtime told the session about its client.
@@ -783,6 +832,7 @@ impl Session {
 
     fn end_transaction(&mut self) {
         self.tx = Tx::Idle;
+        self.unknown_in_tx = false;
         self.arena.clear();
         self.body_bytes = 0;
     }
