@@ -687,4 +687,74 @@ mod tests {
         assert_eq!(rest.taken.len(), 4);
         assert!(rest.taken.iter().all(|(k, _)| !sink.1.contains(k)));
     }
+
+    /// Review finding: a consumer that shipped records the server wrote but
+    /// had not yet made durable (a follower reads the page cache before the
+    /// fdatasync) stores a checkpoint past what survives a power loss.
+    /// Recovery cuts the segment back and the server appends new,
+    /// acknowledged mail at the cut, in the same segment: the consumer
+    /// resumes at its stale offset, inside or past the new records, and
+    /// skips them.
+    #[test]
+    #[ignore = "bug: a checkpoint past the recovered end skips mail acknowledged after the restart"]
+    fn a_checkpoint_past_what_survived_a_power_loss_skips_no_new_mail() {
+        let dir = TempDir::new("consumer-powerloss");
+        write_test_spool(dir.path(), 3, 1 << 20);
+        let spool = SpoolReader::open(dir.path()).unwrap();
+        let cd = ConsumerDir::new(dir.path(), "t").unwrap();
+        cd.create().unwrap();
+        let progress = ShardProgress::default();
+        let (c, stop) = (cfg(), AtomicBool::new(false));
+        let mut sink = Scripted {
+            script: VecDeque::new(),
+            calls: Vec::new(),
+            taken: Vec::new(),
+            max: 64,
+        };
+        ShardConsumer::new(&spool, &cd, 0, &c, &progress)
+            .unwrap()
+            .run(&mut sink, &stop)
+            .unwrap();
+        assert_eq!(sink.taken.len(), 3);
+        // Power loss: the last two records were written (and shipped) but
+        // never covered by an fdatasync, so their clients never got a 250.
+        let stored: Vec<StoredMessage> = spool.shard_messages(0).map(Result::unwrap).collect();
+        let cut = stored[1].location;
+        let segs: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path().join("shard-0"))
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| {
+                matches!(
+                    crate::spool::format::parse_segment_file_name(&e.file_name().to_string_lossy()),
+                    crate::spool::format::SegmentName::Current(_)
+                )
+            })
+            .map(|e| e.path())
+            .collect();
+        assert_eq!(segs.len(), 1);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segs[0])
+            .unwrap()
+            .set_len(cut.offset)
+            .unwrap();
+        // The server restarts (recovery) and acknowledges three new messages.
+        let new: Vec<String> = write_test_spool(dir.path(), 3, 1 << 20)
+            .iter()
+            .map(|(id, _)| id.to_string())
+            .collect();
+        // The consumer comes back: every new message must be shipped.
+        let before = sink.taken.len();
+        ShardConsumer::new(&spool, &cd, 0, &c, &progress)
+            .unwrap()
+            .run(&mut sink, &stop)
+            .unwrap();
+        let got: Vec<&String> = sink.taken[before..].iter().map(|t| &t.0).collect();
+        for id in &new {
+            assert!(
+                got.iter().any(|k| k.ends_with(id.as_str())),
+                "acknowledged {id} was never shipped; shipped after the restart: {got:?}"
+            );
+        }
+    }
 }
