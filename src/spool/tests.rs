@@ -1708,3 +1708,24 @@ fn a_tailing_reader_misses_no_commit_when_the_server_rotates_under_it() {
         );
     }
 }
+
+/// For other modules' tests: a spool at `root` with `n` messages of `len`
+/// bytes in shard 0, each streamed in fragments (1 KiB buffered), in
+/// segments of `segment_bytes`; their ids, in order.
+pub(crate) fn write_streamed_spool(
+    root: &Path,
+    n: u64,
+    len: usize,
+    segment_bytes: u64,
+) -> Vec<QueueId> {
+    let c = cfg(1024, segment_bytes, Durability::Fsync);
+    run(|| async {
+        let spool = ShardSpool::open(root, 0, &c).await.unwrap();
+        let mut v = Vec::new();
+        for i in 0..n {
+            v.push(store(&spool, &body(len, i), 1000).await.unwrap());
+        }
+        spool.close().await.unwrap();
+        v
+    })
+}
