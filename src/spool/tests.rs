@@ -1729,3 +1729,83 @@ pub(crate) fn write_streamed_spool(
         v
     })
 }
+
+/// Found in review: the reclaimer's incremental scan for Commit records
+/// (`reclaim::walk`) stepped over a segment it could not open for any
+/// reason, not only one deleted meanwhile, and never looked at it again. A segment that is unreadable for a moment (EMFILE, EIO;
+/// here its name briefly is a directory) hides its Commit records: the
+/// fragments they list in older segments are deleted once every consumer
+/// has passed those, and the message, still ahead of the consumers, can no
+/// longer be read.
+#[test]
+fn a_segment_unreadable_for_a_moment_does_not_free_the_fragments_its_commits_need() {
+    use crate::outlet::checkpoint::{Checkpoint, ConsumerDir};
+    use crate::spool::reclaim::{Reclaimer, Shared};
+    let dir = TempDir::new("reclaim-blip");
+    let root = dir.path().to_owned();
+    // 1 KiB fragments, 8 KiB segments: a 30 KiB message streams across
+    // several segments and commits in a later one.
+    let c = cfg(1024, 8 << 10, Durability::Fsync);
+    let data = body(30 << 10, 5);
+    let id = run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        let id = store(&spool, &data, 1000).await.unwrap();
+        // More mail after it, so its segment is sealed.
+        store(&spool, &body(6000, 6), 1000).await.unwrap();
+        store(&spool, &body(6000, 7), 1000).await.unwrap();
+        spool.close().await.unwrap();
+        id
+    });
+    let r = SpoolReader::open(&root).unwrap();
+    let msg = r
+        .shard_messages(0)
+        .map(Result::unwrap)
+        .find(|m| m.id == id)
+        .unwrap();
+    let commit_seg = msg.location.segment;
+    let (segs, _) = scan::list_segments(&root.join("shard-0")).unwrap();
+    assert!(
+        segs[0].0 < commit_seg,
+        "the fragments start in an older segment"
+    );
+    // A consumer has read every segment before the commit's, not the commit.
+    let cd = ConsumerDir::new(&root, "slow").unwrap();
+    cd.create().unwrap();
+    cd.write(
+        0,
+        &Checkpoint {
+            position: Location {
+                segment: commit_seg,
+                offset: 0,
+            },
+            shipped: 0,
+            written_unix: 0,
+        },
+    )
+    .unwrap();
+    // The commit's segment cannot be opened during the reclaimer's pass.
+    let path = segs
+        .iter()
+        .find(|(s, _)| *s == commit_seg)
+        .unwrap()
+        .1
+        .clone();
+    let aside = path.with_extension("aside");
+    std::fs::rename(&path, &aside).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    let mut rec = Reclaimer::new(&root, &c, Shared::new(1));
+    let pass = rec.pass(false);
+    std::fs::remove_dir(&path).unwrap();
+    std::fs::rename(&aside, &path).unwrap();
+    assert!(pass.is_err(), "an unreadable segment stops the pass");
+    rec.pass(false).unwrap();
+    let again = r
+        .shard_messages(0)
+        .map(Result::unwrap)
+        .find(|m| m.id == id)
+        .expect("the message is still listed");
+    match again.body_bytes() {
+        Ok(b) => assert!(b == data, "the body changed"),
+        Err(e) => panic!("the consumer has not shipped it yet, but its body is gone: {e}"),
+    }
+}
