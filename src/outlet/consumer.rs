@@ -817,4 +817,72 @@ mod tests {
             );
         }
     }
+
+    /// Found in review: when the reader could not open a segment (EMFILE,
+    /// EIO; here its name briefly is a directory) it reported the error as
+    /// resumable damage and went on with the next segment; the consumer
+    /// logged "damage in the spool, stepped over" and its checkpoint moved
+    /// past the whole segment, whose messages it never shipped.
+    #[test]
+    fn a_segment_that_cannot_be_opened_for_a_moment_is_shipped_later() {
+        let dir = TempDir::new("consumer-openblip");
+        let msgs = write_test_spool(dir.path(), 12, 6 << 10);
+        let spool = SpoolReader::open(dir.path()).unwrap();
+        let cd = ConsumerDir::new(dir.path(), "t").unwrap();
+        cd.create().unwrap();
+        let progress = ShardProgress::default();
+        let (c, stop) = (cfg(), AtomicBool::new(false));
+        let mut segs: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path().join("shard-0"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .collect();
+        segs.sort();
+        assert!(segs.len() >= 3, "{segs:?}");
+        let second = segs[1].clone();
+        let aside = second.with_extension("aside");
+        /// Takes the parcels; the first call makes the second segment
+        /// unreadable for 300 ms.
+        struct Blip<'s>(&'s std::path::Path, &'s std::path::Path, Vec<String>);
+        impl Sink for Blip<'_> {
+            fn deliver(
+                &mut self,
+                batch: &[Parcel<'_>],
+            ) -> Result<Vec<Verdict>, super::super::SinkError> {
+                if self.2.is_empty() {
+                    std::fs::rename(self.0, self.1).unwrap();
+                    std::fs::create_dir(self.0).unwrap();
+                    // Readable again a moment later.
+                    let (seg, aside) = (self.0.to_owned(), self.1.to_owned());
+                    std::thread::spawn(move || {
+                        std::thread::sleep(Duration::from_millis(300));
+                        std::fs::remove_dir(&seg).unwrap();
+                        std::fs::rename(&aside, &seg).unwrap();
+                    });
+                }
+                self.2.extend(batch.iter().map(|p| p.key.to_owned()));
+                Ok(vec![Verdict::Accepted; batch.len()])
+            }
+            fn max_batch(&self) -> usize {
+                1
+            }
+        }
+        let mut sink = Blip(&second, &aside, Vec::new());
+        ShardConsumer::new(&spool, &cd, 0, &c, &progress)
+            .unwrap()
+            .run(&mut sink, &stop)
+            .unwrap();
+        assert!(!aside.exists(), "restored");
+        let missing: Vec<String> = msgs
+            .iter()
+            .map(|(id, _)| id.to_string())
+            .filter(|id| !sink.2.iter().any(|k| k.ends_with(id.as_str())))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "never shipped: {missing:?} ({} of {})",
+            missing.len(),
+            msgs.len()
+        );
+    }
 }

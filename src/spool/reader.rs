@@ -1131,8 +1131,16 @@ impl ShardMessages {
                         self.next_segment();
                         continue;
                     }
+                    // Not readable now (EMFILE, EIO): end here, before it, so
+                    // a reader started again at `resume_point` retries it.
+                    // Going on with the next segment would let a consumer's
+                    // checkpoint pass all of its messages.
+                    Err(OpenError::Spool(e)) => {
+                        self.pending.push((seq, path));
+                        return Err(e);
+                    }
                     Err(e) => {
-                        // The other segments can still be read.
+                        // A damaged header: the other segments can still be read.
                         self.resumable = true;
                         return Err(header_error(&path, e));
                     }
