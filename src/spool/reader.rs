@@ -1069,6 +1069,20 @@ impl ShardMessages {
         }
     }
 
+    /// Whether the current segment is longer now than when its length was
+    /// last read. Called once a newer segment is listed: the server appends
+    /// nothing to a segment after creating the next one, so this length is
+    /// final, but records (and the seal) may have been appended between the
+    /// last length read and the listing. Leaving without reading them
+    /// would skip their messages for good.
+    fn grew(&mut self) -> Result<bool, SpoolError> {
+        let Some(seg) = self.cur.as_mut() else {
+            return Ok(false);
+        };
+        let before = seg.len();
+        Ok(seg.refresh_len()? > before)
+    }
+
     /// Lists segments newer than those already seen; true if there are any.
     fn refill(&mut self) -> Result<bool, SpoolError> {
         if !self.pending.is_empty() {
@@ -1117,8 +1131,16 @@ impl ShardMessages {
                         self.next_segment();
                         continue;
                     }
+                    // Not readable now (EMFILE, EIO): end here, before it, so
+                    // a reader started again at `resume_point` retries it.
+                    // Going on with the next segment would let a consumer's
+                    // checkpoint pass all of its messages.
+                    Err(OpenError::Spool(e)) => {
+                        self.pending.push((seq, path));
+                        return Err(e);
+                    }
                     Err(e) => {
-                        // The other segments can still be read.
+                        // A damaged header: the other segments can still be read.
                         self.resumable = true;
                         return Err(header_error(&path, e));
                     }
@@ -1155,9 +1177,14 @@ impl ShardMessages {
                 }
             }
             match seg.next(self.pos, Payload::Skip)? {
-                Step::End | Step::EndMark => {
+                step @ (Step::End | Step::EndMark) => {
                     if !self.refill()? {
                         return Ok(None);
+                    }
+                    // Records appended between the length read and the
+                    // listing: read them before leaving (see `grew`).
+                    if step == Step::End && self.grew()? {
+                        continue;
                     }
                     self.next_segment();
                 }
@@ -1239,7 +1266,10 @@ impl ShardMessages {
                 // The end of data: on to the next segment, if there is one;
                 // else stay here, where the next poll looks again.
                 if self.refill()? {
-                    self.next_segment();
+                    // A write under way then, finished now: read it.
+                    if !self.grew()? {
+                        self.next_segment();
+                    }
                     self.step()
                 } else {
                     Ok(None)
@@ -1250,6 +1280,10 @@ impl ShardMessages {
                 // next poll looks again from here.
                 if !self.refill()? {
                     return Ok(None);
+                }
+                // A write under way then, finished now: read it.
+                if self.grew()? {
+                    return self.step();
                 }
                 self.next_segment();
                 self.resumable = true;

@@ -121,9 +121,13 @@ fn walk(
                 };
                 continue;
             }
-            // Deleted meanwhile (`spool gc`), or unreadable: nothing
-            // in it can be read, so nothing in it can be needed.
-            Err(_) => continue,
+            // Deleted meanwhile (`spool gc`): nothing in it can be needed.
+            Err(e) if e.is_gone() => continue,
+            // Unreadable for now (EMFILE, EIO): stepping over it would hide
+            // its Commit records from every later pass; try again next time.
+            Err(OpenError::Spool(e)) => return Err(e),
+            // A damaged header: no reader reads its records either.
+            Err(OpenError::Header(..)) => continue,
         };
         let mut pos = if seq == from.segment {
             from.offset.max(seg.data_start())
