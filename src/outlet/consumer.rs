@@ -696,7 +696,6 @@ mod tests {
     /// resumes at its stale offset, inside or past the new records, and
     /// skips them.
     #[test]
-    #[ignore = "bug: a checkpoint past the recovered end skips mail acknowledged after the restart"]
     fn a_checkpoint_past_what_survived_a_power_loss_skips_no_new_mail() {
         let dir = TempDir::new("consumer-powerloss");
         write_test_spool(dir.path(), 3, 1 << 20);

@@ -104,7 +104,13 @@ impl Writer {
             // bytes only in the page cache; from now on they count as durable.
             sync_file(&file, &path).await?;
         }
-        self.rotate_first = len >= cfg.segment_bytes;
+        // Never append to a segment a previous run wrote: a consumer may have
+        // read records there that were written but not yet fdatasync'd when
+        // the power went, and recovery cut them away. New records at the cut
+        // would start where that consumer's checkpoint points into the middle
+        // of what it shipped, and it would skip them. Sealed at its recovered
+        // length instead, the old segment ends before any such checkpoint.
+        self.rotate_first = true;
         Ok(Segment {
             file,
             path,
