@@ -34,7 +34,7 @@ enum Command {
     /// SIGHUP: reread the recipient map (a bad one keeps the old).
     #[command(after_help = ringmx::units::FORMS_HELP)]
     Serve(Box<ConfigOverrides>),
-    /// Read the spool: ls, cat, export, verify, stats.
+    /// Read the spool (ls, cat, export, verify, stats) and reclaim it by hand (gc).
     Spool(spool::SpoolArgs),
     /// Ship the spool onward as a named consumer, with durable checkpoints.
     ///

@@ -40,7 +40,9 @@ pub struct ShipArgs {
     /// The spool directory (the server's `spool.dir`).
     #[arg(long, value_name = "DIR", default_value = "spool")]
     pub spool: PathBuf,
-    /// Where to ship: maildir:/path (more sinks: see the README).
+    /// Where to ship: maildir:/path, smtp://host:port, lmtp://host:port, lmtp:unix:/path,
+    /// nats://host:port[,host:port]/SUBJECT[?stream=NAME], http(s)://host/path (README:
+    /// "Shipping to ...").
     #[arg(
         long,
         value_name = "URL",
