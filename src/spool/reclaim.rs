@@ -273,6 +273,9 @@ pub struct Reclaimer {
     lag_over: bool,
     /// Hysteresis: below `min_free_bytes`, until above the resume mark.
     free_under: bool,
+    /// The lag the last successful pass found: a failed pass keeps it (it
+    /// says nothing about the lag, and 0 would lift backpressure).
+    last_lag: u64,
     /// What holds deletion back (or the error), as last logged: each
     /// reason is said once, not every round.
     told: Option<String>,
@@ -303,6 +306,7 @@ impl Reclaimer {
             shared,
             lag_over: false,
             free_under: false,
+            last_lag: 0,
             told: None,
         }
     }
@@ -540,9 +544,10 @@ impl Reclaimer {
                     let why = s.held.as_ref()?;
                     Some(format!("shard {}: {why}", s.shard))
                 });
+                self.last_lag = r.lag_bytes;
                 (r.lag_bytes, held.map(|h| (Level::Info, h)))
             }
-            Err(e) => (0, Some((Level::Warn, e.to_string()))),
+            Err(e) => (self.last_lag, Some((Level::Warn, e.to_string()))),
         };
         let text = news.as_ref().map(|(_, t)| t.clone());
         if text != self.told {
@@ -615,5 +620,51 @@ impl Drop for ReclaimThread {
     fn drop(&mut self) {
         self.stop.take();
         self.handle.take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::tests::{write_test_spool, TempDir};
+
+    /// Review finding: a pass that failed (a segment unreadable for a
+    /// moment) counted as a lag of 0, which lifted backpressure while the
+    /// consumers were as far behind as before.
+    #[test]
+    fn a_failed_pass_keeps_the_backpressure_of_the_last_lag() {
+        let dir = TempDir::new("reclaim-lagkeep");
+        let root = dir.path().to_owned();
+        write_test_spool(&root, 12, 8 << 10);
+        // A consumer at the very start: the whole shard is its lag.
+        checkpoint::ConsumerDir::new(&root, "slow")
+            .unwrap()
+            .create()
+            .unwrap();
+        let cfg = SpoolConfig {
+            lag_high_bytes: 1,
+            lag_low_bytes: 1,
+            ..SpoolConfig::default()
+        };
+        let shared = Shared::new(1);
+        let mut rec = Reclaimer::new(&root, &cfg, shared.clone());
+        rec.round(1);
+        assert!(shared.pressure.load(Ordering::Relaxed), "over the mark");
+        // The newest segment cannot be read during the next pass.
+        let (segs, _) = list_segments(&root.join(shard_dir_name(0))).unwrap();
+        let path = segs.last().unwrap().1.clone();
+        let aside = path.with_extension("aside");
+        std::fs::rename(&path, &aside).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(rec.pass(true).is_err(), "the pass fails");
+        rec.round(2);
+        std::fs::remove_dir(&path).unwrap();
+        std::fs::rename(&aside, &path).unwrap();
+        assert!(
+            shared.pressure.load(Ordering::Relaxed),
+            "a failed pass lifted backpressure"
+        );
+        rec.round(3);
+        assert!(shared.pressure.load(Ordering::Relaxed));
     }
 }
