@@ -974,14 +974,20 @@ mod tests {
                 batch: &[Parcel<'_>],
             ) -> Result<Vec<Verdict>, super::super::SinkError> {
                 if self.2.is_empty() {
+                    // Its name leads to a directory: listed, not readable.
+                    // (A link, so that one rename puts the segment back at
+                    // once: a moment without the name would read as the
+                    // segment reclaimed, which readers rightly skip.)
+                    let dir = self.1.with_extension("dir");
+                    std::fs::create_dir(&dir).unwrap();
                     std::fs::rename(self.0, self.1).unwrap();
-                    std::fs::create_dir(self.0).unwrap();
+                    std::os::unix::fs::symlink(&dir, self.0).unwrap();
                     // Readable again a moment later.
                     let (seg, aside) = (self.0.to_owned(), self.1.to_owned());
                     std::thread::spawn(move || {
                         std::thread::sleep(Duration::from_millis(300));
-                        std::fs::remove_dir(&seg).unwrap();
                         std::fs::rename(&aside, &seg).unwrap();
+                        std::fs::remove_dir(&dir).unwrap();
                     });
                 }
                 self.2.extend(batch.iter().map(|p| p.key.to_owned()));
