@@ -369,7 +369,8 @@ impl Reclaimer {
         if !dir.is_dir() {
             return Ok(plan);
         }
-        // 1. The segments now; the newest is never deleted.
+        // 1. The segments now; the newest (and the newest sealed) is never
+        // deleted.
         let (segs, _) = list_segments(&dir)?;
         let Some(&(newest, _)) = segs.last() else {
             return Ok(plan);
@@ -427,9 +428,21 @@ impl Reclaimer {
             }
         })?);
         // 5. Candidates: before every consumer, the pin and the newest
-        // segment; sealed (one left unsealed after a write error is kept,
-        // and the ones after it still go); past the retention.
-        let limit = slowest.segment.min(pin).min(newest);
+        // sealed segment; sealed (one left unsealed after a write error is
+        // kept, and the ones after it still go); past the retention. The
+        // newest sealed one stays as well as the newest: while a new
+        // segment is being created (no header yet) it is the one that
+        // carries the queue-id floor and the sequence, and a crash then
+        // must not find the shard without a segment. (A segment that
+        // cannot be opened here counts as unsealed: more is kept.)
+        let newest_sealed = segs
+            .iter()
+            .rev()
+            .find(|(_, path)| {
+                SegmentFile::open(path).is_ok_and(|seg| matches!(seg.read_seal(), Ok(Some(_))))
+            })
+            .map_or(oldest, |(q, _)| *q);
+        let limit = slowest.segment.min(pin).min(newest).min(newest_sealed);
         let now = SystemTime::now();
         let mut candidates = BTreeMap::new();
         for (seq, path) in segs.iter().take_while(|(s, _)| *s < limit) {
@@ -627,6 +640,54 @@ impl Drop for ReclaimThread {
 mod tests {
     use super::*;
     use crate::spool::tests::{write_test_spool, TempDir};
+
+    /// Review finding: the reclaimer kept only a shard's newest segment. At
+    /// the moment a rotation creates the next one (an empty file, no header
+    /// yet) with every consumer caught up, it deleted every sealed segment,
+    /// and a crash then left the shard with no segment to carry its
+    /// queue-id floor and sequence.
+    #[test]
+    fn the_newest_sealed_segment_stays_while_a_new_one_is_being_created() {
+        let dir = TempDir::new("reclaim-newsealed");
+        let root = dir.path().to_owned();
+        write_test_spool(&root, 30, 8 << 10);
+        let shard = root.join(shard_dir_name(0));
+        let (segs, _) = list_segments(&shard).unwrap();
+        assert!(segs.len() >= 3, "{segs:?}");
+        // The newest as a rotation has just created it: no header yet. The
+        // one before is the newest sealed.
+        let (last, ref path) = *segs.last().unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let prev = segs[segs.len() - 2].0;
+        let seg = SegmentFile::open(&segs[segs.len() - 2].1).unwrap();
+        assert!(seg.read_seal().unwrap().is_some(), "sealed by the rotation");
+        // A consumer that has shipped everything, standing in the new one.
+        let cd = checkpoint::ConsumerDir::new(&root, "done").unwrap();
+        cd.create().unwrap();
+        cd.write(
+            0,
+            &checkpoint::Checkpoint {
+                position: Location {
+                    segment: last,
+                    offset: 0,
+                },
+                shipped: 30,
+                written_unix: 0,
+            },
+        )
+        .unwrap();
+        let mut rec = Reclaimer::new(&root, &SpoolConfig::default(), Shared::new(1));
+        let report = rec.pass(false).unwrap();
+        let (left, _) = list_segments(&shard).unwrap();
+        let left: Vec<u64> = left.iter().map(|(q, _)| *q).collect();
+        assert_eq!(left, [prev, last], "{report:?}");
+        assert_eq!(report.deleted as usize, segs.len() - 2);
+    }
 
     /// Review finding: a pass that failed (a segment unreadable for a
     /// moment) counted as a lag of 0, which lifted backpressure while the
