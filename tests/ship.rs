@@ -551,16 +551,34 @@ fn dead_letters_are_listed_and_redriven() {
         dead.store(&p, "550 5.1.1 no such user", None).unwrap();
         refused.push(m.id.to_string());
     }
+    // And one whose body the consumer found damaged in the spool: a record
+    // without a message, listed but not sendable.
+    let third = reader.messages().unwrap().nth(2).unwrap().unwrap();
+    let third_key = ringmx::outlet::consumer::key_of(&third);
+    dead.store_damaged(
+        &third_key,
+        &third,
+        "damaged in the spool, cannot be read: test",
+    )
+    .unwrap();
     dead.sync().unwrap();
     let r = ship_ok(&spool, &["--name", "d", "--dead-letters"]);
-    assert_eq!(r.stdout.lines().count(), 2, "{}", r.stdout);
+    assert_eq!(r.stdout.lines().count(), 3, "{}", r.stdout);
     assert!(r.stdout.contains("550 5.1.1 no such user"));
+    assert!(r.stdout.contains(&third_key) && r.stdout.contains("damaged in the spool"));
     let out = dir.path().join("out");
     let to = format!("maildir:{}", out.display());
     let r = ship_ok(&spool, &["--name", "d", "--redrive", "--to", &to]);
     assert!(r.stdout.contains("2 accepted and removed"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("1 damaged in the spool (not sent)"),
+        "{}",
+        r.stdout
+    );
     assert_delivered(&out, &spool, &refused);
-    assert!(dead.list().unwrap().is_empty());
+    let left = dead.list().unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].damaged && left[0].key == third_key);
     assert!(ids.iter().any(|i| !refused.contains(i)));
 }
 
