@@ -551,16 +551,34 @@ fn dead_letters_are_listed_and_redriven() {
         dead.store(&p, "550 5.1.1 no such user", None).unwrap();
         refused.push(m.id.to_string());
     }
+    // And one whose body the consumer found damaged in the spool: a record
+    // without a message, listed but not sendable.
+    let third = reader.messages().unwrap().nth(2).unwrap().unwrap();
+    let third_key = ringmx::outlet::consumer::key_of(&third);
+    dead.store_damaged(
+        &third_key,
+        &third,
+        "damaged in the spool, cannot be read: test",
+    )
+    .unwrap();
     dead.sync().unwrap();
     let r = ship_ok(&spool, &["--name", "d", "--dead-letters"]);
-    assert_eq!(r.stdout.lines().count(), 2, "{}", r.stdout);
+    assert_eq!(r.stdout.lines().count(), 3, "{}", r.stdout);
     assert!(r.stdout.contains("550 5.1.1 no such user"));
+    assert!(r.stdout.contains(&third_key) && r.stdout.contains("damaged in the spool"));
     let out = dir.path().join("out");
     let to = format!("maildir:{}", out.display());
     let r = ship_ok(&spool, &["--name", "d", "--redrive", "--to", &to]);
     assert!(r.stdout.contains("2 accepted and removed"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("1 damaged in the spool (not sent)"),
+        "{}",
+        r.stdout
+    );
     assert_delivered(&out, &spool, &refused);
-    assert!(dead.list().unwrap().is_empty());
+    let left = dead.list().unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].damaged && left[0].key == third_key);
     assert!(ids.iter().any(|i| !refused.contains(i)));
 }
 
@@ -664,8 +682,8 @@ fn a_follower_keeps_shipping_across_a_server_sigkill_and_restart() {
     assert_delivered(&out, &spool, &ids);
 }
 
-/// Review finding: `serve --ship` starts its `ringmx ship` children in a
-/// process group of their own and nothing ties their life to the server's
+/// Review finding: `serve --ship` started its `ringmx ship` children in a
+/// process group of their own and nothing tied their life to the server's
 /// (no PR_SET_PDEATHSIG, no watch on the parent). A server killed with
 /// SIGKILL (the OOM killer, a crash under panic = "abort") leaves the child
 /// running unsupervised for good: it keeps the consumer's lock, so the
@@ -673,7 +691,6 @@ fn a_follower_keeps_shipping_across_a_server_sigkill_and_restart() {
 /// a minute), and the orphan ships with whatever URL it was started with
 /// even after the operator changed the settings or stopped the service.
 #[test]
-#[ignore = "bug: a ship child survives its server's SIGKILL and keeps the consumer's lock"]
 fn a_ship_child_does_not_outlive_a_killed_server() {
     let dir = ShmDir::new("orphan");
     let spool = dir.path().join("spool");
@@ -717,6 +734,53 @@ fn a_ship_child_does_not_outlive_a_killed_server() {
         !survived,
         "`ringmx ship` (pid {pid}) still runs 5 s after its server was killed"
     );
+}
+
+/// Review finding: on shutdown the server sent its ship children SIGTERM
+/// and waited for them without a bound; a child in the middle of a batch to
+/// a next hop that accepted the connection and never answered held the
+/// shutdown up for the sink's timeout (here 10 minutes). Now it is killed
+/// after `supervise::STOP_GRACE` (10 s).
+#[test]
+fn serve_stops_within_the_bound_when_a_ship_child_is_stuck_on_its_sink() {
+    let dir = ShmDir::new("stall");
+    let spool = dir.path().join("spool");
+    // A next hop that takes connections and never says a word.
+    let hop = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hop.local_addr().unwrap().port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    {
+        let held = Arc::clone(&held);
+        std::thread::spawn(move || {
+            for c in hop.incoming().flatten() {
+                held.lock().unwrap().push(c);
+            }
+        });
+    }
+    let target = format!("stall=smtp://127.0.0.1:{port}?timeout=600s");
+    let mut srv = Server::start_with(
+        &["--listen", "127.0.0.1:0", "--cores", "1"],
+        &["--spool", spool.to_str().unwrap(), "--ship", &target],
+    );
+    if send(&srv, 1, "stall").is_none() {
+        return;
+    }
+    wait_until("the child is connected to the silent next hop", || {
+        !held.lock().unwrap().is_empty()
+    });
+    srv.signal(libc::SIGTERM);
+    // Well under the sink's 600 s timeout: only the kill ends it this soon.
+    let status = srv.wait_exit(Duration::from_secs(120));
+    let logs = srv.logs();
+    assert!(status.is_some(), "the server still runs: {logs}");
+    let killing = logs
+        .find("ship stall: `ringmx ship` (pid ")
+        .filter(|&i| logs[i..].contains("killing it"))
+        .expect("the kill is logged");
+    let stopped = logs
+        .find("ship stall: stopped (killed by signal 9)")
+        .expect("the child's end is logged");
+    assert!(killing < stopped, "{logs}");
 }
 
 /// Whether `pid` is a zombie (exited, not yet reaped by its new parent).

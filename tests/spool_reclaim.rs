@@ -150,7 +150,7 @@ fn verify_clean(spool: &Path) {
 }
 
 #[test]
-fn consumed_sealed_segments_go_the_newest_and_unconsumed_never() {
+fn consumed_sealed_segments_go_the_newest_two_and_unconsumed_never() {
     let mut s = server(&[]);
     let spool = s.spool.path().to_owned();
     let ids = send(&s, 24, 700, 0);
@@ -189,10 +189,11 @@ fn consumed_sealed_segments_go_the_newest_and_unconsumed_never() {
         "{line}"
     );
 
-    // Everyone caught up: all but the newest go; the newest never.
+    // Everyone caught up: all but the newest and the newest sealed go;
+    // those two never (the one being written is not sealed yet).
     consumer_at(&spool, "half", Some(caught_up(&spool)));
     two_passes(&s);
-    assert_eq!(segments(&spool), vec![*before.last().unwrap()]);
+    assert_eq!(segments(&spool), before[before.len() - 2..].to_vec());
 
     // What is left reads back whole, and nothing dangles.
     s.stop();
@@ -352,7 +353,8 @@ fn spool_gc_by_hand_dry_run_then_real_and_refused_under_a_server() {
     let (ok, out, err) = cli(&spool, &["gc", "--dry-run"]);
     assert!(ok, "{err}");
     let lines = |out: &str, verb: &str| out.lines().filter(|l| l.starts_with(verb)).count();
-    assert_eq!(lines(&out, "would remove "), before.len() - 1, "{out}");
+    // All but the newest and the newest sealed (the one before it).
+    assert_eq!(lines(&out, "would remove "), before.len() - 2, "{out}");
     assert_eq!(segments(&spool), before);
     let (ok, out, err) = cli(&spool, &["gc", "--retention", "1h"]);
     assert!(ok && out.contains("gc: removed 0 segments"), "{out}{err}");
@@ -367,9 +369,9 @@ fn spool_gc_by_hand_dry_run_then_real_and_refused_under_a_server() {
     c.write(0, &cp).unwrap();
     let (ok, out, err) = cli(&spool, &["gc"]);
     assert!(ok, "{err}");
-    assert_eq!(lines(&out, "removed "), before.len() - 1, "{out}");
-    assert!(out.contains(&format!("gc: removed {} segments", before.len() - 1)));
-    assert_eq!(segments(&spool), vec![*before.last().unwrap()]);
+    assert_eq!(lines(&out, "removed "), before.len() - 2, "{out}");
+    assert!(out.contains(&format!("gc: removed {} segments", before.len() - 2)));
+    assert_eq!(segments(&spool), before[before.len() - 2..].to_vec());
     verify_clean(&spool);
 }
 
@@ -467,7 +469,8 @@ fn backpressure_refuses_at_mail_past_the_high_mark_and_resumes_below_the_low() {
     c.send("MAIL FROM:<a@example.org>\r\n");
     c.expect("250 ");
     segs = segments(&spool);
-    assert_eq!(segs.len(), 1, "and the shipped segments went");
+    // All but the one being written and the newest sealed one.
+    assert_eq!(segs.len(), 2, "and the shipped segments went");
 }
 
 #[test]
@@ -486,9 +489,19 @@ fn a_segment_left_unsealed_is_kept_and_later_ones_still_go() {
     consumer_at(&spool, "c", Some(caught_up(&spool)));
     let (ok, out, err) = cli(&spool, &["gc"]);
     assert!(ok, "{out}{err}");
-    assert_eq!(
-        segments(&spool),
-        vec![unsealed, *before.last().unwrap()],
-        "{out}"
-    );
+    // Kept: the unsealed one, and the newest sealed one and after it.
+    let newest_sealed = before[..before.len() - 1]
+        .iter()
+        .rev()
+        .find(|&&q| q != unsealed)
+        .copied()
+        .unwrap();
+    assert!(unsealed < newest_sealed, "{before:?}");
+    let kept: Vec<u64> = before
+        .iter()
+        .copied()
+        .filter(|&q| q == unsealed || q >= newest_sealed)
+        .collect();
+    assert!(kept.len() < before.len(), "later ones still go: {before:?}");
+    assert_eq!(segments(&spool), kept, "{out}");
 }

@@ -12,7 +12,10 @@
 //!
 //! Guarantees: the checkpoint only ever moves past a message once the sink
 //! said `Accepted` (durably taken) or `Rejected` and its dead letter is
-//! durable; it is written (fsync'd) before the next batch is read. A crash
+//! durable, or its body is damaged in the spool (a CRC mismatch, a fragment
+//! missing for good) and a dead letter saying so (no `.eml`) is durable. A
+//! body that cannot be read for a moment (an I/O error) is read again after
+//! a backoff, from a new reader at the position before it; it is written (fsync'd) before the next batch is read. A crash
 //! therefore ships again at most the batch in flight: at-least-once, with
 //! [`Parcel::key`] as the idempotency key. A follower can ship a message the
 //! server then drops after a failed fdatasync (see
@@ -33,7 +36,7 @@ use super::dead::DeadLetters;
 use super::headers::HeaderFields;
 use super::sink::{Parcel, Sink, Verdict};
 use super::OutletError;
-use crate::spool::{Location, SpoolReader, StoredMessage};
+use crate::spool::{Location, SpoolError, SpoolReader, StoredMessage};
 
 /// How a consumer runs.
 #[derive(Debug, Clone)]
@@ -85,7 +88,7 @@ pub struct ShardProgress {
     /// Messages it refused for good (now dead letters).
     pub rejected: AtomicU64,
     /// Messages whose body could not be read from the spool (damage); not
-    /// shipped, logged.
+    /// shipped, logged, recorded as dead letters marked `damaged`.
     pub damaged: AtomicU64,
     /// Deliveries retried after a `Deferred` or a sink failure.
     pub retries: AtomicU64,
@@ -201,6 +204,38 @@ impl<'a> ShardConsumer<'a> {
         })
     }
 
+    /// Whether `e`, from reading `msg`'s body, may pass: an I/O error
+    /// (EIO, EMFILE, a remount) rather than damage. A segment not found is
+    /// damage only when the message's own segment is still there (the
+    /// spool never deletes a fragment a remaining commit lists); if that
+    /// one is gone too, the shard was moved or reclaimed under the reader,
+    /// which a new reader sorts out.
+    fn may_pass(&self, msg: &StoredMessage, e: &SpoolError) -> bool {
+        match e {
+            SpoolError::Io { path, source, .. }
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                let dir = self
+                    .spool
+                    .root()
+                    .join(crate::spool::format::shard_dir_name(self.shard));
+                let seq = msg.location.segment;
+                let own = [
+                    crate::spool::format::FORMAT_VERSION_1,
+                    crate::spool::format::FORMAT_VERSION,
+                ]
+                .iter()
+                .any(|v| {
+                    dir.join(crate::spool::format::segment_file_name_v(*v, seq))
+                        .exists()
+                });
+                path.exists() || !own
+            }
+            SpoolError::Io { .. } | SpoolError::NoSpace { .. } => true,
+            _ => false,
+        }
+    }
+
     /// Moves the checkpoint to `pos` (durably) if it is elsewhere.
     fn commit(&mut self, pos: Location, shipped: u64) -> Result<(), OutletError> {
         if pos == self.committed.position && shipped == 0 {
@@ -259,16 +294,46 @@ impl<'a> ShardConsumer<'a> {
                     at_end = true;
                     break;
                 }
+                let before = it.resume_point();
                 match it.next() {
                     Some(Ok(msg)) => {
                         let after = it.resume_point();
                         let mut data = msg.received.clone();
                         match msg.body_bytes() {
                             Ok(body) => data.extend_from_slice(&body),
+                            Err(e) if self.may_pass(&msg, &e) => {
+                                // Out of reach for now: read it again later,
+                                // never move past it.
+                                crate::warn!(
+                                    "ship {}: shard {}: message {} cannot be read now: {e}; \
+                                     again in {backoff:?}",
+                                    self.dir.name(),
+                                    self.shard,
+                                    msg.id
+                                );
+                                it = self.spool.shard_messages_from(self.shard, before);
+                                if sleep_unless(stop, backoff) {
+                                    break;
+                                }
+                                backoff = (backoff * 2).min(self.cfg.backoff_max);
+                                continue;
+                            }
                             Err(e) => {
+                                // Damaged for good: recorded (durably, before
+                                // the checkpoint can pass it) and listed by
+                                // `--dead-letters`, then stepped over.
+                                let key = key_of(&msg);
+                                self.dead.store_damaged(
+                                    &key,
+                                    &msg,
+                                    &format!("damaged in the spool, cannot be read: {e}"),
+                                )?;
+                                self.dead.sync()?;
                                 self.progress.damaged.fetch_add(1, Ordering::Relaxed);
                                 crate::error!(
-                                    "ship {}: shard {}: message {} cannot be read, not shipped: {e}",
+                                    "ship {}: shard {}: message {} is damaged in the spool and \
+                                     cannot be shipped (a dead letter now; see --dead-letters): \
+                                     {e}",
                                     self.dir.name(),
                                     self.shard,
                                     msg.id
@@ -757,13 +822,12 @@ mod tests {
         }
     }
 
-    /// Review finding: when a message's body cannot be read (here its
+    /// Review finding: when a message's body could not be read (here its
     /// segment is briefly out of reach, as with EMFILE, EIO or a remount),
-    /// the consumer counts it "damaged", logs it, and moves its checkpoint
-    /// past it: a transient error loses an acknowledged message for this
-    /// consumer for good, without a dead letter to redrive.
+    /// the consumer counted it "damaged", logged it, and moved its
+    /// checkpoint past it: a transient error lost an acknowledged message
+    /// for this consumer for good, without a dead letter to redrive.
     #[test]
-    #[ignore = "bug: a transient error reading a body skips the message for good"]
     fn a_body_that_cannot_be_read_for_a_moment_is_shipped_later() {
         let dir = TempDir::new("consumer-transient");
         let ids = crate::spool::tests::write_streamed_spool(dir.path(), 3, 5000, 1 << 20);
@@ -817,6 +881,67 @@ mod tests {
         }
     }
 
+    /// A body that is damaged for good (a fragment's CRC does not match) is
+    /// not shipped but recorded as a dead letter marked damaged, listed and
+    /// never redriven; the messages around it ship.
+    #[test]
+    fn a_damaged_body_becomes_a_dead_letter_and_the_rest_ships() {
+        let dir = TempDir::new("consumer-damaged");
+        let ids = crate::spool::tests::write_streamed_spool(dir.path(), 3, 5000, 1 << 20);
+        let spool = SpoolReader::open(dir.path()).unwrap();
+        let stored: Vec<StoredMessage> = spool.shard_messages(0).map(Result::unwrap).collect();
+        // Flip one byte inside the second message's body, in its segment.
+        let body = stored[1].body_bytes().unwrap();
+        let seg = std::fs::read_dir(dir.path().join("shard-0"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "seg"))
+            .unwrap();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let probe = &body[100..132];
+        let at = bytes
+            .windows(probe.len())
+            .position(|w| w == probe)
+            .expect("the body is in the segment");
+        bytes[at + 10] ^= 0x55;
+        std::fs::write(&seg, &bytes).unwrap();
+        assert!(stored[1].body_bytes().is_err(), "the damage is seen");
+
+        let cd = ConsumerDir::new(dir.path(), "t").unwrap();
+        cd.create().unwrap();
+        let progress = ShardProgress::default();
+        let (c, stop) = (cfg(), AtomicBool::new(false));
+        let mut sink = Scripted {
+            script: VecDeque::new(),
+            calls: Vec::new(),
+            taken: Vec::new(),
+            max: 64,
+        };
+        let mut consumer = ShardConsumer::new(&spool, &cd, 0, &c, &progress).unwrap();
+        assert_eq!(consumer.run(&mut sink, &stop).unwrap(), Ended::Drained);
+        let got: Vec<&String> = sink.taken.iter().map(|t| &t.0).collect();
+        assert_eq!(got, [&key_of(&stored[0]), &key_of(&stored[2])]);
+        assert_eq!(progress.damaged.load(Ordering::Relaxed), 1);
+        let dead = DeadLetters::of(&cd);
+        let list = dead.list().unwrap();
+        assert_eq!(list.len(), 1, "{list:?}");
+        assert_eq!(list[0].queue_id, ids[1].to_string());
+        assert!(list[0].damaged);
+        assert!(
+            list[0].reason.starts_with("damaged in the spool"),
+            "{}",
+            list[0].reason
+        );
+        assert!(dead
+            .load(&list[0])
+            .unwrap_err()
+            .to_string()
+            .contains("nothing to send"));
+        // Past it for good: the checkpoint is at the end.
+        let cp = cd.read(0).unwrap().unwrap();
+        assert_eq!(Some(cp.position), spool.shard_end(0).unwrap());
+    }
+
     /// Found in review: when the reader could not open a segment (EMFILE,
     /// EIO; here its name briefly is a directory) it reported the error as
     /// resumable damage and went on with the next segment; the consumer
@@ -849,14 +974,20 @@ mod tests {
                 batch: &[Parcel<'_>],
             ) -> Result<Vec<Verdict>, super::super::SinkError> {
                 if self.2.is_empty() {
+                    // Its name leads to a directory: listed, not readable.
+                    // (A link, so that one rename puts the segment back at
+                    // once: a moment without the name would read as the
+                    // segment reclaimed, which readers rightly skip.)
+                    let dir = self.1.with_extension("dir");
+                    std::fs::create_dir(&dir).unwrap();
                     std::fs::rename(self.0, self.1).unwrap();
-                    std::fs::create_dir(self.0).unwrap();
+                    std::os::unix::fs::symlink(&dir, self.0).unwrap();
                     // Readable again a moment later.
                     let (seg, aside) = (self.0.to_owned(), self.1.to_owned());
                     std::thread::spawn(move || {
                         std::thread::sleep(Duration::from_millis(300));
-                        std::fs::remove_dir(&seg).unwrap();
                         std::fs::rename(&aside, &seg).unwrap();
+                        std::fs::remove_dir(&dir).unwrap();
                     });
                 }
                 self.2.extend(batch.iter().map(|p| p.key.to_owned()));

@@ -8,6 +8,12 @@
 //! <spool>/consumers/<name>/dead/<key>.json   what it was and why it was refused (DeadLetter)
 //! ```
 //!
+//! A message whose body cannot be read from the spool (a CRC mismatch, a
+//! fragment missing for good) gets a JSON file only, with `damaged` set and
+//! a reason saying so: listed, never silently dropped, and not redriven.
+//! A redrive of a dead letter that some recipients refused (`refused_rcpts`)
+//! goes to those recipients only.
+//!
 //! They are copies, so space reclamation never keeps a segment for them.
 //! Each file is written to a temporary name, fsync'd and renamed; the JSON
 //! file goes last, so a dead letter without one is an unfinished copy
@@ -56,6 +62,11 @@ pub struct DeadLetter {
     pub refused_rcpts: Option<Vec<String>>,
     /// When it was refused, unix seconds.
     pub time_unix: i64,
+    /// The message could not be read from the spool (a CRC mismatch, a
+    /// fragment missing for good): there is no `.eml`, nothing to redrive;
+    /// the record says which message was lost to the damage.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub damaged: bool,
 }
 
 /// The envelope, as JSON.
@@ -143,20 +154,46 @@ impl DeadLetters {
         reason: &str,
         refused_rcpts: Option<&[String]>,
     ) -> Result<(), OutletError> {
+        self.write(p.key, p.msg, Some(p.data), reason, refused_rcpts)
+    }
+
+    /// Records a message whose body cannot be read from the spool (damage):
+    /// the JSON only, `damaged` set, so `--dead-letters` lists it instead of
+    /// it vanishing. Not durable until [`DeadLetters::sync`].
+    ///
+    /// # Errors
+    /// Creating, writing or renaming a file failed.
+    pub fn store_damaged(
+        &self,
+        key: &str,
+        msg: &StoredMessage,
+        reason: &str,
+    ) -> Result<(), OutletError> {
+        self.write(key, msg, None, reason, None)
+    }
+
+    fn write(
+        &self,
+        key: &str,
+        msg: &StoredMessage,
+        data: Option<&[u8]>,
+        reason: &str,
+        refused_rcpts: Option<&[String]>,
+    ) -> Result<(), OutletError> {
         if !self.dir.is_dir() {
             fs::create_dir_all(&self.dir).map_err(|e| OutletError::io("creating", &self.dir, e))?;
             if let Some(parent) = self.dir.parent() {
                 sync_dir(parent)?;
             }
         }
-        let env = &p.msg.envelope;
+        let env = &msg.envelope;
         let rec = DeadLetter {
-            key: p.key.to_owned(),
-            queue_id: p.msg.id.to_string(),
-            node_id: p.msg.node_id.clone(),
-            shard: p.msg.id.shard(),
-            segment: p.msg.location.segment,
-            offset: p.msg.location.offset,
+            key: key.to_owned(),
+            queue_id: msg.id.to_string(),
+            node_id: msg.node_id.clone(),
+            shard: msg.id.shard(),
+            segment: msg.location.segment,
+            offset: msg.location.offset,
             envelope: DeadEnvelope {
                 arrival_unix: env.arrival_unix,
                 client: env.client.map(|c| c.to_string()),
@@ -165,13 +202,16 @@ impl DeadLetters {
                 mail_params: env.mail_params.clone(),
                 rcpts: env.rcpts.clone(),
             },
-            received_bytes: p.msg.received.len(),
+            received_bytes: msg.received.len(),
             reason: reason.to_owned(),
             refused_rcpts: refused_rcpts.map(<[String]>::to_vec),
             time_unix: now_unix(),
+            damaged: data.is_none(),
         };
-        let stem = file_stem(p.key);
-        write_file(&self.dir.join(format!("{stem}.eml")), &[p.data])?;
+        let stem = file_stem(key);
+        if let Some(data) = data {
+            write_file(&self.dir.join(format!("{stem}.eml")), &[data])?;
+        }
         // serde_json never fails on this plain struct.
         let json = serde_json::to_vec_pretty(&rec).unwrap_or_default();
         write_file(&self.dir.join(format!("{stem}.json")), &[&json, b"\n"])
@@ -223,16 +263,26 @@ impl DeadLetters {
     }
 
     /// The message of a dead letter, ready to be handed to a sink again.
+    /// Addressed to the refused recipients only when the sink refused some
+    /// of them (`refused_rcpts`): the others already have it.
     ///
     /// # Errors
-    /// Its message file cannot be read, or the JSON does not describe a message.
+    /// Its message file cannot be read, the JSON does not describe a
+    /// message, or it is a record of damage (nothing to send).
     pub fn load(&self, rec: &DeadLetter) -> Result<StoredMessage, OutletError> {
         let path = self.dir.join(format!("{}.eml", file_stem(&rec.key)));
-        let data = fs::read(&path).map_err(|e| OutletError::io("reading", &path, e))?;
         let bad = |reason: String| OutletError::BadDeadLetter {
             path: path.with_extension("json"),
             reason,
         };
+        if rec.damaged {
+            return Err(bad(
+                "the message was damaged in the spool and could not be read; there is \
+                 nothing to send (remove its .json once dealt with)"
+                    .into(),
+            ));
+        }
+        let data = fs::read(&path).map_err(|e| OutletError::io("reading", &path, e))?;
         let id: QueueId = rec
             .queue_id
             .parse()
@@ -263,7 +313,10 @@ impl DeadLetters {
                 helo: env.helo.clone(),
                 mail_from: env.mail_from.clone(),
                 mail_params: env.mail_params.clone(),
-                rcpts: env.rcpts.clone(),
+                rcpts: match &rec.refused_rcpts {
+                    Some(r) if !r.is_empty() => r.clone(),
+                    _ => env.rcpts.clone(),
+                },
             },
             received.to_vec(),
             body.to_vec(),
@@ -286,5 +339,57 @@ impl DeadLetters {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outlet::headers::HeaderFields;
+    use crate::spool::tests::{write_test_spool, TempDir};
+    use crate::spool::SpoolReader;
+
+    /// Review finding: a redrive sent a dead letter to every recipient of
+    /// the message, even when the sink had refused only some (LMTP): the
+    /// others got it twice.
+    #[test]
+    fn a_redrive_goes_to_the_refused_recipients_only() {
+        let dir = TempDir::new("dead-rcpts");
+        write_test_spool(dir.path(), 2, 1 << 20);
+        let spool = SpoolReader::open(dir.path()).unwrap();
+        let msgs: Vec<StoredMessage> = spool.shard_messages(0).map(Result::unwrap).collect();
+        let all = msgs[0].envelope.rcpts.clone();
+        assert!(
+            all.len() >= 2,
+            "the test message has several recipients: {all:?}"
+        );
+        let cd = ConsumerDir::new(dir.path(), "t").unwrap();
+        cd.create().unwrap();
+        let dead = DeadLetters::of(&cd);
+        let bump = bumpalo::Bump::new();
+        for (m, refused) in msgs.iter().zip([Some(vec![all[1].clone()]), None]) {
+            let mut data = m.received.clone();
+            data.extend_from_slice(&m.body_bytes().unwrap());
+            let key = crate::outlet::consumer::key_of(m);
+            let headers = HeaderFields::parse(&bump, &data);
+            let p = Parcel {
+                key: &key,
+                msg: m,
+                data: &data,
+                headers: &headers,
+            };
+            dead.store(&p, "550 5.1.1 no", refused.as_deref()).unwrap();
+        }
+        dead.sync().unwrap();
+        let list = dead.list().unwrap();
+        let by_key = |m: &StoredMessage| {
+            let k = crate::outlet::consumer::key_of(m);
+            list.iter().find(|d| d.key == k).unwrap()
+        };
+        let some = dead.load(by_key(&msgs[0])).unwrap();
+        assert_eq!(some.envelope.rcpts, [all[1].clone()]);
+        assert_eq!(some.body_bytes().unwrap(), msgs[0].body_bytes().unwrap());
+        let every = dead.load(by_key(&msgs[1])).unwrap();
+        assert_eq!(every.envelope.rcpts, msgs[1].envelope.rcpts);
     }
 }

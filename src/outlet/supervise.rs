@@ -10,7 +10,17 @@
 //! minute), logging each exit. Children run in their own process group, so
 //! a Ctrl-C on the terminal reaches only the server; on shutdown, once the
 //! shards have stopped, each child gets SIGTERM (it finishes its batch and
-//! writes its checkpoints) and is waited for.
+//! writes its checkpoints) and is waited for up to [`STOP_GRACE`], then
+//! SIGKILLed (a next hop that never answers must not hold the shutdown up;
+//! the checkpoints make a kill safe: the batch in flight ships again).
+//! Dropping the [`Supervisor`] (an error path of `serve`) stops them too.
+//!
+//! A child never outlives its server: it asks the kernel for SIGTERM when
+//! its parent dies (`PR_SET_PDEATHSIG`, set between fork and exec), so a
+//! server killed with SIGKILL or aborted by a panic leaves no orphan
+//! holding the consumer's lock. The kernel sends it when the *thread* that
+//! forked the child ends, so children are spawned by their supervising
+//! thread, which lives until its child has exited.
 //!
 //! Settings: `server.ship` ([`ShipTarget`]), from `--ship [NAME=]URL`
 //! (repeatable) or TOML `[[server.ship]]` tables with `to` and `name`.
@@ -149,8 +159,14 @@ pub const RESTART_MIN: Duration = Duration::from_secs(1);
 pub const RESTART_MAX: Duration = Duration::from_secs(60);
 /// A child that ran this long resets the backoff: it was working.
 const RAN_WELL: Duration = Duration::from_secs(60);
+/// How long a child has, after SIGTERM, to finish its batch and exit before
+/// it is SIGKILLed: a batch to a next hop that answers ends well within
+/// this; one that never answers would hold the shutdown up for the sink's
+/// own timeouts (minutes) otherwise.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// The supervising threads; [`Supervisor::stop`] ends them and their children.
+/// The supervising threads; [`Supervisor::stop`] (or dropping it) ends them
+/// and their children.
 pub struct Supervisor {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -180,10 +196,17 @@ impl Supervisor {
         Self { stop, threads }
     }
 
-    /// SIGTERM to every child, then waits for each to exit.
+    /// SIGTERM to every child, then waits for each to exit (at most
+    /// [`STOP_GRACE`], then SIGKILL).
     pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
+        for t in std::mem::take(&mut self.threads) {
             let _ = t.join();
         }
     }
@@ -203,9 +226,58 @@ fn sleep_unless(stop: &AtomicBool, d: Duration) -> bool {
 
 fn spawn(cmd: &mut Command) -> std::io::Result<Child> {
     use std::os::unix::process::CommandExt;
+    // SAFETY: getpid(2) has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: between fork and exec the closure only makes system calls
+    // (prctl, getppid) and builds an error from a number: no allocation,
+    // no locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The server may have died before the prctl: then nothing
+            // would ever signal this child.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
     // Its own process group: a terminal's Ctrl-C goes to the server,
     // which stops the children itself once the shards are done.
     cmd.stdin(Stdio::null()).process_group(0).spawn()
+}
+
+/// SIGTERM, then up to [`STOP_GRACE`] for `child` to exit, then SIGKILL.
+fn stop_child(name: &str, child: &mut Child) {
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: kill(2) on our own child, which has not been reaped.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let until = Instant::now() + STOP_GRACE;
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => {
+                crate::info!("ship {name}: stopped ({})", describe(Some(s)));
+                return;
+            }
+            Ok(None) if Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(None) => break,
+            Err(e) => {
+                crate::error!("ship {name}: waiting for pid {pid}: {e}");
+                break;
+            }
+        }
+    }
+    crate::warn!(
+        "ship {name}: `ringmx ship` (pid {pid}) still runs {STOP_GRACE:?} after SIGTERM; \
+         killing it (its checkpoints hold: the batch in flight ships again)"
+    );
+    let _ = child.kill();
+    let s = child.wait();
+    crate::info!("ship {name}: stopped ({})", describe(s.ok()));
 }
 
 fn supervise(name: &str, mut cmd: Command, stop: &AtomicBool) {
@@ -234,10 +306,7 @@ fn supervise(name: &str, mut cmd: Command, stop: &AtomicBool) {
                 }
             }
             if stop.load(Ordering::Relaxed) {
-                // SAFETY: kill(2) on our own child, which has not been reaped.
-                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-                let s = child.wait();
-                crate::info!("ship {name}: stopped ({})", describe(s.ok()));
+                stop_child(name, &mut child);
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));

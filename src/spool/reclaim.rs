@@ -273,6 +273,9 @@ pub struct Reclaimer {
     lag_over: bool,
     /// Hysteresis: below `min_free_bytes`, until above the resume mark.
     free_under: bool,
+    /// The lag the last successful pass found: a failed pass keeps it (it
+    /// says nothing about the lag, and 0 would lift backpressure).
+    last_lag: u64,
     /// What holds deletion back (or the error), as last logged: each
     /// reason is said once, not every round.
     told: Option<String>,
@@ -303,6 +306,7 @@ impl Reclaimer {
             shared,
             lag_over: false,
             free_under: false,
+            last_lag: 0,
             told: None,
         }
     }
@@ -365,7 +369,8 @@ impl Reclaimer {
         if !dir.is_dir() {
             return Ok(plan);
         }
-        // 1. The segments now; the newest is never deleted.
+        // 1. The segments now; the newest (and the newest sealed) is never
+        // deleted.
         let (segs, _) = list_segments(&dir)?;
         let Some(&(newest, _)) = segs.last() else {
             return Ok(plan);
@@ -423,9 +428,21 @@ impl Reclaimer {
             }
         })?);
         // 5. Candidates: before every consumer, the pin and the newest
-        // segment; sealed (one left unsealed after a write error is kept,
-        // and the ones after it still go); past the retention.
-        let limit = slowest.segment.min(pin).min(newest);
+        // sealed segment; sealed (one left unsealed after a write error is
+        // kept, and the ones after it still go); past the retention. The
+        // newest sealed one stays as well as the newest: while a new
+        // segment is being created (no header yet) it is the one that
+        // carries the queue-id floor and the sequence, and a crash then
+        // must not find the shard without a segment. (A segment that
+        // cannot be opened here counts as unsealed: more is kept.)
+        let newest_sealed = segs
+            .iter()
+            .rev()
+            .find(|(_, path)| {
+                SegmentFile::open(path).is_ok_and(|seg| matches!(seg.read_seal(), Ok(Some(_))))
+            })
+            .map_or(oldest, |(q, _)| *q);
+        let limit = slowest.segment.min(pin).min(newest).min(newest_sealed);
         let now = SystemTime::now();
         let mut candidates = BTreeMap::new();
         for (seq, path) in segs.iter().take_while(|(s, _)| *s < limit) {
@@ -540,9 +557,10 @@ impl Reclaimer {
                     let why = s.held.as_ref()?;
                     Some(format!("shard {}: {why}", s.shard))
                 });
+                self.last_lag = r.lag_bytes;
                 (r.lag_bytes, held.map(|h| (Level::Info, h)))
             }
-            Err(e) => (0, Some((Level::Warn, e.to_string()))),
+            Err(e) => (self.last_lag, Some((Level::Warn, e.to_string()))),
         };
         let text = news.as_ref().map(|(_, t)| t.clone());
         if text != self.told {
@@ -615,5 +633,99 @@ impl Drop for ReclaimThread {
     fn drop(&mut self) {
         self.stop.take();
         self.handle.take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::tests::{write_test_spool, TempDir};
+
+    /// Review finding: the reclaimer kept only a shard's newest segment. At
+    /// the moment a rotation creates the next one (an empty file, no header
+    /// yet) with every consumer caught up, it deleted every sealed segment,
+    /// and a crash then left the shard with no segment to carry its
+    /// queue-id floor and sequence.
+    #[test]
+    fn the_newest_sealed_segment_stays_while_a_new_one_is_being_created() {
+        let dir = TempDir::new("reclaim-newsealed");
+        let root = dir.path().to_owned();
+        write_test_spool(&root, 30, 8 << 10);
+        let shard = root.join(shard_dir_name(0));
+        let (segs, _) = list_segments(&shard).unwrap();
+        assert!(segs.len() >= 3, "{segs:?}");
+        // The newest as a rotation has just created it: no header yet. The
+        // one before is the newest sealed.
+        let (last, ref path) = *segs.last().unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let prev = segs[segs.len() - 2].0;
+        let seg = SegmentFile::open(&segs[segs.len() - 2].1).unwrap();
+        assert!(seg.read_seal().unwrap().is_some(), "sealed by the rotation");
+        // A consumer that has shipped everything, standing in the new one.
+        let cd = checkpoint::ConsumerDir::new(&root, "done").unwrap();
+        cd.create().unwrap();
+        cd.write(
+            0,
+            &checkpoint::Checkpoint {
+                position: Location {
+                    segment: last,
+                    offset: 0,
+                },
+                shipped: 30,
+                written_unix: 0,
+            },
+        )
+        .unwrap();
+        let mut rec = Reclaimer::new(&root, &SpoolConfig::default(), Shared::new(1));
+        let report = rec.pass(false).unwrap();
+        let (left, _) = list_segments(&shard).unwrap();
+        let left: Vec<u64> = left.iter().map(|(q, _)| *q).collect();
+        assert_eq!(left, [prev, last], "{report:?}");
+        assert_eq!(report.deleted as usize, segs.len() - 2);
+    }
+
+    /// Review finding: a pass that failed (a segment unreadable for a
+    /// moment) counted as a lag of 0, which lifted backpressure while the
+    /// consumers were as far behind as before.
+    #[test]
+    fn a_failed_pass_keeps_the_backpressure_of_the_last_lag() {
+        let dir = TempDir::new("reclaim-lagkeep");
+        let root = dir.path().to_owned();
+        write_test_spool(&root, 12, 8 << 10);
+        // A consumer at the very start: the whole shard is its lag.
+        checkpoint::ConsumerDir::new(&root, "slow")
+            .unwrap()
+            .create()
+            .unwrap();
+        let cfg = SpoolConfig {
+            lag_high_bytes: 1,
+            lag_low_bytes: 1,
+            ..SpoolConfig::default()
+        };
+        let shared = Shared::new(1);
+        let mut rec = Reclaimer::new(&root, &cfg, shared.clone());
+        rec.round(1);
+        assert!(shared.pressure.load(Ordering::Relaxed), "over the mark");
+        // The newest segment cannot be read during the next pass.
+        let (segs, _) = list_segments(&root.join(shard_dir_name(0))).unwrap();
+        let path = segs.last().unwrap().1.clone();
+        let aside = path.with_extension("aside");
+        std::fs::rename(&path, &aside).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(rec.pass(true).is_err(), "the pass fails");
+        rec.round(2);
+        std::fs::remove_dir(&path).unwrap();
+        std::fs::rename(&aside, &path).unwrap();
+        assert!(
+            shared.pressure.load(Ordering::Relaxed),
+            "a failed pass lifted backpressure"
+        );
+        rec.round(3);
+        assert!(shared.pressure.load(Ordering::Relaxed));
     }
 }

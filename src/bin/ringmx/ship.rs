@@ -465,6 +465,15 @@ fn redrive(dir: &ConsumerDir, url: &str) -> Result<(), Failure> {
     let list = dead.list()?;
     let mut sink = sinks::open(url).map_err(runtime)?;
     let (mut accepted, mut refused, mut deferred) = (0u64, 0u64, 0u64);
+    // Records of damage in the spool have no message to send.
+    let (damaged, list): (Vec<_>, Vec<_>) = list.into_iter().partition(|d| d.damaged);
+    for d in &damaged {
+        ringmx::warn!(
+            "redrive: {} is not sent: it was damaged in the spool ({}); nothing is left to send",
+            d.key,
+            d.reason
+        );
+    }
     let mut bump = Bump::new();
     for chunk in list.chunks(sink.max_batch().max(1)) {
         let mut msgs = Vec::new();
@@ -524,8 +533,9 @@ fn redrive(dir: &ConsumerDir, url: &str) -> Result<(), Failure> {
     }
     println!(
         "redrive {}: {accepted} accepted and removed, {refused} refused again, \
-         {deferred} deferred (still dead letters)",
-        dir.name()
+         {deferred} deferred (still dead letters), {} damaged in the spool (not sent)",
+        dir.name(),
+        damaged.len()
     );
     if deferred > 0 {
         return Err(runtime(format!(
