@@ -132,6 +132,22 @@ fn restart_and_check(
     (after, recovery)
 }
 
+/// A spool directory that outlives a failing test, so what a rare failure
+/// left on disk can be read (`ringmx spool verify/ls --spool DIR`); a
+/// passing test removes it as usual.
+struct KeptOnFailure(Option<TempDir>);
+
+impl Drop for KeptOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(dir) = self.0.take() {
+                eprintln!("spool kept for inspection: {}", dir.path().display());
+                std::mem::forget(dir);
+            }
+        }
+    }
+}
+
 #[test]
 fn acknowledged_mail_survives_sigkill_under_load() {
     common::raise_nofile(4096);
@@ -140,7 +156,8 @@ fn acknowledged_mail_survives_sigkill_under_load() {
     let mut rng = Rng::new(seed);
     // One spool through every iteration: each start after the first
     // recovers the previous crash, and every earlier message must stay.
-    let spool = TempDir::new("crash");
+    let spool = KeptOnFailure(Some(TempDir::new("crash")));
+    let spool = spool.0.as_ref().unwrap();
     let mut ledger = Ledger::default();
     // Default segments and fragments; then small segments (rotation under
     // load, commits whose fragments lie in older segments) and small fragments.

@@ -19,7 +19,11 @@
 //! length (so readers see a sound segment), and the scan goes on at the
 //! next intact record,
 //! so one bad sector never takes the acknowledged mail after it along. Each
-//! damaged range is logged on one line. Version 1 segments carry no nonce
+//! damaged range is logged on one line. A Commit found after such damage
+//! whose fragment went with it (a power loss wrote back the Commit's page
+//! but not the fragment's: neither was synced, so the message was never
+//! acknowledged) can never be read: it is quarantined and replaced by a
+//! hole too, rather than listed. Version 1 segments carry no nonce
 //! and cannot be resynchronised safely: there any damage ends the segment,
 //! as before, but is quarantined before the cut.
 //!
@@ -42,10 +46,10 @@ use std::path::{Path, PathBuf};
 
 use super::error::SpoolError;
 use super::format::{
-    decode_seal, encode_hole, quarantine_file_name, HeaderError, Kind, FORMAT_VERSION,
-    RECORD_HEADER_LEN, SEAL_PAYLOAD_LEN,
+    decode_payload, decode_seal, encode_hole, quarantine_file_name, FragRef, HeaderError, Kind,
+    RecordHeader, FORMAT_VERSION, RECORD_HEADER_LEN, SEAL_PAYLOAD_LEN,
 };
-use super::scan::{list_segments, Damage, OpenError, Payload, SegmentFile, Step};
+use super::scan::{list_segments, Damage, OpenError, Payload, RecordMeta, SegmentFile, Step};
 
 /// What recovery found and did in one shard directory.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,6 +65,11 @@ pub struct RecoveryReport {
     /// Damaged ranges in the middle of a segment: copied to quarantine,
     /// then replaced by a hole record; the records after them are kept.
     pub damaged: Vec<TailCut>,
+    /// Commit records whose body is gone: a fragment they list was lost
+    /// to damage (typically unsynced bytes a power loss tore, so the
+    /// message was never acknowledged). Copied to quarantine, then replaced
+    /// by a hole record, so no reader lists a message it cannot read.
+    pub lost_bodies: Vec<TailCut>,
     /// Segment files that never got a header (a crash or failure while
     /// creating them) and were removed; they held no records.
     pub removed: Vec<PathBuf>,
@@ -217,7 +226,7 @@ pub(crate) async fn recover_shard(dir: &Path, shard: u32) -> Result<Recovered, S
             }
         }
         report.scanned_segments += 1;
-        let scan = scan_segment(&mut seg, dir, shard, &mut report, &mut id_floor).await?;
+        let scan = scan_segment(&mut seg, &segs, dir, shard, &mut report, &mut id_floor).await?;
         // Appending goes on only in a version 2 segment with no seal or end mark.
         let closed = scan.closed || seg.version() != FORMAT_VERSION;
         newest = Some((*seq, seg.len(), closed, seg.header.nonce));
@@ -241,10 +250,13 @@ struct Scanned {
 }
 
 /// Walks every record of `seg`, checking every CRC; cuts a torn tail and
-/// steps over damage in the middle (both quarantined first), raising
-/// `id_floor` past every record's queue sequence.
+/// steps over damage in the middle (both quarantined first), and replaces
+/// any Commit whose fragments are gone by a hole; raises `id_floor` past
+/// every record's queue sequence. `segs`: the shard's segments, where
+/// fragments in other segments are looked up.
 async fn scan_segment(
     seg: &mut SegmentFile,
+    segs: &[(u64, PathBuf)],
     dir: &Path,
     shard: u32,
     report: &mut RecoveryReport,
@@ -338,6 +350,11 @@ async fn scan_segment(
             Step::Record(m) => {
                 *id_floor = (*id_floor).max(m.header.id_seq.saturating_add(1));
                 report.scanned_records += 1;
+                if m.header.kind == Kind::Commit && seg.version() == FORMAT_VERSION {
+                    if let Some(why) = lost_fragment(seg, segs, &m)? {
+                        drop_commit(seg, dir, shard, report, &m, &why)?;
+                    }
+                }
                 pos = m.end();
             }
         }
@@ -375,4 +392,118 @@ async fn scan_segment(
         });
     }
     Ok(Scanned { closed })
+}
+
+/// Why the Commit record `m` of `seg` cannot be read: the first fragment
+/// it lists that demonstrably is not on disk (the place it names lies past
+/// its segment's end, or holds no fragment record of this message and
+/// length, e.g. the hole that replaced a damaged range), or `None`. A
+/// fragment in a segment that cannot be opened proves nothing and is
+/// left to readers and `verify`, as is a payload that does not decode.
+///
+/// A Commit is written after its fragments, so in the scanned, newest
+/// segment it can outlive them only when a power loss wrote back the page
+/// holding the Commit but not a page of a fragment before it: bytes no
+/// fdatasync had covered, so the message was never acknowledged.
+fn lost_fragment(
+    seg: &SegmentFile,
+    segs: &[(u64, PathBuf)],
+    m: &RecordMeta,
+) -> Result<Option<String>, SpoolError> {
+    let mut payload = vec![0u8; m.header.len as usize];
+    seg.read_exact_at(&mut payload, m.payload())?;
+    let Ok(msg) = decode_payload(seg.version(), &payload) else {
+        return Ok(None);
+    };
+    let mut other: Option<SegmentFile> = None;
+    for f in &msg.frags {
+        let target = if f.segment == seg.header.segment {
+            seg
+        } else {
+            if other.as_ref().is_none_or(|o| o.header.segment != f.segment) {
+                other = segs
+                    .binary_search_by_key(&f.segment, |(s, _)| *s)
+                    .ok()
+                    .and_then(|i| SegmentFile::open(&segs[i].1).ok());
+            }
+            match other.as_ref() {
+                Some(o) => o,
+                None => continue,
+            }
+        };
+        if let Some(why) = fragment_missing(target, f, m.header.id_seq)? {
+            return Ok(Some(format!(
+                "its fragment at segment {} offset {}: {why}",
+                f.segment, f.offset
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether fragment reference `f` of message `id_seq` misses its record in `seg`.
+fn fragment_missing(
+    seg: &SegmentFile,
+    f: &FragRef,
+    id_seq: u64,
+) -> Result<Option<&'static str>, SpoolError> {
+    let rh = seg.header.record_header_len();
+    let end = f
+        .offset
+        .checked_add(rh as u64)
+        .and_then(|e| e.checked_add(u64::from(f.len)));
+    if end.is_none_or(|e| e > seg.len()) {
+        return Ok(Some("lies past the end of its segment"));
+    }
+    let mut hb = [0u8; RECORD_HEADER_LEN];
+    seg.read_exact_at(&mut hb[..rh], f.offset)?;
+    let found = RecordHeader::decode(&hb[..rh], seg.version()).is_some_and(|h| {
+        h.kind == Kind::Fragment
+            && h.id_seq == id_seq
+            && h.len == f.len
+            && h.nonce == seg.header.nonce
+    });
+    Ok((!found).then_some("no fragment record of the message there"))
+}
+
+/// Takes a Commit whose body is gone out of the segment: copies it to
+/// quarantine, replaces it by a hole record of its length, and logs it.
+/// Listed, it would be a message no reader can read and `verify` would
+/// fail on for good; its client, never acknowledged, sends it again.
+fn drop_commit(
+    seg: &mut SegmentFile,
+    dir: &Path,
+    shard: u32,
+    report: &mut RecoveryReport,
+    m: &RecordMeta,
+    why: &str,
+) -> Result<(), SpoolError> {
+    let (pos, bytes) = (m.offset, m.end() - m.offset);
+    let q = quarantine(dir, shard, seg, pos, bytes)?;
+    // A record is at most a record header plus MAX_RECORD_PAYLOAD: a hole fits.
+    let hole = encode_hole(bytes as usize, seg.header.nonce)?;
+    seg.file()
+        .write_all_at(&hole, pos)
+        .and_then(|()| seg.file().sync_data())
+        .map_err(|e| SpoolError::io("writing a hole record into", seg.path(), e))?;
+    let id = super::queue_id::QueueId::new(shard, m.header.id_seq)
+        .map_or_else(|_| format!("#{}", m.header.id_seq), |id| id.to_string());
+    log(
+        shard,
+        format_args!(
+            "{}: commit of message {id} at offset {pos} ({bytes} bytes) cannot be read, \
+             {why} (lost with damage; a message whose fragment held unsynced bytes was \
+             never acknowledged); kept in {}, replaced by a hole record",
+            seg.path().display(),
+            q.display()
+        ),
+    );
+    report.lost_bodies.push(TailCut {
+        path: seg.path().to_owned(),
+        offset: pos,
+        bytes,
+        reason: format!("commit of message {id}: {why}"),
+        quarantine: Some(q),
+    });
+    Ok(())
 }

@@ -740,7 +740,11 @@ pub fn check(spool: &Path, ledger: &Ledger, when: &str) -> Found {
                     ));
                 }
             }
-            Err(e) => errors.push(format!("{id}: reading the body: {e}")),
+            // The fate says whether a `250` was sent for it.
+            Err(e) => errors.push(format!(
+                "{id}: reading the body of <{from}> ({:?}): {e}",
+                a.fate
+            )),
         }
     }
     for a in &ledger.attempts {
