@@ -29,6 +29,7 @@
 //! signal exits the process at once (status 128 + signal).
 
 pub mod listener;
+pub mod lookup;
 pub mod recipients;
 
 mod conn;
@@ -154,6 +155,10 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
         }));
     }
 
+    let lookups = lookup::LookupPool::start(&cfg.smtp).map_err(|e| {
+        ServerError::System(format!("cannot start the recipient lookup threads: {e}"))
+    })?;
+
     let bound = listener::bind_all(&cfg.server.listen, cpus.len(), &cfg.server)?;
 
     let reclaim = store::reclaim::Shared::new(cpus.len() as u32);
@@ -169,6 +174,7 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
             cpu: *cpu,
             config: cfg.clone(),
             recipients: Arc::clone(&shared),
+            lookups: lookups.clone(),
             sockets,
             stop: OwnedFd::from(theirs),
             ready: shard::Ready::new(i as u32, ready_tx.clone()),
