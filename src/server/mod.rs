@@ -155,10 +155,6 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
         }));
     }
 
-    let lookups = lookup::LookupPool::start(&cfg.smtp).map_err(|e| {
-        ServerError::System(format!("cannot start the recipient lookup threads: {e}"))
-    })?;
-
     let bound = listener::bind_all(&cfg.server.listen, cpus.len(), &cfg.server)?;
 
     let reclaim = store::reclaim::Shared::new(cpus.len() as u32);
@@ -174,7 +170,8 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
             cpu: *cpu,
             config: cfg.clone(),
             recipients: Arc::clone(&shared),
-            lookups: lookups.clone(),
+            // Set below, once signals are blocked.
+            lookups: None,
             sockets,
             stop: OwnedFd::from(theirs),
             ready: shard::Ready::new(i as u32, ready_tx.clone()),
@@ -185,6 +182,14 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
     drop(ready_tx);
 
     block_signals()?;
+    // Started after block_signals, like every thread: one with SIGTERM
+    // unblocked would take it, and its default action ends the process.
+    let lookups = lookup::LookupPool::start(&cfg.smtp).map_err(|e| {
+        ServerError::System(format!("cannot start the recipient lookup threads: {e}"))
+    })?;
+    for s in &mut starts {
+        s.lookups.clone_from(&lookups);
+    }
     spawn_signal_thread(stops, cfg.server.shutdown_grace, reloads)?;
 
     let mut handles = Vec::with_capacity(starts.len());
