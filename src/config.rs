@@ -1437,4 +1437,65 @@ mod tests {
             ("-", false)
         );
     }
+
+    /// The ldap and verify policies: read from TOML, and refused at start
+    /// where they cannot work (a domain without a server, outside the
+    /// accepted ones, or under both policies; a filter matching everyone).
+    #[test]
+    fn recipient_lookup_settings_are_read_and_checked() {
+        let c = Config::from_toml(
+            "[smtp]\naccepted_domains = [\"a.example\", \"b.example\"]\n\
+             recipient_ldap = \"ldap://127.0.0.1:389\"\n\
+             recipient_ldap_base = \"dc=example,dc=com\"\n\
+             recipient_ldap_filter = \"(uid=%u)\"\n\
+             recipient_ldap_domains = [\"a.example\"]\n\
+             recipient_verify_host = \"10.0.0.1:25\"\n\
+             recipient_verify_domains = [\"b.example\"]\n\
+             recipient_lookup_timeout = \"2s\"\n\
+             recipient_cache_positive_ttl = \"1h\"\n\
+             recipient_cache_negative_ttl = \"30s\"\n\
+             recipient_cache_entries = 10\n\
+             recipient_lookup_threads = 2\n",
+            Path::new("ringmx.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.validate(), Ok(()));
+        let s = &c.smtp;
+        assert_eq!(s.recipient_ldap_filter, "(uid=%u)");
+        assert_eq!(s.recipient_verify_domains, ["b.example"]);
+        assert_eq!(s.recipient_lookup_timeout, Duration::from_secs(2));
+        assert_eq!(s.recipient_cache_positive_ttl, Duration::from_secs(3600));
+        assert_eq!(
+            (s.recipient_cache_entries, s.recipient_lookup_threads),
+            (10, 2)
+        );
+        let refused = |f: &dyn Fn(&mut SmtpConfig), want: &str| {
+            let mut c2 = c.clone();
+            f(&mut c2.smtp);
+            match c2.validate() {
+                Err(ConfigError::RecipientLookup(e)) => assert!(e.contains(want), "{e}"),
+                other => panic!("{want}: {other:?}"),
+            }
+        };
+        refused(&|s| s.recipient_ldap.clear(), "needs a server");
+        refused(&|s| s.recipient_verify_host.clear(), "needs a server");
+        refused(
+            &|s| s.recipient_ldap_domains.push("c.example".into()),
+            "not in smtp.accepted_domains",
+        );
+        refused(
+            &|s| s.recipient_verify_domains.push("A.example".into()),
+            "a domain has one policy",
+        );
+        refused(
+            &|s| s.recipient_ldap = "ldaps://x".into(),
+            "ldaps:// is not built in",
+        );
+        refused(
+            &|s| s.recipient_ldap_filter = "(mail=*)".into(),
+            "names no %s",
+        );
+        refused(&|s| s.recipient_lookup_timeout = Duration::ZERO, "above 0");
+        refused(&|s| s.recipient_lookup_threads = 0, "at least 1");
+    }
 }

@@ -181,6 +181,12 @@ fn known_recipients_get_250_unknown_550_in_command_order_and_only_known_are_stor
         return;
     };
     let mut s = start(&slapd, &[]);
+    assert!(
+        s.logs()
+            .contains("recipient lookups: ldap domains: ldap.example (at ldap://127.0.0.1:"),
+        "{}",
+        s.logs()
+    );
     let mut c = session(&s);
     for (to, want) in [
         ("alice@ldap.example", "250 2.1.5"),

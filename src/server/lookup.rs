@@ -137,6 +137,36 @@ impl LookupPool {
     }
 }
 
+/// One line about the ldap and verify policies, for the start-up log.
+pub fn describe(smtp: &SmtpConfig) -> String {
+    let mut parts = Vec::new();
+    if !smtp.recipient_ldap_domains.is_empty() {
+        parts.push(format!(
+            "ldap domains: {} (at {}, base {:?}, filter {:?})",
+            smtp.recipient_ldap_domains.join(" "),
+            smtp.recipient_ldap,
+            smtp.recipient_ldap_base,
+            smtp.recipient_ldap_filter,
+        ));
+    }
+    if !smtp.recipient_verify_domains.is_empty() {
+        parts.push(format!(
+            "verify domains: {} (at {})",
+            smtp.recipient_verify_domains.join(" "),
+            smtp.recipient_verify_host,
+        ));
+    }
+    parts.push(format!(
+        "{} threads, timeout {:?}, cache {} entries for {:?} (found) / {:?} (unknown)",
+        smtp.recipient_lookup_threads,
+        smtp.recipient_lookup_timeout,
+        smtp.recipient_cache_entries,
+        smtp.recipient_cache_positive_ttl,
+        smtp.recipient_cache_negative_ttl,
+    ));
+    parts.join("; ")
+}
+
 /// A one-shot answer from a lookup thread to a shard task.
 #[derive(Debug, Default)]
 struct Slot(Mutex<(Option<Answer>, Option<Waker>)>);

@@ -190,6 +190,9 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
     for s in &mut starts {
         s.lookups.clone_from(&lookups);
     }
+    if lookups.is_some() {
+        crate::info!("recipient lookups: {}", lookup::describe(&cfg.smtp));
+    }
     spawn_signal_thread(stops, cfg.server.shutdown_grace, reloads)?;
 
     let mut handles = Vec::with_capacity(starts.len());
@@ -310,7 +313,7 @@ fn load_recipients(
         "recipient map {} loaded in {} ms: {}",
         path.display(),
         started.elapsed().as_millis(),
-        recipients::describe(&map, &cfg.smtp.accepted_domains)
+        recipients::describe(&map, &recipients::map_policy_domains(&cfg.smtp))
     );
     Ok(Some(map))
 }
