@@ -205,6 +205,15 @@ impl Future for PendingAnswer {
     }
 }
 
+impl Drop for PendingAnswer {
+    /// Given up on (timed out, hard stop): the thread's answer must not
+    /// wake a task that no longer waits for it.
+    fn drop(&mut self) {
+        let waker = self.0 .0.lock().unwrap_or_else(|e| e.into_inner()).1.take();
+        drop(waker);
+    }
+}
+
 fn worker(rx: &Mutex<Receiver<Job>>, s: &Settings, verified: &Mutex<TtlCache>) {
     let mut ldap: Option<LdapConn> = None;
     loop {
