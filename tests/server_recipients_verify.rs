@@ -56,7 +56,7 @@ fn rcpt_on_new_connection(s: &Server, to: &str) -> String {
 fn the_next_hop_decides_and_its_answers_are_cached_and_no_mail_reaches_it() {
     let dir = TempDir::new("verify-hop");
     let map = dir.path().join("recipients");
-    std::fs::write(&map, "alice@relay.example\n").unwrap();
+    std::fs::write(&map, "alice@relay.example\nj\u{f6}rg@relay.example\n").unwrap();
     let mut hop = Server::start(&[
         "--domain",
         "relay.example",
@@ -77,6 +77,16 @@ fn the_next_hop_decides_and_its_answers_are_cached_and_no_mail_reaches_it() {
             assert!(got.starts_with(want), "{to}: {got}\n{}", s.logs());
         }
     }
+    // RFC 6531: the callout says SMTPUTF8 for a non-ASCII address.
+    let mut c = s.client();
+    c.ehlo();
+    c.send("MAIL FROM:<s@example.org> SMTPUTF8\r\n");
+    c.expect("250 ");
+    c.send("RCPT TO:<j\u{f6}rg@relay.example>\r\nRCPT TO:<j\u{fc}rgen@relay.example>\r\n");
+    c.expect("250 2.1.5");
+    c.expect("550 5.1.1");
+    c.send("QUIT\r\n");
+    c.expect("221");
     // A whole message for a verified recipient, pipelined.
     let mut c = s.client();
     c.send(
@@ -105,7 +115,7 @@ fn the_next_hop_decides_and_its_answers_are_cached_and_no_mail_reaches_it() {
         "{hop_logs}"
     );
     assert!(
-        hop_logs.contains("rcpt_accepted=2 rcpt_unknown=1 "),
+        hop_logs.contains("rcpt_accepted=3 rcpt_unknown=2 "),
         "{hop_logs}"
     );
 }

@@ -447,7 +447,11 @@ fn callout(s: &Settings, address: &str) -> Result<u16, String> {
         send(&mut w, &format!("HELO {}\r\n", s.hostname))?;
         expect2("HELO", read(&mut r)?)?;
     }
-    send(&mut w, "MAIL FROM:<>\r\n")?;
+    // RFC 6531: a non-ASCII address needs SMTPUTF8; a hop without it
+    // refuses the MAIL, which fails the lookup rather than calling the
+    // recipient unknown.
+    let utf8 = if address.is_ascii() { "" } else { " SMTPUTF8" };
+    send(&mut w, &format!("MAIL FROM:<>{utf8}\r\n"))?;
     expect2("MAIL FROM:<>", read(&mut r)?)?;
     send(&mut w, &format!("RCPT TO:<{address}>\r\n"))?;
     let code = read(&mut r)?;
@@ -456,14 +460,22 @@ fn callout(s: &Settings, address: &str) -> Result<u16, String> {
     Ok(code)
 }
 
+/// Longest reply line read from a next hop (RFC 5321 §4.5.3.1.5: 512).
+const MAX_REPLY_LINE: u64 = 4096;
+
 /// One (possibly multi-line) SMTP reply's code.
 fn read_reply(r: &mut impl BufRead) -> Result<u16, String> {
     let mut line = String::new();
     for _ in 0..100 {
         line.clear();
-        let n = r.read_line(&mut line).map_err(|e| e.to_string())?;
+        let n = std::io::Read::take(&mut *r, MAX_REPLY_LINE)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
         if n == 0 {
             return Err("connection closed".into());
+        }
+        if !line.ends_with('\n') {
+            return Err(format!("reply line over {MAX_REPLY_LINE} bytes"));
         }
         let code = line
             .get(..3)
@@ -599,5 +611,7 @@ mod tests {
         assert!(read_reply(&mut r).is_err());
         let mut r = std::io::Cursor::new(Vec::new());
         assert!(read_reply(&mut r).is_err());
+        let mut r = std::io::Cursor::new([b'2'; 10_000].to_vec());
+        assert!(read_reply(&mut r).unwrap_err().contains("over 4096 bytes"));
     }
 }
