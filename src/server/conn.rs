@@ -42,6 +42,15 @@ use crate::protocol::{reply, trace, ClientInfo, CloseReason, CommitError, Event,
 /// never pays the extra read it costs.
 const IDLE_RELEASE: Duration = Duration::from_secs(1);
 
+/// While a recipient lookup is pending, the connection also looks at its
+/// answer this often, not only when the lookup thread's wake-up arrives.
+/// A safety net: in one of four loadgen runs (16 connections, answers from
+/// the cache and slapd) some answers were taken only at the 5 s lookup
+/// deadline, as if a wake-up from the lookup thread had been missed; not
+/// reproduced since. A timer per pending lookup every 50 ms costs nothing
+/// next to the lookup.
+const LOOKUP_REPOLL: Duration = Duration::from_millis(50);
+
 /// After the last reply, how long to read and discard what the client still
 /// sends before closing. Closing with unread input makes the kernel send a
 /// RST, which can destroy the last reply before the client reads it.
@@ -635,7 +644,8 @@ impl Conn {
                 .poll_timeout()
                 .map_or(smtp.recipient_lookup_timeout, |d| {
                     d.saturating_duration_since(now)
-                });
+                })
+                .min(LOOKUP_REPOLL);
             let woke = future::or(
                 async { Woke::Answer((&mut pending).await) },
                 future::or(
@@ -666,7 +676,8 @@ impl Conn {
                     self.session.handle_lookup(a, &mut self.out);
                     return None;
                 }
-                // `None` and still awaiting: a timer that fired early.
+                // `None` and still awaiting: not due yet (a re-poll, or
+                // a timer that fired early); look at the answer again.
                 Woke::Timer => {
                     if let Some(r) = self.session.handle_timeout(Instant::now(), &mut self.out) {
                         return Some(r);
