@@ -155,6 +155,63 @@ macro_rules! with_settings {
                 recipient_ignore_case: bool = true,
                     "plain" recipient_ignore_case "BOOL"
                     "Recipient lookups ignore the case of local parts";
+                /// Directory for the `ldap` recipient policy: `ldap://host:port` (or
+                /// `ldapi://`), bound anonymously. Empty: no LDAP. See
+                /// `server::lookup` and README "Recipients".
+                recipient_ldap: String = String::new(),
+                    "plain" recipient_ldap "URL"
+                    "LDAP directory of recipients (ldap://host:port) for recipient_ldap_domains";
+                /// Search base of LDAP recipient lookups (Postfix's `search_base`).
+                recipient_ldap_base: String = String::new(),
+                    "plain" recipient_ldap_base "DN"
+                    "Search base of LDAP recipient lookups, e.g. dc=example,dc=com";
+                /// LDAP filter of a recipient lookup (Postfix's `query_filter`): `%s`
+                /// the address, `%u` its local part, `%d` its domain (each escaped),
+                /// `%%` a percent sign. Any entry found means the recipient exists.
+                recipient_ldap_filter: String = "(mail=%s)".into(),
+                    "plain" recipient_ldap_filter "FILTER"
+                    "LDAP filter of a recipient lookup: %s address, %u local part, %d domain";
+                /// Accepted domains whose recipients are looked up in recipient_ldap
+                /// (policy `ldap`; overrides the map file for them).
+                recipient_ldap_domains: Vec<String> = Vec::new(),
+                    "list" recipient_ldap_domain "DOMAIN"
+                    "Accepted domain whose recipients are looked up in LDAP; repeat for several";
+                /// Next hop asked about recipients of recipient_verify_domains, `host:port`:
+                /// `MAIL FROM:<>`, `RCPT TO`, `QUIT`, no mail sent (Postfix's
+                /// `reject_unverified_recipient`).
+                recipient_verify_host: String = String::new(),
+                    "plain" recipient_verify_host "HOST:PORT"
+                    "Next hop that verifies recipients (RCPT TO, no mail) for recipient_verify_domains";
+                /// Accepted domains whose recipients are verified at
+                /// recipient_verify_host (policy `verify`; overrides the map file).
+                recipient_verify_domains: Vec<String> = Vec::new(),
+                    "list" recipient_verify_domain "DOMAIN"
+                    "Accepted domain whose recipients are verified at the next hop; repeat for several";
+                /// How long a RCPT waits for an LDAP or verify answer before `451 4.3.0`.
+                // Well under a client's 5-minute RCPT timeout (RFC 5321
+                // §4.5.3.2.3); a directory slower than this is down for us.
+                recipient_lookup_timeout: Duration = Duration::from_secs(5),
+                    "duration" recipient_lookup_timeout "DURATION"
+                    "Wait for an LDAP or verify answer before 451 4.3.0";
+                /// How long a recipient found by LDAP or verify is cached (per shard;
+                /// verify answers also in one cache shared by the lookup threads).
+                recipient_cache_positive_ttl: Duration = Duration::from_secs(600),
+                    "duration" recipient_cache_positive_ttl "DURATION"
+                    "How long a found recipient is cached";
+                /// How long an unknown recipient is cached; failures are never cached.
+                // Shorter than the positive TTL: a new user must not wait long.
+                recipient_cache_negative_ttl: Duration = Duration::from_secs(60),
+                    "duration" recipient_cache_negative_ttl "DURATION"
+                    "How long an unknown recipient is cached";
+                /// Entries per recipient cache (each shard's, and the shared verify one);
+                /// the oldest go first.
+                recipient_cache_entries: usize = 100_000,
+                    "plain" recipient_cache_entries "N"
+                    "Entries per recipient lookup cache";
+                /// Threads that run LDAP and verify lookups (never the shards).
+                recipient_lookup_threads: usize = 4,
+                    "plain" recipient_lookup_threads "N"
+                    "Threads for LDAP and verify recipient lookups";
                 /// Largest message body, bytes after dot-unstuffing; advertised as SIZE.
                 max_message_bytes: u64 = 50 * 1024 * 1024,
                     "size" max_message_size "SIZE"
@@ -707,6 +764,9 @@ pub enum ConfigError {
          spaces, e.g. +"
     )]
     BadDelimiter(String),
+    /// A recipient lookup setting that cannot work (LDAP or verify).
+    #[error("smtp.recipient_{0}")]
+    RecipientLookup(String),
     /// The config file could not be read.
     #[error("cannot read config file {path}: {reason}")]
     Read {
@@ -822,7 +882,70 @@ impl SmtpConfig {
         if let Some(d) = self.accepted_domains.iter().find(|d| !name(d)) {
             return Err(ConfigError::BadDomain(d.clone()));
         }
+        self.check_lookups()?;
         self.check_limits()
+    }
+
+    /// The LDAP and verify settings: each policy's domains need its server,
+    /// and are accepted domains named by one policy only.
+    fn check_lookups(&self) -> Result<(), ConfigError> {
+        let bad = |s: String| Err(ConfigError::RecipientLookup(s));
+        for (what, domains, server, flag) in [
+            (
+                "ldap",
+                &self.recipient_ldap_domains,
+                &self.recipient_ldap,
+                "--recipient-ldap URL",
+            ),
+            (
+                "verify",
+                &self.recipient_verify_domains,
+                &self.recipient_verify_host,
+                "--recipient-verify-host HOST:PORT",
+            ),
+        ] {
+            if !domains.is_empty() && server.is_empty() {
+                return bad(format!("{what}_domains needs a server: give {flag}"));
+            }
+            if let Some(d) = domains.iter().find(|d| {
+                !self
+                    .accepted_domains
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(d))
+            }) {
+                return bad(format!(
+                    "{what}_domains: {d:?} is not in smtp.accepted_domains: add it with --domain"
+                ));
+            }
+        }
+        if let Some(d) = self.recipient_ldap_domains.iter().find(|d| {
+            self.recipient_verify_domains
+                .iter()
+                .any(|v| v.eq_ignore_ascii_case(d))
+        }) {
+            return bad(format!(
+                "ldap_domains and verify_domains both name {d:?}: a domain has one policy"
+            ));
+        }
+        let url = &self.recipient_ldap;
+        if !(url.is_empty() || url.starts_with("ldap://") || url.starts_with("ldapi://")) {
+            return bad(format!(
+                "ldap {url:?}: use ldap://host:port or ldapi:// (ldaps:// is not built in)"
+            ));
+        }
+        if !url.is_empty() && !self.recipient_ldap_filter.contains('%') {
+            return bad(format!(
+                "ldap_filter {:?} names no %s, %u or %d: it would match every recipient",
+                self.recipient_ldap_filter
+            ));
+        }
+        if self.recipient_lookup_timeout.is_zero() {
+            return bad("lookup_timeout must be above 0".into());
+        }
+        if self.recipient_lookup_threads == 0 || self.recipient_cache_entries == 0 {
+            return bad("lookup_threads and cache_entries must be at least 1".into());
+        }
+        Ok(())
     }
 }
 
@@ -1313,5 +1436,66 @@ mod tests {
             ),
             ("-", false)
         );
+    }
+
+    /// The ldap and verify policies: read from TOML, and refused at start
+    /// where they cannot work (a domain without a server, outside the
+    /// accepted ones, or under both policies; a filter matching everyone).
+    #[test]
+    fn recipient_lookup_settings_are_read_and_checked() {
+        let c = Config::from_toml(
+            "[smtp]\naccepted_domains = [\"a.example\", \"b.example\"]\n\
+             recipient_ldap = \"ldap://127.0.0.1:389\"\n\
+             recipient_ldap_base = \"dc=example,dc=com\"\n\
+             recipient_ldap_filter = \"(uid=%u)\"\n\
+             recipient_ldap_domains = [\"a.example\"]\n\
+             recipient_verify_host = \"10.0.0.1:25\"\n\
+             recipient_verify_domains = [\"b.example\"]\n\
+             recipient_lookup_timeout = \"2s\"\n\
+             recipient_cache_positive_ttl = \"1h\"\n\
+             recipient_cache_negative_ttl = \"30s\"\n\
+             recipient_cache_entries = 10\n\
+             recipient_lookup_threads = 2\n",
+            Path::new("ringmx.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.validate(), Ok(()));
+        let s = &c.smtp;
+        assert_eq!(s.recipient_ldap_filter, "(uid=%u)");
+        assert_eq!(s.recipient_verify_domains, ["b.example"]);
+        assert_eq!(s.recipient_lookup_timeout, Duration::from_secs(2));
+        assert_eq!(s.recipient_cache_positive_ttl, Duration::from_secs(3600));
+        assert_eq!(
+            (s.recipient_cache_entries, s.recipient_lookup_threads),
+            (10, 2)
+        );
+        let refused = |f: &dyn Fn(&mut SmtpConfig), want: &str| {
+            let mut c2 = c.clone();
+            f(&mut c2.smtp);
+            match c2.validate() {
+                Err(ConfigError::RecipientLookup(e)) => assert!(e.contains(want), "{e}"),
+                other => panic!("{want}: {other:?}"),
+            }
+        };
+        refused(&|s| s.recipient_ldap.clear(), "needs a server");
+        refused(&|s| s.recipient_verify_host.clear(), "needs a server");
+        refused(
+            &|s| s.recipient_ldap_domains.push("c.example".into()),
+            "not in smtp.accepted_domains",
+        );
+        refused(
+            &|s| s.recipient_verify_domains.push("A.example".into()),
+            "a domain has one policy",
+        );
+        refused(
+            &|s| s.recipient_ldap = "ldaps://x".into(),
+            "ldaps:// is not built in",
+        );
+        refused(
+            &|s| s.recipient_ldap_filter = "(mail=*)".into(),
+            "names no %s",
+        );
+        refused(&|s| s.recipient_lookup_timeout = Duration::ZERO, "above 0");
+        refused(&|s| s.recipient_lookup_threads = 0, "at least 1");
     }
 }

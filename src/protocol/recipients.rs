@@ -16,12 +16,14 @@
 //! * an accepted domain the map does not name stays catch-all, as it was
 //!   before maps existed. The server logs both lists at start and reload.
 //!
-//! Further policies (`ldap`, `verify`) are lookups that complete later: they
-//! will be [`Policy`] variants whose lookup answers `Lookup::Pending`
-//! instead of a verdict; the session then returns an effect ("lookup
-//! pending"), the runtime asks a lookup thread, and hands the answer back
-//! as a fact (`handle_lookup`, with `451 4.3.0` when it fails or times
-//! out). The static map never needs that: it answers at once, on the shard.
+//! The other policies, [`Policy::Ldap`] and [`Policy::Verify`], are lookups
+//! that complete later, off the shard ([`Remote`]). Settings name their
+//! domains (`smtp.recipient_ldap_domains`, `smtp.recipient_verify_domains`)
+//! and win over the map file for them. The session answers such a RCPT with
+//! an event ([`Event::Lookup`](super::session::Event::Lookup)) instead of a
+//! reply; the runtime asks a lookup thread and hands the answer back as a
+//! fact (`Session::handle_lookup`, `451 4.3.0` when it fails or times out).
+//! The static map never needs that: it answers at once, on the shard.
 //!
 //! # File syntax
 //!
@@ -72,6 +74,10 @@ pub enum Policy {
     CatchAll,
     /// Only the listed recipients (and `postmaster`) exist.
     Map,
+    /// Whoever the LDAP directory finds (and `postmaster`) exists.
+    Ldap,
+    /// Whoever the next hop accepts at `RCPT TO` (and `postmaster`) exists.
+    Verify,
 }
 
 impl fmt::Display for Policy {
@@ -79,9 +85,36 @@ impl fmt::Display for Policy {
         f.write_str(match self {
             Policy::CatchAll => "catch-all",
             Policy::Map => "map",
+            Policy::Ldap => "ldap",
+            Policy::Verify => "verify",
         })
     }
 }
+
+/// A policy answered off the shard, by a lookup thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Remote {
+    /// A search in `smtp.recipient_ldap`.
+    Ldap,
+    /// A callout to `smtp.recipient_verify_host`.
+    Verify,
+}
+
+impl Remote {
+    /// Its [`Policy`].
+    pub fn policy(self) -> Policy {
+        match self {
+            Remote::Ldap => Policy::Ldap,
+            Remote::Verify => Policy::Verify,
+        }
+    }
+}
+
+/// A remote lookup that gave no verdict: the server failed, answered a
+/// temporary error, or took longer than `smtp.recipient_lookup_timeout`.
+/// The recipient gets `451 4.3.0`, never `250`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LookupFailed;
 
 /// A recipient lookup's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

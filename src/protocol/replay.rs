@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::envelope::SHED_KEEP_RCPTS;
+use super::recipients::LookupFailed;
 use super::session::{ClientInfo, CloseReason, CommitError, Event, Session};
 use crate::config::{ServerConfig, SmtpConfig};
 
@@ -226,6 +227,8 @@ impl Driver<'_> {
                     self.r.aborts += 1;
                 }
                 Event::MessageEnd => self.commit(out),
+                // No directory here: a remote lookup answers as a failed one.
+                Event::Lookup => self.s.handle_lookup(Err(LookupFailed), out),
                 Event::Close(reason) => self.closed(reason),
             }
         }

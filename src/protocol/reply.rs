@@ -97,6 +97,9 @@ pub const RELAY_DENIED: Reply = b"550 5.7.1 Relay access denied\r\n";
 pub const UNKNOWN_RECIPIENT: Reply = b"550 5.1.1 Recipient address rejected: User unknown\r\n";
 /// Past smtp.max_recipients (RFC 5321 §4.5.3.1.10).
 pub const TOO_MANY_RECIPIENTS: Reply = b"452 4.5.3 Too many recipients\r\n";
+/// An LDAP or verify lookup failed or timed out: never accept on error.
+pub const LOOKUP_FAILED: Reply =
+    b"451 4.3.0 Recipient address rejected: lookup failed, try again later\r\n";
 /// SIZE= or the body itself over smtp.max_message_bytes (RFC 1870 §6.1).
 pub const MESSAGE_TOO_BIG: Reply = b"552 5.3.4 Message size exceeds fixed maximum message size\r\n";
 /// A text line in DATA over smtp.max_text_line_bytes (RFC 5321 §4.5.3.1.6).
@@ -206,6 +209,7 @@ mod tests {
             RELAY_DENIED,
             UNKNOWN_RECIPIENT,
             TOO_MANY_RECIPIENTS,
+            LOOKUP_FAILED,
             MESSAGE_TOO_BIG,
             TEXT_LINE_TOO_LONG,
             BARE_NEWLINE,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
-use super::recipients::{MapOptions, RecipientMap};
+use super::recipients::{Lookup, LookupFailed, MapOptions, RecipientMap, Remote};
 use super::session::{ClientInfo, CloseReason, CommitError, Event, Session};
 use crate::config::{BareNewline, SmtpConfig};
 
@@ -34,6 +34,8 @@ pub(crate) struct Harness {
     pub fail_commit: Option<CommitError>,
     /// Leave MessageEnd uncommitted (to test shutdown mid-commit).
     pub hold_commit: bool,
+    /// The remote lookups asked for, in order.
+    pub lookups: Vec<(Remote, String)>,
 }
 
 impl Harness {
@@ -56,6 +58,7 @@ impl Harness {
             now,
             fail_commit: None,
             hold_commit: false,
+            lookups: Vec::new(),
         }
     }
 
@@ -72,7 +75,7 @@ impl Harness {
     }
 
     fn pump(&mut self) {
-        while self.closed.is_none() && !self.s.awaiting_commit() {
+        while self.closed.is_none() && !self.s.awaiting_commit() && !self.s.awaiting_lookup() {
             let (used, ev) = self.s.handle_input(self.now, &self.buf, &mut self.out);
             let mut ended = false;
             match ev {
@@ -104,6 +107,13 @@ impl Harness {
                     self.aborts += 1;
                 }
                 Event::MessageEnd => ended = true,
+                Event::Lookup => {
+                    let (r, to) = self
+                        .s
+                        .pending_lookup()
+                        .expect("Lookup without a pending lookup");
+                    self.lookups.push((r, to.to_owned()));
+                }
                 Event::Close(reason) => {
                     assert_eq!(self.s.close_reason(), Some(reason));
                     self.closed = Some(reason);
@@ -133,18 +143,33 @@ impl Harness {
         self.pump();
     }
 
+    /// Answers the pending lookup, as the runtime does; returns the replies
+    /// (the RCPT's, then those of the commands pipelined behind it).
+    pub fn answer(&mut self, a: Result<Lookup, LookupFailed>) -> String {
+        let before = self.out.len();
+        self.s.handle_lookup(a, &mut self.out);
+        self.pump();
+        String::from_utf8_lossy(&self.out[before..]).into_owned()
+    }
+
     /// Moves the clock on by `by` and, as a runtime's timer would, calls
     /// `handle_timeout` if `poll_timeout` is due; returns the replies.
     pub fn advance(&mut self, by: Duration) -> String {
         let before = self.out.len();
         self.now += by;
         let due = self.s.poll_timeout().is_some_and(|t| self.now >= t);
+        let lookup = self.s.awaiting_lookup();
         let r = self.s.handle_timeout(self.now, &mut self.out);
+        // A lookup's deadline answers it (451) and the session goes on.
+        let answered = lookup && !self.s.awaiting_lookup() && r.is_none();
         assert_eq!(
-            r.is_some(),
+            r.is_some() || answered,
             due,
             "handle_timeout disagrees with poll_timeout"
         );
+        if answered {
+            self.pump();
+        }
         if let Some(reason) = r {
             self.closed = Some(reason);
             self.current = None;
@@ -577,6 +602,134 @@ fn a_new_map_applies_from_the_next_rcpt() {
     assert!(h
         .feed(b"RCPT TO:<alice@example.com>\r\n")
         .starts_with("250"));
+}
+
+/// A harness whose `ldap.example` is `ldap` and `relay.example` `verify`.
+fn with_remote() -> Harness {
+    Harness::with(SmtpConfig {
+        accepted_domains: vec![
+            "example.com".into(),
+            "ldap.example".into(),
+            "relay.example".into(),
+        ],
+        recipient_ldap_domains: vec!["LDAP.example".into()],
+        recipient_verify_domains: vec!["relay.example".into()],
+        recipient_lookup_timeout: Duration::from_secs(5),
+        max_recipients: 100,
+        ..cfg()
+    })
+}
+
+#[test]
+fn a_remote_policy_rcpt_waits_for_its_lookup_and_pipelined_commands_wait_behind_it() {
+    let mut h = with_remote();
+    // One pipelined batch: the replies must come in command order.
+    h.feed(b"EHLO c\r\n");
+    let got = h.feed(
+        b"MAIL FROM:<a@b>\r\nRCPT TO:<Al+x@Ldap.example>\r\n\
+          RCPT TO:<u@example.com>\r\nRCPT TO:<bob@relay.example>\r\nDATA\r\n",
+    );
+    assert_eq!(codes(&got), ["250"], "{got}");
+    assert_eq!(h.lookups, [(Remote::Ldap, "Al+x@Ldap.example".to_string())]);
+    assert!(h.s.awaiting_lookup());
+    let got = h.answer(Ok(Lookup::Exists));
+    // The LDAP RCPT, the plain one, then the verify one waits in turn.
+    assert_eq!(codes(&got), ["250", "250"], "{got}");
+    assert_eq!(
+        h.lookups[1],
+        (Remote::Verify, "bob@relay.example".to_string())
+    );
+    let got = h.answer(Ok(Lookup::Unknown));
+    assert_eq!(codes(&got), ["550", "354"], "{got}");
+    h.feed(b"hi\r\n.\r\n");
+    assert_eq!(h.stored.len(), 1);
+    assert_eq!(h.stored[0].rcpts, ["Al+x@Ldap.example", "u@example.com"]);
+    let c = h.s.rcpt_counts();
+    assert_eq!((c.accepted, c.unknown, c.lookup_failed), (2, 1, 0));
+    let refused: Vec<_> = h.s.drain_refusals().collect();
+    assert_eq!(refused.len(), 1);
+    assert_eq!((refused[0].verb, refused[0].code()), ("RCPT", "550"));
+    assert_eq!(refused[0].arg(), "TO:<bob@relay.example>");
+}
+
+#[test]
+fn a_failed_lookup_is_451_never_250() {
+    let mut h = with_remote();
+    h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@ldap.example>\r\n");
+    let got = h.answer(Err(LookupFailed));
+    assert!(got.starts_with("451 4.3.0"), "{got}");
+    assert_eq!(h.s.rcpt_counts().lookup_failed, 1);
+    // Not the client's error, and no recipient: DATA is refused.
+    assert!(h.feed(b"DATA\r\n").starts_with("554"));
+    let verbs: Vec<_> = h.s.drain_refusals().map(|r| (r.verb, r.code())).collect();
+    assert_eq!(verbs, [("RCPT", "451"), ("DATA", "554")]);
+}
+
+#[test]
+fn a_lookup_that_never_answers_gets_451_at_the_timeout_and_late_answers_are_ignored() {
+    let mut h = with_remote();
+    h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@ldap.example>\r\nNOOP\r\n");
+    let asked = h.now;
+    assert_eq!(h.s.poll_timeout(), Some(asked + Duration::from_secs(5)));
+    assert_eq!(h.advance(Duration::from_millis(4999)), "");
+    assert!(h.s.awaiting_lookup());
+    // The 451, then the NOOP's turn.
+    let got = h.advance(Duration::from_millis(1));
+    assert!(got.starts_with("451 4.3.0"), "{got}");
+    assert_eq!(codes(&got), ["451", "250"], "{got}");
+    assert!(!h.s.awaiting_lookup() && !h.s.is_closed());
+    assert_eq!(h.s.rcpt_counts().lookup_failed, 1);
+    // The answer arrives too late: nothing happens.
+    assert_eq!(h.answer(Ok(Lookup::Exists)), "");
+    assert_eq!(h.s.rcpt_counts().accepted, 0);
+    // Back to the command timeout.
+    assert_eq!(
+        h.s.poll_timeout(),
+        Some(h.now + SmtpConfig::default().command_timeout)
+    );
+}
+
+#[test]
+fn postmaster_and_recipients_past_the_limit_need_no_lookup() {
+    let mut h = with_remote();
+    h.feed(b"EHLO c\r\n");
+    let got = h.feed(
+        b"MAIL FROM:<a@b>\r\nRCPT TO:<Postmaster@ldap.example>\r\n\
+          RCPT TO:<postmaster>\r\n",
+    );
+    assert_eq!(codes(&got), ["250", "250", "250"], "{got}");
+    assert!(h.lookups.is_empty());
+    for i in 0..98 {
+        h.feed(format!("RCPT TO:<u{i}@example.com>\r\n").as_bytes());
+    }
+    assert!(h.feed(b"RCPT TO:<x@relay.example>\r\n").starts_with("452"));
+    assert!(h.lookups.is_empty());
+}
+
+#[test]
+fn the_lifetime_and_hard_stop_end_a_session_waiting_for_a_lookup() {
+    let mut h = Harness::with_lifetime(
+        SmtpConfig {
+            recipient_ldap_domains: vec!["example.com".into()],
+            recipient_lookup_timeout: Duration::from_secs(50),
+            ..cfg()
+        },
+        Duration::from_secs(10),
+    );
+    h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@example.com>\r\n");
+    assert!(h.s.awaiting_lookup());
+    let got = h.advance(Duration::from_secs(10));
+    assert!(got.starts_with("421 4.4.2"), "{got}");
+    assert_eq!(h.closed, Some(CloseReason::Lifetime));
+
+    let mut h = with_remote();
+    h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@ldap.example>\r\n");
+    let mut out = Vec::new();
+    assert!(!h.s.handle_shutdown(&mut out), "a transaction is under way");
+    assert_eq!(h.s.handle_hard_stop(&mut out), CloseReason::CutOff);
+    h.s.handle_lookup(Ok(Lookup::Exists), &mut out);
+    assert!(String::from_utf8_lossy(&out).starts_with("421 4.3.2"));
+    assert_eq!(h.s.rcpt_counts().accepted, 0);
 }
 
 #[test]

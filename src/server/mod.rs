@@ -29,6 +29,7 @@
 //! signal exits the process at once (status 128 + signal).
 
 pub mod listener;
+pub mod lookup;
 pub mod recipients;
 
 mod conn;
@@ -169,6 +170,8 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
             cpu: *cpu,
             config: cfg.clone(),
             recipients: Arc::clone(&shared),
+            // Set below, once signals are blocked.
+            lookups: None,
             sockets,
             stop: OwnedFd::from(theirs),
             ready: shard::Ready::new(i as u32, ready_tx.clone()),
@@ -179,6 +182,17 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
     drop(ready_tx);
 
     block_signals()?;
+    // Started after block_signals, like every thread: one with SIGTERM
+    // unblocked would take it, and its default action ends the process.
+    let lookups = lookup::LookupPool::start(&cfg.smtp).map_err(|e| {
+        ServerError::System(format!("cannot start the recipient lookup threads: {e}"))
+    })?;
+    for s in &mut starts {
+        s.lookups.clone_from(&lookups);
+    }
+    if lookups.is_some() {
+        crate::info!("recipient lookups: {}", lookup::describe(&cfg.smtp));
+    }
     spawn_signal_thread(stops, cfg.server.shutdown_grace, reloads)?;
 
     let mut handles = Vec::with_capacity(starts.len());
@@ -299,7 +313,7 @@ fn load_recipients(
         "recipient map {} loaded in {} ms: {}",
         path.display(),
         started.elapsed().as_millis(),
-        recipients::describe(&map, &cfg.smtp.accepted_domains)
+        recipients::describe(&map, &recipients::map_policy_domains(&cfg.smtp))
     );
     Ok(Some(map))
 }

@@ -61,6 +61,22 @@ pub fn load(path: &Path, options: MapOptions) -> Result<RecipientMap, RecipientM
     })
 }
 
+/// The accepted domains whose policy the map file decides: all but those
+/// the ldap and verify settings name (see `server::lookup`).
+pub fn map_policy_domains(smtp: &SmtpConfig) -> Vec<String> {
+    let remote = |d: &String| {
+        smtp.recipient_ldap_domains
+            .iter()
+            .chain(&smtp.recipient_verify_domains)
+            .any(|r| r.eq_ignore_ascii_case(d))
+    };
+    smtp.accepted_domains
+        .iter()
+        .filter(|d| !remote(d))
+        .cloned()
+        .collect()
+}
+
 /// One line about a loaded map, for the start-up and reload logs.
 pub fn describe(map: &RecipientMap, accepted: &[String]) -> String {
     let listed = map.domains(Policy::Map);
@@ -155,7 +171,7 @@ pub fn reload(shared: &SharedRecipients, path: &Path, smtp: &SmtpConfig) {
     let started = Instant::now();
     match load(path, options(smtp)) {
         Ok(map) => {
-            let what = describe(&map, &smtp.accepted_domains);
+            let what = describe(&map, &map_policy_domains(smtp));
             shared.store(map);
             crate::info!(
                 "SIGHUP: recipient map {} reloaded in {} ms: {what}",
@@ -196,6 +212,19 @@ mod tests {
         let names: Vec<String> = (0..12).map(|i| format!("d{i}.example")).collect();
         assert!(list(&names).ends_with("d9.example and 2 more"));
         assert_eq!(list::<String>(&[]), "none");
+    }
+
+    #[test]
+    fn ldap_and_verify_domains_are_not_listed_as_the_map_s() {
+        let smtp = SmtpConfig {
+            accepted_domains: ["a.example", "L.example", "v.example"]
+                .map(String::from)
+                .to_vec(),
+            recipient_ldap_domains: vec!["l.example".into()],
+            recipient_verify_domains: vec!["V.EXAMPLE".into()],
+            ..SmtpConfig::default()
+        };
+        assert_eq!(map_policy_domains(&smtp), ["a.example"]);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! Leaves to [`super::conn`]: everything that happens on a client socket,
 //! including the `421` to a connection over the limit.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -22,6 +22,7 @@ use glommio::sync::{Semaphore, StaticPermit};
 use glommio::timer::sleep;
 
 use super::conn;
+use super::lookup::{LookupPool, TtlCache};
 use super::recipients::SharedRecipients;
 use super::store;
 use crate::config::{Config, ServerConfig, SmtpConfig};
@@ -120,6 +121,10 @@ pub(crate) struct Shard {
     /// Who exists at RCPT time; read by every connection before its next
     /// commands, replaced by the signal thread on SIGHUP.
     pub(crate) recipients: Arc<SharedRecipients>,
+    /// The LDAP and verify lookup threads (`None`: no domain needs them).
+    pub(crate) lookups: Option<Arc<LookupPool>>,
+    /// Answers of recent LDAP and verify lookups (smtp.recipient_cache_*).
+    pub(crate) lookup_cache: RefCell<TtlCache>,
     /// One permit per open connection: the per-shard connection limit.
     permits: Rc<Semaphore>,
     /// One permit per connection being turned away: [`MAX_REJECTING`].
@@ -162,6 +167,8 @@ pub(crate) struct ShardStart {
     pub(crate) config: Config,
     /// The recipient map every shard shares (swapped on SIGHUP).
     pub(crate) recipients: Arc<SharedRecipients>,
+    /// The LDAP and verify lookup threads, if a domain has those policies.
+    pub(crate) lookups: Option<Arc<LookupPool>>,
     /// Bound and listening, one per listen address.
     pub(crate) sockets: Vec<socket2::Socket>,
     /// Readable (a byte, or EOF) when the process is told to stop.
@@ -227,6 +234,7 @@ pub(crate) async fn run(start: ShardStart) -> ShardSummary {
         cpu,
         config,
         recipients,
+        lookups,
         sockets,
         stop,
         mut ready,
@@ -259,6 +267,8 @@ pub(crate) async fn run(start: ShardStart) -> ShardSummary {
         spool,
         pressure,
         recipients,
+        lookups,
+        lookup_cache: RefCell::new(TtlCache::new(config.smtp.recipient_cache_entries)),
         permits: Rc::new(Semaphore::new(max)),
         rejecting: Rc::new(Semaphore::new(MAX_REJECTING)),
         active: Cell::new(0),
@@ -319,7 +329,7 @@ async fn shutdown(shard: &Rc<Shard>, accept_loops: Vec<glommio::Task<()>>) -> Sh
         format_args!(
             "shard {id} stopped: connections={} rejected={} messages={} message_bytes={} \
          accept_errors={} cut_off={cut_off} rcpt_accepted={} rcpt_unknown={} \
-         rcpt_relay_denied={} rcpt_over_limit={} spool_records={} fdatasyncs={} \
+         rcpt_relay_denied={} rcpt_over_limit={} rcpt_lookup_failed={} spool_records={} fdatasyncs={} \
          commits_per_fdatasync={:.2}",
             st.connections.get(),
             st.rejected.get(),
@@ -330,6 +340,7 @@ async fn shutdown(shard: &Rc<Shard>, accept_loops: Vec<glommio::Task<()>>) -> Sh
             rc.unknown,
             rc.relay_denied,
             rc.over_limit,
+            rc.lookup_failed,
             sp.records,
             sp.fdatasyncs,
             sp.commits_per_fdatasync(),

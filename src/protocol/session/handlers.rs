@@ -4,7 +4,7 @@
 //! switch to reading a body set the mode; the body itself is [`super::body`]'s.
 
 use super::super::command::{self, BodyType, Command, MailParams};
-use super::super::recipients::Lookup;
+use super::super::recipients::{Lookup, Remote};
 use super::super::reply;
 use super::{Answer, Reply};
 use super::{BdatText, CloseReason, Effect, Greeted, Handled, Mode, Session, Tx};
@@ -139,10 +139,38 @@ impl Session {
             self.rcpt_counts.relay_denied += 1;
             return Handled::error(reply::RELAY_DENIED);
         }
+        if let Some(remote) = self.remote_policy(domain) {
+            // RFC 5321 §4.5.1: postmaster exists without asking anyone.
+            let local = to.len().saturating_sub(domain.len() + 1);
+            if !to
+                .get(..local)
+                .is_some_and(|l| l.eq_ignore_ascii_case("postmaster"))
+            {
+                // Past the limit the answer is 452 anyway: spare the directory.
+                if self.arena.rcpt_count() >= self.cfg.max_recipients {
+                    return self.rcpt_verdict(Lookup::Exists, to);
+                }
+                self.pending_to.clear();
+                self.pending_to.push_str(to);
+                self.mode = Mode::AwaitLookup {
+                    remote,
+                    deadline: self
+                        .last_input
+                        .checked_add(self.cfg.recipient_lookup_timeout),
+                };
+                return Handled::effect(Effect::Lookup);
+            }
+        }
         let known = self
             .recipients
             .as_ref()
             .map_or(Lookup::Exists, |m| m.lookup(to, domain));
+        self.rcpt_verdict(known, to)
+    }
+
+    /// The reply to a RCPT whose existence is known (at once from the map,
+    /// or from a remote lookup's answer).
+    pub(super) fn rcpt_verdict(&mut self, known: Lookup, to: &str) -> Handled<'static> {
         if known == Lookup::Unknown {
             self.rcpt_counts.unknown += 1;
             self.unknown_in_tx = true;
@@ -161,6 +189,19 @@ impl Session {
         self.rcpt_counts.accepted += 1;
         self.arena.add_rcpt(to);
         Handled::reply(reply::RECIPIENT_OK)
+    }
+
+    /// The domain's remote policy, if settings give it one (they win over
+    /// the map file).
+    fn remote_policy(&self, domain: &str) -> Option<Remote> {
+        let named = |l: &[String]| l.iter().any(|d| d.eq_ignore_ascii_case(domain));
+        if named(&self.cfg.recipient_ldap_domains) {
+            Some(Remote::Ldap)
+        } else if named(&self.cfg.recipient_verify_domains) {
+            Some(Remote::Verify)
+        } else {
+            None
+        }
     }
 
     /// Recipient domain policy: no open relay (RFC 5321 §3.6.2). `domain`

@@ -23,6 +23,14 @@
 //!      record durable, then call [`Session::handle_commit`] with the queue id
 //!      (or the error) — that writes the `250` (or `451`/`452`) reply. Until
 //!      then do not call `handle_input`: the reply must wait for the disk.
+//!    * [`Event::Lookup`]: a RCPT needs a lookup off the shard (LDAP or
+//!      verify at the next hop); [`Session::pending_lookup`] says which and
+//!      for whom. Ask, then call [`Session::handle_lookup`] with the answer
+//!      (or a failure), which writes the RCPT's reply. Until then do not
+//!      call `handle_input`: commands pipelined behind the RCPT wait, so
+//!      replies stay in command order. A lookup that does not answer by
+//!      [`Session::poll_timeout`] is answered `451 4.3.0` by
+//!      [`Session::handle_timeout`]; a later answer is ignored.
 //!    * [`Event::Close`]: write the output buffer, then close; the
 //!      [`CloseReason`] says why. Any record still open is abandoned.
 //! 3. While waiting for input, arm a timer for [`Session::poll_timeout`]
@@ -61,7 +69,7 @@ use std::time::{Duration, Instant};
 
 use super::command::is_bdat;
 use super::envelope::{Envelope, TxArena};
-use super::recipients::RecipientMap;
+use super::recipients::{Lookup, LookupFailed, RecipientMap, Remote};
 use super::reply::{self, Reply};
 use super::scanner::LineScanner;
 use crate::config::SmtpConfig;
@@ -90,6 +98,8 @@ pub struct RcptCounts {
     pub unknown: u64,
     /// Past smtp.max_recipients: `452 4.5.3`.
     pub over_limit: u64,
+    /// An LDAP or verify lookup failed or timed out: `451 4.3.0`.
+    pub lookup_failed: u64,
 }
 
 impl RcptCounts {
@@ -99,6 +109,7 @@ impl RcptCounts {
         self.relay_denied += other.relay_denied;
         self.unknown += other.unknown;
         self.over_limit += other.over_limit;
+        self.lookup_failed += other.lookup_failed;
     }
 }
 
@@ -211,6 +222,9 @@ pub enum Event<'a> {
     MessageAbort,
     /// The body is complete: commit it, then call `handle_commit`.
     MessageEnd,
+    /// A RCPT awaits a remote lookup ([`Session::pending_lookup`]); answer
+    /// it with `handle_lookup`.
+    Lookup,
     /// Flush replies, then close the connection.
     Close(CloseReason),
 }
@@ -258,6 +272,13 @@ enum Mode {
     },
     /// `MessageEnd` was returned; waiting for `handle_commit`.
     AwaitCommit,
+    /// `Lookup` was returned; waiting for `handle_lookup` or, past
+    /// `deadline`, `handle_timeout`.
+    AwaitLookup {
+        remote: Remote,
+        /// `None`: too far away to represent.
+        deadline: Option<Instant>,
+    },
     /// The session is over.
     Closed(CloseReason),
 }
@@ -312,6 +333,8 @@ enum Effect {
     /// The body is complete: [`Event::MessageEnd`]; the reply waits for
     /// `handle_commit`.
     MessageEnd,
+    /// A RCPT awaits a remote lookup: [`Event::Lookup`].
+    Lookup,
     /// Write the reason's reply after the answer and end the session.
     Close(CloseReason),
 }
@@ -375,6 +398,10 @@ pub struct Session {
     /// A RCPT of this transaction was refused as unknown (see
     /// `no_recipients`).
     unknown_in_tx: bool,
+    /// The address of the RCPT awaiting a lookup, and its command line (to
+    /// name a refusal); buffers kept for the session's life.
+    pending_to: String,
+    pending_line: Vec<u8>,
     mode: Mode,
     tx: Tx,
     greeted: Greeted,
@@ -425,6 +452,8 @@ impl Session {
             recipients: None,
             rcpt_counts: RcptCounts::default(),
             unknown_in_tx: false,
+            pending_to: String::new(),
+            pending_line: Vec::new(),
             mode: Mode::Commands,
             tx: Tx::Idle,
             greeted: Greeted::No,
@@ -542,6 +571,49 @@ impl Session {
         self.mode == Mode::AwaitCommit
     }
 
+    /// `Event::Lookup` was returned and `handle_lookup` is owed (until it
+    /// is called or the lookup times out).
+    pub fn awaiting_lookup(&self) -> bool {
+        matches!(self.mode, Mode::AwaitLookup { .. })
+    }
+
+    /// The lookup a RCPT awaits: which kind, and the address as the client
+    /// gave it (`user+ext@domain`; the lookup folds extensions).
+    pub fn pending_lookup(&self) -> Option<(Remote, &str)> {
+        match self.mode {
+            Mode::AwaitLookup { remote, .. } => Some((remote, &self.pending_to)),
+            _ => None,
+        }
+    }
+
+    /// The answer to [`Event::Lookup`]: writes the RCPT's reply (`250`,
+    /// `550 5.1.1`, or `451 4.3.0` for a failure). Ignored unless a lookup
+    /// is pending (e.g. one that already timed out). Then hand in input
+    /// again: the commands pipelined behind the RCPT come next.
+    pub fn handle_lookup(&mut self, answer: Result<Lookup, LookupFailed>, out: &mut Vec<u8>) {
+        if !self.awaiting_lookup() {
+            return;
+        }
+        self.mode = Mode::Commands;
+        let to = std::mem::take(&mut self.pending_to);
+        let h = match answer {
+            Ok(known) => self.rcpt_verdict(known, &to),
+            Err(LookupFailed) => {
+                self.rcpt_counts.lookup_failed += 1;
+                // Temporary and not the client's fault: no error, no junk.
+                Handled::reply(reply::LOOKUP_FAILED)
+            }
+        };
+        self.pending_to = to;
+        let first = self.refusals.len();
+        // A close (the junk limit) shows as Event::Close on the next
+        // handle_input.
+        let _ = self.respond(out, h);
+        let line = std::mem::take(&mut self.pending_line);
+        self.refusals.name_since(first, &line);
+        self.pending_line = line;
+    }
+
     /// A DATA body is being received: no reply comes until its end, which
     /// the session reports as an event (the runtime hands over body input
     /// whole only then; see server/conn.rs).
@@ -571,7 +643,11 @@ impl Session {
         if self.is_closed() {
             return None;
         }
-        let read = self.last_input.checked_add(self.read_timeout());
+        let read = match self.mode {
+            // The client waits for us, not we for it.
+            Mode::AwaitLookup { deadline, .. } => deadline,
+            _ => self.last_input.checked_add(self.read_timeout()),
+        };
         match (read, self.lifetime_end) {
             (Some(r), Some(l)) => Some(r.min(l)),
             (r, l) => r.or(l),
@@ -587,6 +663,14 @@ impl Session {
             return None;
         }
         let expired = |d: Option<Instant>| d.is_some_and(|d| now >= d);
+        if let Mode::AwaitLookup { deadline, .. } = self.mode {
+            if !expired(self.lifetime_end) {
+                if expired(deadline) {
+                    self.handle_lookup(Err(LookupFailed), out);
+                }
+                return None;
+            }
+        }
         let reason = if expired(self.lifetime_end) {
             CloseReason::Lifetime
         } else if expired(self.last_input.checked_add(self.read_timeout())) {
@@ -678,6 +762,10 @@ impl Session {
                     debug_assert!(false, "handle_input while awaiting commit");
                     return (pos, Event::NeedInput);
                 }
+                Mode::AwaitLookup { .. } => {
+                    debug_assert!(false, "handle_input while awaiting a lookup");
+                    return (pos, Event::NeedInput);
+                }
                 Mode::Closed(r) => return (input.len(), Event::Close(r)),
             };
             pos += used;
@@ -725,6 +813,11 @@ impl Session {
         }
         let content = &input[..line.content_len()];
         let handled = self.command(content);
+        if handled.effect == Effect::Lookup {
+            // Its reply comes with the answer; keep the line to name it.
+            self.pending_line.clear();
+            self.pending_line.extend_from_slice(content);
+        }
         let handled = self.guard_pipelined_data(content, handled, line.end < input.len());
         let first = self.refusals.len();
         let ev = self.respond(out, handled);
@@ -812,6 +905,7 @@ impl Session {
             // first and the close on the next call.
             Effect::MessageAbort => Some(Event::MessageAbort),
             Effect::MessageEnd => Some(Event::MessageEnd),
+            Effect::Lookup => Some(Event::Lookup),
             Effect::Close(r) => Some(Event::Close(self.close(out, r))),
         }
     }
