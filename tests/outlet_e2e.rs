@@ -714,13 +714,15 @@ fn segment_bytes(spool: &Path) -> (u64, usize) {
     (bytes, n)
 }
 
-/// Small segments (256 KiB) and a Maildir consumer: a sustained load that
-/// writes many times the bound keeps the spool's segments within a few
-/// segments per shard all along (sampled every 20 ms), and once all is
-/// shipped the spool is down to about one segment per shard.
+/// Small segments (128 KiB) and a Maildir consumer: a sustained load (paced
+/// at 500 msgs/s, well within what a debug build ships while other tests
+/// share the CPUs) that writes several times the bound keeps the spool's
+/// segments within a few segments per shard all along (sampled every
+/// 20 ms), and once all is shipped the spool is down to about one segment
+/// per shard.
 #[test]
 fn shipping_keeps_the_spool_bounded() {
-    const SEGMENT: u64 = 256 * 1024;
+    const SEGMENT: u64 = 128 * 1024;
     let total = env_num("RINGMX_E2E_SPACE_MESSAGES", 12_000);
     let dir = ShmDir::new("space");
     let spool = dir.path().join("spool");
@@ -734,7 +736,7 @@ fn shipping_keeps_the_spool_bounded() {
             "--ship",
             &to,
             "--segment-size",
-            "256KiB",
+            "128KiB",
             "--reclaim-interval",
             "250ms",
         ],
@@ -750,7 +752,7 @@ fn shipping_keeps_the_spool_bounded() {
             }
             (max, samples)
         });
-        let load = Load::start(srv.addr, total, 16, Some(1000), &acks);
+        let load = Load::start(srv.addr, total, 16, Some(500), &acks);
         let summary = load.finish();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let (max, samples) = sampler.join().unwrap();
@@ -758,15 +760,19 @@ fn shipping_keeps_the_spool_bounded() {
     });
     let acked = read_acks(&acks);
     let written = acked.len() as u64 * 1024;
-    // Each shard: its live segment, the one just sealed, and up to two
-    // more sealed between reclaim passes or not yet passed by the consumer.
-    let bound = 4 * SHARDS as u64 * SEGMENT;
+    // Each shard: its live segment, the one just sealed, and a few more
+    // sealed between reclaim passes or not yet passed by the consumer (a
+    // second of ingest is about 5 segments in all).
+    let bound = 8 * SHARDS as u64 * SEGMENT;
     eprintln!(
         "acked {}, about {written} bytes written; spool segments at most {max} bytes \
          over {samples} samples (bound {bound})\nloadgen: {load_summary}",
         acked.len()
     );
-    assert!(written > 4 * bound, "the load wrote many times the bound");
+    assert!(
+        written > 4 * bound,
+        "the load wrote several times the bound"
+    );
     assert!(
         max <= bound,
         "the spool grew to {max} bytes (bound {bound})"
