@@ -11,6 +11,7 @@
 #
 #   cargo build --release && tuning/ship-soak.sh        # 10 minutes
 #   DURATION=60s tuning/ship-soak.sh                      # a short run
+#   RATE=8000 tuning/ship-soak.sh                         # open loop, msgs/s
 #
 # The spool lives under $WORK (default /dev/shm when present). A spool
 # past $MAX_BYTES (default 2 GiB) stops the run: shipping fell behind.
@@ -57,9 +58,10 @@ c = [c for c in s.get("consumers", []) if c["consumer"] == "lmtp"]
 print(sum(x["messages"] for x in c), sum(x["body_bytes"] for x in c))'
 }
 
-echo "segments of $SEGMENT, $CORES shards, loadgen $CONNS connections of $SIZE for $DURATION"
+echo "segments of $SEGMENT, $CORES shards, loadgen $CONNS connections of $SIZE for $DURATION${RATE:+ at $RATE msgs/s}"
+rate=(); [ -n "${RATE:-}" ] && rate=(--rate "$RATE")
 "$LOADGEN" run --target "$addr" -q -c "$CONNS" --size "$SIZE" --duration "$DURATION" \
-    --json "$work/load.json" >"$work/load.txt" &
+    "${rate[@]}" --json "$work/load.json" >"$work/load.txt" &
 load=$!
 start=$(date +%s) max=0
 printf '%6s %14s %9s %14s\n' t_s spool_bytes segments lag_msgs
