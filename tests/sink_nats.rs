@@ -5,294 +5,24 @@
 //! What arrived is read with an async-nats pull consumer.
 
 mod common;
+#[path = "common/nats.rs"]
+mod nats;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use bumpalo::Bump;
-use common::{require_tool, Server, TempDir};
-use futures_lite::StreamExt;
+use common::{require_tool, Server};
+use nats::{
+    cluster, free_port, js, nats_bin, read_stream, runtime, single, single_with, stream_count,
+    wait_jetstream, Got, Nats, WAIT,
+};
 use ringmx::outlet::sinks::nats::NatsSink;
 use ringmx::outlet::{sinks, HeaderFields, Parcel, Sink, Verdict};
 use ringmx::spool::{SpoolReader, StoredMessage};
-
-/// Longest wait for anything the servers do (start, elect, answer).
-const WAIT: Duration = Duration::from_secs(60);
-
-// ---- nats-server processes ------------------------------------------------
-
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One `nats-server` process; SIGKILLed when dropped.
-struct Nats {
-    bin: PathBuf,
-    args: Vec<String>,
-    child: Option<Child>,
-    port: u16,
-    log: PathBuf,
-    _dir: Arc<TempDir>,
-}
-
-impl Nats {
-    fn spawn(bin: &Path, args: Vec<String>, port: u16, dir: Arc<TempDir>, tag: &str) -> Nats {
-        let log = dir.path().join(format!("{tag}.log"));
-        let mut n = Nats {
-            bin: bin.to_owned(),
-            args,
-            child: None,
-            port,
-            log,
-            _dir: dir,
-        };
-        n.start();
-        n
-    }
-
-    fn start(&mut self) {
-        let log = std::fs::File::create(&self.log).unwrap();
-        let child = Command::new(&self.bin)
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let until = Instant::now() + WAIT;
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(
-                Instant::now() < until,
-                "nats-server did not listen on {addr}:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill(); // SIGKILL
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn nats_bin() -> Option<PathBuf> {
-    require_tool("nats-server", "nats-server")
-}
-
-/// A single JetStream node; `conf` lines go into a config file.
-fn single(bin: &Path, conf: &str) -> Nats {
-    let dir = Arc::new(TempDir::new("nats"));
-    let port = free_port();
-    let conf_path = dir.path().join("n.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let args = vec![
-        "-c".into(),
-        conf_path.display().to_string(),
-        "-a".into(),
-        "127.0.0.1".into(),
-        "-p".into(),
-        port.to_string(),
-        "-n".into(),
-        "solo".into(),
-        "-js".into(),
-        "-sd".into(),
-        dir.path().join("store").display().to_string(),
-    ];
-    Nats::spawn(bin, args, port, dir, "solo")
-}
-
-/// Three JetStream nodes in one cluster, routes on loopback.
-fn cluster(bin: &Path) -> Vec<Nats> {
-    let dir = Arc::new(TempDir::new("nats-cluster"));
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let routes: Vec<String> = ports
-        .iter()
-        .map(|(_, c)| format!("nats://127.0.0.1:{c}"))
-        .collect();
-    ports
-        .iter()
-        .enumerate()
-        .map(|(i, &(port, cport))| {
-            let name = format!("n{}", i + 1);
-            let args = vec![
-                "-a".into(),
-                "127.0.0.1".into(),
-                "-p".into(),
-                port.to_string(),
-                "-n".into(),
-                name.clone(),
-                "-js".into(),
-                "-sd".into(),
-                dir.path().join(&name).display().to_string(),
-                "--cluster_name".into(),
-                "ringmx-test".into(),
-                "--cluster".into(),
-                format!("nats://127.0.0.1:{cport}"),
-                "--routes".into(),
-                routes.join(","),
-            ];
-            Nats::spawn(bin, args, port, dir.clone(), &name)
-        })
-        .collect()
-}
-
-// ---- a test client --------------------------------------------------------
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn js(url: &str) -> jetstream::Context {
-    let c = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(format!("nats://{url}"))
-        .await
-        .unwrap();
-    jetstream::ContextBuilder::new()
-        .timeout(Duration::from_secs(5))
-        .build(c)
-}
-
-/// Waits until JetStream answers (a cluster first elects its meta leader).
-async fn wait_jetstream(js: &jetstream::Context) {
-    let until = Instant::now() + WAIT;
-    loop {
-        // "No such stream" comes from the meta leader: elected, ready.
-        match js.get_stream("NO_SUCH_STREAM").await {
-            Err(e)
-                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
-                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-            {
-                return
-            }
-            other => assert!(
-                Instant::now() < until,
-                "JetStream never ready: {:?}",
-                other.err()
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// What one stored message holds.
-#[derive(Debug)]
-struct Got {
-    subject: String,
-    headers: BTreeMap<String, Vec<String>>,
-    payload: Vec<u8>,
-}
-
-impl Got {
-    fn one(&self, name: &str) -> &str {
-        match self.headers.get(name).map(Vec::as_slice) {
-            Some([v]) => v,
-            other => panic!(
-                "{name}: want one value, have {other:?} in {:?}",
-                self.headers
-            ),
-        }
-    }
-}
-
-/// Every message of `stream`, read with an ephemeral pull consumer; checks
-/// the consumer sees exactly as many as the stream says it holds.
-async fn read_stream(js: &jetstream::Context, stream: &str) -> Vec<Got> {
-    let until = Instant::now() + WAIT;
-    let mut s = loop {
-        match js.get_stream(stream).await {
-            Ok(s) => break s,
-            Err(e) => assert!(Instant::now() < until, "stream {stream}: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    // A cluster that just lost a node may take a while to place a
-    // consumer: retry until WAIT.
-    let (count, mut msgs) = loop {
-        let tried = async {
-            let count = s.info().await?.state.messages as usize;
-            let consumer = s
-                .create_consumer(jetstream::consumer::pull::Config {
-                    ack_policy: jetstream::consumer::AckPolicy::None,
-                    ..Default::default()
-                })
-                .await?;
-            Ok::<_, async_nats::Error>((count, consumer.messages().await?))
-        };
-        match tried.await {
-            Ok(r) => break r,
-            Err(e) => assert!(Instant::now() < until, "consumer on {stream}: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    let mut out = Vec::with_capacity(count);
-    while out.len() < count {
-        let m = tokio::time::timeout(WAIT, msgs.next())
-            .await
-            .expect("the consumer stalled")
-            .expect("the consumer ended")
-            .unwrap();
-        let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        if let Some(h) = &m.headers {
-            for (name, values) in h.iter() {
-                headers
-                    .entry(name.to_string())
-                    .or_default()
-                    .extend(values.iter().map(|v| v.as_str().to_owned()));
-            }
-        }
-        out.push(Got {
-            subject: m.subject.to_string(),
-            headers,
-            payload: m.payload.to_vec(),
-        });
-    }
-    out
-}
-
-async fn stream_count(js: &jetstream::Context, stream: &str) -> u64 {
-    js.get_stream(stream)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages
-}
 
 // ---- mail into a real spool -----------------------------------------------
 
@@ -519,7 +249,7 @@ fn every_message_arrives_once_with_its_headers() {
         return;
     };
     let b = built(&msgs);
-    let nats = single(&bin, "");
+    let nats = single(&bin);
     let rt = runtime();
     let url = format!(
         "nats://{}/mail.{{node}}.{{shard}}.in?stream=T1&batch=8",
@@ -582,7 +312,10 @@ fn every_message_arrives_once_with_its_headers() {
     // stored twice.
     assert_eq!(ship_all(&mut sink, &msgs, &b, &|_| {}), 0);
     assert_eq!(sink.duplicates(), msgs.len() as u64);
-    assert_eq!(rt.block_on(stream_count(&js, "T1")), msgs.len() as u64);
+    assert_eq!(
+        rt.block_on(stream_count(&js, "T1")),
+        Some(msgs.len() as u64)
+    );
 }
 
 /// `{rcpt_domain}`: one publish per distinct recipient domain, each with
@@ -604,7 +337,7 @@ fn per_domain_subjects_store_one_message_per_domain() {
         return;
     };
     let b = built(&msgs);
-    let nats = single(&bin, "");
+    let nats = single(&bin);
     let rt = runtime();
     let mut sink = sinks::open(&format!("nats://{}/mail.in.{{rcpt_domain}}", nats.url())).unwrap();
     let v = deliver(sink.as_mut(), &msgs, &b).unwrap();
@@ -658,7 +391,7 @@ fn per_domain_subjects_store_one_message_per_domain() {
     // Again: every publish is a duplicate now.
     let v = deliver(sink.as_mut(), &msgs, &b).unwrap();
     assert_eq!(v, [Verdict::Accepted, Verdict::Accepted, Verdict::Accepted]);
-    assert_eq!(rt.block_on(stream_count(&js, "RINGMX")), 4);
+    assert_eq!(rt.block_on(stream_count(&js, "RINGMX")), Some(4));
 }
 
 /// Over the server's max payload, the data goes to the object store under
@@ -679,7 +412,7 @@ fn large_message_goes_to_the_object_store() {
     };
     let b = built(&msgs);
     assert!(b[1].data.len() > 200_000);
-    let nats = single(&bin, "max_payload: 65536\n");
+    let nats = single_with(&bin, "max_payload: 65536\n");
     let rt = runtime();
     let mut sink = sinks::open(&format!(
         "nats://{}/mail.in.{{rcpt_domain}}?stream=BIG&bucket=BODIES",
@@ -714,7 +447,7 @@ fn large_message_goes_to_the_object_store() {
     // Again: the object is put again (same name), the message deduplicated.
     let v = deliver(sink.as_mut(), &msgs, &b).unwrap();
     assert_eq!(v, [Verdict::Accepted, Verdict::Accepted, Verdict::Accepted]);
-    assert_eq!(rt.block_on(stream_count(&js, "BIG")), 4);
+    assert_eq!(rt.block_on(stream_count(&js, "BIG")), Some(4));
 }
 
 /// A 3-node cluster, a stream with 3 replicas; the node the sink is
@@ -814,7 +547,7 @@ fn server_down_is_an_error_not_a_hang() {
     let e = deliver(sink.as_mut(), &msgs, &b).unwrap_err();
     assert!(e.0.contains("connect"), "{e}");
 
-    let mut nats = single(&bin, "");
+    let mut nats = single(&bin);
     let mut sink = sinks::open(&format!(
         "nats://{}/mail.in?connect_timeout=1&timeout=2",
         nats.url()
@@ -841,7 +574,7 @@ fn server_down_is_an_error_not_a_hang() {
     assert_eq!(v.len(), 6);
     let rt = runtime();
     let js = rt.block_on(js(&nats.url()));
-    assert_eq!(rt.block_on(stream_count(&js, "RINGMX")), 6);
+    assert_eq!(rt.block_on(stream_count(&js, "RINGMX")), Some(6));
 }
 
 /// A stream that cannot take the subjects: an error that says what to do,
@@ -854,7 +587,7 @@ fn a_stream_that_cannot_take_the_subject_is_a_clear_error() {
         return;
     };
     let b = built(&msgs);
-    let nats = single(&bin, "");
+    let nats = single(&bin);
     let rt = runtime();
     let js = rt.block_on(js(&nats.url()));
     rt.block_on(js.create_stream(jetstream::stream::Config {
@@ -881,7 +614,7 @@ fn a_stream_that_cannot_take_the_subject_is_a_clear_error() {
     .unwrap();
     let e = deliver(sink.as_mut(), &msgs, &b).unwrap_err();
     assert!(e.0.contains("could not be created"), "{e}");
-    assert_eq!(rt.block_on(stream_count(&js, "OTHER")), 0);
+    assert_eq!(rt.block_on(stream_count(&js, "OTHER")), Some(0));
 }
 
 /// Bad URLs fail at open, naming what to write.
@@ -947,9 +680,9 @@ fn throughput_1k() {
         let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         nodes
             .iter()
-            .filter_map(|n| n.child.as_ref())
-            .map(|c| {
-                let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.id())).unwrap();
+            .filter_map(|n| n.pid())
+            .map(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
                 // Fields 14 and 15 (utime, stime), counted after the ")"
                 // that ends the command name.
                 let after = &stat[stat.rfind(')').unwrap() + 2..];
@@ -993,7 +726,7 @@ fn throughput_1k() {
                 .join(", ")
         );
     };
-    let solo = single(&bin, "");
+    let solo = single(&bin);
     measure("R1", &solo.url(), "replicas=1", &[&solo]);
     drop(solo);
     let nodes = cluster(&bin);

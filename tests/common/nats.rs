@@ -2,7 +2,7 @@
 //! 3-node JetStream cluster on loopback, and a reader that takes a whole
 //! stream back with async-nats. Not part of `common/mod.rs` (it would put
 //! async-nats into every test binary): a test includes it with
-//! `#[path = "common/nats.rs"] mod nats;`.
+//! `#[path = "common/nats.rs"] mod nats;` (`sink_nats.rs`, `outlet_e2e.rs`).
 
 #![allow(dead_code)] // each test binary uses a different part
 
@@ -113,9 +113,20 @@ impl Drop for Nats {
 
 /// A single JetStream node with its store under a fresh directory.
 pub fn single(bin: &Path) -> Nats {
+    single_with(bin, "")
+}
+
+/// [`single`], with `conf` lines in its config file (e.g. a small
+/// `max_payload`); the command line still sets address, port, name and
+/// store.
+pub fn single_with(bin: &Path, conf: &str) -> Nats {
     let dir = Arc::new(TempDir::new("nats"));
     let port = free_port();
+    let conf_path = dir.path().join("n.conf");
+    std::fs::write(&conf_path, conf).unwrap();
     let args = vec![
+        "-c".into(),
+        conf_path.display().to_string(),
         "-a".into(),
         "127.0.0.1".into(),
         "-p".into(),
