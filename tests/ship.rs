@@ -354,7 +354,7 @@ fn follow_picks_up_mail_sent_after_it_started_and_sigterm_keeps_its_place() {
 }
 
 #[test]
-fn sigkill_mid_drain_loses_nothing_and_reships_at_most_the_batch_in_flight() {
+fn sigkill_mid_drain_loses_nothing_and_reships_at_most_two_batches() {
     let dir = ShmDir::new("kill");
     let mut srv = server(&dir, "1");
     let n = 1500;
@@ -399,7 +399,12 @@ fn sigkill_mid_drain_loses_nothing_and_reships_at_most_the_batch_in_flight() {
         shipped(&r)
     );
     assert_eq!(shipped(&r), n - at_kill.len() + again);
-    assert!(again <= batch, "{again} shipped twice, more than a batch");
+    // The batch in flight, and the one before it while its checkpoint was
+    // being written (one checkpoint write overlaps the next batch).
+    assert!(
+        again <= 2 * batch,
+        "{again} shipped twice, more than two batches"
+    );
     assert_delivered(&out, &spool, &ids);
 }
 

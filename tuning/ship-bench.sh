@@ -8,7 +8,8 @@
 #     msgs/s from ship's own summary, MB/s from the data shipped.
 #  2. lag: `ringmx serve --ship nats=...` takes loadgen's closed loop at the
 #     key cell ($CONNS connections, $SIZE) for $DURATION while its child
-#     ships to the cluster (R3); prints ingest msgs/s, shipped msgs/s over
+#     ships to each of $LAG (default "R1 R3": the single node, then the
+#     cluster); prints ingest msgs/s, shipped msgs/s over
 #     the same time, the lag when loadgen stops and how long the child
 #     takes to catch up. Shipping keeps up when shipped ~ ingest and the
 #     lag stays small.
@@ -27,6 +28,7 @@ SIZE=${SIZE:-1k}
 CONNS=${CONNS:-16}
 DURATION=${DURATION:-20s}
 CORES=${CORES:-2}
+LAG=${LAG:-R1 R3}
 BIN=${BIN:-target/release}
 RINGMX=$BIN/ringmx
 LOADGEN=$BIN/loadgen
@@ -122,9 +124,10 @@ s = json.load(sys.stdin)
 print(sum(c["messages"] for c in s.get("consumers", []) if c["consumer"] == "nats"))'
 }
 
-lag_run() { # run -> "ingest_msgs_s shipped_msgs_s max_lag lag_at_end catch_up_s"
-    local i=$1 spool="$work/lag$1" log="$work/lag$1.log"
-    serve "$spool" "$log" --ship "nats=nats://$hosts/lag.$i?stream=LAG$i&replicas=3"
+lag_run() { # run target -> "ingest_msgs_s shipped_msgs_s max_lag lag_at_end catch_up_s"
+    local i=$1$2 spool="$work/lag$1$2" log="$work/lag$1$2.log" h=$hosts r=3
+    [ "$2" = R1 ] && h=$solo r=1
+    serve "$spool" "$log" --ship "nats=nats://$h/lag.$i?stream=LAG$i&replicas=$r"
     # Let the child connect and create its stream before the load.
     for _ in $(seq 300); do grep -q 'ship nats: shipping' "$log" && break; sleep 0.1; done
     "$LOADGEN" run --target "$addr" -q -c "$CONNS" --size "$SIZE" --duration "$DURATION" \
@@ -157,15 +160,17 @@ lag_run() { # run -> "ingest_msgs_s shipped_msgs_s max_lag lag_at_end catch_up_s
     python3 -c "print('%.0f %.0f %d %d %s' % ($acked / $secs, ($acked - $lag) / $secs, $max, $lag, '$catch'))"
 }
 
-echo "lag: loadgen closed loop, $CONNS connections of $SIZE, $DURATION; shipping to R3"
-printf '%-6s %10s %10s %12s %12s %11s\n' run ingest/s shipped/s max_lag lag_at_end catch_up_s
-ing=() shp=() mx=() lags=() cat=()
-for i in $(seq "$RUNS"); do
-    read -r a b c d e < <(lag_run "$i")
-    printf '%-6s %10s %10s %12s %12s %11s\n' "$i" "$a" "$b" "$c" "$d" "$e"
-    ing+=("$a"); shp+=("$b"); mx+=("$c"); lags+=("$d"); cat+=("$e")
-done
 med() { printf '%s\n' "$@" | median; }
-printf '%-6s %10s %10s %12s %12s %11s\n' median "$(med "${ing[@]}")" "$(med "${shp[@]}")" \
-    "$(med "${mx[@]}")" "$(med "${lags[@]}")" "$(med "${cat[@]}")"
+for target in $LAG; do
+    echo "lag: loadgen closed loop, $CONNS connections of $SIZE, $DURATION; shipping to $target"
+    printf '%-6s %10s %10s %12s %12s %11s\n' run ingest/s shipped/s max_lag lag_at_end catch_up_s
+    ing=() shp=() mx=() lags=() cat=()
+    for i in $(seq "$RUNS"); do
+        read -r a b c d e < <(lag_run "$i" "$target")
+        printf '%-6s %10s %10s %12s %12s %11s\n' "$i" "$a" "$b" "$c" "$d" "$e"
+        ing+=("$a"); shp+=("$b"); mx+=("$c"); lags+=("$d"); cat+=("$e")
+    done
+    printf '%-6s %10s %10s %12s %12s %11s\n' median "$(med "${ing[@]}")" "$(med "${shp[@]}")" \
+        "$(med "${mx[@]}")" "$(med "${lags[@]}")" "$(med "${cat[@]}")"
+done
 echo "(lags in messages; shipped/s = what was shipped by the time loadgen stopped, per second)"

@@ -15,8 +15,13 @@
 //! durable, or its body is damaged in the spool (a CRC mismatch, a fragment
 //! missing for good) and a dead letter saying so (no `.eml`) is durable. A
 //! body that cannot be read for a moment (an I/O error) is read again after
-//! a backoff, from a new reader at the position before it; it is written (fsync'd) before the next batch is read. A crash
-//! therefore ships again at most the batch in flight: at-least-once, with
+//! a backoff, from a new reader at the position before it.
+//!
+//! A checkpoint is written (fsync'd) on a thread of its own while the next
+//! batch is read and delivered, one write in flight at most: the consumer
+//! waits for it before it issues the next, and before it returns. A crash
+//! therefore ships again at most two batches (the one whose checkpoint was
+//! being written and the one in flight): at-least-once, with
 //! [`Parcel::key`] as the idempotency key. A follower can ship a message the
 //! server then drops after a failed fdatasync (see
 //! [`crate::spool::SpoolReader`]'s docs): the next hop may get such a message
@@ -26,6 +31,7 @@
 //! consumer's lock, and the progress line (from [`ShardProgress`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -158,6 +164,15 @@ fn reached(pos: Location, end: Option<Location>) -> bool {
     end.is_none_or(|e| (pos.segment, pos.offset) >= (e.segment, e.offset))
 }
 
+/// The checkpoint writer of a running consumer: a thread that writes one
+/// checkpoint at a time while the consumer goes on with the next batch.
+struct CheckpointWriter {
+    to: SyncSender<Checkpoint>,
+    done: Receiver<Result<Checkpoint, OutletError>>,
+    /// A checkpoint was sent and its result not yet received.
+    in_flight: bool,
+}
+
 /// One shard's consumer.
 pub struct ShardConsumer<'a> {
     spool: &'a SpoolReader,
@@ -166,7 +181,8 @@ pub struct ShardConsumer<'a> {
     shard: u32,
     cfg: &'a ConsumerConfig,
     progress: &'a ShardProgress,
-    /// The checkpoint on disk.
+    /// The checkpoint last issued: on disk, or being written by the
+    /// checkpoint writer thread.
     committed: Checkpoint,
     bump: Bump,
 }
@@ -236,8 +252,15 @@ impl<'a> ShardConsumer<'a> {
         }
     }
 
-    /// Moves the checkpoint to `pos` (durably) if it is elsewhere.
-    fn commit(&mut self, pos: Location, shipped: u64) -> Result<(), OutletError> {
+    /// Moves the checkpoint to `pos` if it is elsewhere: hands it to the
+    /// writer thread once the previous write is durable (so at most one is
+    /// in flight).
+    fn commit(
+        &mut self,
+        w: &mut CheckpointWriter,
+        pos: Location,
+        shipped: u64,
+    ) -> Result<(), OutletError> {
         if pos == self.committed.position && shipped == 0 {
             return Ok(());
         }
@@ -246,14 +269,43 @@ impl<'a> ShardConsumer<'a> {
             shipped: self.committed.shipped + shipped,
             written_unix: now_unix(),
         };
-        self.dir.write(self.shard, &cp)?;
+        self.flush(w)?;
+        if w.to.send(cp).is_ok() {
+            w.in_flight = true;
+        } else {
+            // The thread is gone (it cannot be, short of a panic): in place.
+            self.dir.write(self.shard, &cp)?;
+            self.durable(&cp);
+        }
         self.committed = cp;
+        Ok(())
+    }
+
+    /// Waits for the checkpoint write in flight, if any.
+    fn flush(&self, w: &mut CheckpointWriter) -> Result<(), OutletError> {
+        if !std::mem::take(&mut w.in_flight) {
+            return Ok(());
+        }
+        let cp = match w.done.recv() {
+            Ok(r) => r?,
+            // The thread is gone (it cannot be, short of a panic): write
+            // the last issued checkpoint in place.
+            Err(_) => {
+                self.dir.write(self.shard, &self.committed)?;
+                self.committed
+            }
+        };
+        self.durable(&cp);
+        Ok(())
+    }
+
+    /// `cp` is on disk: reported as the position.
+    fn durable(&self, cp: &Checkpoint) {
         *self
             .progress
             .position
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(pos);
-        Ok(())
+            .unwrap_or_else(|e| e.into_inner()) = Some(cp.position);
     }
 
     /// Runs until drained (unless `cfg.follow`) or until `stop` is set.
@@ -263,6 +315,39 @@ impl<'a> ShardConsumer<'a> {
     /// stops rather than ship on without recording it), or the spool could
     /// not be read at all.
     pub fn run(&mut self, sink: &mut dyn Sink, stop: &AtomicBool) -> Result<Ended, OutletError> {
+        let (dir, shard) = (self.dir, self.shard);
+        let (to, from) = sync_channel::<Checkpoint>(1);
+        let (done_tx, done) = channel();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                for cp in from {
+                    let r = dir.write(shard, &cp).map(|()| cp);
+                    if done_tx.send(r).is_err() {
+                        return;
+                    }
+                }
+            });
+            // Owned here: dropped (ending the thread, which the scope
+            // joins) however this closure is left, a panic included.
+            let mut w = CheckpointWriter {
+                to,
+                done,
+                in_flight: false,
+            };
+            let ended = self.run_batches(sink, stop, &mut w);
+            // However it ended, what was issued is on disk before it returns.
+            let flushed = self.flush(&mut w);
+            let ended = ended?;
+            flushed.map(|()| ended)
+        })
+    }
+
+    fn run_batches(
+        &mut self,
+        sink: &mut dyn Sink,
+        stop: &AtomicBool,
+        w: &mut CheckpointWriter,
+    ) -> Result<Ended, OutletError> {
         let end = if self.cfg.follow {
             None
         } else {
@@ -283,7 +368,7 @@ impl<'a> ShardConsumer<'a> {
         let mut backoff = self.cfg.backoff_min;
         loop {
             if stop.load(Ordering::Relaxed) && items.is_empty() {
-                self.commit(it.resume_point(), 0)?;
+                self.commit(w, it.resume_point(), 0)?;
                 return Ok(Ended::Stopped);
             }
             // Fill the batch (after a failure it still holds what is left).
@@ -298,9 +383,12 @@ impl<'a> ShardConsumer<'a> {
                 match it.next() {
                     Some(Ok(msg)) => {
                         let after = it.resume_point();
-                        let mut data = msg.received.clone();
-                        match msg.body_bytes() {
-                            Ok(body) => data.extend_from_slice(&body),
+                        let mut data = Vec::with_capacity(
+                            msg.received.len() + usize::try_from(msg.body_len).unwrap_or(0),
+                        );
+                        data.extend_from_slice(&msg.received);
+                        match msg.append_body(&mut data) {
+                            Ok(()) => {}
                             Err(e) if self.may_pass(&msg, &e) => {
                                 // Out of reach for now: read it again later,
                                 // never move past it.
@@ -385,13 +473,13 @@ impl<'a> ShardConsumer<'a> {
                 // (space reclamation waits for it), and at the end.
                 let pos = it.resume_point();
                 if pos.segment != self.committed.position.segment || (at_end && !self.cfg.follow) {
-                    self.commit(pos, 0)?;
+                    self.commit(w, pos, 0)?;
                 }
                 if !self.cfg.follow && at_end {
                     return Ok(Ended::Drained);
                 }
                 if sleep_unless(stop, self.cfg.idle_poll) {
-                    self.commit(it.resume_point(), 0)?;
+                    self.commit(w, it.resume_point(), 0)?;
                     return Ok(Ended::Stopped);
                 }
                 continue;
@@ -400,13 +488,13 @@ impl<'a> ShardConsumer<'a> {
             if done == items.len() {
                 // All taken: the reader's own position may be further on
                 // (past non-message records, into the next segment).
-                self.commit(it.resume_point(), done as u64)?;
+                self.commit(w, it.resume_point(), done as u64)?;
                 items.clear();
                 backoff = self.cfg.backoff_min;
                 continue;
             }
             if done > 0 {
-                self.commit(items[done - 1].after, done as u64)?;
+                self.commit(w, items[done - 1].after, done as u64)?;
                 items.drain(..done);
             }
             self.progress.retries.fetch_add(1, Ordering::Relaxed);

@@ -12,7 +12,7 @@
 //! shards have stopped, each child gets SIGTERM (it finishes its batch and
 //! writes its checkpoints) and is waited for up to [`STOP_GRACE`], then
 //! SIGKILLed (a next hop that never answers must not hold the shutdown up;
-//! the checkpoints make a kill safe: the batch in flight ships again).
+//! the checkpoints make a kill safe: at most two batches ship again).
 //! Dropping the [`Supervisor`] (an error path of `serve`) stops them too.
 //!
 //! A child never outlives its server: it asks the kernel for SIGTERM when
@@ -273,7 +273,7 @@ fn stop_child(name: &str, child: &mut Child) {
     }
     crate::warn!(
         "ship {name}: `ringmx ship` (pid {pid}) still runs {STOP_GRACE:?} after SIGTERM; \
-         killing it (its checkpoints hold: the batch in flight ships again)"
+         killing it (its checkpoints hold: at most two batches ship again)"
     );
     let _ = child.kill();
     let s = child.wait();

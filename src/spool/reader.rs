@@ -158,11 +158,28 @@ impl StoredMessage {
     /// # Errors
     /// A fragment missing, unreadable or failing its CRC.
     pub fn body_bytes(&self) -> Result<Vec<u8>, SpoolError> {
-        let mut v = Vec::with_capacity(usize::try_from(self.body_len).unwrap_or(0));
-        self.body()
-            .read_to_end(&mut v)
-            .map_err(|e| unwrap_io(e, &self.shard_dir))?;
+        let mut v = Vec::new();
+        self.append_body(&mut v)?;
         Ok(v)
+    }
+
+    /// Appends the whole body to `out` (a shipper's buffer that already
+    /// holds the `Received:` field): one copy, no buffer of its own. On
+    /// an error `out` may hold part of it.
+    ///
+    /// # Errors
+    /// A fragment missing, unreadable or failing its CRC.
+    pub fn append_body(&self, out: &mut Vec<u8>) -> Result<(), SpoolError> {
+        out.reserve(usize::try_from(self.body_len).unwrap_or(0));
+        if self.frags.is_empty() {
+            // Stored whole: no fragment to read or check.
+            out.extend_from_slice(&self.tail);
+            return Ok(());
+        }
+        self.body()
+            .read_to_end(out)
+            .map_err(|e| unwrap_io(e, &self.shard_dir))?;
+        Ok(())
     }
 
     /// `Return-Path: <sender>` (RFC 5321 §4.4), CRLF-terminated.
@@ -1149,6 +1166,10 @@ impl ShardMessages {
                     self.resumable = true;
                     return Err(e);
                 }
+                let mut seg = seg;
+                // Sealed when a newer segment exists: the server appends
+                // nothing more to this one.
+                seg.read_ahead(!self.pending.is_empty());
                 let mut start = seg.data_start();
                 if let Some(r) = self.resume.take() {
                     if r.segment == seq {
@@ -1176,7 +1197,9 @@ impl ShardMessages {
                     self.prev = None;
                 }
             }
-            match seg.next(self.pos, Payload::Skip)? {
+            // One read of the header (and of a message's payload) per
+            // record: other records are hopped over on their header alone.
+            match seg.next(self.pos, Payload::LoadMessages(&mut self.buf))? {
                 step @ (Step::End | Step::EndMark) => {
                     if !self.refill()? {
                         return Ok(None);
@@ -1188,8 +1211,20 @@ impl ShardMessages {
                     }
                     self.next_segment();
                 }
+                Step::Bad(_) if seg.stop_read_ahead() => {
+                    // Damage is judged (and stepped over) on plain reads,
+                    // as it always was.
+                    continue;
+                }
                 Step::Bad(reason) => {
-                    let (path, pos, prev) = (seg.path().to_owned(), self.pos, self.prev);
+                    let (path, pos) = (seg.path().to_owned(), self.pos);
+                    // Damage starts here when the header holds up and only
+                    // the payload's CRC fails; when the header itself does
+                    // not, the previous record's length may be what is wrong.
+                    let prev = match seg.next(pos, Payload::Skip)? {
+                        Step::Record(_) => None,
+                        _ => self.prev,
+                    };
                     return self.damaged(path, prev, pos, reason);
                 }
                 Step::Record(m) => {
@@ -1202,29 +1237,16 @@ impl ShardMessages {
                             return self.damaged(path, None, pos, reason);
                         }
                     }
+                    self.prev = Some(pos);
+                    self.pos = m.end();
+                    self.here.offset = self.pos;
                     if !matches!(m.header.kind, Kind::Message | Kind::Commit) {
-                        self.prev = Some(pos);
-                        self.pos = m.end();
-                        self.here.offset = self.pos;
                         continue;
                     }
-                    match seg.next(pos, Payload::Load(&mut self.buf))? {
-                        Step::Record(_) => {
-                            self.prev = Some(pos);
-                            self.pos = m.end();
-                            self.here.offset = self.pos;
-                            let r =
-                                stored(self.shard, &self.dir, seg, pos, m.header.id_seq, &self.buf);
-                            // An undecodable payload is damage of one record.
-                            self.resumable = r.is_err();
-                            return r.map(Some);
-                        }
-                        Step::Bad(reason) => {
-                            let path = seg.path().to_owned();
-                            return self.damaged(path, None, pos, reason);
-                        }
-                        Step::End | Step::EndMark => return Ok(None),
-                    }
+                    let r = stored(self.shard, &self.dir, seg, pos, m.header.id_seq, &self.buf);
+                    // An undecodable payload is damage of one record.
+                    self.resumable = r.is_err();
+                    return r.map(Some);
                 }
             }
         }

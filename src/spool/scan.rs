@@ -27,6 +27,29 @@ use super::format::{
 /// kept, and bytes searched per read by a resync.
 const CHUNK: usize = 64 * 1024;
 
+/// Bytes a sealed segment's read-ahead reads at once: records of a few
+/// KiB then cost one pread per window instead of two or three each.
+const READ_AHEAD: usize = 128 * 1024;
+
+/// Bytes read at a record's header in a segment still written to: header
+/// and payload of a message of a couple of KiB in one pread.
+const READ_RECORD: usize = 4 * 1024;
+
+/// The bytes last read ahead: `buf[..valid]` holds the file's bytes at
+/// `start..start + valid`, never past the length last seen.
+#[derive(Debug)]
+struct Window {
+    start: u64,
+    /// `size` bytes once used (zeroed once, not per read).
+    buf: Vec<u8>,
+    valid: usize,
+    /// Bytes read at once.
+    size: usize,
+    /// Serve later records from it too (a sealed segment); else each
+    /// record is read afresh ([`SegmentFile::next`] drops the window).
+    keep: bool,
+}
+
 /// An open segment file with a valid header.
 #[derive(Debug)]
 pub(crate) struct SegmentFile {
@@ -36,6 +59,9 @@ pub(crate) struct SegmentFile {
     len: u64,
     /// The decoded header.
     pub(crate) header: FileHeader,
+    /// Read-ahead, for a segment no one writes to any more
+    /// ([`SegmentFile::read_ahead`]); `None`: every read is a pread.
+    ahead: Option<std::cell::RefCell<Window>>,
 }
 
 /// Why a segment could not be opened.
@@ -115,6 +141,10 @@ pub(crate) enum Payload<'a> {
     Verify,
     /// Check the CRC and keep the payload in the buffer.
     Load(&'a mut Vec<u8>),
+    /// [`Payload::Load`] for a `Message` or `Commit` record,
+    /// [`Payload::Skip`] for any other: a reader of messages reads each
+    /// header once.
+    LoadMessages(&'a mut Vec<u8>),
 }
 
 impl SegmentFile {
@@ -151,7 +181,38 @@ impl SegmentFile {
             path: path.to_owned(),
             len,
             header,
+            ahead: None,
         })
+    }
+
+    /// Reads in windows from now on. `sealed`: the server appends nothing
+    /// more to this segment (a newer one exists), so windows of
+    /// [`READ_AHEAD`] bytes serve record after record. Otherwise each
+    /// record is read afresh, [`READ_RECORD`] bytes at its header: a
+    /// window read a while ago could hold bytes the server has since cut
+    /// back (after a failed write) and written again, and reading them
+    /// would skip the new records. Dropped by [`SegmentFile::refresh_len`]
+    /// all the same.
+    pub(crate) fn read_ahead(&mut self, sealed: bool) {
+        self.ahead = Some(std::cell::RefCell::new(Window {
+            start: 0,
+            buf: Vec::new(),
+            valid: 0,
+            size: if sealed { READ_AHEAD } else { READ_RECORD },
+            keep: sealed,
+        }));
+    }
+
+    /// Reads with plain preads from now on; true if it read ahead before.
+    pub(crate) fn stop_read_ahead(&mut self) -> bool {
+        self.ahead.take().is_some()
+    }
+
+    /// Forgets what was read ahead: the next read is a fresh pread.
+    fn drop_read_ahead(&self) {
+        if let Some(w) = self.ahead.as_ref() {
+            w.borrow_mut().valid = 0;
+        }
     }
 
     /// The file's path.
@@ -186,15 +247,43 @@ impl SegmentFile {
             .metadata()
             .map_err(|e| SpoolError::io("reading size of", &self.path, e))?
             .len();
+        self.drop_read_ahead();
         Ok(self.len)
     }
 
     /// Sets the remembered length after the caller truncated the file.
     pub(crate) fn set_len_after_truncate(&mut self, len: u64) {
         self.len = len;
+        self.drop_read_ahead();
     }
 
     fn read_at(&self, buf: &mut [u8], pos: u64) -> Result<(), SpoolError> {
+        let Some(w) = self.ahead.as_ref() else {
+            return self.pread(buf, pos);
+        };
+        let w = &mut *w.borrow_mut();
+        let end = pos + buf.len() as u64;
+        if pos < w.start || end > w.start + w.valid as u64 {
+            if buf.len() >= w.size / 2 || end > self.len {
+                // Large (no gain in a copy), or past the known end (an
+                // error or a race the plain read reports as before).
+                return self.pread(buf, pos);
+            }
+            let n = usize::try_from(self.len - pos).map_or(w.size, |n| n.min(w.size));
+            if w.buf.len() < w.size {
+                w.buf.resize(w.size, 0);
+            }
+            w.start = pos;
+            w.valid = 0;
+            self.pread(&mut w.buf[..n], pos)?;
+            w.valid = n;
+        }
+        let at = (pos - w.start) as usize;
+        buf.copy_from_slice(&w.buf[at..at + buf.len()]);
+        Ok(())
+    }
+
+    fn pread(&self, buf: &mut [u8], pos: u64) -> Result<(), SpoolError> {
         self.file.read_exact_at(buf, pos).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
                 // The file shrank under us (a writer cut its tail after a failed write).
@@ -228,6 +317,10 @@ impl SegmentFile {
 
     /// Looks for an intact record at `pos`, treating `self.len()` as the end.
     pub(crate) fn next(&self, pos: u64, payload: Payload<'_>) -> Result<Step, SpoolError> {
+        if self.ahead.as_ref().is_some_and(|w| !w.borrow().keep) {
+            // Each record afresh (see `read_ahead`).
+            self.drop_read_ahead();
+        }
         if pos == self.len {
             return Ok(Step::End);
         }
@@ -267,7 +360,10 @@ impl SegmentFile {
         let crc = RecordHeader::crc_start(hb, version);
         let crc = match payload {
             Payload::Skip => return Ok(self.found(meta)),
-            Payload::Load(buf) => {
+            Payload::LoadMessages(_) if !matches!(header.kind, Kind::Message | Kind::Commit) => {
+                return Ok(self.found(meta))
+            }
+            Payload::Load(buf) | Payload::LoadMessages(buf) => {
                 buf.clear();
                 buf.resize(header.len as usize, 0);
                 self.read_at(buf, start)?;
