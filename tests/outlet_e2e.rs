@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{require_tool, Server, STEP};
+use common::{require_tool, Server, TempDir, STEP};
 
 /// How long a destination may make no progress before the test fails.
 const STALL: Duration = Duration::from_secs(90);
@@ -35,39 +35,6 @@ const SHARDS: usize = 2;
 /// The smtp/lmtp and webhook sinks' default batch (`Sink::max_batch`): what
 /// one consumer thread may have in flight, so what a kill may ship twice.
 const BATCH: usize = 64;
-
-/// A directory removed on drop: on /dev/shm when present.
-struct ShmDir(PathBuf);
-
-impl ShmDir {
-    fn new(tag: &str) -> ShmDir {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let base = if Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
-        let p = base.join(format!(
-            "ringmx-e2e-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        ShmDir(p)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for ShmDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 // ---- loadgen ----------------------------------------------------------------
 
@@ -277,13 +244,13 @@ fn wait_done(what: &str, mut progress: impl FnMut() -> usize, mut done: impl FnM
 struct LmtpSink {
     child: Child,
     addr: SocketAddr,
-    dumps: ShmDir,
+    dumps: TempDir,
 }
 
 impl LmtpSink {
     fn start() -> Option<LmtpSink> {
         let bin = require_tool("smtp-sink", "postfix")?;
-        let dumps = ShmDir::new("lmtp-dumps");
+        let dumps = TempDir::in_shm("lmtp-dumps");
         // smtp-sink drops to nobody when run as root; let it write there.
         std::fs::set_permissions(
             dumps.path(),
@@ -403,7 +370,7 @@ fn jetstream_and_lmtp_get_every_acked_message_across_kills() {
         hosts.join(",")
     );
     let lmtp_to = format!("lmtp=lmtp://{}", lmtp.addr);
-    let dir = ShmDir::new("nats-lmtp");
+    let dir = TempDir::in_shm("nats-lmtp");
     let spool = dir.path().join("spool");
     let acks = dir.path().join("acks");
     let port = nats::free_port();
@@ -628,7 +595,7 @@ fn webhook_outage_loses_nothing() {
     };
     let total = env_num("RINGMX_E2E_WEBHOOK_MESSAGES", 3000);
     let outage = Duration::from_secs(env_num("RINGMX_E2E_WEBHOOK_OUTAGE_S", 15) as u64);
-    let dir = ShmDir::new("webhook");
+    let dir = TempDir::in_shm("webhook");
     let record = dir.path().join("record.jsonl");
     let mut recv = Receiver::start(&python, 0, &record);
     let hook = format!("hook=http://127.0.0.1:{}/hook", recv.port);
@@ -725,7 +692,7 @@ fn segment_bytes(spool: &Path) -> (u64, usize) {
 fn shipping_keeps_the_spool_bounded() {
     const SEGMENT: u64 = 128 * 1024;
     let total = env_num("RINGMX_E2E_SPACE_MESSAGES", 12_000);
-    let dir = ShmDir::new("space");
+    let dir = TempDir::in_shm("space");
     let spool = dir.path().join("spool");
     let out = dir.path().join("maildir");
     let acks = dir.path().join("acks");

@@ -12,48 +12,15 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{require_tool, ringmx, Server, STEP};
-
-/// A directory removed on drop: on /dev/shm when present.
-struct ShmDir(PathBuf);
-
-impl ShmDir {
-    fn new(tag: &str) -> ShmDir {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let base = if Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
-        let p = base.join(format!(
-            "ringmx-ship-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        ShmDir(p)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for ShmDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::{require_tool, ringmx, Server, TempDir, STEP};
 
 /// A server with its spool in `dir/spool`.
-fn server(dir: &ShmDir, cores: &str) -> Server {
+fn server(dir: &TempDir, cores: &str) -> Server {
     let spool = dir.path().join("spool");
     Server::start_with(
         &["--listen", "127.0.0.1:0", "--cores", cores],
@@ -289,7 +256,7 @@ impl Drop for Bg {
 
 #[test]
 fn ship_delivers_every_accepted_message_once_and_consumers_are_independent() {
-    let dir = ShmDir::new("drain");
+    let dir = TempDir::in_shm("drain");
     let mut srv = server(&dir, "2");
     let Some(mut ids) = send(&srv, 120, "drain") else {
         return;
@@ -330,7 +297,7 @@ fn ship_delivers_every_accepted_message_once_and_consumers_are_independent() {
 
 #[test]
 fn follow_picks_up_mail_sent_after_it_started_and_sigterm_keeps_its_place() {
-    let dir = ShmDir::new("follow");
+    let dir = TempDir::in_shm("follow");
     let srv = server(&dir, "1");
     let spool = dir.path().join("spool");
     let out = dir.path().join("out");
@@ -355,7 +322,7 @@ fn follow_picks_up_mail_sent_after_it_started_and_sigterm_keeps_its_place() {
 
 #[test]
 fn sigkill_mid_drain_loses_nothing_and_reships_at_most_two_batches() {
-    let dir = ShmDir::new("kill");
+    let dir = TempDir::in_shm("kill");
     let mut srv = server(&dir, "1");
     let n = 1500;
     let Some(ids) = send(&srv, n, "kill") else {
@@ -410,7 +377,7 @@ fn sigkill_mid_drain_loses_nothing_and_reships_at_most_two_batches() {
 
 #[test]
 fn a_sink_that_fails_is_retried_until_it_recovers() {
-    let dir = ShmDir::new("retry");
+    let dir = TempDir::in_shm("retry");
     let srv = server(&dir, "1");
     let spool = dir.path().join("spool");
     let out = dir.path().join("out");
@@ -459,7 +426,7 @@ fn now_unix() -> i64 {
 
 #[test]
 fn reset_replays_all_or_from_a_time_and_forget_says_what_was_left() {
-    let dir = ShmDir::new("reset");
+    let dir = TempDir::in_shm("reset");
     let srv = server(&dir, "1");
     let spool = dir.path().join("spool");
     let Some(first) = send(&srv, 6, "first") else {
@@ -526,7 +493,7 @@ fn reset_replays_all_or_from_a_time_and_forget_says_what_was_left() {
 fn dead_letters_are_listed_and_redriven() {
     use ringmx::outlet::dead::DeadLetters;
     use ringmx::outlet::{ConsumerDir, HeaderFields, Parcel};
-    let dir = ShmDir::new("dead");
+    let dir = TempDir::in_shm("dead");
     let mut srv = server(&dir, "1");
     let Some(ids) = send(&srv, 3, "dead") else {
         return;
@@ -589,7 +556,7 @@ fn dead_letters_are_listed_and_redriven() {
 
 #[test]
 fn usage_errors_exit_2_and_say_what_to_do() {
-    let dir = ShmDir::new("usage");
+    let dir = TempDir::in_shm("usage");
     let spool = dir.path().join("spool");
     std::fs::create_dir_all(&spool).unwrap();
     let r = ship(&spool, &["--name", "n", "--to", "kafka://x"]);
@@ -617,7 +584,7 @@ fn usage_errors_exit_2_and_say_what_to_do() {
 
 #[test]
 fn serve_ship_runs_a_consumer_child_and_restarts_it_when_it_dies() {
-    let dir = ShmDir::new("serve");
+    let dir = TempDir::in_shm("serve");
     let spool = dir.path().join("spool");
     let out = dir.path().join("out");
     let target = format!("sup=maildir:{}", out.display());
@@ -664,7 +631,7 @@ fn serve_ship_runs_a_consumer_child_and_restarts_it_when_it_dies() {
 
 #[test]
 fn a_follower_keeps_shipping_across_a_server_sigkill_and_restart() {
-    let dir = ShmDir::new("srvkill");
+    let dir = TempDir::in_shm("srvkill");
     let spool = dir.path().join("spool");
     let out = dir.path().join("out");
     let to = format!("maildir:{}", out.display());
@@ -697,7 +664,7 @@ fn a_follower_keeps_shipping_across_a_server_sigkill_and_restart() {
 /// even after the operator changed the settings or stopped the service.
 #[test]
 fn a_ship_child_does_not_outlive_a_killed_server() {
-    let dir = ShmDir::new("orphan");
+    let dir = TempDir::in_shm("orphan");
     let spool = dir.path().join("spool");
     let out = dir.path().join("out");
     let target = format!("orph=maildir:{}", out.display());
@@ -748,7 +715,7 @@ fn a_ship_child_does_not_outlive_a_killed_server() {
 /// after `supervise::STOP_GRACE` (10 s).
 #[test]
 fn serve_stops_within_the_bound_when_a_ship_child_is_stuck_on_its_sink() {
-    let dir = ShmDir::new("stall");
+    let dir = TempDir::in_shm("stall");
     let spool = dir.path().join("spool");
     // A next hop that takes connections and never says a word.
     let hop = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -42,8 +42,26 @@ pub struct TempDir(PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
+        Self::under(std::env::temp_dir(), tag)
+    }
+
+    /// On /dev/shm when present: spools and Maildirs whose fsyncs would
+    /// otherwise cost the disk's ~13 ms each.
+    pub fn in_shm(tag: &str) -> TempDir {
+        let shm = Path::new("/dev/shm");
+        Self::under(
+            if shm.is_dir() {
+                shm.to_owned()
+            } else {
+                std::env::temp_dir()
+            },
+            tag,
+        )
+    }
+
+    fn under(base: PathBuf, tag: &str) -> TempDir {
         static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
+        let p = base.join(format!(
             "ringmx-test-{tag}-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
