@@ -379,6 +379,10 @@ struct Conn {
     /// ended with the reply to its data); otherwise the next starts with RSET.
     clean: bool,
     timeout: Duration,
+    /// The socket's read timeout as last set (None: never set). Setting it
+    /// costs a syscall, so it is changed only when the deadline left is
+    /// well below it, or after a read woke early (see `read_line`).
+    read_timeout: Option<Duration>,
 }
 
 impl Conn {
@@ -398,6 +402,7 @@ impl Conn {
             caps: Caps::default(),
             clean: true,
             timeout: o.timeout,
+            read_timeout: None,
         };
         let ctx = |what: &str, e: Lost| format!("{where_}: {what}: {}", e.0);
         let greeting = c.read_reply().map_err(|e| ctx("greeting", e))?;
@@ -497,10 +502,18 @@ impl Conn {
                     crate::units::format_duration(self.timeout)
                 )));
             }
-            // A zero read timeout would mean "block forever".
-            self.stream
-                .set_read_timeout(left.max(Duration::from_millis(1)))
-                .map_err(|e| Lost(format!("setting a read timeout: {e}")))?;
+            // A read waits at most the time left, give or take a tenth of
+            // the timeout: re-arming the socket's timeout before every read
+            // was a third of the syscalls per shipped message. A zero read
+            // timeout would mean "block forever".
+            let slack = self.timeout / 10;
+            if self.read_timeout.is_none_or(|t| t > left + slack) {
+                let t = left.max(Duration::from_millis(1));
+                self.stream
+                    .set_read_timeout(t)
+                    .map_err(|e| Lost(format!("setting a read timeout: {e}")))?;
+                self.read_timeout = Some(t);
+            }
             let old = self.buf.len();
             self.buf.resize(old + 4096, 0);
             let got = self.stream.read(&mut self.buf[old..]);
@@ -509,6 +522,16 @@ impl Conn {
                 Ok(0) => return Err(Lost("the next hop closed the connection".into())),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Woke on a shorter timeout left from an earlier reply:
+                // wait again, this time for all that is left.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) && Instant::now() < deadline =>
+                {
+                    self.read_timeout = None;
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -1059,6 +1082,7 @@ mod tests {
             caps,
             clean: true,
             timeout: Duration::from_secs(5),
+            read_timeout: None,
         };
         (conn, t)
     }
@@ -1124,6 +1148,41 @@ mod tests {
 
     /// LMTP: the connection drops after the first recipient's answer. That
     /// one is settled; the other is unknown and the data was sent.
+    #[test]
+    fn a_read_woken_early_by_an_old_short_timeout_waits_on() {
+        let (mut c, t) = scripted(Caps::default(), |_r, w| {
+            std::thread::sleep(Duration::from_millis(60));
+            w.write_all(b"250 late but within the timeout\r\n").unwrap();
+        });
+        // As left by an earlier reply that arrived just before its deadline.
+        c.stream.set_read_timeout(Duration::from_millis(1)).unwrap();
+        c.read_timeout = Some(Duration::from_millis(1));
+        let r = c
+            .read_reply()
+            .expect("the reply came within the 5 s timeout");
+        assert_eq!(r.code, 250);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_silent_next_hop_times_out() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut c = Conn {
+            stream: Stream::Unix(ours),
+            buf: Vec::new(),
+            pos: 0,
+            caps: Caps::default(),
+            clean: true,
+            timeout: Duration::from_millis(50),
+            read_timeout: None,
+        };
+        let Err(Lost(why)) = c.read_reply() else {
+            panic!("nothing was said, yet a reply was read");
+        };
+        assert!(why.contains("no reply within"), "{why}");
+        drop(theirs);
+    }
+
     #[test]
     fn lmtp_connection_lost_between_recipient_answers() {
         let (mut c, t) = scripted(PIPELINED, |r, w| {
