@@ -421,16 +421,23 @@ impl Conn {
         }
     }
 
-    /// Resets the transaction after a refusal (RFC 5321 §4.1.1.5).
+    /// Resets the transaction after a refusal (RFC 5321 §4.1.1.5): `true`
+    /// when the connection can go on, `false` when the server answered
+    /// `421` (it is closing the channel, RFC 5321 §3.8: e.g. ringmx after
+    /// `smtp.max_errors` failed commands, which a pipelined envelope
+    /// refused at MAIL reaches quickly under backpressure). That is the
+    /// server's policy, not a protocol error.
     ///
     /// # Errors
     /// A [`Failure`] when the connection broke, or RSET itself was refused
     /// (the session is then in a state we cannot reason about).
-    pub async fn rset(&mut self, rec: &Recorder) -> Result<(), Failure> {
+    pub async fn rset(&mut self, rec: &Recorder) -> Result<bool, Failure> {
         self.write(b"RSET\r\n", Command::Rset).await?;
         let r = self.read_reply(Command::Rset, rec).await?;
         if r.class() == 2 {
-            Ok(())
+            Ok(true)
+        } else if r.code == 421 {
+            Ok(false)
         } else {
             Err(unexpected(Command::Rset, r.code))
         }

@@ -732,7 +732,7 @@ async fn worker(tl: Timeline, plan: Arc<Plan>, ctl: Rc<CoreCtl>, rec: Recorder) 
                     false
                 } else if cfg.scenario == Scenario::Mail && next.is_none() {
                     match c.rset(&rec).await {
-                        Ok(()) => true,
+                        Ok(usable) => usable,
                         Err(f) => {
                             count_failure(&rec, &f, false);
                             false

@@ -627,6 +627,25 @@ fn code_421_mid_transaction_drops_the_connection() {
 }
 
 #[test]
+fn code_421_to_rset_after_a_refusal_is_the_server_closing_not_an_error() {
+    // ringmx under backpressure: MAIL gets 452, and a server that counts
+    // the pipelined RCPT and DATA as errors ends with 421 to the RSET.
+    let server = FakeServer::start(Script {
+        mail_reply: "452 4.3.1 Insufficient system storage".into(),
+        nth: vec![("RSET".into(), 1, "421 4.7.0 Too many errors".into())],
+        ..Script::default()
+    });
+    let (s, _) = run_json(&server.target(), &["-c", "1", "--messages", "4"]);
+    assert_eq!(count(&s, &["messages", "temp_fail"]), 4);
+    assert_eq!(s["errors"], serde_json::json!({}), "no protocol error");
+    assert_eq!(
+        count(&s, &["connections", "opened"]),
+        4,
+        "a new connection after each 421"
+    );
+}
+
+#[test]
 fn noop_scenario() {
     let server = FakeServer::start(Script::default());
     let (s, _) = run_json(

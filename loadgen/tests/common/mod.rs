@@ -469,7 +469,10 @@ fn serve(
             }
             "RSET" => {
                 in_transaction = false;
-                writeln_crlf(&mut out, "250 2.0.0 Ok")?
+                writeln_crlf(&mut out, nth.unwrap_or("250 2.0.0 Ok"))?;
+                if nth.is_some_and(|r| r.starts_with("421")) {
+                    return Ok(());
+                }
             }
             "NOOP" => writeln_crlf(&mut out, "250 2.0.0 Ok")?,
             "QUIT" => {
