@@ -249,6 +249,12 @@ struct LmtpSink {
 
 impl LmtpSink {
     fn start() -> Option<LmtpSink> {
+        Self::start_on(None)
+    }
+
+    /// On `port` when given (a next hop that comes back where it was),
+    /// else on a free one.
+    fn start_on(port: Option<u16>) -> Option<LmtpSink> {
         let bin = require_tool("smtp-sink", "postfix")?;
         let dumps = TempDir::in_shm("lmtp-dumps");
         // smtp-sink drops to nobody when run as root; let it write there.
@@ -258,7 +264,7 @@ impl LmtpSink {
         )
         .unwrap();
         for _ in 0..5 {
-            let port = nats::free_port();
+            let port = port.unwrap_or_else(nats::free_port);
             let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
             let mut cmd = Command::new(&bin);
             // SAFETY: geteuid has no preconditions.
@@ -764,4 +770,144 @@ fn shipping_keeps_the_spool_bounded() {
         "{shipped} shipped of {} acked",
         acked.len()
     );
+}
+
+// ---- 5: a next hop that is down: the high mark bounds the spool -------------
+
+/// The LMTP next hop is down (nothing listens on its port) while loadgen
+/// sends at full speed (closed loop, 16 connections): the consumer ships
+/// nothing, so only `--lag-high` keeps the spool from growing with the run.
+/// Past the mark MAIL gets `452 4.3.1` and the spool stays within the mark
+/// plus what arrives between two reclaim passes, although the load offers
+/// many times that. Everything acknowledged is kept; once the next hop is
+/// back, all of it arrives there, the lag falls under the low mark, and
+/// mail is accepted again.
+#[test]
+fn the_high_mark_bounds_the_spool_at_full_speed_while_the_next_hop_is_down() {
+    const HIGH: u64 = 2 << 20;
+    let offered = env_num("RINGMX_E2E_HIGH_MARK_MESSAGES", 20_000);
+    let Some(bin) = require_tool("smtp-sink", "postfix") else {
+        return;
+    };
+    drop(bin);
+    let dir = TempDir::in_shm("high-mark");
+    let spool = dir.path().join("spool");
+    let acks = dir.path().join("acks");
+    let hop = nats::free_port();
+    let to = format!("hop=lmtp://127.0.0.1:{hop}");
+    let mut srv = serve(
+        nats::free_port(),
+        &spool,
+        &[
+            "--ship",
+            &to,
+            "--segment-size",
+            "128KiB",
+            "--lag-high",
+            "2MiB",
+            "--lag-low",
+            "1MiB",
+            "--reclaim-interval",
+            "50ms",
+        ],
+    );
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (max, summary) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut max = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                max = max.max(segment_bytes(&spool).0);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            max
+        });
+        let summary = Load::start(srv.addr, offered, 16, None, &acks).finish();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (sampler.join().unwrap(), summary)
+    });
+    let acked = read_acks(&acks);
+    eprintln!(
+        "offered {offered}, acked {}; spool segments at most {max} bytes (high mark {HIGH})\n\
+         loadgen: {summary}",
+        acked.len()
+    );
+    let offered_bytes = offered as u64 * 1024;
+    assert!(
+        offered_bytes > 5 * HIGH,
+        "the load offers several times the mark"
+    );
+    assert!(acked.len() < offered, "some mail was refused: {summary}");
+    assert!(
+        srv.logs().contains("452 4.3.1"),
+        "refused at MAIL with 452 4.3.1:\n{}",
+        srv.logs()
+    );
+    // What was acknowledged is all still here: nothing was shipped.
+    assert!(
+        max >= acked.len() as u64 * 1024,
+        "{max} bytes hold {} acks",
+        acked.len()
+    );
+    // The mark plus what arrives between two reclaim passes (50 ms) and
+    // the segments being written: well under what was offered.
+    let bound = HIGH + 2 * SHARDS as u64 * 128 * 1024 + (1 << 20);
+    assert!(
+        max <= bound,
+        "the spool grew to {max} bytes (bound {bound})"
+    );
+
+    // The next hop comes back where it was: everything acknowledged
+    // arrives there, and mail is taken again.
+    let sink = LmtpSink::start_on(Some(hop)).expect("smtp-sink was found above");
+    wait_done(
+        "shipping to the returned next hop",
+        || sink.count(),
+        || sink.count() >= acked.len(),
+    );
+    let got = sink.ids();
+    let missing: Vec<&String> = acked.iter().filter(|id| !got.contains_key(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acked but not shipped: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let acks2 = dir.path().join("acks2");
+    wait_done(
+        "accepting again under the low mark",
+        || segment_bytes(&spool).0 as usize,
+        || {
+            let mut c = TcpStream::connect(srv.addr).unwrap();
+            smtp_mail_accepted(&mut c)
+        },
+    );
+    let summary = Load::start(srv.addr, 200, 4, None, &acks2).finish();
+    assert_eq!(read_acks(&acks2).len(), 200, "all taken again: {summary}");
+    srv.stop();
+}
+
+/// Says EHLO and MAIL on `c`; whether MAIL got `250`.
+fn smtp_mail_accepted(c: &mut TcpStream) -> bool {
+    use std::io::{BufRead, BufReader, Write};
+    c.set_read_timeout(Some(STEP)).unwrap();
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    let mut line = String::new();
+    let mut reply = |r: &mut BufReader<TcpStream>| -> String {
+        loop {
+            line.clear();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return String::new();
+            }
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return line.clone();
+            }
+        }
+    };
+    reply(&mut r);
+    c.write_all(b"EHLO probe.example\r\n").unwrap();
+    reply(&mut r);
+    c.write_all(b"MAIL FROM:<probe@example.org>\r\n").unwrap();
+    let ok = reply(&mut r).starts_with("250 ");
+    let _ = c.write_all(b"QUIT\r\n");
+    ok
 }

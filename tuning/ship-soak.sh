@@ -9,9 +9,13 @@
 # child has caught up. Bounded means the maximum stays within a few
 # segments per shard instead of growing with the run.
 #
+# SINK=nats ships to one JetStream node instead (nats-server -js, R1, its
+# store under $WORK): the issue's key cell.
+#
 #   cargo build --release && tuning/ship-soak.sh        # 10 minutes
 #   DURATION=60s tuning/ship-soak.sh                      # a short run
 #   RATE=8000 tuning/ship-soak.sh                         # open loop, msgs/s
+#   SINK=nats tuning/ship-soak.sh                         # to JetStream R1
 #
 # The spool lives under $WORK (default /dev/shm when present). A spool
 # past $MAX_BYTES (default 2 GiB) stops the run: shipping fell behind.
@@ -28,20 +32,31 @@ BIN=${BIN:-target/release}
 RINGMX=$BIN/ringmx
 LOADGEN=$BIN/loadgen
 [ -x "$RINGMX" ] && [ -x "$LOADGEN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
-SINK=$(command -v smtp-sink || echo /usr/sbin/smtp-sink)
-[ -x "$SINK" ] || { echo "needs smtp-sink (Debian package postfix)" >&2; exit 1; }
+SINK=${SINK:-lmtp}
+case $SINK in
+lmtp) SMTP_SINK=$(command -v smtp-sink || echo /usr/sbin/smtp-sink)
+      [ -x "$SMTP_SINK" ] || { echo "needs smtp-sink (Debian package postfix)" >&2; exit 1; } ;;
+nats) command -v nats-server >/dev/null || { echo "needs nats-server (Debian package nats-server)" >&2; exit 1; } ;;
+*) echo "SINK is lmtp or nats, not $SINK" >&2; exit 1 ;;
+esac
 base=${WORK:-$([ -d /dev/shm ] && echo /dev/shm || echo /tmp)}
 work=$(mktemp -d "$base/ship-soak.XXXXXX")
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-user=(); [ "$(id -u)" = 0 ] && user=(-u nobody)
-"$SINK" "${user[@]}" -L "127.0.0.1:$port" 256 &
+if [ "$SINK" = lmtp ]; then
+    user=(); [ "$(id -u)" = 0 ] && user=(-u nobody)
+    "$SMTP_SINK" "${user[@]}" -L "127.0.0.1:$port" 256 &
+    to="lmtp://127.0.0.1:$port"
+else
+    nats-server -a 127.0.0.1 -p "$port" -n soak -js -sd "$work/nats" >"$work/nats.log" 2>&1 &
+    to="nats://127.0.0.1:$port/soak.in?stream=SOAK"
+fi
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 
 spool="$work/spool" log="$work/server.log"
 "$RINGMX" serve --listen 127.0.0.1:0 --cores "$CORES" --domain example.com --spool "$spool" \
-    --segment-size "$SEGMENT" --ship "lmtp=lmtp://127.0.0.1:$port" --log-level info 2>"$log" &
+    --segment-size "$SEGMENT" --ship "$SINK=$to" --log-level info 2>"$log" &
 srv=$! addr=""
 for _ in $(seq 300); do
     addr=$(grep -o 'listening on [0-9.:]*' "$log" 2>/dev/null | awk '{print $3}') && [ -n "$addr" ] && break
@@ -54,8 +69,8 @@ lag() {
     "$RINGMX" spool stats --spool "$spool" --json | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
-c = [c for c in s.get("consumers", []) if c["consumer"] == "lmtp"]
-print(sum(x["messages"] for x in c), sum(x["body_bytes"] for x in c))'
+c = [c for c in s.get("consumers", []) if c["consumer"] == sys.argv[1]]
+print(sum(x["messages"] for x in c), sum(x["body_bytes"] for x in c))' "$SINK"
 }
 
 echo "segments of $SEGMENT, $CORES shards, loadgen $CONNS connections of $SIZE for $DURATION${RATE:+ at $RATE msgs/s}"
@@ -92,5 +107,5 @@ echo "caught up $(($(date +%s) - t_end)) s after the load ended"
 sleep 3 # a reclaim pass or more (spool.reclaim_interval, 1 s)
 read -r b n < <(seg_bytes)
 echo "spool at most $max bytes during the run; after: $b bytes in $n segments"
-grep -o 'ship lmtp: shipped .*' "$log" | tail -1
+grep -o "ship $SINK: shipped .*" "$log" | tail -1
 kill -TERM "$srv"; wait "$srv" || true
