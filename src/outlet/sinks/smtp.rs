@@ -379,6 +379,9 @@ struct Conn {
     /// ended with the reply to its data); otherwise the next starts with RSET.
     clean: bool,
     timeout: Duration,
+    /// A transaction whose commands went out ahead, behind the previous
+    /// parcel's data: its replies wait in the stream.
+    ahead: Option<Ahead>,
     /// The socket's read timeout as last set (None: never set). Setting it
     /// costs a syscall, so it is changed only when the deadline left is
     /// well below it, or after a read woke early (see `read_line`).
@@ -402,6 +405,7 @@ impl Conn {
             caps: Caps::default(),
             clean: true,
             timeout: o.timeout,
+            ahead: None,
             read_timeout: None,
         };
         let ctx = |what: &str, e: Lost| format!("{where_}: {what}: {}", e.0);
@@ -633,32 +637,90 @@ struct Envelope<'a> {
     binary: bool,
 }
 
-/// Runs one transaction for `rcpts` of `p`. Never fails: a lost
-/// connection is part of the [`Attempt`].
-fn transact(c: &mut Conn, proto: Proto, env: &Envelope<'_>, data: &[u8]) -> Attempt {
-    let n = env.rcpts.len();
-    let mut att = Attempt {
-        fates: vec![None; n],
-        ..Attempt::default()
-    };
-    // RFC 3030: a binary body goes by BDAT where the next hop takes it;
-    // otherwise by DATA, which may turn its bare line ends into lines.
-    let bdat = env.binary && c.caps.chunking && c.caps.binarymime;
-    let mut mail = format!("MAIL FROM:<{}>", env.from);
-    if c.caps.size.is_some() {
-        mail.push_str(&format!(" SIZE={}", data.len()));
+/// The envelope of a parcel that goes out behind the previous parcel's
+/// data, in the same write (RFC 2920 §3.1 lets the data be followed by the
+/// next transaction's commands): one round trip a message instead of two.
+struct Next<'a> {
+    key: &'a str,
+    env: &'a Envelope<'a>,
+    len: usize,
+}
+
+/// What went out ahead: which parcel's envelope, to whom.
+#[derive(Debug)]
+struct Ahead {
+    key: String,
+    rcpts: Vec<String>,
+}
+
+impl Ahead {
+    fn is_for(&self, key: &str, env: &Envelope<'_>) -> bool {
+        self.key == key
+            && self
+                .rcpts
+                .iter()
+                .map(String::as_str)
+                .eq(env.rcpts.iter().copied())
     }
-    if bdat {
+}
+
+/// RFC 3030: a binary body goes by BDAT where the next hop takes it;
+/// otherwise by DATA, which may turn its bare line ends into lines.
+fn by_bdat(caps: &Caps, env: &Envelope<'_>) -> bool {
+    env.binary && caps.chunking && caps.binarymime
+}
+
+/// The MAIL command for `env` and `len` bytes of data, with its CRLF.
+fn mail_command(caps: &Caps, env: &Envelope<'_>, len: usize) -> String {
+    let mut mail = format!("MAIL FROM:<{}>", env.from);
+    if caps.size.is_some() {
+        mail.push_str(&format!(" SIZE={len}"));
+    }
+    if by_bdat(caps, env) {
         mail.push_str(" BODY=BINARYMIME");
-    } else if env.eightbit && c.caps.eightbit {
+    } else if env.eightbit && caps.eightbit {
         mail.push_str(" BODY=8BITMIME");
     }
     if env.smtputf8 {
         mail.push_str(" SMTPUTF8");
     }
     mail.push_str("\r\n");
+    mail
+}
+
+fn write_command(out: &mut Vec<u8>, cmd: Cmd, mail: &str, env: &Envelope<'_>) {
+    match cmd {
+        Cmd::Rset => out.extend_from_slice(b"RSET\r\n"),
+        Cmd::Mail => out.extend_from_slice(mail.as_bytes()),
+        Cmd::Rcpt(k) => out.extend_from_slice(format!("RCPT TO:<{}>\r\n", env.rcpts[k]).as_bytes()),
+        Cmd::Data => out.extend_from_slice(b"DATA\r\n"),
+    }
+}
+
+/// Runs one transaction for `rcpts` of `p`. Never fails: a lost
+/// connection is part of the [`Attempt`]. When `c.ahead` is set (the caller
+/// checked it is this parcel's), its commands are already on the wire and
+/// only their replies are read. With `next`, that parcel's commands follow
+/// this one's data in the same write, and `c.ahead` says so afterwards.
+fn transact(
+    c: &mut Conn,
+    proto: Proto,
+    env: &Envelope<'_>,
+    data: &[u8],
+    next: Option<Next<'_>>,
+) -> Attempt {
+    let n = env.rcpts.len();
+    let mut att = Attempt {
+        fates: vec![None; n],
+        ..Attempt::default()
+    };
+    let bdat = by_bdat(&c.caps, env);
+    let mail = mail_command(&c.caps, env, data.len());
+    // Sent ahead only when they all fit one window, with no RSET: they
+    // went out behind the data that ended the previous transaction.
+    let mut sent_ahead = c.ahead.take().is_some();
     let mut cmds = Vec::with_capacity(n + 3);
-    if !c.clean {
+    if !c.clean && !sent_ahead {
         cmds.push(Cmd::Rset);
     }
     cmds.push(Cmd::Mail);
@@ -692,20 +754,15 @@ fn transact(c: &mut Conn, proto: Proto, env: &Envelope<'_>, data: &[u8]) -> Atte
         {
             break;
         }
-        out.clear();
-        for cmd in &cmds[i..end] {
-            match cmd {
-                Cmd::Rset => out.extend_from_slice(b"RSET\r\n"),
-                Cmd::Mail => out.extend_from_slice(mail.as_bytes()),
-                Cmd::Rcpt(k) => {
-                    out.extend_from_slice(format!("RCPT TO:<{}>\r\n", env.rcpts[*k]).as_bytes())
-                }
-                Cmd::Data => out.extend_from_slice(b"DATA\r\n"),
+        if !std::mem::take(&mut sent_ahead) {
+            out.clear();
+            for &cmd in &cmds[i..end] {
+                write_command(&mut out, cmd, &mail, env);
             }
-        }
-        if let Err(e) = c.send(&out) {
-            att.lost = Some(e.0);
-            return att;
+            if let Err(e) = c.send(&out) {
+                att.lost = Some(e.0);
+                return att;
+            }
         }
         for cmd in &cmds[i..end] {
             let r = match c.read_reply() {
@@ -786,11 +843,13 @@ fn transact(c: &mut Conn, proto: Proto, env: &Envelope<'_>, data: &[u8]) -> Atte
         }
         stuff(data, &mut out);
     }
+    let ahead = next.and_then(|nx| send_ahead(&c.caps, !bdat, nx, &mut out));
     if let Err(e) = c.send(&out) {
         att.lost = Some(e.0);
         return att;
     }
     att.data_sent = true;
+    c.ahead = ahead;
     // SMTP answers once for all; LMTP once per accepted recipient, in
     // order (RFC 2033 §4.2; RFC 3030 §4.2 for BDAT LAST).
     let replies = match proto {
@@ -824,6 +883,27 @@ fn transact(c: &mut Conn, proto: Proto, env: &Envelope<'_>, data: &[u8]) -> Atte
     }
     c.clean = true;
     att
+}
+
+/// Appends `next`'s commands to `out` (this transaction's data) when they
+/// can go ahead: the next hop pipelines, this data went by DATA (whose
+/// reply ends the transaction), that parcel goes by DATA too and all its
+/// commands fit one window.
+fn send_ahead(caps: &Caps, by_data: bool, next: Next<'_>, out: &mut Vec<u8>) -> Option<Ahead> {
+    let env = next.env;
+    if !caps.pipelining || !by_data || by_bdat(caps, env) || env.rcpts.len() + 2 > PIPELINE_WINDOW {
+        return None;
+    }
+    let mail = mail_command(caps, env, next.len);
+    write_command(out, Cmd::Mail, &mail, env);
+    for k in 0..env.rcpts.len() {
+        write_command(out, Cmd::Rcpt(k), &mail, env);
+    }
+    write_command(out, Cmd::Data, &mail, env);
+    Some(Ahead {
+        key: next.key.to_owned(),
+        rcpts: env.rcpts.iter().map(|r| (*r).to_owned()).collect(),
+    })
 }
 
 fn cmd_name(c: Cmd) -> &'static str {
@@ -881,34 +961,16 @@ impl SmtpSink {
         })
     }
 
-    /// Delivers one parcel. `Err` only when no connection could be opened.
-    fn one(&mut self, p: &Parcel<'_>) -> Result<Verdict, String> {
+    /// Delivers one parcel; `next` is the one after it in the batch, whose
+    /// commands may go out behind this one's data. `Err` only when no
+    /// connection could be opened.
+    fn one(&mut self, p: &Parcel<'_>, next: Option<&Parcel<'_>>) -> Result<Verdict, String> {
         let stored = &p.msg.envelope;
         let done = self.progress.remove(p.key).unwrap_or_default();
-        let pending: Vec<&str> = stored
-            .rcpts
-            .iter()
-            .map(String::as_str)
-            .filter(|r| !done.settled(r))
-            .collect();
-        if pending.is_empty() {
+        let env = envelope_of(p, &done);
+        if env.rcpts.is_empty() {
             return Ok(final_verdict(done, stored.rcpts.len()));
         }
-        let env = Envelope {
-            from: &stored.mail_from,
-            smtputf8: !stored.mail_from.is_ascii()
-                || pending.iter().any(|r| !r.is_ascii())
-                || stored
-                    .mail_params
-                    .split_ascii_whitespace()
-                    .any(|w| w.eq_ignore_ascii_case("SMTPUTF8")),
-            eightbit: p.data.iter().any(|&b| b >= 0x80),
-            binary: stored
-                .mail_params
-                .split_ascii_whitespace()
-                .any(|w| w.eq_ignore_ascii_case("BODY=BINARYMIME")),
-            rcpts: pending,
-        };
         let mut done = done;
         let mut fresh = false;
         let att = loop {
@@ -926,6 +988,13 @@ impl SmtpSink {
                     }
                 }
             };
+            // Another parcel's commands went ahead on this connection (not
+            // expected: they are sent only for the parcel that comes next).
+            // The next hop holds a transaction we will not finish; closing
+            // ends it with nothing delivered.
+            if c.ahead.as_ref().is_some_and(|a| !a.is_for(p.key, &env)) {
+                continue;
+            }
             if let Some(why) = refusal(c.caps, p, &env) {
                 self.conn = Some(c);
                 // Recipients an earlier attempt settled keep their fate.
@@ -945,7 +1014,19 @@ impl SmtpSink {
                     p.key
                 );
             }
-            let att = transact(&mut c, self.opts.proto, &env, p.data);
+            // The next parcel goes ahead only when nothing is remembered
+            // for it (its recipients are then all of its envelope's, as
+            // its own turn will compute) and this next hop can take it.
+            let next_env = next
+                .filter(|q| !self.progress.contains_key(q.key))
+                .map(|q| (q, envelope_of(q, &Progress::default())))
+                .filter(|(q, e)| refusal(c.caps, q, e).is_none());
+            let ahead = next_env.as_ref().map(|(q, e)| Next {
+                key: q.key,
+                env: e,
+                len: q.data.len(),
+            });
+            let att = transact(&mut c, self.opts.proto, &env, p.data, ahead);
             if att.lost.is_none() && !att.close {
                 self.conn = Some(c);
             }
@@ -992,6 +1073,34 @@ impl SmtpSink {
     }
 }
 
+/// The envelope `p` goes out with: its recipients not yet settled by
+/// earlier attempts (`done`), and the parameters its addresses and data
+/// need.
+fn envelope_of<'a>(p: &Parcel<'a>, done: &Progress) -> Envelope<'a> {
+    let stored = &p.msg.envelope;
+    let pending: Vec<&str> = stored
+        .rcpts
+        .iter()
+        .map(String::as_str)
+        .filter(|r| !done.settled(r))
+        .collect();
+    Envelope {
+        from: &stored.mail_from,
+        smtputf8: !stored.mail_from.is_ascii()
+            || pending.iter().any(|r| !r.is_ascii())
+            || stored
+                .mail_params
+                .split_ascii_whitespace()
+                .any(|w| w.eq_ignore_ascii_case("SMTPUTF8")),
+        eightbit: p.data.iter().any(|&b| b >= 0x80),
+        binary: stored
+            .mail_params
+            .split_ascii_whitespace()
+            .any(|w| w.eq_ignore_ascii_case("BODY=BINARYMIME")),
+        rcpts: pending,
+    }
+}
+
 /// Why a next hop with these capabilities can never take this parcel, if
 /// it cannot: refused before any command is sent.
 fn refusal(caps: Caps, p: &Parcel<'_>, env: &Envelope<'_>) -> Option<String> {
@@ -1030,7 +1139,7 @@ fn final_verdict(done: Progress, all: usize) -> Verdict {
 impl Sink for SmtpSink {
     fn deliver(&mut self, batch: &[Parcel<'_>]) -> Result<Vec<Verdict>, SinkError> {
         let mut out = Vec::with_capacity(batch.len());
-        for p in batch {
+        for (i, p) in batch.iter().enumerate() {
             // The consumer retries from the first deferred parcel on;
             // delivering later ones now would deliver them twice.
             if let Some(Verdict::Deferred(_)) = out.last() {
@@ -1039,11 +1148,16 @@ impl Sink for SmtpSink {
                 ));
                 continue;
             }
-            match self.one(p) {
+            match self.one(p, batch.get(i + 1)) {
                 Ok(v) => out.push(v),
                 Err(e) if out.is_empty() => return Err(SinkError(e)),
                 Err(e) => out.push(Verdict::Deferred(e)),
             }
+        }
+        // Commands sent ahead for a parcel not tried after all (one before
+        // it was deferred): closing ends that transaction undelivered.
+        if self.conn.as_ref().is_some_and(|c| c.ahead.is_some()) {
+            self.conn = None;
         }
         Ok(out)
     }
@@ -1082,6 +1196,7 @@ mod tests {
             caps,
             clean: true,
             timeout: Duration::from_secs(5),
+            ahead: None,
             read_timeout: None,
         };
         (conn, t)
@@ -1133,7 +1248,7 @@ mod tests {
             assert_eq!(line(r), ".\r\n");
             w.write_all(b"250 a ok\r\n452 b later\r\n").unwrap();
         });
-        let att = transact(&mut c, Proto::Lmtp, &env(&["a@x", "b@x"]), b".x\r\n");
+        let att = transact(&mut c, Proto::Lmtp, &env(&["a@x", "b@x"]), b".x\r\n", None);
         t.join().unwrap();
         assert_eq!(att.lost, None);
         assert_eq!(
@@ -1146,8 +1261,164 @@ mod tests {
         assert!(c.clean);
     }
 
-    /// LMTP: the connection drops after the first recipient's answer. That
-    /// one is settled; the other is unknown and the data was sent.
+    /// The next parcel's MAIL, RCPT and DATA go out in the same write as
+    /// this one's data (the peer reads them before it answers the data),
+    /// and its transaction then only reads their replies.
+    #[test]
+    fn the_next_envelope_goes_out_behind_the_data() {
+        let (mut c, t) = scripted(PIPELINED, |r, w| {
+            let got: Vec<String> = (0..3).map(|_| line(r)).collect();
+            assert_eq!(
+                got,
+                ["MAIL FROM:<s@x>\r\n", "RCPT TO:<a@x>\r\n", "DATA\r\n"]
+            );
+            w.write_all(b"250 ok\r\n250 ok\r\n354 go\r\n").unwrap();
+            let got: Vec<String> = (0..5).map(|_| line(r)).collect();
+            assert_eq!(
+                got,
+                [
+                    "one\r\n",
+                    ".\r\n",
+                    "MAIL FROM:<s@x>\r\n",
+                    "RCPT TO:<b@x>\r\n",
+                    "DATA\r\n"
+                ],
+                "the next envelope before any reply to the data"
+            );
+            w.write_all(b"250 a ok\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+                .unwrap();
+            assert_eq!(line(r), "two\r\n");
+            assert_eq!(line(r), ".\r\n");
+            w.write_all(b"250 b ok\r\n").unwrap();
+        });
+        let second = env(&["b@x"]);
+        let next = Next {
+            key: "k2",
+            env: &second,
+            len: 5,
+        };
+        let att = transact(&mut c, Proto::Lmtp, &env(&["a@x"]), b"one\r\n", Some(next));
+        assert_eq!((att.lost, att.fates), (None, vec![Some(Fate::Took)]));
+        assert!(c.ahead.as_ref().is_some_and(|a| a.is_for("k2", &second)));
+        let att = transact(&mut c, Proto::Lmtp, &second, b"two\r\n", None);
+        t.join().unwrap();
+        assert_eq!((att.lost, att.fates), (None, vec![Some(Fate::Took)]));
+        assert!(c.ahead.is_none() && c.clean);
+    }
+
+    /// A parcel deferred at its data while the next one's commands went
+    /// ahead: the next one is not tried, and the connection is closed
+    /// after its `354` without a byte of its data, so the next hop holds
+    /// nothing of it.
+    #[test]
+    fn commands_sent_ahead_for_a_parcel_not_tried_deliver_nothing() {
+        use crate::spool::{QueueId, StoredEnvelope, StoredMessage};
+        use std::io::Read;
+        use std::os::unix::net::UnixListener;
+        let dir = std::env::temp_dir().join(format!("ringmx-ahead-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lmtp");
+        let listener = UnixListener::bind(&path).unwrap();
+        let t = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            let mut r = BufReader::new(s);
+            w.write_all(b"220 hi\r\n").unwrap();
+            assert!(line(&mut r).starts_with("LHLO "));
+            w.write_all(b"250-hi\r\n250 PIPELINING\r\n").unwrap();
+            for _ in 0..3 {
+                line(&mut r);
+            }
+            w.write_all(b"250 ok\r\n250 ok\r\n354 go\r\n").unwrap();
+            while line(&mut r) != ".\r\n" {}
+            let ahead: Vec<String> = (0..3).map(|_| line(&mut r)).collect();
+            assert!(ahead[0].starts_with("MAIL FROM:"), "{ahead:?}");
+            w.write_all(b"451 not now\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+                .unwrap();
+            let mut rest = Vec::new();
+            r.read_to_end(&mut rest).unwrap();
+            rest
+        });
+        let msgs: Vec<StoredMessage> = (0..2u64)
+            .map(|i| {
+                let env = StoredEnvelope {
+                    arrival_unix: 0,
+                    client: None,
+                    helo: "c".into(),
+                    mail_from: "s@x".into(),
+                    mail_params: String::new(),
+                    rcpts: vec![format!("r{i}@x")],
+                };
+                StoredMessage::from_parts(
+                    QueueId::new(0, i + 1).unwrap(),
+                    crate::spool::Location::default(),
+                    "n".into(),
+                    env,
+                    Vec::new(),
+                    format!("Subject: {i}\r\n\r\nbody {i}\r\n").into_bytes(),
+                )
+            })
+            .collect();
+        let datas: Vec<Vec<u8>> = msgs.iter().map(|m| m.body_bytes().unwrap()).collect();
+        let bump = bumpalo::Bump::new();
+        let headers: Vec<_> = datas
+            .iter()
+            .map(|d| crate::outlet::headers::HeaderFields::parse(&bump, d))
+            .collect();
+        let keys = ["n.1", "n.2"];
+        let parcels: Vec<Parcel<'_>> = (0..2)
+            .map(|i| Parcel {
+                key: keys[i],
+                msg: &msgs[i],
+                data: &datas[i],
+                headers: &headers[i],
+            })
+            .collect();
+        let mut sink = SmtpSink::new(&format!("lmtp:unix:{}", path.display())).unwrap();
+        let v = sink.deliver(&parcels).unwrap();
+        assert!(
+            matches!(&v[0], Verdict::Deferred(why) if why.contains("451")),
+            "{v:?}"
+        );
+        assert!(
+            matches!(&v[1], Verdict::Deferred(why) if why.contains("not tried")),
+            "{v:?}"
+        );
+        assert!(sink.conn.is_none(), "the connection was closed");
+        let rest = t.join().unwrap();
+        assert!(
+            rest.is_empty(),
+            "sent after the 354: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Without PIPELINING nothing goes ahead.
+    #[test]
+    fn nothing_goes_ahead_without_pipelining() {
+        let (mut c, t) = scripted(Caps::default(), |r, w| {
+            for reply in ["250 ok", "250 ok", "354 go"] {
+                line(r);
+                w.write_all(format!("{reply}\r\n").as_bytes()).unwrap();
+            }
+            assert_eq!(line(r), "one\r\n");
+            assert_eq!(line(r), ".\r\n");
+            w.write_all(b"250 ok\r\n").unwrap();
+        });
+        let second = env(&["b@x"]);
+        let next = Next {
+            key: "k2",
+            env: &second,
+            len: 5,
+        };
+        let att = transact(&mut c, Proto::Smtp, &env(&["a@x"]), b"one\r\n", Some(next));
+        t.join().unwrap();
+        assert_eq!((att.lost, att.fates), (None, vec![Some(Fate::Took)]));
+        assert!(c.ahead.is_none());
+    }
+
     #[test]
     fn a_read_woken_early_by_an_old_short_timeout_waits_on() {
         let (mut c, t) = scripted(Caps::default(), |_r, w| {
@@ -1174,6 +1445,7 @@ mod tests {
             caps: Caps::default(),
             clean: true,
             timeout: Duration::from_millis(50),
+            ahead: None,
             read_timeout: None,
         };
         let Err(Lost(why)) = c.read_reply() else {
@@ -1183,6 +1455,8 @@ mod tests {
         drop(theirs);
     }
 
+    /// LMTP: the connection drops after the first recipient's answer. That
+    /// one is settled; the other is unknown and the data was sent.
     #[test]
     fn lmtp_connection_lost_between_recipient_answers() {
         let (mut c, t) = scripted(PIPELINED, |r, w| {
@@ -1194,7 +1468,7 @@ mod tests {
             while line(r) != ".\r\n" {}
             w.write_all(b"250 a ok\r\n").unwrap();
         });
-        let att = transact(&mut c, Proto::Lmtp, &env(&["a@x", "b@x"]), b"x\r\n");
+        let att = transact(&mut c, Proto::Lmtp, &env(&["a@x", "b@x"]), b"x\r\n", None);
         t.join().unwrap();
         assert_eq!(att.fates, [Some(Fate::Took), None]);
         assert!(att.data_sent);
@@ -1212,7 +1486,7 @@ mod tests {
             w.write_all(b"250 ok\r\n550 no such user\r\n354 go\r\n")
                 .unwrap();
         });
-        let att = transact(&mut c, Proto::Smtp, &env(&["a@x"]), b"x\r\n");
+        let att = transact(&mut c, Proto::Smtp, &env(&["a@x"]), b"x\r\n", None);
         t.join().unwrap();
         assert!(att.close && !att.data_sent && att.lost.is_none());
         assert_eq!(
@@ -1256,7 +1530,7 @@ mod tests {
             // Nothing more comes: EOF once the client is dropped.
             assert_eq!(line(r), "");
         });
-        let att = transact(&mut c, Proto::Smtp, &env(&["a@x", "b@x"]), b"x\r\n");
+        let att = transact(&mut c, Proto::Smtp, &env(&["a@x", "b@x"]), b"x\r\n", None);
         assert!(!c.clean, "the next transaction starts with RSET");
         drop(c);
         t.join().unwrap();
