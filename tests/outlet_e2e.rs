@@ -687,6 +687,31 @@ fn segment_bytes(spool: &Path) -> (u64, usize) {
     (bytes, n)
 }
 
+/// Runs `f` while sampling the spool's segment bytes every `every_ms`;
+/// the most seen, how many samples, and what `f` returned.
+fn max_segment_bytes_during<R>(
+    spool: &Path,
+    every_ms: u64,
+    f: impl FnOnce() -> R,
+) -> (u64, usize, R) {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let (mut max, mut samples) = (0u64, 0usize);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                max = max.max(segment_bytes(spool).0);
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(every_ms));
+            }
+            (max, samples)
+        });
+        let r = f();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (max, samples) = sampler.join().unwrap();
+        (max, samples, r)
+    })
+}
+
 /// Small segments (128 KiB) and a Maildir consumer: a sustained load (paced
 /// at 500 msgs/s, well within what a debug build ships while other tests
 /// share the CPUs) that writes several times the bound keeps the spool's
@@ -715,22 +740,8 @@ fn shipping_keeps_the_spool_bounded() {
             "250ms",
         ],
     );
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let (max, samples, load_summary) = std::thread::scope(|s| {
-        let sampler = s.spawn(|| {
-            let (mut max, mut samples) = (0u64, 0usize);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                max = max.max(segment_bytes(&spool).0);
-                samples += 1;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            (max, samples)
-        });
-        let load = Load::start(srv.addr, total, 16, Some(500), &acks);
-        let summary = load.finish();
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let (max, samples) = sampler.join().unwrap();
-        (max, samples, summary)
+    let (max, samples, load_summary) = max_segment_bytes_during(&spool, 20, || {
+        Load::start(srv.addr, total, 16, Some(500), &acks).finish()
     });
     let acked = read_acks(&acks);
     let written = acked.len() as u64 * 1024;
@@ -811,19 +822,8 @@ fn the_high_mark_bounds_the_spool_at_full_speed_while_the_next_hop_is_down() {
             "50ms",
         ],
     );
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let (max, summary) = std::thread::scope(|s| {
-        let sampler = s.spawn(|| {
-            let mut max = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                max = max.max(segment_bytes(&spool).0);
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            max
-        });
-        let summary = Load::start(srv.addr, offered, 16, None, &acks).finish();
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        (sampler.join().unwrap(), summary)
+    let (max, _, summary) = max_segment_bytes_during(&spool, 10, || {
+        Load::start(srv.addr, offered, 16, None, &acks).finish()
     });
     let acked = read_acks(&acks);
     eprintln!(
