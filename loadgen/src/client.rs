@@ -552,6 +552,8 @@ impl Conn {
     pub async fn quit(mut self, rec: &Recorder) -> Result<(), Failure> {
         self.write(b"QUIT\r\n", Command::Quit).await?;
         self.read_reply(Command::Quit, rec).await?;
+        // The server may already have closed: nothing to count if this fails.
+        let _ = self.io.close_notify().await;
         // Bounded: a server that keeps the socket open after 221 costs
         // QUIT_LINGER. Setting it fails only for a zero duration.
         if self

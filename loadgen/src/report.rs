@@ -132,6 +132,10 @@ pub struct ConnectionCounts {
     /// Of those, abbreviated ones (session resumed).
     #[serde(default)]
     pub tls_resumed: u64,
+    /// TLS handshakes during the warm-up (in no other number), so that a
+    /// server's CPU over the whole run can be divided by all handshakes.
+    #[serde(default)]
+    pub warmup_tls_handshakes: u64,
 }
 
 impl Summary {
@@ -200,6 +204,7 @@ impl Summary {
                 chunking: c.conns_chunking,
                 tls_handshakes: c.tls_handshakes,
                 tls_resumed: c.tls_resumed,
+                warmup_tls_handshakes: totals.warmup.tls_handshakes,
             },
             handshakes_per_s: totals.handshakes_per_sec(),
             replies,

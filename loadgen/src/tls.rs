@@ -291,6 +291,21 @@ impl Transport {
         }
     }
 
+    /// Says close_notify (TLS only), as a client ending the session cleanly
+    /// does after QUIT's reply.
+    ///
+    /// # Errors
+    /// The socket's error.
+    pub async fn close_notify(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Tls(t) => {
+                t.tls.send_close_notify();
+                t.flush().await
+            }
+            Transport::Plain(_) | Transport::Closed => Ok(()),
+        }
+    }
+
     /// Reads into `buf`; 0 at the end of the stream (a TLS close_notify, or
     /// the peer closing the socket).
     ///

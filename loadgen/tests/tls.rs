@@ -502,3 +502,149 @@ fn tls_flags_are_checked_before_connecting() {
     assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
     assert!(out.stderr.contains("cannot be used with"), "{}", out.stderr);
 }
+
+/// tests/data/tls-smtp-server.py on a free port, stopped on drop.
+struct PyServer {
+    child: std::process::Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl PyServer {
+    /// `None` after [`skip`] without python3.
+    fn start(dir: &Path, mode: &str, certs: &Certs) -> Option<PyServer> {
+        use std::io::BufRead;
+        let python = require_tool("python3", "python3")?;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls-smtp-server.py");
+        let log = dir.join(format!("{mode}.log"));
+        let mut child = Command::new(python)
+            .arg(script)
+            .args([
+                mode,
+                certs.cert.to_str().unwrap(),
+                certs.key.to_str().unwrap(),
+            ])
+            .arg(&log)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start tls-smtp-server.py");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("tls-smtp-server.py printed {line:?}, not a port")
+        });
+        Some(PyServer { child, port, log })
+    }
+
+    fn target(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// How each accepted message arrived: `TLSv1.3 TLS_AES_256_GCM_SHA384`, or `plain`.
+    fn received(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for PyServer {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take()); // its signal to stop
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn starttls_and_implicit_tls_to_python_ssl() {
+    let dir = TempDir::new("python");
+    let Some(certs) = make_certs(&dir.0) else {
+        return;
+    };
+    let ca = certs.ca.to_str().unwrap();
+    for (mode, flag) in [("starttls", "--starttls"), ("implicit", "--tls")] {
+        let Some(py) = PyServer::start(&dir.0, mode, &certs) else {
+            return;
+        };
+        let target = py.target();
+        let (s, text) = run_json(
+            &dir,
+            mode,
+            &[
+                "--target",
+                &target,
+                flag,
+                "--tls-ca",
+                ca,
+                "-c",
+                "2",
+                "-n",
+                "10",
+                "--msgs-per-conn",
+                "5",
+            ],
+        );
+        assert_eq!(count(&s, &["messages", "ok"]), 10, "{mode}: {text}");
+        assert_eq!(s["errors"], serde_json::json!({}), "{mode}: {text}");
+        let conns = count(&s, &["connections", "opened"]);
+        assert_handshakes(&s, &text, conns);
+        // The server saw every message inside TLS (1.3: rustls and OpenSSL
+        // both prefer it).
+        let got = py.received();
+        assert_eq!(got.len(), 10, "{mode}: {got:?}");
+        assert!(
+            got.iter().all(|l| l.starts_with("TLSv1.3 ")),
+            "{mode}: {got:?}"
+        );
+    }
+}
+
+#[test]
+fn bytes_after_the_starttls_220_are_never_read_as_replies() {
+    // The server sends `220 Ready` and `250 injected` in one write: the 250
+    // must not be taken as an answer to anything. loadgen sees it behind the
+    // 220 (a protocol error), or, if it arrives later, as a broken TLS
+    // record (a tls error); either way no message is sent.
+    let dir = TempDir::new("inject");
+    let Some(certs) = make_certs(&dir.0) else {
+        return;
+    };
+    let Some(py) = PyServer::start(&dir.0, "inject", &certs) else {
+        return;
+    };
+    let (s, text) = run_json(
+        &dir,
+        "inject",
+        &[
+            "--target",
+            &py.target(),
+            "--starttls",
+            "--tls-ca",
+            certs.ca.to_str().unwrap(),
+            "-c",
+            "1",
+            "-n",
+            "3",
+        ],
+    );
+    assert_eq!(count(&s, &["messages", "ok"]), 0, "{text}");
+    assert_eq!(count(&s, &["messages", "error"]), 3, "{text}");
+    assert_eq!(
+        count(&s, &["errors", "protocol"]) + count(&s, &["errors", "tls"]),
+        3,
+        "{text}"
+    );
+    assert_eq!(count(&s, &["replies", "mail", "2xx"]), 0, "{text}");
+    assert_eq!(count(&s, &["connections", "tls_handshakes"]), 0, "{text}");
+    if let Some(why) = s["first_errors"]["protocol"].as_str() {
+        assert!(why.contains("after its 220"), "{why}");
+    }
+    assert!(py.received().is_empty());
+}
