@@ -182,6 +182,8 @@ pub struct Totals {
     pub measured_ok: u64,
     /// Bytes of those messages.
     pub measured_bytes: u64,
+    /// TLS handshakes completed inside the measured window.
+    pub measured_handshakes: u64,
     /// The run was interrupted.
     pub aborted: bool,
 }
@@ -200,6 +202,7 @@ impl Totals {
                     self.measured += m.length();
                     self.measured_ok += m.stats.counters.msgs_ok;
                     self.measured_bytes += m.stats.counters.bytes_ok;
+                    self.measured_handshakes += m.stats.counters.tls_handshakes;
                 } else {
                     self.drain.add(&m.stats.counters);
                 }
@@ -210,6 +213,11 @@ impl Totals {
     /// Accepted messages per second in the measured window.
     pub fn msgs_per_sec(&self) -> f64 {
         per_sec(self.measured_ok as f64, self.measured)
+    }
+
+    /// TLS handshakes per second in the measured window.
+    pub fn handshakes_per_sec(&self) -> f64 {
+        per_sec(self.measured_handshakes as f64, self.measured)
     }
 
     /// Accepted message megabytes (10^6 bytes) per second in the measured window.

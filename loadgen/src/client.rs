@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::config::Pipelining;
@@ -25,6 +24,7 @@ use crate::config::RcptPattern;
 use crate::message::{Messages, Payload};
 use crate::reply::{self, Reply};
 use crate::stats::{Command, ErrorKind, IntervalStats, Phase};
+use crate::tls::{TlsMode, TlsSetup, Transport};
 
 /// The core's current interval, shared by its connections. The engine swaps
 /// the inner value out at each interval boundary.
@@ -59,6 +59,26 @@ impl Failure {
         Failure {
             kind,
             detail: format!("{}: {e}", during.name()),
+        }
+    }
+
+    /// TLS could not be started; `detail` says why and what to do.
+    fn tls(detail: String) -> Failure {
+        Failure {
+            kind: ErrorKind::Tls,
+            detail,
+        }
+    }
+
+    /// A failed TLS handshake: a TLS error (rustls's reason, `InvalidData`)
+    /// or the socket's.
+    fn handshake(e: &io::Error) -> Failure {
+        if e.kind() == io::ErrorKind::InvalidData {
+            Failure::tls(e.to_string())
+        } else {
+            let mut f = Failure::io(e, Command::Starttls);
+            f.detail = format!("TLS handshake: {e}");
+            f
         }
     }
 
@@ -104,6 +124,8 @@ pub struct Settings {
     pub ack_log: bool,
     /// Chain messages on pipelined DATA connections (see [`Conn::send_mail`]).
     pub chain: bool,
+    /// `--starttls` or `--tls`.
+    pub tls: Option<TlsSetup>,
 }
 
 /// An open SMTP session, past greeting and EHLO.
@@ -111,7 +133,8 @@ pub struct Conn {
     /// Every wait for a reply, or for room to write, is bounded by
     /// `--timeout` (glommio's per-stream timeouts, set at connect). SIGPIPE
     /// is ignored (Rust's runtime does that), so a reset peer is an error.
-    stream: TcpStream,
+    /// Plain TCP, or TLS over it once a handshake is done.
+    io: Transport,
     /// Read buffer; replies are parsed in place. `rstart..rend` is unparsed.
     rbuf: Vec<u8>,
     rstart: usize,
@@ -174,7 +197,7 @@ impl Conn {
             r.counters.conns_opened += 1;
         }
         let mut conn = Conn {
-            stream,
+            io: Transport::Plain(stream),
             rbuf: vec![0; READ_BUF_BYTES],
             rstart: 0,
             rend: 0,
@@ -191,6 +214,10 @@ impl Conn {
             scratch: Vec::new(),
         };
 
+        if let Some(tls) = s.tls.as_ref().filter(|t| t.mode == TlsMode::Implicit) {
+            conn.start_tls(tls, connected, rec).await?;
+        }
+
         // RFC 5321 §4.3.1: 220 to go on; 554 (or a 4xx) to refuse.
         let greeting = conn.read_reply(Command::Greeting, rec).await?;
         rec.borrow_mut()
@@ -202,23 +229,19 @@ impl Conn {
             _ => return Err(unexpected(Command::Greeting, greeting.code)),
         }
 
-        conn.write(&msgs.ehlo, Command::Ehlo).await?;
-        let ehlo = conn.read_reply(Command::Ehlo, rec).await?;
-        let caps = match ehlo.class() {
-            2 => reply::parse_ehlo(conn.last_reply_bytes()),
-            // RFC 5321 §4.1.4: a server that does not know EHLO says 5xx; fall back to HELO.
-            5 => {
-                conn.write(&msgs.helo, Command::Helo).await?;
-                let helo = conn.read_reply(Command::Helo, rec).await?;
-                match helo.class() {
-                    2 => reply::Capabilities::default(),
-                    4 | 5 => return Ok(Err(helo.code)),
-                    _ => return Err(unexpected(Command::Helo, helo.code)),
-                }
-            }
-            4 => return Ok(Err(ehlo.code)),
-            _ => return Err(unexpected(Command::Ehlo, ehlo.code)),
+        let mut caps = match conn.ehlo(msgs, rec).await? {
+            Ok(caps) => caps,
+            Err(code) => return Ok(Err(code)),
         };
+        if let Some(tls) = s.tls.as_ref().filter(|t| t.mode == TlsMode::StartTls) {
+            conn.starttls(tls, &caps, connected, rec).await?;
+            // RFC 3207 §4.2: the session starts over; what EHLO said before
+            // TLS no longer holds.
+            caps = match conn.ehlo(msgs, rec).await? {
+                Ok(caps) => caps,
+                Err(code) => return Ok(Err(code)),
+            };
+        }
         conn.pipelining = match s.pipelining {
             Pipelining::On => true,
             Pipelining::Off => false,
@@ -230,6 +253,90 @@ impl Conn {
         r.counters.conns_chunking += u64::from(conn.chunking);
         drop(r);
         Ok(Ok(conn))
+    }
+
+    /// Says EHLO (HELO if EHLO is refused with 5xx) and reads what the server
+    /// offers. `Ok(Err(code))` when the server refuses the session.
+    async fn ehlo(
+        &mut self,
+        msgs: &Messages,
+        rec: &Recorder,
+    ) -> Result<Result<reply::Capabilities, u16>, Failure> {
+        self.write(&msgs.ehlo, Command::Ehlo).await?;
+        let ehlo = self.read_reply(Command::Ehlo, rec).await?;
+        Ok(Ok(match ehlo.class() {
+            2 => reply::parse_ehlo(self.last_reply_bytes()),
+            // RFC 5321 §4.1.4: a server that does not know EHLO says 5xx; fall back to HELO.
+            5 => {
+                self.write(&msgs.helo, Command::Helo).await?;
+                let helo = self.read_reply(Command::Helo, rec).await?;
+                match helo.class() {
+                    2 => reply::Capabilities::default(),
+                    4 | 5 => return Ok(Err(helo.code)),
+                    _ => return Err(unexpected(Command::Helo, helo.code)),
+                }
+            }
+            4 => return Ok(Err(ehlo.code)),
+            _ => return Err(unexpected(Command::Ehlo, ehlo.code)),
+        }))
+    }
+
+    /// STARTTLS (RFC 3207) and the handshake. A server that does not offer
+    /// it, or refuses it, fails the connection: `--starttls` asks for TLS,
+    /// and a run that quietly went on in plaintext would measure the wrong
+    /// thing.
+    async fn starttls(
+        &mut self,
+        tls: &TlsSetup,
+        caps: &reply::Capabilities,
+        connected: Instant,
+        rec: &Recorder,
+    ) -> Result<(), Failure> {
+        if !caps.starttls {
+            return Err(Failure::tls(
+                "--starttls: the server's EHLO reply does not offer STARTTLS \
+                 (configure a certificate on it, or run without --starttls)"
+                    .into(),
+            ));
+        }
+        self.write(b"STARTTLS\r\n", Command::Starttls).await?;
+        let r = self.read_reply(Command::Starttls, rec).await?;
+        if r.class() != 2 {
+            return Err(Failure::tls(format!(
+                "--starttls: the server refused STARTTLS with {}",
+                r.code
+            )));
+        }
+        // RFC 3207 §4.2: nothing may follow the 220 in plaintext; bytes that
+        // did would be taken as the first TLS record, or worse, as replies
+        // inside TLS (the CVE-2011-0411 class, on the client side).
+        if self.rstart != self.rend {
+            return Err(Failure::protocol(
+                "STARTTLS: the server sent bytes after its 220, before the TLS handshake".into(),
+            ));
+        }
+        self.start_tls(tls, connected, rec).await
+    }
+
+    /// The TLS handshake; records the time from `connected` to its end.
+    async fn start_tls(
+        &mut self,
+        tls: &TlsSetup,
+        connected: Instant,
+        rec: &Recorder,
+    ) -> Result<(), Failure> {
+        // Swapped out for the handshake, which consumes the plain transport.
+        let plain = std::mem::replace(&mut self.io, Transport::Closed);
+        let (io, est) = plain
+            .start_tls(tls)
+            .await
+            .map_err(|e| Failure::handshake(&e))?;
+        self.io = io;
+        let mut r = rec.borrow_mut();
+        r.hists.record(Phase::Handshake, nanos(connected.elapsed()));
+        r.counters.tls_handshakes += 1;
+        r.counters.tls_resumed += u64::from(est.resumed);
+        Ok(())
     }
 
     /// Sends one message of `payload` with DATA or BDAT.
@@ -452,11 +559,17 @@ impl Conn {
     pub async fn quit(mut self, rec: &Recorder) -> Result<(), Failure> {
         self.write(b"QUIT\r\n", Command::Quit).await?;
         self.read_reply(Command::Quit, rec).await?;
+        // The server may already have closed: nothing to count if this fails.
+        let _ = self.io.close_notify().await;
         // Bounded: a server that keeps the socket open after 221 costs
         // QUIT_LINGER. Setting it fails only for a zero duration.
-        if self.stream.set_read_timeout(Some(QUIT_LINGER)).is_ok() {
+        if self
+            .io
+            .tcp()
+            .is_some_and(|t| t.set_read_timeout(Some(QUIT_LINGER)).is_ok())
+        {
             let mut scratch = [0u8; 64];
-            while let Ok(n) = self.stream.read(&mut scratch).await {
+            while let Ok(n) = self.io.read(&mut scratch).await {
                 if n == 0 {
                     break;
                 }
@@ -564,7 +677,7 @@ impl Conn {
     }
 
     async fn write(&mut self, bytes: &[u8], during: Command) -> Result<(), Failure> {
-        self.stream
+        self.io
             .write_all(bytes)
             .await
             .map_err(|e| Failure::io(&e, during))
@@ -600,7 +713,7 @@ impl Conn {
                 }
             }
             let n = self
-                .stream
+                .io
                 .read(&mut self.rbuf[self.rend..])
                 .await
                 .map_err(|e| Failure::io(&e, cmd))?;

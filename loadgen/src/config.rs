@@ -78,6 +78,11 @@ pub enum Scenario {
     /// One NOOP round trip; with `--msgs-per-conn 1` this is connect + EHLO +
     /// NOOP + QUIT, the cost of a session without the transaction.
     Noop,
+    /// A session and nothing in it: connect, greeting, EHLO (with TLS:
+    /// the handshake and EHLO again), QUIT. Every "message" is a new
+    /// connection (`--msgs-per-conn` is taken as 1): the cost of a
+    /// connection, and with TLS of a handshake.
+    Handshake,
 }
 
 /// One entry of a message size distribution.
@@ -233,6 +238,8 @@ pub struct RunConfig {
     pub seed: u64,
     /// Print one line per second while running.
     pub live: bool,
+    /// `--starttls` or `--tls`, with its client config built.
+    pub tls: Option<crate::tls::TlsSetup>,
 }
 
 /// `--rcpt-pattern`: addresses `PREFIX{LO..HI}SUFFIX` (both ends included),
@@ -328,6 +335,13 @@ impl RunConfig {
         }
         if self.duration == Some(Duration::ZERO) {
             return invalid("--duration must be longer than 0".into());
+        }
+        if self.scenario == Scenario::Handshake && self.msgs_per_conn != 1 {
+            return invalid(format!(
+                "--scenario handshake opens a connection per message; \
+                 --msgs-per-conn {} does not fit (leave it out, or give 1)",
+                self.msgs_per_conn
+            ));
         }
         if self.messages == Some(0) {
             return invalid("--messages must be at least 1".into());

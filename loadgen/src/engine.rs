@@ -201,6 +201,7 @@ pub fn run(cfg: RunConfig) -> Result<Summary, RunError> {
         ack_log: cfg.ack_log.is_some(),
         // Open loop keeps each message's own start time: no chaining there.
         chain: cfg.chain && cfg.load == Load::Closed && cfg.scenario == Scenario::Mail,
+        tls: cfg.tls.clone(),
     };
     let plan = Arc::new(Plan {
         msgs: Messages::build(&cfg),
@@ -712,6 +713,11 @@ async fn worker(tl: Timeline, plan: Arc<Plan>, ctl: Rc<CoreCtl>, rec: Recorder) 
                     .await
             }
             Scenario::Noop => c.noop(&rec).await,
+            // The session was the work: open() did it, quit() ends it.
+            Scenario::Handshake => {
+                c.transactions += 1;
+                Ok(Outcome::Accepted)
+            }
         };
         match result {
             Ok(Outcome::Accepted) => {

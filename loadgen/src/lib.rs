@@ -18,6 +18,7 @@
 //! | cores, workers, supervisor, Ctrl-C, output files | [`engine`] |
 //! | live line, text and JSON summaries | [`report`] |
 //! | `.hlog` / `.hgrm` formats, histogram encoding | [`hlog`] |
+//! | `--starttls` / `--tls`: rustls over the client's socket | [`tls`] |
 //! | `loadgen compare` | [`compare`] |
 //! | SVG latency-by-percentile plot | [`plot`] |
 //!
@@ -36,3 +37,4 @@ pub mod reply;
 pub mod report;
 pub mod schedule;
 pub mod stats;
+pub mod tls;

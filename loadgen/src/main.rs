@@ -14,6 +14,7 @@ use loadgen::config::{
 };
 use loadgen::engine;
 use loadgen::stats::Phase;
+use loadgen::tls::{TlsMode, TlsOptions, TlsSetup};
 
 /// SMTP load generator: drives any SMTP server and reports throughput and tail
 /// latency from HdrHistograms.
@@ -49,7 +50,9 @@ slow server counts: coordinated omission is corrected, as wrk2 does. If all \
 Live lines (stderr): one per second with msgs/s and end-to-end p50/p99/p99.9. \
 Summary (stdout): totals, msgs/s, MB/s, replies by class per command, errors \
 by kind, latency percentiles for end-to-end, transaction, end-of-data -> reply, \
-connect and greeting. Ctrl-C stops the run and prints the summary so far.";
+connect, greeting and (with --starttls or --tls) handshake, and TLS handshakes/s. \
+--msgs-per-conn 1 makes every message a new connection: with TLS, a \
+handshake-bound run. Ctrl-C stops the run and prints the summary so far.";
 
 const COMPARE_ABOUT: &str = "\
 Compare runs: percentiles side by side, with each run's ratio to the first. \
@@ -106,9 +109,10 @@ struct RunArgs {
     rcpts: usize,
 
     /// Messages per connection before QUIT and reconnect; 1 = a new connection
-    /// for every message, 0 = keep each connection for the whole run.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    msgs_per_conn: u64,
+    /// for every message, 0 = keep each connection for the whole run
+    /// (default 0; 1 with --scenario handshake).
+    #[arg(long, value_name = "N")]
+    msgs_per_conn: Option<u64>,
 
     /// Command pipelining (RFC 2920): auto = when EHLO advertises PIPELINING.
     /// Pipelined, MAIL+RCPTs+DATA go in one write and the body plus dot in one more.
@@ -127,8 +131,10 @@ struct RunArgs {
     #[arg(long)]
     bdat: bool,
 
-    /// What a "message" is: a mail transaction, or one NOOP round trip
-    /// (with --msgs-per-conn 1: connect + EHLO + NOOP + QUIT).
+    /// What a "message" is: a mail transaction, one NOOP round trip (with
+    /// --msgs-per-conn 1: connect + EHLO + NOOP + QUIT), or a whole session
+    /// with nothing in it (handshake: connect + EHLO [+ TLS + EHLO] + QUIT,
+    /// a new connection each; --msgs-per-conn is then 1).
     #[arg(long, value_enum, default_value_t = Scenario::Mail)]
     scenario: Scenario,
 
@@ -172,7 +178,7 @@ struct RunArgs {
 
     /// Write HdrHistogram interval logs PREFIX.<phase>.hlog (one interval per
     /// second, values in ns) and percentile distributions PREFIX.<phase>.hgrm
-    /// (ms), for phases e2e, transaction, eod, connect and greeting.
+    /// (ms), for phases e2e, transaction, eod, connect, greeting and handshake.
     #[arg(long, value_name = "PREFIX")]
     hist_out: Option<PathBuf>,
 
@@ -188,6 +194,37 @@ struct RunArgs {
     /// No live lines, only the summary.
     #[arg(short, long)]
     quiet: bool,
+
+    /// Say STARTTLS after EHLO (RFC 3207), handshake, and EHLO again; a
+    /// server that does not offer it fails the connection (error kind tls).
+    /// Needs --tls-ca or --tls-insecure.
+    #[arg(long, conflicts_with = "tls")]
+    starttls: bool,
+
+    /// Implicit TLS (port 465 style): handshake right after connecting,
+    /// before the greeting. Needs --tls-ca or --tls-insecure.
+    #[arg(long)]
+    tls: bool,
+
+    /// Trust the CA certificates in FILE (PEM) for the server's certificate.
+    #[arg(long, value_name = "FILE", conflicts_with = "tls_insecure")]
+    tls_ca: Option<PathBuf>,
+
+    /// Accept any server certificate (handshake signatures are still
+    /// checked, so the cost is that of a verifying client less the chain).
+    #[arg(long)]
+    tls_insecure: bool,
+
+    /// Name sent as SNI and checked against the certificate (default: the
+    /// host of --target; an IP address sends no SNI and is checked against
+    /// the certificate's IP addresses).
+    #[arg(long, value_name = "NAME")]
+    tls_sni: Option<String>,
+
+    /// Let sessions resume (tickets, session ids). Off by default: every
+    /// handshake is then a full one, as from a sender the server has not seen.
+    #[arg(long)]
+    tls_resume: bool,
 }
 
 #[derive(clap::Args)]
@@ -196,9 +233,9 @@ struct CompareArgs {
     #[arg(value_name = "RUN", required = true)]
     runs: Vec<String>,
 
-    /// Which latency to compare (JSON summaries hold all five).
+    /// Which latency to compare (JSON summaries hold all six).
     #[arg(long, value_name = "PHASE", default_value = "e2e",
-          value_parser = ["e2e", "transaction", "eod", "connect", "greeting"])]
+          value_parser = ["e2e", "transaction", "eod", "connect", "greeting", "handshake"])]
     phase: String,
 
     /// Draw latency by percentile to FILE.svg, or FILE.png (needs rsvg-convert).
@@ -252,6 +289,7 @@ fn to_config(a: RunArgs) -> Result<RunConfig, ConfigError> {
         (None, None) => Some(Duration::from_secs(10)),
         (d, _) => d,
     };
+    let tls = tls_setup(&a)?;
     let label = a.label.unwrap_or_else(|| match &a.json {
         Some(p) => p
             .file_stem()
@@ -275,7 +313,10 @@ fn to_config(a: RunArgs) -> Result<RunConfig, ConfigError> {
         warmup: a.warmup,
         sizes: a.size,
         rcpts: a.rcpts,
-        msgs_per_conn: a.msgs_per_conn,
+        msgs_per_conn: a.msgs_per_conn.unwrap_or(match a.scenario {
+            Scenario::Handshake => 1,
+            Scenario::Mail | Scenario::Noop => 0,
+        }),
         pipelining: a.pipelining,
         chain: a.chain,
         bdat: a.bdat,
@@ -292,9 +333,40 @@ fn to_config(a: RunArgs) -> Result<RunConfig, ConfigError> {
         label,
         seed: a.seed,
         live: !a.quiet,
+        tls,
     };
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// The TLS flags, checked and turned into a client config.
+fn tls_setup(a: &RunArgs) -> Result<Option<TlsSetup>, ConfigError> {
+    let mode = match (a.starttls, a.tls) {
+        (true, _) => TlsMode::StartTls,
+        (false, true) => TlsMode::Implicit,
+        (false, false) => {
+            if a.tls_ca.is_some() || a.tls_insecure || a.tls_sni.is_some() || a.tls_resume {
+                return Err(ConfigError::Invalid(
+                    "--tls-ca, --tls-insecure, --tls-sni and --tls-resume need --starttls or --tls"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        }
+    };
+    // The host of HOST:PORT, brackets and all for IPv6 (`server_name` strips them).
+    let host = a
+        .target
+        .rsplit_once(':')
+        .map_or(a.target.as_str(), |(h, _)| h);
+    let opts = TlsOptions {
+        mode,
+        ca: a.tls_ca.clone(),
+        insecure: a.tls_insecure,
+        server_name: a.tls_sni.clone().unwrap_or_else(|| host.to_string()),
+        resume: a.tls_resume,
+    };
+    TlsSetup::new(&opts).map(Some).map_err(ConfigError::Invalid)
 }
 
 fn compare_runs(a: CompareArgs) -> ExitCode {

@@ -148,6 +148,8 @@ pub struct Capabilities {
     pub pipelining: bool,
     /// CHUNKING, i.e. BDAT (RFC 3030).
     pub chunking: bool,
+    /// STARTTLS (RFC 3207).
+    pub starttls: bool,
 }
 
 /// Reads the keywords from a complete multi-line EHLO reply (RFC 5321 §4.1.1.1:
@@ -170,6 +172,8 @@ pub fn parse_ehlo(reply_bytes: &[u8]) -> Capabilities {
             caps.pipelining = true;
         } else if keyword.eq_ignore_ascii_case(b"CHUNKING") {
             caps.chunking = true;
+        } else if keyword.eq_ignore_ascii_case(b"STARTTLS") {
+            caps.starttls = true;
         }
     }
     caps
@@ -275,15 +279,17 @@ mod tests {
             caps,
             Capabilities {
                 pipelining: true,
-                chunking: false
+                chunking: false,
+                starttls: false
             }
         );
-        let caps = parse_ehlo(b"250-x\r\n250-SIZE 1000\r\n250 chunking\r\n");
+        let caps = parse_ehlo(b"250-x\r\n250-SIZE 1000\r\n250-starttls\r\n250 chunking\r\n");
         assert_eq!(
             caps,
             Capabilities {
                 pipelining: false,
-                chunking: true
+                chunking: true,
+                starttls: true
             }
         );
         // The greeting line's text is never a keyword.

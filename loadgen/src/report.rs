@@ -11,6 +11,7 @@ use crate::aggregate::{IntervalKind, Merged, Totals};
 use crate::config::{format_size, Load, Pipelining, RunConfig};
 use crate::hlog::encode_histogram;
 use crate::stats::{Command, ErrorKind, Percentiles, Phase};
+use crate::tls::TlsMode;
 
 /// Version of the JSON summary layout; bumped when a field changes meaning.
 pub const SUMMARY_FORMAT: u32 = 1;
@@ -38,6 +39,10 @@ pub struct Summary {
     pub mb_per_s: f64,
     /// Connections opened, and on how many commands were pipelined.
     pub connections: ConnectionCounts,
+    /// TLS handshakes completed per second in the measured window (0
+    /// without TLS; absent in summaries from before TLS).
+    #[serde(default)]
+    pub handshakes_per_s: f64,
     /// Replies by command, then by class (`2xx`..`5xx`); commands never sent are left out.
     pub replies: BTreeMap<String, BTreeMap<String, u64>>,
     /// RCPT replies by code: `250`, `550` and `other` (recipient checks;
@@ -49,7 +54,7 @@ pub struct Summary {
     /// The first error message of each kind seen.
     pub first_errors: BTreeMap<String, String>,
     /// Latency percentiles in milliseconds by phase (`e2e`, `transaction`,
-    /// `eod`, `connect`, `greeting`).
+    /// `eod`, `connect`, `greeting`, `handshake`).
     pub latency_ms: BTreeMap<String, Percentiles>,
     /// Full latency histograms by phase: HdrHistogram V2 compressed, base64,
     /// values in nanoseconds (the `.hlog` encoding).
@@ -86,6 +91,9 @@ pub struct ConfigEcho {
     pub bdat: bool,
     /// `--scenario`.
     pub scenario: crate::config::Scenario,
+    /// `--starttls` or `--tls`; absent without TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsMode>,
 }
 
 /// Message outcomes over the measured window and the drain.
@@ -118,6 +126,16 @@ pub struct ConnectionCounts {
     /// Of those, how many had a server that advertised CHUNKING (BDAT);
     /// `--bdat` sends BDAT either way.
     pub chunking: u64,
+    /// TLS handshakes completed (absent in summaries from before TLS).
+    #[serde(default)]
+    pub tls_handshakes: u64,
+    /// Of those, abbreviated ones (session resumed).
+    #[serde(default)]
+    pub tls_resumed: u64,
+    /// TLS handshakes during the warm-up (in no other number), so that a
+    /// server's CPU over the whole run can be divided by all handshakes.
+    #[serde(default)]
+    pub warmup_tls_handshakes: u64,
 }
 
 impl Summary {
@@ -165,6 +183,7 @@ impl Summary {
                 chain: cfg.chain,
                 bdat: cfg.bdat,
                 scenario: cfg.scenario,
+                tls: cfg.tls.as_ref().map(|t| t.mode),
             },
             aborted: totals.aborted,
             measured_s: totals.measured.as_secs_f64(),
@@ -183,7 +202,11 @@ impl Summary {
                 opened: c.conns_opened,
                 pipelined: c.conns_pipelined,
                 chunking: c.conns_chunking,
+                tls_handshakes: c.tls_handshakes,
+                tls_resumed: c.tls_resumed,
+                warmup_tls_handshakes: totals.warmup.tls_handshakes,
             },
+            handshakes_per_s: totals.handshakes_per_sec(),
             replies,
             rcpt_replies: ["250", "550", "other"]
                 .iter()
@@ -284,6 +307,19 @@ impl Summary {
             "connections  opened {}  pipelined {}  CHUNKING advertised {}",
             self.connections.opened, self.connections.pipelined, self.connections.chunking
         );
+        if let Some(mode) = cfg.tls {
+            let _ = writeln!(
+                s,
+                "tls          {} handshakes {} (resumed {})  {:.1} handshakes/s",
+                match mode {
+                    TlsMode::StartTls => "STARTTLS",
+                    TlsMode::Implicit => "implicit",
+                },
+                self.connections.tls_handshakes,
+                self.connections.tls_resumed,
+                self.handshakes_per_s
+            );
+        }
 
         let _ = writeln!(
             s,

@@ -38,16 +38,20 @@ pub enum Phase {
     Connect,
     /// Connection established to the greeting (220) received.
     Greeting,
+    /// TCP connection established to TLS established (`--tls`: the
+    /// handshake; `--starttls`: greeting, EHLO, STARTTLS and the handshake).
+    Handshake,
 }
 
 impl Phase {
     /// Every phase, in report order.
-    pub const ALL: [Phase; 5] = [
+    pub const ALL: [Phase; 6] = [
         Phase::E2e,
         Phase::Txn,
         Phase::Eod,
         Phase::Connect,
         Phase::Greeting,
+        Phase::Handshake,
     ];
 
     /// The key used in JSON, file names and `--phase`.
@@ -58,6 +62,7 @@ impl Phase {
             Phase::Eod => "eod",
             Phase::Connect => "connect",
             Phase::Greeting => "greeting",
+            Phase::Handshake => "handshake",
         }
     }
 
@@ -69,6 +74,7 @@ impl Phase {
             Phase::Eod => "end-of-data -> reply",
             Phase::Connect => "connect",
             Phase::Greeting => "greeting",
+            Phase::Handshake => "handshake",
         }
     }
 
@@ -99,6 +105,8 @@ pub enum Command {
     Bdat,
     /// RSET after a failed transaction.
     Rset,
+    /// STARTTLS (`--starttls`).
+    Starttls,
     /// NOOP (the noop scenario).
     Noop,
     /// QUIT.
@@ -107,7 +115,7 @@ pub enum Command {
 
 impl Command {
     /// Number of commands.
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
     /// Every command, in report order.
     pub const ALL: [Command; Command::COUNT] = [
         Command::Greeting,
@@ -119,6 +127,7 @@ impl Command {
         Command::DataEnd,
         Command::Bdat,
         Command::Rset,
+        Command::Starttls,
         Command::Noop,
         Command::Quit,
     ];
@@ -135,6 +144,7 @@ impl Command {
             Command::DataEnd => "data-end",
             Command::Bdat => "bdat",
             Command::Rset => "rset",
+            Command::Starttls => "starttls",
             Command::Noop => "noop",
             Command::Quit => "quit",
         }
@@ -162,11 +172,14 @@ pub enum ErrorKind {
     Io,
     /// A message still in flight when the run was stopped (drain deadline or Ctrl-C).
     Unfinished,
+    /// TLS could not be started: STARTTLS not offered or refused, or the
+    /// handshake failed (certificate not trusted, no common protocol, ...).
+    Tls,
 }
 
 impl ErrorKind {
     /// Number of kinds.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
     /// Every kind, in report order.
     pub const ALL: [ErrorKind; ErrorKind::COUNT] = [
         ErrorKind::ConnectRefused,
@@ -178,6 +191,7 @@ impl ErrorKind {
         ErrorKind::Protocol,
         ErrorKind::Io,
         ErrorKind::Unfinished,
+        ErrorKind::Tls,
     ];
 
     /// The key used in JSON and reports.
@@ -192,6 +206,7 @@ impl ErrorKind {
             ErrorKind::Protocol => "protocol",
             ErrorKind::Io => "io",
             ErrorKind::Unfinished => "unfinished",
+            ErrorKind::Tls => "tls",
         }
     }
 }
@@ -215,6 +230,10 @@ pub struct Counters {
     pub conns_pipelined: u64,
     /// Connections whose server advertised CHUNKING (BDAT).
     pub conns_chunking: u64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// Of those, abbreviated ones (session resumed; `--tls-resume`).
+    pub tls_resumed: u64,
     /// Open loop: messages due before the end that no connection started.
     pub backlog: u64,
     /// Replies by command (index: [`Command`] order) and class (2xx..5xx).
@@ -236,6 +255,8 @@ impl Counters {
         self.conns_opened += other.conns_opened;
         self.conns_pipelined += other.conns_pipelined;
         self.conns_chunking += other.conns_chunking;
+        self.tls_handshakes += other.tls_handshakes;
+        self.tls_resumed += other.tls_resumed;
         self.backlog += other.backlog;
         for (a, b) in self.replies.iter_mut().zip(other.replies.iter()) {
             for (x, y) in a.iter_mut().zip(b.iter()) {
@@ -296,7 +317,7 @@ impl Counters {
 
 /// One histogram per [`Phase`].
 #[derive(Debug, Clone)]
-pub struct PhaseHistograms(pub [Histogram<u64>; 5]);
+pub struct PhaseHistograms(pub [Histogram<u64>; 6]);
 
 impl Default for PhaseHistograms {
     fn default() -> Self {

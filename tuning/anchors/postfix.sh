@@ -8,6 +8,10 @@
 #   postfix.sh count WORKDIR        print the number of messages in its hold queue
 #   postfix.sh check WORKDIR        exit 0 if it answers 220 on its port
 #
+# TLS (environment, read by `start`): POSTFIX_TLS_CERT=PEM POSTFIX_TLS_KEY=PEM
+# offer STARTTLS (smtpd_tls_security_level = may); add POSTFIX_TLS_WRAPPER=1
+# for implicit TLS on the port instead (smtpd_tls_wrappermode, port 465 style).
+#
 # Every accepted message is fsync'ed into WORKDIR/queue by cleanup(8) before
 # smtpd answers "250 2.0.0 Ok: queued as ...", and is put on HOLD, so nothing
 # is ever delivered. The system instance (/etc/postfix, /var/spool/postfix,
@@ -20,6 +24,9 @@ ANCHOR=postfix
 
 # smtpd processes (= concurrent SMTP sessions) this instance may run.
 PROCESS_LIMIT=${POSTFIX_PROCESS_LIMIT:-300}
+TLS_CERT=${POSTFIX_TLS_CERT:-}
+TLS_KEY=${POSTFIX_TLS_KEY:-}
+TLS_WRAPPER=${POSTFIX_TLS_WRAPPER:-}
 
 usage() {
     echo "usage: $0 start PORT WORKDIR | stop WORKDIR | count WORKDIR | check WORKDIR" >&2
@@ -107,11 +114,28 @@ queue_minfree = 0
 biff = no
 append_dot_mydomain = no
 EOF
+    local smtpd_opts=
+    if [ -n "$TLS_CERT" ]; then
+        # Read by smtpd as root before it drops privileges. No session cache
+        # (loadgen does full handshakes unless --tls-resume); TLS 1.3 tickets
+        # stay Postfix's default.
+        cat >>"$w/conf/main.cf" <<EOF
+
+# TLS: POSTFIX_TLS_CERT / POSTFIX_TLS_KEY given.
+smtpd_tls_chain_files = $TLS_KEY, $TLS_CERT
+smtpd_tls_security_level = may
+smtpd_tls_loglevel = 0
+smtpd_tls_received_header = yes
+EOF
+        if [ -n "$TLS_WRAPPER" ]; then
+            smtpd_opts=" -o smtpd_tls_wrappermode=yes -o smtpd_tls_security_level=encrypt"
+        fi
+    fi
     cat >"$w/conf/master.cf" <<EOF
 # Private Postfix instance written by tuning/anchors/postfix.sh. No chroot,
 # no postscreen, no pickup/local delivery; smtpd on 127.0.0.1:$port only.
 # service               type  private unpriv  chroot  wakeup  maxproc command
-127.0.0.1:$port         inet  n       -       n       -       $PROCESS_LIMIT     smtpd
+127.0.0.1:$port         inet  n       -       n       -       $PROCESS_LIMIT     smtpd$smtpd_opts
 cleanup                 unix  n       -       n       -       0       cleanup
 qmgr                    unix  n       -       n       300     1       qmgr
 rewrite                 unix  -       -       n       -       -       trivial-rewrite
@@ -129,7 +153,25 @@ anvil                   unix  -       -       n       -       1       anvil
 scache                  unix  -       -       n       -       1       scache
 postlog                 unix-dgram n  -       n       -       1       postlogd
 EOF
+    if [ -n "$TLS_CERT" ]; then
+        # smtpd disables TLS without tlsmgr ("no entropy for TLS key generation").
+        echo "tlsmgr                  unix  -       -       n       1000?   1       tlsmgr" >>"$w/conf/master.cf"
+    fi
     echo "$port" >"$w/port"
+}
+
+# Ready when it greets; in wrapper mode the greeting is inside TLS, so then
+# when it listens (master has bound the port; smtpd starts on the first connect).
+wait_ready() { # PORT SECONDS
+    if [ -n "$TLS_CERT" ] && [ -n "$TLS_WRAPPER" ]; then
+        local deadline=$((SECONDS + $2))
+        while [ "$SECONDS" -lt "$deadline" ]; do
+            port_listening "$1" && return 0
+            sleep 0.1
+        done
+        return 1
+    fi
+    wait_banner "$@"
 }
 
 cmd_start() { # PORT WORKDIR
@@ -163,7 +205,7 @@ cmd_start() { # PORT WORKDIR
         { cat "$w/start.log" >&2; tail -n 5 "$w/postfix.log" >&2 2>/dev/null || true; die "postfix check failed"; }
     (ulimit -n 65536 2>/dev/null || true; exec "${pf[@]}" start) >>"$w/start.log" 2>&1 ||
         { cat "$w/start.log" >&2; tail -n 20 "$w/postfix.log" >&2 2>/dev/null || true; do_stop "$w" || true; die "postfix start failed"; }
-    if ! wait_banner "$port" 30; then
+    if ! wait_ready "$port" 30; then
         tail -n 20 "$w/postfix.log" >&2 2>/dev/null || true
         do_stop "$w" || true
         die "no 220 greeting on 127.0.0.1:$port within 30s"
