@@ -30,7 +30,9 @@
 
 pub mod listener;
 pub mod lookup;
+pub mod notify;
 pub mod recipients;
+pub mod uring;
 
 mod conn;
 mod shard;
@@ -131,6 +133,7 @@ pub enum ServerError {
 pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
     cfg.validate()?;
     crate::log::set_level(cfg.server.log_level);
+    crate::log::set_format(cfg.server.log_format);
     crate::log::install();
     // Whatever way this returns, what the shards logged is written first.
     let _flush = FlushLog;
@@ -145,6 +148,8 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
         slack,
     );
     check_memlock(shards)?;
+    // Before any executor: a forbidden io_uring is one line, not a panic.
+    uring::probe().map_err(ServerError::System)?;
 
     let shared = Arc::new(recipients::SharedRecipients::new(load_recipients(&cfg)?));
     let mut reloads: Vec<Reload> = Vec::new();
@@ -242,6 +247,8 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
             cpus.len()
         ),
     );
+    // systemd (Type=notify): every shard listens now.
+    notify::notify("READY=1");
     // Consumers (`--ship`) start once every shard's spool is open.
     let ships = start_ships(&cfg);
     if cfg.spool.durability == crate::config::Durability::None {
@@ -451,6 +458,7 @@ fn spawn_signal_thread(
                 };
                 if first {
                     first = false;
+                    notify::notify("STOPPING=1");
                     crate::info!(
                         "{name}: shutting down: no new connections, idle sessions get 421, \
                          transactions in flight have {grace:?}; send it again to exit at once"

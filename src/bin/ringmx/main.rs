@@ -3,7 +3,10 @@
 //! * `ringmx serve [FLAGS]`: run the SMTP server ([`ringmx::server::serve`]).
 //! * `ringmx spool ...`: read the spool ([`spool`](mod@spool)).
 //! * `ringmx ship ...`: ship the spool onward, as a named consumer ([`ship`]).
+//! * `ringmx check-config --config FILE`: validate a config, print its settings
+//!   ([`check_config`]).
 
+mod check_config;
 mod settings;
 mod ship;
 mod spool;
@@ -44,6 +47,12 @@ enum Command {
     /// DIR/consumers/NAME/dead/. Exit status: 0 done, 1 failed, 2 usage.
     #[command(after_help = SHIP_EXAMPLES)]
     Ship(ship::ShipArgs),
+    /// Check a config file and print its effective settings as TOML.
+    ///
+    /// Prints only the settings that differ from the defaults (like
+    /// `postconf -n`), or every one with --all. Exit status: 0 valid,
+    /// 2 invalid (one line on stderr saying what to fix).
+    CheckConfig(check_config::CheckConfigArgs),
 }
 
 const SHIP_EXAMPLES: &str = "Examples:
@@ -59,6 +68,7 @@ fn main() {
     let code = match cli.command {
         Command::Serve(flags) => serve(&flags),
         Command::Spool(args) => spool(args),
+        Command::CheckConfig(args) => args.run(),
         Command::Ship(args) => match args.run() {
             Ok(()) => 0,
             Err(f) => {
