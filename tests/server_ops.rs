@@ -249,3 +249,106 @@ fn a_forbidden_io_uring_is_one_line_naming_the_cause_and_the_fix() {
         assert!(!err.contains("listening on"), "{err}");
     }
 }
+
+/// EHLO's SIZE and what RCPT TO:<u@DOMAIN> gets, on a new connection.
+fn size_and_rcpt(s: &Server, domain: &str) -> (String, String) {
+    let mut c = s.client();
+    c.send("EHLO c.example\r\n");
+    let ehlo = c.reply();
+    let size = ehlo
+        .iter()
+        .find_map(|l| l.get(4..).and_then(|l| l.strip_prefix("SIZE ")))
+        .expect("SIZE in EHLO")
+        .to_owned();
+    c.send(format!(
+        "MAIL FROM:<a@c.example>\r\nRCPT TO:<u@{domain}>\r\n"
+    ));
+    c.expect("250 ");
+    let rcpt = c.line();
+    c.send("QUIT\r\n");
+    c.expect("221 ");
+    (size, rcpt[..3].to_owned())
+}
+
+#[test]
+fn sighup_applies_new_domains_and_limits_and_a_broken_file_keeps_them() {
+    let dir = TempDir::new("reload");
+    let file = dir.path().join("ringmx.toml");
+    let path = file.to_str().unwrap();
+    std::fs::write(
+        &file,
+        "[smtp]\naccepted_domains = [\"a.example\"]\nmax_message_bytes = \"10KiB\"\n",
+    )
+    .unwrap();
+    let mut s = Server::start_with(
+        &["--listen", "127.0.0.1:0", "--cores", "1", "--config", path],
+        &[],
+    );
+    assert_eq!(
+        size_and_rcpt(&s, "a.example"),
+        ("10240".into(), "250".into())
+    );
+    assert_eq!(size_and_rcpt(&s, "b.example").1, "550");
+    // A connection open across the reload keeps what it started with.
+    let mut before = s.client();
+
+    std::fs::write(
+        &file,
+        "[smtp]\naccepted_domains = [\"a.example\", \"b.example\"]\n\
+         max_message_bytes = \"20KiB\"\n[server]\nbacklog = 7\n",
+    )
+    .unwrap();
+    s.signal(libc::SIGHUP);
+    let line = s
+        .wait_log("SIGHUP: settings reloaded", STEP)
+        .unwrap_or_else(|| panic!("no reload line:\n{}", s.logs()));
+    assert!(
+        line.ends_with("smtp.accepted_domains smtp.max_message_bytes changed"),
+        "{line}"
+    );
+    let restart = s
+        .wait_log("take effect only after a restart", STEP)
+        .unwrap_or_else(|| panic!("{}", s.logs()));
+    assert!(
+        restart.contains("SIGHUP: server.backlog changed"),
+        "{restart}"
+    );
+    assert_eq!(
+        size_and_rcpt(&s, "b.example"),
+        ("20480".into(), "250".into())
+    );
+    before.send("EHLO c.example\r\n");
+    assert!(before.reply().iter().any(|l| l.ends_with("SIZE 10240")));
+
+    // Broken: a syntax error, then a value that does not validate.
+    for (n, text) in [
+        (1, "[smtp\naccepted_domains = [\"c.example\"]\n"),
+        (
+            2,
+            "[smtp]\naccepted_domains = [\"c.example\"]\nmax_recipients = 5\n",
+        ),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        s.signal(libc::SIGHUP);
+        let line = s
+            .wait_log_nth("SIGHUP: settings not reloaded", n, STEP)
+            .unwrap_or_else(|| panic!("{}", s.logs()));
+        assert!(line.contains("the running ones stay"), "{line}");
+        assert!(
+            line.contains(path) || line.contains("max_recipients"),
+            "{line}"
+        );
+        assert_eq!(
+            size_and_rcpt(&s, "b.example"),
+            ("20480".into(), "250".into())
+        );
+        assert_eq!(size_and_rcpt(&s, "c.example").1, "550");
+    }
+    assert_eq!(
+        s.logs().matches("SIGHUP: settings reloaded").count(),
+        1,
+        "{}",
+        s.logs()
+    );
+    assert!(s.stop().success());
+}

@@ -32,6 +32,7 @@ pub mod listener;
 pub mod lookup;
 pub mod notify;
 pub mod recipients;
+pub mod reload;
 pub mod uring;
 
 mod conn;
@@ -131,6 +132,19 @@ pub enum ServerError {
 /// # Errors
 /// A [`ServerError`] at start-up, or if a shard dies.
 pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
+    serve_reloading(cfg, None)
+}
+
+/// [`serve`], with SIGHUP re-reading the settings through `reread` (the
+/// file and flags the process started with) and applying what can change at
+/// run time (see [`reload`]).
+///
+/// # Errors
+/// As [`serve`].
+pub fn serve_reloading(
+    cfg: Config,
+    reread: Option<reload::Reread>,
+) -> Result<Vec<ShardSummary>, ServerError> {
     cfg.validate()?;
     crate::log::set_level(cfg.server.log_level);
     crate::log::set_format(cfg.server.log_format);
@@ -153,6 +167,14 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
 
     let shared = Arc::new(recipients::SharedRecipients::new(load_recipients(&cfg)?));
     let mut reloads: Vec<Reload> = Vec::new();
+    let live = Arc::new(reload::Live::new(&cfg));
+    if let Some(mut reread) = reread {
+        let (live, mut running) = (Arc::clone(&live), cfg.clone());
+        // First, so that the map below is read under the new settings.
+        reloads.push(Box::new(move || {
+            reload::reload(&live, &mut running, &mut reread);
+        }));
+    }
     if !cfg.smtp.recipient_map.as_os_str().is_empty() {
         let (shared, smtp) = (Arc::clone(&shared), cfg.smtp.clone());
         reloads.push(Box::new(move || {
@@ -174,6 +196,7 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
             id: i as u32,
             cpu: *cpu,
             config: cfg.clone(),
+            live: Arc::clone(&live),
             recipients: Arc::clone(&shared),
             // Set below, once signals are blocked.
             lookups: None,
@@ -444,7 +467,9 @@ fn spawn_signal_thread(
                 }
                 if sig == libc::SIGHUP {
                     if reloads.is_empty() {
-                        crate::info!("SIGHUP: nothing to reload (no smtp.recipient_map)");
+                        crate::info!(
+                            "SIGHUP: nothing to reload (no --config, no smtp.recipient_map)"
+                        );
                     }
                     for r in &mut reloads {
                         r();

@@ -34,7 +34,10 @@ enum Command {
     ///
     /// Settings come from the defaults, then --config FILE, then the flags.
     /// SIGTERM/SIGINT: graceful shutdown (a second one exits at once).
-    /// SIGHUP: reread the recipient map (a bad one keeps the old).
+    /// SIGHUP: reread the config file and apply what can change without a
+    /// restart (smtp settings but recipient_*, log level and format,
+    /// connection lifetime), then the recipient map; a bad file keeps the
+    /// running settings.
     #[command(after_help = ringmx::units::FORMS_HELP)]
     Serve(Box<ConfigOverrides>),
     /// Read the spool (ls, cat, export, verify, stats) and reclaim it by hand (gc).
@@ -110,7 +113,13 @@ fn serve(flags: &ConfigOverrides) -> i32 {
             return 2;
         }
     };
-    match ringmx::server::serve(cfg) {
+    // SIGHUP reads the file and applies the flags again, as here; without
+    // a file the flags cannot change, and there is nothing to re-read.
+    let reread = flags.config.is_some().then(|| {
+        let again = flags.clone();
+        Box::new(move || again.load()) as ringmx::server::reload::Reread
+    });
+    match ringmx::server::serve_reloading(cfg, reread) {
         Ok(_) => 0,
         Err(e) => {
             eprintln!("ringmx: {e}");
