@@ -352,3 +352,69 @@ fn sighup_applies_new_domains_and_limits_and_a_broken_file_keeps_them() {
     );
     assert!(s.stop().success());
 }
+
+/// The packaged unit, config and man page, without building the package
+/// (packaging/check-deb.sh does that in CI): the unit verifies against the
+/// binary under test, the default config passes check-config, and the man
+/// page renders without groff warnings.
+#[test]
+fn the_packaged_unit_config_and_man_page_check_out() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bin = env!("CARGO_BIN_EXE_ringmx");
+    let (code, out, err) = check_config(&root.join("packaging/ringmx.toml"), false);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("listen = [\"127.0.0.1:25\"]"), "{out}");
+
+    if let Some(analyze) = require_tool("systemd-analyze", "systemd") {
+        let unit = std::fs::read_to_string(root.join("packaging/ringmx.service")).unwrap();
+        for want in [
+            "Type=notify",
+            "ExecReload=/bin/kill -HUP $MAINPID",
+            "LimitMEMLOCK=infinity",
+            "SystemCallFilter=@system-service",
+        ] {
+            assert!(unit.lines().any(|l| l == want), "{want} missing");
+        }
+        let dir = TempDir::new("unit");
+        let path = dir.path().join("ringmx.service");
+        std::fs::write(&path, unit.replace("/usr/bin/ringmx", bin)).unwrap();
+        let out = Command::new(analyze)
+            .args(["verify", "--man=no"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.trim().is_empty(), "{text}");
+    }
+
+    if let Some(man) = require_tool("man", "man-db") {
+        let page = Command::new(root.join("packaging/man.sh"))
+            .arg(bin)
+            .output()
+            .unwrap();
+        assert!(page.status.success());
+        let roff = String::from_utf8(page.stdout).unwrap();
+        // Every subcommand's --help is in it.
+        for h in [
+            ".SH RINGMX SERVE",
+            ".SH RINGMX CHECK-CONFIG",
+            "--log-format",
+        ] {
+            assert!(roff.contains(h), "{h} missing from the man page");
+        }
+        let dir = TempDir::new("man");
+        let path = dir.path().join("ringmx.8");
+        std::fs::write(&path, &roff).unwrap();
+        let out = Command::new(man)
+            .args(["--warnings", "-l", "-Tutf8"])
+            .arg(&path)
+            .env("MANWIDTH", "200")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let warnings = String::from_utf8_lossy(&out.stderr);
+        assert!(warnings.trim().is_empty(), "{warnings}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("ringmx check-config"));
+    }
+}
