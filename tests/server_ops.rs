@@ -132,6 +132,24 @@ fn json_logs_are_one_object_per_line_with_the_text_fields() {
             .any(|l| l.contains("\"level\":\"info\"") && l.contains("listening on ")),
         "{logs}"
     );
+    // A failed start is a JSON line too.
+    let (code, failed) = match Server::try_start(
+        &["--listen", "127.0.0.1:0", "--cores", "0-4095"],
+        &["--log-format", "json"],
+    ) {
+        Ok(mut s) => {
+            s.stop();
+            panic!("started on 4096 CPUs")
+        }
+        Err((status, logs)) => (status.code(), logs),
+    };
+    assert_eq!(code, Some(2), "{failed}");
+    let last = failed.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("{\"ts\":\"")
+            && last.contains("\"level\":\"error\",\"msg\":\"ringmx: server.cores: "),
+        "{failed}"
+    );
     assert_eq!(
         logs.lines().filter(|l| l.contains("u@a.example")).count(),
         1,

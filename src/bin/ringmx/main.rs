@@ -119,10 +119,16 @@ fn serve(flags: &ConfigOverrides) -> i32 {
         let again = flags.clone();
         Box::new(move || again.load()) as ringmx::server::reload::Reread
     });
+    let json = cfg.server.log_format == ringmx::config::LogFormat::Json;
     match ringmx::server::serve_reloading(cfg, reread) {
         Ok(_) => 0,
         Err(e) => {
-            eprintln!("ringmx: {e}");
+            // A log shipper reading JSON gets the reason as JSON too.
+            if json {
+                ringmx::log::write(ringmx::log::Level::Error, format_args!("ringmx: {e}"));
+            } else {
+                eprintln!("ringmx: {e}");
+            }
             // 2 for settings (like a usage error), 1 for the environment.
             match e {
                 ServerError::Config(_) | ServerError::RecipientMap(_) => 2,
