@@ -45,6 +45,9 @@ use kinds::{duration, list, path, plain, size};
 /// on the command line.
 pub use crate::log::Level as LogLevel;
 
+/// The log line format, `text` or `json` in TOML and on the command line.
+pub use crate::log::Format as LogFormat;
+
 /// The list of all settings: passes one declaration per setting, grouped by
 /// TOML table, to `$callback`, a macro that generates code from it. The
 /// library generates the structs below from it; the `ringmx` binary, its
@@ -111,6 +114,11 @@ macro_rules! with_settings {
                 log_level: LogLevel = LogLevel::Info,
                     "plain" log_level "LEVEL"
                     "Log level: error, warn, info or debug";
+                /// How log lines are written: `text`, or `json` (one object per line with
+                /// the text line's fields `ts`, `level`, `msg`) for log shippers.
+                log_format: LogFormat = LogFormat::Text,
+                    "plain" log_format "FORMAT"
+                    "Log line format: text, or json (one object per line) for log shippers";
                 /// Consumers the server runs and restarts, each a child process
                 /// `ringmx ship --to URL --name NAME --follow` on this spool
                 /// (`crate::outlet::supervise`). TOML: `[[server.ship]]` tables with
@@ -368,7 +376,7 @@ macro_rules! with_settings {
 /// generators outside this module (`use ringmx::config::types::*;`).
 #[doc(hidden)]
 pub mod types {
-    pub use super::{BareNewline, Cores, Durability, LogLevel};
+    pub use super::{BareNewline, Cores, Durability, LogFormat, LogLevel};
     pub use crate::outlet::supervise::ShipTarget;
     pub use std::net::SocketAddr;
     pub use std::path::PathBuf;
@@ -544,6 +552,20 @@ impl Serialize for LogLevel {
 }
 
 impl<'de> Deserialize<'de> for LogLevel {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for LogFormat {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for LogFormat {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d)?
             .parse()

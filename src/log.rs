@@ -104,6 +104,55 @@ impl Level {
 
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
 
+/// How a line is written: the setting `server.log_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum Format {
+    /// `2026-11-29T13:44:42.123Z INFO message`, for people.
+    #[default]
+    Text = 0,
+    /// `{"ts":"2026-11-29T13:44:42.123Z","level":"info","msg":"message"}`:
+    /// the same fields, one JSON object per line, for log shippers.
+    Json = 1,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+
+    /// `text` or `json`.
+    fn from_str(s: &str) -> Result<Format, String> {
+        match s {
+            "text" => Ok(Format::Text),
+            "json" => Ok(Format::Json),
+            _ => Err(format!("{s:?}: use text or json")),
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::Text => "text",
+            Format::Json => "json",
+        })
+    }
+}
+
+static FORMAT: AtomicU8 = AtomicU8::new(Format::Text as u8);
+
+/// Sets the line format for all threads.
+pub fn set_format(format: Format) {
+    FORMAT.store(format as u8, Ordering::Relaxed);
+}
+
+fn format() -> Format {
+    if FORMAT.load(Ordering::Relaxed) == Format::Json as u8 {
+        Format::Json
+    } else {
+        Format::Text
+    }
+}
+
 /// Sets the level for all threads, and for the forwarded `log` records.
 pub fn set_level(level: Level) {
     LEVEL.store(level as u8, Ordering::Relaxed);
@@ -300,12 +349,48 @@ fn format_line(level: Level, args: fmt::Arguments<'_>) -> String {
 
 fn format_into(buf: &mut String, level: Level, args: fmt::Arguments<'_>) {
     buf.clear();
+    if format() == Format::Json {
+        format_json(buf, SystemTime::now(), level, args);
+        return;
+    }
     write_timestamp(buf, SystemTime::now());
     buf.push(' ');
     buf.push_str(level.name());
     buf.push(' ');
     let _ = buf.write_fmt(args);
     buf.push('\n');
+}
+
+/// `{"ts":"...","level":"info","msg":"..."}` and a newline: the text
+/// line's three fields. The message is formatted first, then escaped (a
+/// message is one line, but a peer's bytes in it may be anything).
+fn format_json(buf: &mut String, t: SystemTime, level: Level, args: fmt::Arguments<'_>) {
+    let mut msg = String::new();
+    let _ = msg.write_fmt(args);
+    buf.push_str("{\"ts\":\"");
+    write_timestamp(buf, t);
+    buf.push_str("\",\"level\":\"");
+    let _ = write!(buf, "{level}");
+    buf.push_str("\",\"msg\":\"");
+    json_escape_into(buf, &msg);
+    buf.push_str("\"}\n");
+}
+
+/// RFC 8259 §7 string escaping: quote, backslash and control characters.
+fn json_escape_into(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
 }
 
 /// Per call site, how many lines were written in the current window and
@@ -642,6 +727,27 @@ mod tests {
         drain(&rx, &dropped, &mut out);
         assert_eq!(out, b"first\n");
         assert!(done.try_recv().is_ok());
+    }
+
+    #[test]
+    fn json_lines_escape_what_json_must() {
+        let mut buf = String::new();
+        format_json(
+            &mut buf,
+            UNIX_EPOCH + Duration::from_millis(1_795_959_882_123),
+            Level::Warn,
+            format_args!("helo=\"a\\b\"\r\n\u{1}\u{7f} \u{e9}"),
+        );
+        assert_eq!(
+            buf,
+            "{\"ts\":\"2026-11-29T13:44:42.123Z\",\"level\":\"warn\",\
+             \"msg\":\"helo=\\\"a\\\\b\\\"\\r\\n\\u0001\\u007f \u{e9}\"}\n"
+        );
+        assert_eq!("json".parse(), Ok(Format::Json));
+        assert!("xml"
+            .parse::<Format>()
+            .unwrap_err()
+            .contains("use text or json"));
     }
 
     #[test]

@@ -66,13 +66,9 @@ pub(crate) async fn serve(
     let started = Instant::now();
     let peer = stream.peer_addr().ok();
     let mut out = Vec::with_capacity(shard.server.write_buffer_bytes);
-    let mut session = Session::new(
-        Rc::clone(&shard.smtp),
-        ClientInfo { peer },
-        started,
-        shard.server.max_connection_lifetime,
-        &mut out,
-    );
+    // The settings as of the last reload, kept for this connection's life.
+    let (smtp, lifetime) = shard.live.get();
+    let mut session = Session::new(smtp, ClientInfo { peer }, started, lifetime, &mut out);
     // The generation first: a swap in between is then picked up at once.
     let recipients_gen = shard.recipients.generation();
     session.set_recipients(shard.recipients.load());
@@ -605,7 +601,7 @@ impl Conn {
     /// the hard stop (or the lifetime) ended the session meanwhile.
     async fn lookup(&mut self) -> Option<CloseReason> {
         let (remote, to) = self.session.pending_lookup()?;
-        let smtp = &self.shard.smtp;
+        let smtp = &self.shard.live.smtp();
         let key = lookup::cache_key(remote, to, smtp.recipient_ignore_case);
         let hit = self
             .shard
@@ -701,7 +697,7 @@ impl Conn {
         trace::write_received(
             &mut received,
             &env,
-            &self.shard.smtp.hostname,
+            &self.shard.live.smtp().hostname,
             id.as_str(),
             now,
         );

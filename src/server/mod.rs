@@ -30,7 +30,10 @@
 
 pub mod listener;
 pub mod lookup;
+pub mod notify;
 pub mod recipients;
+pub mod reload;
+pub mod uring;
 
 mod conn;
 mod shard;
@@ -129,8 +132,22 @@ pub enum ServerError {
 /// # Errors
 /// A [`ServerError`] at start-up, or if a shard dies.
 pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
+    serve_reloading(cfg, None)
+}
+
+/// [`serve`], with SIGHUP re-reading the settings through `reread` (the
+/// file and flags the process started with) and applying what can change at
+/// run time (see [`reload`]).
+///
+/// # Errors
+/// As [`serve`].
+pub fn serve_reloading(
+    cfg: Config,
+    reread: Option<reload::Reread>,
+) -> Result<Vec<ShardSummary>, ServerError> {
     cfg.validate()?;
     crate::log::set_level(cfg.server.log_level);
+    crate::log::set_format(cfg.server.log_format);
     crate::log::install();
     // Whatever way this returns, what the shards logged is written first.
     let _flush = FlushLog;
@@ -145,9 +162,19 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
         slack,
     );
     check_memlock(shards)?;
+    // Before any executor: a forbidden io_uring is one line, not a panic.
+    uring::probe().map_err(ServerError::System)?;
 
     let shared = Arc::new(recipients::SharedRecipients::new(load_recipients(&cfg)?));
     let mut reloads: Vec<Reload> = Vec::new();
+    let live = Arc::new(reload::Live::new(&cfg));
+    if let Some(mut reread) = reread {
+        let (live, mut running) = (Arc::clone(&live), cfg.clone());
+        // First, so that the map below is read under the new settings.
+        reloads.push(Box::new(move || {
+            reload::reload(&live, &mut running, &mut reread);
+        }));
+    }
     if !cfg.smtp.recipient_map.as_os_str().is_empty() {
         let (shared, smtp) = (Arc::clone(&shared), cfg.smtp.clone());
         reloads.push(Box::new(move || {
@@ -169,6 +196,7 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
             id: i as u32,
             cpu: *cpu,
             config: cfg.clone(),
+            live: Arc::clone(&live),
             recipients: Arc::clone(&shared),
             // Set below, once signals are blocked.
             lookups: None,
@@ -242,6 +270,8 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
             cpus.len()
         ),
     );
+    // systemd (Type=notify): every shard listens now.
+    notify::notify("READY=1");
     // Consumers (`--ship`) start once every shard's spool is open.
     let ships = start_ships(&cfg);
     if cfg.spool.durability == crate::config::Durability::None {
@@ -437,7 +467,9 @@ fn spawn_signal_thread(
                 }
                 if sig == libc::SIGHUP {
                     if reloads.is_empty() {
-                        crate::info!("SIGHUP: nothing to reload (no smtp.recipient_map)");
+                        crate::info!(
+                            "SIGHUP: nothing to reload (no --config, no smtp.recipient_map)"
+                        );
                     }
                     for r in &mut reloads {
                         r();
@@ -451,6 +483,7 @@ fn spawn_signal_thread(
                 };
                 if first {
                     first = false;
+                    notify::notify("STOPPING=1");
                     crate::info!(
                         "{name}: shutting down: no new connections, idle sessions get 421, \
                          transactions in flight have {grace:?}; send it again to exit at once"

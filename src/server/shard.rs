@@ -24,8 +24,9 @@ use glommio::timer::sleep;
 use super::conn;
 use super::lookup::{LookupPool, TtlCache};
 use super::recipients::SharedRecipients;
+use super::reload::{Live, ShardLive};
 use super::store;
-use crate::config::{Config, ServerConfig, SmtpConfig};
+use crate::config::{Config, ServerConfig};
 use crate::protocol::RcptCounts;
 
 /// Connections a shard turns away at once (each gets `421 4.3.2` and a
@@ -111,8 +112,8 @@ pub(crate) struct Shard {
     pub(crate) id: u32,
     /// Network knobs.
     pub(crate) server: ServerConfig,
-    /// What each session needs.
-    pub(crate) smtp: Rc<SmtpConfig>,
+    /// What each session needs, as of the last SIGHUP (see `reload`).
+    pub(crate) live: ShardLive,
     /// Where accepted messages go.
     pub(crate) spool: Rc<store::ShardSpool>,
     /// Set by the reclaimer thread while the spool is over a backpressure
@@ -165,6 +166,8 @@ pub(crate) struct ShardStart {
     pub(crate) id: u32,
     pub(crate) cpu: usize,
     pub(crate) config: Config,
+    /// The settings a SIGHUP can change.
+    pub(crate) live: Arc<Live>,
     /// The recipient map every shard shares (swapped on SIGHUP).
     pub(crate) recipients: Arc<SharedRecipients>,
     /// The LDAP and verify lookup threads, if a domain has those policies.
@@ -233,6 +236,7 @@ pub(crate) async fn run(start: ShardStart) -> ShardSummary {
         id,
         cpu,
         config,
+        live,
         recipients,
         lookups,
         sockets,
@@ -263,7 +267,7 @@ pub(crate) async fn run(start: ShardStart) -> ShardSummary {
     let shard = Rc::new(Shard {
         id,
         server: config.server.clone(),
-        smtp: Rc::new(config.smtp.clone()),
+        live: ShardLive::new(live),
         spool,
         pressure,
         recipients,

@@ -3,7 +3,10 @@
 //! * `ringmx serve [FLAGS]`: run the SMTP server ([`ringmx::server::serve`]).
 //! * `ringmx spool ...`: read the spool ([`spool`](mod@spool)).
 //! * `ringmx ship ...`: ship the spool onward, as a named consumer ([`ship`]).
+//! * `ringmx check-config --config FILE`: validate a config, print its settings
+//!   ([`check_config`]).
 
+mod check_config;
 mod settings;
 mod ship;
 mod spool;
@@ -31,7 +34,10 @@ enum Command {
     ///
     /// Settings come from the defaults, then --config FILE, then the flags.
     /// SIGTERM/SIGINT: graceful shutdown (a second one exits at once).
-    /// SIGHUP: reread the recipient map (a bad one keeps the old).
+    /// SIGHUP: reread the config file and apply what can change without a
+    /// restart (smtp settings but recipient_*, log level and format,
+    /// connection lifetime), then the recipient map; a bad file keeps the
+    /// running settings.
     #[command(after_help = ringmx::units::FORMS_HELP)]
     Serve(Box<ConfigOverrides>),
     /// Read the spool (ls, cat, export, verify, stats) and reclaim it by hand (gc).
@@ -44,6 +50,12 @@ enum Command {
     /// DIR/consumers/NAME/dead/. Exit status: 0 done, 1 failed, 2 usage.
     #[command(after_help = SHIP_EXAMPLES)]
     Ship(ship::ShipArgs),
+    /// Check a config file and print its effective settings as TOML.
+    ///
+    /// Prints only the settings that differ from the defaults (like
+    /// `postconf -n`), or every one with --all. Exit status: 0 valid,
+    /// 2 invalid (one line on stderr saying what to fix).
+    CheckConfig(check_config::CheckConfigArgs),
 }
 
 const SHIP_EXAMPLES: &str = "Examples:
@@ -59,6 +71,7 @@ fn main() {
     let code = match cli.command {
         Command::Serve(flags) => serve(&flags),
         Command::Spool(args) => spool(args),
+        Command::CheckConfig(args) => args.run(),
         Command::Ship(args) => match args.run() {
             Ok(()) => 0,
             Err(f) => {
@@ -100,10 +113,22 @@ fn serve(flags: &ConfigOverrides) -> i32 {
             return 2;
         }
     };
-    match ringmx::server::serve(cfg) {
+    // SIGHUP reads the file and applies the flags again, as here; without
+    // a file the flags cannot change, and there is nothing to re-read.
+    let reread = flags.config.is_some().then(|| {
+        let again = flags.clone();
+        Box::new(move || again.load()) as ringmx::server::reload::Reread
+    });
+    let json = cfg.server.log_format == ringmx::config::LogFormat::Json;
+    match ringmx::server::serve_reloading(cfg, reread) {
         Ok(_) => 0,
         Err(e) => {
-            eprintln!("ringmx: {e}");
+            // A log shipper reading JSON gets the reason as JSON too.
+            if json {
+                ringmx::log::write(ringmx::log::Level::Error, format_args!("ringmx: {e}"));
+            } else {
+                eprintln!("ringmx: {e}");
+            }
             // 2 for settings (like a usage error), 1 for the environment.
             match e {
                 ServerError::Config(_) | ServerError::RecipientMap(_) => 2,
