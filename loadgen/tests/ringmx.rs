@@ -48,6 +48,8 @@ impl Ringmx {
                 "example.com",
             ])
             .args(extra)
+            // One loopback client: no per-IP connection limit.
+            .args(["--max-connections-per-ip", "0"])
             .args(["--log-level", "warn", "--spool"])
             .arg(spool)
             .stdin(Stdio::null())

@@ -144,6 +144,15 @@ impl Server {
         if !base.iter().chain(extra).any(|a| *a == "--log-level") {
             cmd.args(["--log-level", "info"]);
         }
+        // Every test client is 127.0.0.1: the per-IP connection limit (on
+        // by default) is lifted unless a test sets it (tests/server_anvil.rs).
+        if !base
+            .iter()
+            .chain(extra)
+            .any(|a| *a == "--max-connections-per-ip")
+        {
+            cmd.args(["--max-connections-per-ip", "0"]);
+        }
         cmd.args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
