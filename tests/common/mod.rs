@@ -371,6 +371,24 @@ impl Client {
         }
     }
 
+    /// Connects from `source` (any of 127.0.0.0/8 on Linux, where all of it
+    /// routes to lo): a distinct client address without a proxy.
+    pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> Client {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+        s.bind(&SocketAddr::new(source, 0).into())
+            .unwrap_or_else(|e| panic!("bind to {source}: {e}"));
+        s.connect_timeout(&addr.into(), STEP).expect("connect");
+        let s: TcpStream = s.into();
+        s.set_read_timeout(Some(STEP)).unwrap();
+        s.set_write_timeout(Some(STEP)).unwrap();
+        s.set_nodelay(true).unwrap();
+        Client {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        }
+    }
+
     pub fn stream(&self) -> &TcpStream {
         &self.w
     }
