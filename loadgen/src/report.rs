@@ -118,6 +118,12 @@ pub struct ConnectionCounts {
     /// Of those, how many had a server that advertised CHUNKING (BDAT);
     /// `--bdat` sends BDAT either way.
     pub chunking: u64,
+    /// Early talkers sent (`--pregreet-fraction`).
+    #[serde(default)]
+    pub pregreet: u64,
+    /// Of those, refused by the server before any session.
+    #[serde(default)]
+    pub pregreet_rejected: u64,
 }
 
 impl Summary {
@@ -183,6 +189,8 @@ impl Summary {
                 opened: c.conns_opened,
                 pipelined: c.conns_pipelined,
                 chunking: c.conns_chunking,
+                pregreet: c.pregreet_sent,
+                pregreet_rejected: c.pregreet_rejected,
             },
             replies,
             rcpt_replies: ["250", "550", "other"]
@@ -284,6 +292,15 @@ impl Summary {
             "connections  opened {}  pipelined {}  CHUNKING advertised {}",
             self.connections.opened, self.connections.pipelined, self.connections.chunking
         );
+        if self.connections.pregreet > 0 {
+            let _ = writeln!(
+                s,
+                "pregreet     sent {}  rejected {}  served {}",
+                self.connections.pregreet,
+                self.connections.pregreet_rejected,
+                self.connections.pregreet - self.connections.pregreet_rejected
+            );
+        }
 
         let _ = writeln!(
             s,
