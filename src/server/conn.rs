@@ -62,7 +62,7 @@ const LINGER: Duration = Duration::from_secs(2);
 /// Serves one accepted connection to the end, then logs one line about it.
 pub(crate) async fn serve(
     shard: Rc<Shard>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     permit: StaticPermit,
     guard: ActiveGuard,
 ) {
@@ -70,7 +70,6 @@ pub(crate) async fn serve(
     // The client's address: limits, logs and the session take it from
     // here (the one place a PROXY header's address replaces the socket's).
     let peer = stream.peer_addr().ok();
-    let mut stream = stream;
     // Per-client limits first, then the greeting wait: a client over its
     // limit is told so at once.
     let (ticket, greeted_bytes) = match edge(&shard, &mut stream, peer, started).await {
