@@ -313,6 +313,14 @@ macro_rules! with_settings {
                 reject_unoffered_pipelining: bool = false,
                     "plain" reject_unoffered_pipelining "BOOL"
                     "true: close (554) a client that pipelines before PIPELINING was offered";
+                /// Close with `554 5.5.1` on a command line ended by a bare LF instead of
+                /// CRLF (RFC 5321 §2.3.8): not an RFC 5321 client (postscreen's bare
+                /// newline test). Off: such a line is read as a command, as before.
+                // Off: some old, legitimate scripts send bare LF; Postfix's
+                // postscreen_bare_newline_enable is off by default too.
+                reject_bare_lf_commands: bool = false,
+                    "plain" reject_bare_lf_commands "BOOL"
+                    "true: close (554) a client whose command line ends in a bare LF";
                 /// Waiting for the next command (RFC 5321 §4.5.3.2.7: at least 5 minutes).
                 command_timeout: Duration = Duration::from_secs(300),
                     "duration" command_timeout "DURATION"

@@ -133,3 +133,21 @@ fn pipelining_before_the_offer_is_served_by_default() {
     c.expect("250 ");
     c.expect("250 2.1.0");
 }
+
+#[test]
+fn a_bare_lf_command_line_is_refused_when_asked() {
+    let s = Server::start(&["--reject-bare-lf-commands", "true"]);
+    let mut c = s.client();
+    c.send("EHLO old.example\n");
+    c.expect("554 5.5.1 Protocol error: command line ended by a bare <LF>");
+    c.expect_eof();
+    // CRLF clients are served as ever.
+    let mut ok = s.client();
+    ok.ehlo();
+    assert!(
+        s.wait_log("outcome=bare-lf-command", common::STEP)
+            .is_some(),
+        "{}",
+        s.logs()
+    );
+}

@@ -37,6 +37,10 @@ pub const CONNECTION_RATE: Reply =
 /// The client talked before the greeting's last line (server.greet_wait;
 /// RFC 5321 §3.1 has the client wait for it; RFC 7504 521: no mail here).
 pub const PREGREET: Reply = b"521 5.5.1 Protocol error: talking before the greeting\r\n";
+/// A command line ended by a bare LF (smtp.reject_bare_lf_commands; RFC
+/// 5321 §2.3.8: lines end with CRLF).
+pub const BARE_LF_COMMAND: Reply =
+    b"554 5.5.1 Protocol error: command line ended by a bare <LF>, closing\r\n";
 /// A command with more behind it before PIPELINING was offered
 /// (smtp.reject_unoffered_pipelining; RFC 2920 §3.1).
 pub const UNOFFERED_PIPELINING: Reply =
@@ -212,6 +216,7 @@ mod tests {
             CONNECTION_RATE,
             PREGREET,
             UNOFFERED_PIPELINING,
+            BARE_LF_COMMAND,
             MESSAGE_RATE,
             RECIPIENT_RATE,
             OK,

@@ -159,6 +159,9 @@ pub enum CloseReason {
     /// smtp.reject_unoffered_pipelining: `554 5.5.0` (postscreen's
     /// pipelining test).
     UnofferedPipelining,
+    /// A command line ended by a bare LF, with smtp.reject_bare_lf_commands:
+    /// `554 5.5.1` (postscreen's bare newline test).
+    BareLfCommand,
 }
 
 impl CloseReason {
@@ -175,6 +178,7 @@ impl CloseReason {
             CloseReason::ImproperPipelining => reply::IMPROPER_PIPELINING,
             CloseReason::TooManyJunk => reply::TOO_MANY_JUNK,
             CloseReason::UnofferedPipelining => reply::UNOFFERED_PIPELINING,
+            CloseReason::BareLfCommand => reply::BARE_LF_COMMAND,
         }
     }
 
@@ -192,6 +196,7 @@ impl CloseReason {
             CloseReason::ImproperPipelining => "improper-pipelining",
             CloseReason::TooManyJunk => "too-many-junk",
             CloseReason::UnofferedPipelining => "unoffered-pipelining",
+            CloseReason::BareLfCommand => "bare-lf-command",
         }
     }
 }
@@ -208,6 +213,7 @@ impl CloseReason {
                 | CloseReason::ImproperPipelining
                 | CloseReason::TooManyJunk
                 | CloseReason::UnofferedPipelining
+                | CloseReason::BareLfCommand
         )
     }
 }
@@ -832,14 +838,22 @@ impl Session {
             return (line.end, ev);
         }
         let content = &input[..line.content_len()];
-        // RFC 2920 §3.1: only a client that saw PIPELINING in the EHLO
-        // reply may send a command before the previous one's reply.
-        if self.cfg.reject_unoffered_pipelining
+        // The edge's protocol tests (postscreen's): RFC 2920 §3.1, only a
+        // client that saw PIPELINING in the EHLO reply may send a command
+        // before the previous one's reply; RFC 5321 §2.3.8, lines end in CRLF.
+        let edge = if self.cfg.reject_unoffered_pipelining
             && line.end < input.len()
             && self.greeted != Greeted::Ehlo
         {
+            Some(CloseReason::UnofferedPipelining)
+        } else if self.cfg.reject_bare_lf_commands && !line.crlf {
+            Some(CloseReason::BareLfCommand)
+        } else {
+            None
+        };
+        if let Some(reason) = edge {
             let first = self.refusals.len();
-            let ev = self.respond(out, Handled::close(CloseReason::UnofferedPipelining));
+            let ev = self.respond(out, Handled::close(reason));
             self.refusals.name_since(first, content);
             return (line.end, ev);
         }
