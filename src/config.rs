@@ -39,6 +39,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::outlet::supervise::ShipTarget;
 use crate::protocol::command::{address_literal, valid_domain};
 use crate::units::{self, UnitError};
+use ipnet::IpNet;
 use kinds::{duration, list, path, plain, size};
 
 /// The log level, an enum (`error`, `warn`, `info`, `debug`) in TOML and
@@ -127,6 +128,59 @@ macro_rules! with_settings {
                 ship: Vec<ShipTarget> = Vec::new(),
                     "list" ship "[NAME=]URL"
                     "Ship the spool to URL in a supervised child `ringmx ship --follow`; NAME= names the consumer (default: the URL's scheme); repeat for several";
+                /// Open connections per client IP (IPv6: per /64) across all shards; past it
+                /// a new connection gets `421 4.7.0` and is closed. 0: no limit. See
+                /// `server::anvil` and README "Per-client limits".
+                // Postfix's smtpd_client_connection_count_limit, with its default.
+                max_connections_per_ip: u32 = 50,
+                    "plain" max_connections_per_ip "N"
+                    "Open connections per client IP (IPv6 /64) over all shards; past it 421 4.7.0 (0: off)";
+                /// New connections per client IP per minute (a fixed window from the first
+                /// one); past it `421 4.7.0` and close. 0: off.
+                // Off, as Postfix's smtpd_client_connection_rate_limit: what is
+                // abusive depends on who sends to this MX.
+                max_connection_rate_per_ip: u32 = 0,
+                    "plain" max_connection_rate_per_ip "N"
+                    "New connections per client IP per minute; past it 421 4.7.0 (0: off)";
+                /// MAIL commands per client IP per minute; past it MAIL gets `452 4.7.1`. 0: off.
+                // Off, as Postfix's smtpd_client_message_rate_limit.
+                max_message_rate_per_ip: u32 = 0,
+                    "plain" max_message_rate_per_ip "N"
+                    "Messages (MAIL) per client IP per minute; past it 452 4.7.1 (0: off)";
+                /// Accepted RCPTs per client IP per minute; past it RCPT gets `452 4.7.1`. 0: off.
+                // Off, as Postfix's smtpd_client_recipient_rate_limit.
+                max_recipient_rate_per_ip: u32 = 0,
+                    "plain" max_recipient_rate_per_ip "N"
+                    "Recipients per client IP per minute; past it 452 4.7.1 (0: off)";
+                /// Client networks exempt from the per-IP limits and the greeting wait
+                /// (CIDR, e.g. `10.0.0.0/8`). Loopback is not exempt unless listed.
+                // None: every client is limited until the operator says otherwise.
+                trusted_network: Vec<IpNet> = Vec::new(),
+                    "list" trusted_network "CIDR"
+                    "Client network exempt from per-IP limits and the greeting wait; repeat for several";
+                /// Clients tracked at once for the per-IP limits (and, separately, for the
+                /// greeting-wait pass cache); rounded up to a power of two. Memory: 32
+                /// bytes per entry for the limits, 8 for the pass cache, shared by all
+                /// shards. A client that finds no free entry near its hash is let through
+                /// unlimited and counted (`server::anvil::AnvilStats::table_full`).
+                // 65,536 clients active within a minute is far beyond one MX's share of
+                // a botnet; 2.5 MiB in all.
+                client_table_entries: usize = 65_536,
+                    "plain" client_table_entries "N"
+                    "Clients tracked at once for per-IP limits and the greeting-wait pass cache";
+                /// Early-talker test (Postfix postscreen's pregreet): send `220-` first, wait
+                /// this long, and close with `521 5.5.1` on a client that talks before the
+                /// final `220 ` line. 0: off (the greeting goes out at once).
+                // Off: it delays every new client; postscreen's default is 6s.
+                greet_wait: Duration = Duration::ZERO,
+                    "duration" greet_wait "DURATION"
+                    "Send 220- and wait this long; a client that talks first gets 521 (0: off); e.g. 6s";
+                /// How long a client that waited for the greeting is remembered, so it
+                /// pays greet_wait once per this long (per IP, all shards).
+                // Postfix's postscreen_greet_ttl.
+                greet_pass_ttl: Duration = Duration::from_secs(24 * 3600),
+                    "duration" greet_pass_ttl "DURATION"
+                    "How long a client that passed the greeting wait skips it";
             }
 
             /// SMTP policy and protocol limits: everything the sans-IO engine needs.
@@ -259,6 +313,22 @@ macro_rules! with_settings {
                 bare_newline: BareNewline = BareNewline::Reject,
                     "plain" bare_newline "POLICY"
                     "Messages with a bare LF or CR: reject or accept";
+                /// Close with `554 5.5.0` when a client sends a command with more behind it
+                /// before PIPELINING was offered (before the EHLO reply, or after HELO):
+                /// spamware that does not wait for replies (postscreen's pipelining test).
+                // Off: a legitimate client may also get this wrong; Postfix's
+                // postscreen_pipelining_enable is off by default too.
+                reject_unoffered_pipelining: bool = false,
+                    "plain" reject_unoffered_pipelining "BOOL"
+                    "true: close (554) a client that pipelines before PIPELINING was offered";
+                /// Close with `554 5.5.1` on a command line ended by a bare LF instead of
+                /// CRLF (RFC 5321 §2.3.8): not an RFC 5321 client (postscreen's bare
+                /// newline test). Off: such a line is read as a command, as before.
+                // Off: some old, legitimate scripts send bare LF; Postfix's
+                // postscreen_bare_newline_enable is off by default too.
+                reject_bare_lf_commands: bool = false,
+                    "plain" reject_bare_lf_commands "BOOL"
+                    "true: close (554) a client whose command line ends in a bare LF";
                 /// Waiting for the next command (RFC 5321 §4.5.3.2.7: at least 5 minutes).
                 command_timeout: Duration = Duration::from_secs(300),
                     "duration" command_timeout "DURATION"
@@ -378,6 +448,7 @@ macro_rules! with_settings {
 pub mod types {
     pub use super::{BareNewline, Cores, Durability, LogFormat, LogLevel};
     pub use crate::outlet::supervise::ShipTarget;
+    pub use ipnet::IpNet;
     pub use std::net::SocketAddr;
     pub use std::path::PathBuf;
     pub use std::time::Duration;
@@ -725,6 +796,11 @@ pub mod kinds {
     }
 }
 
+/// The most clients `server.client_table_entries` may track: 40 bytes each,
+/// so 1.3 GiB, far past any real need; it keeps the power-of-two rounding
+/// and the table's index arithmetic in range.
+pub const MAX_CLIENT_TABLE_ENTRIES: usize = 1 << 25;
+
 /// A setting that cannot work, with the numbers that conflict.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
@@ -751,6 +827,11 @@ pub enum ConfigError {
     /// Text line limit below the RFC minimum.
     #[error("smtp.max_text_line_bytes = {0}: RFC 5321 §4.5.3.1.6 requires at least 1000")]
     TextLineTooShort(usize),
+    /// A client table larger than [`MAX_CLIENT_TABLE_ENTRIES`].
+    #[error(
+        "server.client_table_entries is {0}; at most {MAX_CLIENT_TABLE_ENTRIES} (1.3 GiB) are allowed"
+    )]
+    ClientTable(usize),
     /// Nothing to listen on.
     #[error("server.listen is empty: give at least one --listen ADDR")]
     NoListen,
@@ -838,6 +919,12 @@ impl Config {
         }
         if s.backlog == 0 {
             return Err(ConfigError::Zero("server.backlog"));
+        }
+        if s.client_table_entries == 0 {
+            return Err(ConfigError::Zero("server.client_table_entries"));
+        }
+        if s.client_table_entries > MAX_CLIENT_TABLE_ENTRIES {
+            return Err(ConfigError::ClientTable(s.client_table_entries));
         }
         if self.spool.segment_bytes == 0 {
             return Err(ConfigError::Zero("spool.segment_bytes"));

@@ -30,7 +30,7 @@ fn a_stderr_nobody_reads_does_not_stall_the_server_and_no_line_is_lost() {
         .args(["serve", "--listen", "127.0.0.1:0", "--cores", "1"])
         .arg("--spool")
         .arg(spool.path())
-        .args(["--log-level", "info"])
+        .args(["--log-level", "info", "--max-connections-per-ip", "0"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -164,7 +164,8 @@ class Ringmx:
         self.proc = subprocess.Popen(
             ["taskset", "-c", SERVER_CPU, RINGMX, "serve", "--listen", "127.0.0.1:%d" % port,
              "--cores", "1", "--log-level", "warn", "--durability", self.durability,
-             "--domain", "example.com", "--spool", os.path.join(work, "spool")] + tls,
+             "--domain", "example.com", "--max-connections-per-ip", "0",
+             "--spool", os.path.join(work, "spool")] + tls,
             stdout=subprocess.DEVNULL, stderr=open(self.log, "w"))
         if not wait_banner(port, 15):
             self.stop()

@@ -23,7 +23,8 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 run_one() { # mode run -> "msgs_per_s p50 p99 commits_per_fdatasync"
     local mode=$1 i=$2 spool="$work/spool-$1-$2" log="$work/server-$1-$2.log"
     taskset -c "$SERVER_CPU" "$RINGMX" serve --listen 127.0.0.1:0 --cores 1 \
-        --domain example.com --durability "$mode" --spool "$spool" --log-level warn 2>"$log" &
+        --domain example.com --durability "$mode" --spool "$spool" --log-level warn \
+        --max-connections-per-ip 0 2>"$log" &
     local pid=$! addr=""
     for _ in $(seq 100); do
         addr=$(grep -o 'listening on [0-9.:]*' "$log" | awk '{print $3}') && [ -n "$addr" ] && break

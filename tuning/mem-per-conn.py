@@ -69,7 +69,8 @@ def main():
 
     spool = tempfile.mkdtemp(prefix="ringmx-mem-")
     cmd = [a.ringmx, "serve", "--listen", "127.0.0.1:0", "--cores", "1",
-           "--max-connections", str(a.n + 100), "--log-level", "warn",
+           "--max-connections", str(a.n + 100), "--max-connections-per-ip", "0",
+           "--log-level", "warn",
            "--spool", spool] + a.extra
     # stderr goes to a file: a pipe nobody drains would fill and stall the
     # server's log writes.

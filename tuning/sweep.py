@@ -70,6 +70,7 @@ def run_one(cfg, work):
     logf = os.path.join(work, "ringmx.log")
     p = subprocess.Popen(["taskset", "-c", cfg["cpus"], C.RINGMX, "serve", "--listen", "127.0.0.1:%d" % port,
                           "--log-level", "warn", "--durability", "fsync", "--domain", "example.com",
+                          "--max-connections-per-ip", "0",
                           "--spool", os.path.join(work, "spool")] + cfg["args"],
                          stdout=subprocess.DEVNULL, stderr=open(logf, "w"))
     try:

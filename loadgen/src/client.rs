@@ -126,6 +126,147 @@ pub struct Settings {
     pub chain: bool,
     /// `--starttls` or `--tls`.
     pub tls: Option<TlsSetup>,
+    /// Bind each connection to the next address of this network.
+    pub source_ips: Option<ipnet::IpNet>,
+    /// Share of connections that are early talkers ([`pregreet`]).
+    pub pregreet_fraction: f64,
+}
+
+/// Connections set up by this process (early talkers included), to pick
+/// the early talkers evenly: connection n is one when `n * fraction`
+/// crosses an integer.
+static SETUPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Source addresses handed out so far (`--source-ips`), in turn.
+static SOURCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl Settings {
+    /// Whether the next connection to set up is an early talker: exactly
+    /// `fraction` of them, spread evenly (no randomness, so a run's counts
+    /// are known in advance).
+    pub fn next_is_pregreet(&self) -> bool {
+        if self.pregreet_fraction <= 0.0 {
+            return false;
+        }
+        let n = SETUPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as f64;
+        ((n + 1.0) * self.pregreet_fraction).floor() > (n * self.pregreet_fraction).floor()
+    }
+
+    /// The next source address of `--source-ips`, in turn (a network's own
+    /// and broadcast addresses skipped where it has more than two).
+    fn next_source(&self, net: ipnet::IpNet) -> std::net::IpAddr {
+        use std::net::IpAddr;
+        let n = SOURCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match net {
+            ipnet::IpNet::V4(v4) => {
+                let base = u32::from(v4.network());
+                let size = 1u64 << (32 - u32::from(v4.prefix_len()));
+                let (first, count) = if size > 2 { (1, size - 2) } else { (0, size) };
+                IpAddr::from(std::net::Ipv4Addr::from(
+                    (u64::from(base) + first + n % count) as u32,
+                ))
+            }
+            ipnet::IpNet::V6(v6) => {
+                let base = u128::from(v6.network());
+                let bits = 128 - u32::from(v6.prefix_len());
+                let count = if bits >= 64 { u64::MAX } else { 1u64 << bits };
+                IpAddr::from(std::net::Ipv6Addr::from(base + u128::from(n % count)))
+            }
+        }
+    }
+
+    /// Connects to the target, from the next `--source-ips` address if set.
+    /// That connect is a blocking one (glommio cannot bind first), bounded
+    /// by `--connect-timeout`; on loopback it takes microseconds.
+    async fn connect(&self) -> Result<TcpStream, Failure> {
+        let Some(net) = self.source_ips else {
+            return TcpStream::connect_timeout(self.target, self.connect_timeout)
+                .await
+                .map_err(|e| Failure::connect(&e.into()));
+        };
+        use socket2::{Domain, Socket, Type};
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let src = self.next_source(net);
+        let sock = Socket::new(Domain::for_address(self.target), Type::STREAM, None)
+            .map_err(|e| Failure::connect(&e))?;
+        sock.bind(&SocketAddr::new(src, 0).into())
+            .map_err(|e| Failure::connect(&io::Error::new(e.kind(), format!("bind {src}: {e}"))))?;
+        sock.connect_timeout(&self.target.into(), self.connect_timeout)
+            .map_err(|e| Failure::connect(&e))?;
+        sock.set_nonblocking(true)
+            .map_err(|e| Failure::connect(&e))?;
+        // SAFETY: a connected TCP socket we own, given away here.
+        Ok(unsafe { TcpStream::from_raw_fd(sock.into_raw_fd()) })
+    }
+}
+
+/// An early talker (`--pregreet-fraction`): connects, sends EHLO at once,
+/// before any greeting, and reads what comes back until a final reply that
+/// decides: a 4xx/5xx (the server refused it, as a greeting wait should)
+/// is returned; a `250` to the EHLO (it was served) is a protocol
+/// failure for the report. Sends no mail either way.
+///
+/// # Errors
+/// A [`Failure`] when the connection breaks, or the server served it.
+pub async fn pregreet(s: &Settings, msgs: &Messages, rec: &Recorder) -> Result<u16, Failure> {
+    use futures_lite::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = s.connect().await?;
+    let setup = stream
+        .set_read_timeout(Some(s.reply_timeout))
+        .and_then(|()| stream.set_write_timeout(Some(s.reply_timeout)));
+    setup.map_err(|e| Failure::connect(&e.into()))?;
+    {
+        let mut r = rec.borrow_mut();
+        r.counters.conns_opened += 1;
+        r.counters.pregreet_sent += 1;
+    }
+    stream
+        .write_all(&msgs.ehlo)
+        .await
+        .map_err(|e| Failure::io(&e, Command::Ehlo))?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let mut seen = 0;
+    loop {
+        // Each complete line: `NNN ` ends a reply.
+        while let Some(i) = buf[seen..].windows(2).position(|w| w == b"\r\n") {
+            let line = &buf[seen..seen + i];
+            seen += i + 2;
+            let code = std::str::from_utf8(line.get(..3).unwrap_or_default())
+                .ok()
+                .and_then(|c| c.parse::<u16>().ok());
+            match (code, line.get(3)) {
+                (Some(c), Some(b' ')) if c >= 400 => {
+                    let mut r = rec.borrow_mut();
+                    r.counters.reply(Command::Greeting, c);
+                    r.counters.pregreet_rejected += 1;
+                    return Ok(c);
+                }
+                (Some(250), Some(b' ')) => {
+                    let _ = stream.write_all(b"QUIT\r\n").await;
+                    return Err(Failure::protocol(
+                        "an early talker (EHLO before the greeting) was served".into(),
+                    ));
+                }
+                (Some(_), _) => {}
+                (None, _) => return Err(unexpected(Command::Greeting, 0)),
+            }
+        }
+        if buf.len() > reply::MAX_REPLY_BYTES {
+            return Err(Failure::protocol("early talker: reply too long".into()));
+        }
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| Failure::io(&e, Command::Greeting))?;
+        if n == 0 {
+            return Err(Failure {
+                kind: ErrorKind::EarlyClose,
+                detail: "early talker: server closed without refusing".into(),
+            });
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// An open SMTP session, past greeting and EHLO.
@@ -180,9 +321,7 @@ impl Conn {
         rec: &Recorder,
     ) -> Result<Result<Conn, u16>, Failure> {
         let t0 = Instant::now();
-        let stream = TcpStream::connect_timeout(s.target, s.connect_timeout)
-            .await
-            .map_err(|e| Failure::connect(&e.into()))?;
+        let stream = s.connect().await?;
         let connected = Instant::now();
         // Both fail only for a zero timeout (config validation rejects it) or
         // a socket that is already broken.

@@ -240,6 +240,12 @@ pub struct RunConfig {
     pub live: bool,
     /// `--starttls` or `--tls`, with its client config built.
     pub tls: Option<crate::tls::TlsSetup>,
+    /// Bind each connection to the next address of this network
+    /// (`--source-ips`), so one loadgen looks like many clients.
+    pub source_ips: Option<ipnet::IpNet>,
+    /// Share of connections that send EHLO before the greeting
+    /// (`--pregreet-fraction`): early talkers, as spamware is.
+    pub pregreet_fraction: f64,
 }
 
 /// `--rcpt-pattern`: addresses `PREFIX{LO..HI}SUFFIX` (both ends included),
@@ -345,6 +351,20 @@ impl RunConfig {
         }
         if self.messages == Some(0) {
             return invalid("--messages must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.pregreet_fraction) {
+            return invalid(format!(
+                "--pregreet-fraction must be between 0 and 1, got {}",
+                self.pregreet_fraction
+            ));
+        }
+        if let Some(net) = self.source_ips {
+            if net.addr().is_ipv4() != self.target.is_ipv4() {
+                return invalid(format!(
+                    "--source-ips {net} and --target {} are not the same IP version",
+                    self.target
+                ));
+            }
         }
         if self.reply_timeout.is_zero() || self.connect_timeout.is_zero() {
             return invalid("--timeout and --connect-timeout must be longer than 0".into());

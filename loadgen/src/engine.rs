@@ -27,7 +27,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use ringmx::sys::{self, Limit};
 
 use crate::aggregate::{Aggregator, CoreReport, IntervalKind, Merged, Totals};
-use crate::client::{Conn, Failure, Outcome, Recorder, Settings};
+use crate::client::{self, Conn, Failure, Outcome, Recorder, Settings};
 use crate::config::{Load, RunConfig, Scenario};
 use crate::hlog::{write_hgrm, HlogFile, HlogWriter};
 use crate::message::Messages;
@@ -202,6 +202,8 @@ pub fn run(cfg: RunConfig) -> Result<Summary, RunError> {
         // Open loop keeps each message's own start time: no chaining there.
         chain: cfg.chain && cfg.load == Load::Closed && cfg.scenario == Scenario::Mail,
         tls: cfg.tls.clone(),
+        source_ips: cfg.source_ips,
+        pregreet_fraction: cfg.pregreet_fraction,
     };
     let plan = Arc::new(Plan {
         msgs: Messages::build(&cfg),
@@ -677,6 +679,16 @@ async fn worker(tl: Timeline, plan: Arc<Plan>, ctl: Rc<CoreCtl>, rec: Recorder) 
         if conn.is_none() {
             if setup_failures > 0 {
                 sleep_until(Instant::now() + backoff(setup_failures)).await;
+            }
+            if plan.settings.next_is_pregreet() {
+                // An early talker sends no mail: its message slot is the
+                // server's answer to it (refused, or a failure if served).
+                match client::pregreet(&plan.settings, &plan.msgs, &rec).await {
+                    Ok(code) => count_refusal(&rec, code),
+                    Err(f) => count_failure(&rec, &f, true),
+                }
+                ctl.finished();
+                continue;
             }
             match Conn::open(&plan.settings, &plan.msgs, &rec).await {
                 Ok(Ok(c)) => {

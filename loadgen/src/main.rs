@@ -163,6 +163,18 @@ struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     timeout: Duration,
 
+    /// Bind each connection to the next address of this network, in turn
+    /// (e.g. 127.1.0.0/16: on Linux all of 127.0.0.0/8 is local), so the
+    /// server sees many clients.
+    #[arg(long, value_name = "CIDR")]
+    source_ips: Option<ipnet::IpNet>,
+
+    /// Share of connections (0 to 1) that send EHLO before the greeting and
+    /// send no mail: early talkers, which a server with a greeting wait
+    /// rejects (counted as pregreet in the summary).
+    #[arg(long, value_name = "F", default_value_t = 0.0)]
+    pregreet_fraction: f64,
+
     /// Longest wait for a TCP connect.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
     connect_timeout: Duration,
@@ -334,6 +346,8 @@ fn to_config(a: RunArgs) -> Result<RunConfig, ConfigError> {
         seed: a.seed,
         live: !a.quiet,
         tls,
+        source_ips: a.source_ips,
+        pregreet_fraction: a.pregreet_fraction,
     };
     cfg.validate()?;
     Ok(cfg)

@@ -136,6 +136,12 @@ pub struct ConnectionCounts {
     /// server's CPU over the whole run can be divided by all handshakes.
     #[serde(default)]
     pub warmup_tls_handshakes: u64,
+    /// Early talkers sent (`--pregreet-fraction`).
+    #[serde(default)]
+    pub pregreet: u64,
+    /// Of those, refused by the server before any session.
+    #[serde(default)]
+    pub pregreet_rejected: u64,
 }
 
 impl Summary {
@@ -205,6 +211,8 @@ impl Summary {
                 tls_handshakes: c.tls_handshakes,
                 tls_resumed: c.tls_resumed,
                 warmup_tls_handshakes: totals.warmup.tls_handshakes,
+                pregreet: c.pregreet_sent,
+                pregreet_rejected: c.pregreet_rejected,
             },
             handshakes_per_s: totals.handshakes_per_sec(),
             replies,
@@ -318,6 +326,15 @@ impl Summary {
                 self.connections.tls_handshakes,
                 self.connections.tls_resumed,
                 self.handshakes_per_s
+            );
+        }
+        if self.connections.pregreet > 0 {
+            let _ = writeln!(
+                s,
+                "pregreet     sent {}  rejected {}  served {}",
+                self.connections.pregreet,
+                self.connections.pregreet_rejected,
+                self.connections.pregreet - self.connections.pregreet_rejected
             );
         }
 

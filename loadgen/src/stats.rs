@@ -234,6 +234,10 @@ pub struct Counters {
     pub tls_handshakes: u64,
     /// Of those, abbreviated ones (session resumed; `--tls-resume`).
     pub tls_resumed: u64,
+    /// Early-talker connections (`--pregreet-fraction`) opened.
+    pub pregreet_sent: u64,
+    /// Of those, how many the server refused (4xx/5xx) before serving them.
+    pub pregreet_rejected: u64,
     /// Open loop: messages due before the end that no connection started.
     pub backlog: u64,
     /// Replies by command (index: [`Command`] order) and class (2xx..5xx).
@@ -257,6 +261,8 @@ impl Counters {
         self.conns_chunking += other.conns_chunking;
         self.tls_handshakes += other.tls_handshakes;
         self.tls_resumed += other.tls_resumed;
+        self.pregreet_sent += other.pregreet_sent;
+        self.pregreet_rejected += other.pregreet_rejected;
         self.backlog += other.backlog;
         for (a, b) in self.replies.iter_mut().zip(other.replies.iter()) {
             for (x, y) in a.iter_mut().zip(b.iter()) {

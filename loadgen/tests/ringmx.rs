@@ -48,6 +48,8 @@ impl Ringmx {
                 "example.com",
             ])
             .args(extra)
+            // One loopback client: no per-IP connection limit.
+            .args(["--max-connections-per-ip", "0"])
             .args(["--log-level", "warn", "--spool"])
             .arg(spool)
             .stdin(Stdio::null())
@@ -261,4 +263,34 @@ fn rcpt_pattern_mixes_known_and_unknown_recipients() {
             assert!(n % 4 < 2, "{r} is not in the map but was stored");
         }
     }
+}
+
+/// Issue 12's botnet scenario, small: connections from as many source
+/// addresses, a tenth of them early talkers, against a greeting wait.
+/// Every early talker is refused (521), every other client delivers, and
+/// the acks still match the spool.
+#[test]
+fn early_talkers_from_many_addresses_are_refused_and_no_one_else() {
+    let (s, _) = run_against_ringmx_with(
+        "pregreet",
+        &["--greet-wait", "500ms"],
+        &[
+            "-q",
+            "-c",
+            "50",
+            "--messages",
+            "200",
+            "--msgs-per-conn",
+            "1",
+            "--source-ips",
+            "127.2.0.0/16",
+            "--pregreet-fraction",
+            "0.1",
+        ],
+    );
+    assert_eq!(s["connections"]["pregreet"], 20, "{s}");
+    assert_eq!(s["connections"]["pregreet_rejected"], 20, "{s}");
+    assert_eq!(s["messages"]["perm_fail"], 20, "{s}");
+    assert_eq!(s["messages"]["ok"], 180, "{s}");
+    assert_eq!(s["messages"]["temp_fail"], 0, "{s}");
 }

@@ -18,6 +18,7 @@
 //! | refused commands as records, for the log | `session/refusal.rs` |
 //! | who exists at RCPT time: per-domain policy, the static map | [`recipients`] |
 //! | the `Received:` trace header | [`trace`] |
+//! | per-client rates the runtime keeps across sessions | [`rates`] |
 //! | an in-memory driver for benches and fuzzing | [`replay`] |
 //!
 //! No `unsafe` here: the engine has no reason for it, and the attribute
@@ -27,6 +28,7 @@
 
 pub mod command;
 pub mod envelope;
+pub mod rates;
 pub mod recipients;
 pub mod replay;
 pub mod reply;

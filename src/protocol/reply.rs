@@ -28,6 +28,23 @@ pub const IMPROPER_PIPELINING: Reply =
     b"554 5.5.0 Improper pipelining: data sent after a refused DATA, closing\r\n";
 /// An HTTP request was sent to the SMTP port.
 pub const HTTP_REQUEST: Reply = b"500 5.5.1 This is an SMTP server, not HTTP; closing\r\n";
+/// Over server.max_connections_per_ip (Postfix's anvil answers the same).
+pub const TOO_MANY_CONNECTIONS_FROM_CLIENT: Reply =
+    b"421 4.7.0 Too many connections from your address, try again later\r\n";
+/// Over server.max_connection_rate_per_ip.
+pub const CONNECTION_RATE: Reply =
+    b"421 4.7.0 Too many new connections from your address, try again later\r\n";
+/// The client talked before the greeting's last line (server.greet_wait;
+/// RFC 5321 §3.1 has the client wait for it; RFC 7504 521: no mail here).
+pub const PREGREET: Reply = b"521 5.5.1 Protocol error: talking before the greeting\r\n";
+/// A command line ended by a bare LF (smtp.reject_bare_lf_commands; RFC
+/// 5321 §2.3.8: lines end with CRLF).
+pub const BARE_LF_COMMAND: Reply =
+    b"554 5.5.1 Protocol error: command line ended by a bare <LF>, closing\r\n";
+/// A command with more behind it before PIPELINING was offered
+/// (smtp.reject_unoffered_pipelining; RFC 2920 §3.1).
+pub const UNOFFERED_PIPELINING: Reply =
+    b"554 5.5.0 Improper pipelining: PIPELINING was not offered, closing\r\n";
 
 // Success.
 /// Generic success (RSET, NOOP, MAIL).
@@ -107,10 +124,24 @@ pub const TEXT_LINE_TOO_LONG: Reply = b"500 5.5.6 Message rejected: text line to
 /// Bare LF or bare CR in DATA (SMTP smuggling defence, RFC 5321 §2.3.8).
 pub const BARE_NEWLINE: Reply =
     b"550 5.6.11 Message rejected: bare <LF> or <CR> not allowed, use <CR><LF>\r\n";
+/// MAIL over server.max_message_rate_per_ip (RFC 3463 X.7.1).
+pub const MESSAGE_RATE: Reply =
+    b"452 4.7.1 Too many messages from your address, try again later\r\n";
+/// RCPT over server.max_recipient_rate_per_ip (RFC 3463 X.7.1).
+pub const RECIPIENT_RATE: Reply =
+    b"452 4.7.1 Too many recipients from your address, try again later\r\n";
 /// Spool full or over its free-space floor (RFC 3463 X.3.1).
 pub const SPOOL_FULL: Reply = b"452 4.3.1 Insufficient system storage, try again later\r\n";
 /// Writing or syncing the spool failed (RFC 3463 X.3.0).
 pub const SPOOL_ERROR: Reply = b"451 4.3.0 Local error in processing, try again later\r\n";
+
+/// Writes the first line of a greeting that continues (server.greet_wait):
+/// `220-<hostname> ESMTP ringmx`; a client must wait for the `220 ` line.
+pub fn write_greeting_start(out: &mut Vec<u8>, hostname: &str) {
+    out.extend_from_slice(b"220-");
+    out.extend_from_slice(hostname.as_bytes());
+    out.extend_from_slice(b" ESMTP ringmx\r\n");
+}
 
 /// Writes the greeting: `220 <hostname> ESMTP ringmx`.
 pub fn write_greeting(out: &mut Vec<u8>, hostname: &str) {
@@ -181,6 +212,13 @@ mod tests {
             TOO_MANY_JUNK,
             IMPROPER_PIPELINING,
             HTTP_REQUEST,
+            TOO_MANY_CONNECTIONS_FROM_CLIENT,
+            CONNECTION_RATE,
+            PREGREET,
+            UNOFFERED_PIPELINING,
+            BARE_LF_COMMAND,
+            MESSAGE_RATE,
+            RECIPIENT_RATE,
             OK,
             SENDER_OK,
             RECIPIENT_OK,

@@ -28,10 +28,13 @@ use glommio::net::TcpStream;
 use glommio::sync::StaticPermit;
 use glommio::timer::sleep;
 
+use super::anvil::{Refused, Ticket};
 use super::lookup::{self, Answer};
+use super::pregreet;
 use super::shard::{ActiveGuard, Shard, Stats};
 use super::store::{self, EnvelopeRecord, MessageWriter, ShardSpool, SpoolError};
 use crate::protocol::envelope::SHED_KEEP_RCPTS;
+use crate::protocol::rates::ClientRates;
 use crate::protocol::recipients::LookupFailed;
 use crate::protocol::{reply, trace, ClientInfo, CloseReason, CommitError, Event, Session};
 
@@ -59,16 +62,40 @@ const LINGER: Duration = Duration::from_secs(2);
 /// Serves one accepted connection to the end, then logs one line about it.
 pub(crate) async fn serve(
     shard: Rc<Shard>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     permit: StaticPermit,
     guard: ActiveGuard,
 ) {
     let started = Instant::now();
+    // The client's address: limits, logs and the session take it from
+    // here (the one place a PROXY header's address replaces the socket's).
     let peer = stream.peer_addr().ok();
+    // Per-client limits first, then the greeting wait: a client over its
+    // limit is told so at once.
+    let (ticket, greeted_bytes) = match edge(&shard, &mut stream, peer, started).await {
+        Ok(admitted) => admitted,
+        Err((outcome, bytes_out)) => {
+            ConnLog {
+                peer,
+                shard: shard.id,
+                started,
+                messages: 0,
+                bytes_in: 0,
+                bytes_out,
+            }
+            .write(outcome);
+            drop(permit);
+            drop(guard);
+            return;
+        }
+    };
     let mut out = Vec::with_capacity(shard.server.write_buffer_bytes);
     // The settings as of the last reload, kept for this connection's life.
     let (smtp, lifetime) = shard.live.get();
     let mut session = Session::new(smtp, ClientInfo { peer }, started, lifetime, &mut out);
+    if let Some(t) = ticket.as_ref().filter(|t| t.limits_rates()) {
+        session.set_client_rates(Some(Rc::clone(t) as Rc<dyn ClientRates>));
+    }
     // The generation first: a swap in between is then picked up at once.
     let recipients_gen = shard.recipients.generation();
     session.set_recipients(shard.recipients.load());
@@ -82,7 +109,7 @@ pub(crate) async fn serve(
         msg: Msg::None,
         shutdown_seen: false,
         bytes_in: 0,
-        bytes_out: 0,
+        bytes_out: greeted_bytes,
     };
     let outcome = c.run().await;
     let log = ConnLog {
@@ -98,8 +125,81 @@ pub(crate) async fn serve(
     rcpt.add(&c.session.rcpt_counts());
     c.shard.stats.rcpt.set(rcpt);
     drop(c);
+    // The client's place in its per-IP count goes with the connection.
+    drop(ticket);
     drop(permit);
     drop(guard);
+}
+
+/// The checks before a session: the client's per-IP limits
+/// ([`super::anvil`]), then the greeting wait ([`super::pregreet`]).
+/// `Ok`: serve it, with its place in the per-IP count and the bytes of the
+/// `220-` already sent. `Err`: it was answered and closed; how, and the
+/// bytes sent.
+async fn edge(
+    shard: &Rc<Shard>,
+    stream: &mut TcpStream,
+    peer: Option<SocketAddr>,
+    now: Instant,
+) -> Result<(Option<Rc<Ticket>>, u64), (Outcome, u64)> {
+    let Some(ip) = peer.map(|p| p.ip()) else {
+        return Ok((None, 0));
+    };
+    let ticket = match shard.anvil.connect(ip, now) {
+        Ok(t) => Rc::new(t),
+        Err(r) => {
+            let reply = match r {
+                Refused::TooManyConnections => reply::TOO_MANY_CONNECTIONS_FROM_CLIENT,
+                Refused::ConnectionRate => reply::CONNECTION_RATE,
+            };
+            let sent = turn_away(shard, stream, reply).await;
+            return Err((Outcome::ClientLimit(r), sent));
+        }
+    };
+    if !pregreet::must_wait(shard, ip, now) {
+        return Ok((Some(ticket), 0));
+    }
+    let mut first = Vec::with_capacity(64);
+    reply::write_greeting_start(&mut first, &shard.live.smtp().hostname);
+    if let Err(e) = write_bounded(stream, &first, LINGER, shard, true).await {
+        return Err((e.map_or(Outcome::WriteTimeout, Outcome::WriteError), 0));
+    }
+    let sent = first.len() as u64;
+    let mut buf = [0u8; 256];
+    let wait = shard.server.greet_wait;
+    match wait_readable(stream, &mut buf, wait, shard, true).await {
+        Wake::Timer => {
+            shard.anvil.greet_pass(ip, Instant::now());
+            Ok((Some(ticket), sent))
+        }
+        Wake::Data(n) => {
+            let talker = pregreet::classify(&buf[..n]);
+            talker.count(&shard.anvil);
+            let more = turn_away(shard, stream, reply::PREGREET).await;
+            Err((Outcome::Pregreet(talker), sent + more))
+        }
+        Wake::Shutdown | Wake::HardStop => {
+            let more = turn_away(shard, stream, reply::SHUTTING_DOWN).await;
+            Err((Outcome::Session(CloseReason::Shutdown), sent + more))
+        }
+        Wake::Eof => Err((Outcome::PeerClosed, sent)),
+        Wake::Error(e) => Err((Outcome::ReadError(e.kind()), sent)),
+        Wake::Stuck => Err((Outcome::Stuck, sent)),
+    }
+}
+
+/// One reply, then a lingering close (see [`reject`]); the bytes written.
+async fn turn_away(shard: &Shard, stream: &mut TcpStream, reply: reply::Reply) -> u64 {
+    let ok = write_bounded(stream, reply, LINGER, shard, false)
+        .await
+        .is_ok();
+    linger(stream, shard).await;
+    let _ = stream.close().await;
+    if ok {
+        reply.len() as u64
+    } else {
+        0
+    }
 }
 
 /// Over the shard's connection limit: `421 4.3.2` and a lingering close
@@ -212,6 +312,11 @@ enum Outcome {
     PeerClosed,
     /// Over the shard's connection limit: 421 4.3.2 before any session.
     TooManyConnections,
+    /// Over a per-client limit (server.max_connection*_per_ip): 421 4.7.0
+    /// before any session.
+    ClientLimit(Refused),
+    /// Talked before the greeting's last line (server.greet_wait): 521.
+    Pregreet(pregreet::Talker),
     /// Reading failed.
     ReadError(io::ErrorKind),
     /// Writing failed.
@@ -228,6 +333,8 @@ impl fmt::Display for Outcome {
             Outcome::Session(reason) => f.write_str(reason.as_str()),
             Outcome::PeerClosed => f.write_str("peer-closed"),
             Outcome::TooManyConnections => f.write_str("too-many-connections"),
+            Outcome::ClientLimit(r) => f.write_str(r.as_str()),
+            Outcome::Pregreet(t) => f.write_str(t.as_str()),
             Outcome::ReadError(k) => write!(f, "read-error:{k:?}"),
             Outcome::WriteError(k) => write!(f, "write-error:{k:?}"),
             Outcome::WriteTimeout => f.write_str("write-timeout"),

@@ -7,6 +7,8 @@
 //! | SO_REUSEPORT listener sockets, port-in-use probe | [`listener`] |
 //! | per-core state, accept loop, connection limit, shutdown | `shard.rs` |
 //! | one client connection driving the session | `conn.rs` |
+//! | per-client limits across shards, greeting-wait pass cache | `anvil.rs` |
+//! | the early-talker test (greeting wait) | `pregreet.rs` |
 //! | deleting shipped segments, backpressure (a thread) | [`crate::spool::reclaim`] |
 //! | the recipient map: load, share, reload on SIGHUP | [`recipients`] |
 //!
@@ -28,6 +30,7 @@
 //! off the rest. [`serve`] returns once every shard has stopped. A second
 //! signal exits the process at once (status 128 + signal).
 
+pub mod anvil;
 pub mod listener;
 pub mod lookup;
 pub mod notify;
@@ -36,6 +39,7 @@ pub mod reload;
 pub mod uring;
 
 mod conn;
+mod pregreet;
 mod shard;
 
 use std::io::Write;
@@ -185,6 +189,7 @@ pub fn serve_reloading(
     let bound = listener::bind_all(&cfg.server.listen, cpus.len(), &cfg.server)?;
 
     let reclaim = store::reclaim::Shared::new(cpus.len() as u32);
+    let anvil = Arc::new(anvil::Anvil::new(&cfg.server));
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut stops = Vec::with_capacity(cpus.len());
     let mut starts = Vec::with_capacity(cpus.len());
@@ -205,6 +210,7 @@ pub fn serve_reloading(
             ready: shard::Ready::new(i as u32, ready_tx.clone()),
             pin: std::sync::Arc::clone(&reclaim.pins[i]),
             pressure: std::sync::Arc::clone(&reclaim.pressure),
+            anvil: Arc::clone(&anvil),
         });
     }
     drop(ready_tx);
@@ -300,6 +306,7 @@ pub fn serve_reloading(
     // The shards' last lines come before the summary.
     crate::log::flush();
     let total: u64 = summaries.iter().map(|s| s.messages).sum();
+    crate::info!("per-client limits: {}", anvil.stats.summary());
     crate::info!(
         "stopped: {} shards, {total} messages accepted",
         summaries.len()

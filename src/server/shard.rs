@@ -21,6 +21,7 @@ use glommio::net::{TcpListener, UnixStream};
 use glommio::sync::{Semaphore, StaticPermit};
 use glommio::timer::sleep;
 
+use super::anvil::Anvil;
 use super::conn;
 use super::lookup::{LookupPool, TtlCache};
 use super::recipients::SharedRecipients;
@@ -126,6 +127,9 @@ pub(crate) struct Shard {
     pub(crate) lookups: Option<Arc<LookupPool>>,
     /// Answers of recent LDAP and verify lookups (smtp.recipient_cache_*).
     pub(crate) lookup_cache: RefCell<TtlCache>,
+    /// Per-client limits and the greeting-wait pass cache, shared by
+    /// every shard.
+    pub(crate) anvil: Arc<Anvil>,
     /// One permit per open connection: the per-shard connection limit.
     permits: Rc<Semaphore>,
     /// One permit per connection being turned away: [`MAX_REJECTING`].
@@ -182,6 +186,8 @@ pub(crate) struct ShardStart {
     pub(crate) pin: Arc<AtomicU64>,
     /// The reclaimer's backpressure flag.
     pub(crate) pressure: Arc<AtomicBool>,
+    /// Per-client limits, shared by every shard.
+    pub(crate) anvil: Arc<Anvil>,
 }
 
 /// What a shard reports to the main thread at start: `Ok`, `Err(Some(why))`,
@@ -244,6 +250,7 @@ pub(crate) async fn run(start: ShardStart) -> ShardSummary {
         mut ready,
         pin,
         pressure,
+        anvil,
     } = start;
     // From here on this thread never waits for stderr (see crate::log).
     crate::log::queue_this_thread();
@@ -273,6 +280,7 @@ pub(crate) async fn run(start: ShardStart) -> ShardSummary {
         recipients,
         lookups,
         lookup_cache: RefCell::new(TtlCache::new(config.smtp.recipient_cache_entries)),
+        anvil,
         permits: Rc::new(Semaphore::new(max)),
         rejecting: Rc::new(Semaphore::new(MAX_REJECTING)),
         active: Cell::new(0),

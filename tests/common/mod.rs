@@ -144,6 +144,15 @@ impl Server {
         if !base.iter().chain(extra).any(|a| *a == "--log-level") {
             cmd.args(["--log-level", "info"]);
         }
+        // Every test client is 127.0.0.1: the per-IP connection limit (on
+        // by default) is lifted unless a test sets it (tests/server_anvil.rs).
+        if !base
+            .iter()
+            .chain(extra)
+            .any(|a| *a == "--max-connections-per-ip")
+        {
+            cmd.args(["--max-connections-per-ip", "0"]);
+        }
         cmd.args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -353,6 +362,24 @@ pub struct Client {
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let s = TcpStream::connect_timeout(&addr, STEP).expect("connect");
+        s.set_read_timeout(Some(STEP)).unwrap();
+        s.set_write_timeout(Some(STEP)).unwrap();
+        s.set_nodelay(true).unwrap();
+        Client {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        }
+    }
+
+    /// Connects from `source` (any of 127.0.0.0/8 on Linux, where all of it
+    /// routes to lo): a distinct client address without a proxy.
+    pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> Client {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+        s.bind(&SocketAddr::new(source, 0).into())
+            .unwrap_or_else(|e| panic!("bind to {source}: {e}"));
+        s.connect_timeout(&addr.into(), STEP).expect("connect");
+        let s: TcpStream = s.into();
         s.set_read_timeout(Some(STEP)).unwrap();
         s.set_write_timeout(Some(STEP)).unwrap();
         s.set_nodelay(true).unwrap();

@@ -100,6 +100,14 @@ impl Session {
         if self.spool_full {
             return Handled::reply(reply::SPOOL_FULL);
         }
+        // The client's own rate: temporary too, not an error.
+        if self
+            .rates
+            .as_ref()
+            .is_some_and(|r| !r.admit_message(self.last_input))
+        {
+            return Handled::reply(reply::MESSAGE_RATE);
+        }
         self.arena.set_mail(from, params, raw_params);
         self.tx = Tx::Envelope;
         Handled::reply(reply::SENDER_OK)
@@ -185,6 +193,13 @@ impl Session {
             // RFC 5321 §4.5.3.1.10: 452, and not a protocol error; but
             // junk, as a client that keeps sending them is not delivering.
             return self.junk(Handled::reply(reply::TOO_MANY_RECIPIENTS));
+        }
+        if self
+            .rates
+            .as_ref()
+            .is_some_and(|r| !r.admit_recipient(self.last_input))
+        {
+            return Handled::reply(reply::RECIPIENT_RATE);
         }
         self.rcpt_counts.accepted += 1;
         self.arena.add_rcpt(to);

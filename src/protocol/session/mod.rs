@@ -69,6 +69,7 @@ use std::time::{Duration, Instant};
 
 use super::command::is_bdat;
 use super::envelope::{Envelope, TxArena};
+use super::rates::ClientRates;
 use super::recipients::{Lookup, LookupFailed, RecipientMap, Remote};
 use super::reply::{self, Reply};
 use super::scanner::LineScanner;
@@ -153,6 +154,14 @@ pub enum CloseReason {
     /// HELP, unknown verbs, RCPTs past the limit) since the last accepted
     /// message: `421 4.7.0` (Postfix's `smtpd_junk_command_limit`).
     TooManyJunk,
+    /// A command with more input behind it before PIPELINING was offered
+    /// (before the EHLO reply, or after HELO), with
+    /// smtp.reject_unoffered_pipelining: `554 5.5.0` (postscreen's
+    /// pipelining test).
+    UnofferedPipelining,
+    /// A command line ended by a bare LF, with smtp.reject_bare_lf_commands:
+    /// `554 5.5.1` (postscreen's bare newline test).
+    BareLfCommand,
 }
 
 impl CloseReason {
@@ -168,6 +177,8 @@ impl CloseReason {
             CloseReason::Shutdown | CloseReason::CutOff => reply::SHUTTING_DOWN,
             CloseReason::ImproperPipelining => reply::IMPROPER_PIPELINING,
             CloseReason::TooManyJunk => reply::TOO_MANY_JUNK,
+            CloseReason::UnofferedPipelining => reply::UNOFFERED_PIPELINING,
+            CloseReason::BareLfCommand => reply::BARE_LF_COMMAND,
         }
     }
 
@@ -184,6 +195,8 @@ impl CloseReason {
             CloseReason::CutOff => "cut-off",
             CloseReason::ImproperPipelining => "improper-pipelining",
             CloseReason::TooManyJunk => "too-many-junk",
+            CloseReason::UnofferedPipelining => "unoffered-pipelining",
+            CloseReason::BareLfCommand => "bare-lf-command",
         }
     }
 }
@@ -199,6 +212,8 @@ impl CloseReason {
                 | CloseReason::BdatUnknownSize
                 | CloseReason::ImproperPipelining
                 | CloseReason::TooManyJunk
+                | CloseReason::UnofferedPipelining
+                | CloseReason::BareLfCommand
         )
     }
 }
@@ -427,6 +442,9 @@ pub struct Session {
     /// The runtime says the spool is over a backpressure mark: MAIL gets
     /// `452 4.3.1` (see [`Session::set_spool_full`]).
     spool_full: bool,
+    /// The client's message and recipient rates, if the runtime limits
+    /// them (see [`Session::set_client_rates`]).
+    rates: Option<Rc<dyn ClientRates>>,
     messages_accepted: u64,
     /// When input was last handed in: the read timeout counts from here.
     last_input: Instant,
@@ -469,6 +487,7 @@ impl Session {
             msg_verb: "DATA",
             shutdown_requested: false,
             spool_full: false,
+            rates: None,
             messages_accepted: 0,
             last_input: now,
             lifetime_end: now.checked_add(max_lifetime),
@@ -483,6 +502,13 @@ impl Session {
     /// transaction already under way finishes normally.
     pub fn set_spool_full(&mut self, full: bool) {
         self.spool_full = full;
+    }
+
+    /// The client's per-minute message and recipient rates, kept by the
+    /// runtime across sessions: MAIL and RCPT past them get `452 4.7.1`.
+    /// `None` (the default): no such limits.
+    pub fn set_client_rates(&mut self, rates: Option<Rc<dyn ClientRates>>) {
+        self.rates = rates;
     }
 
     /// The envelope of the transaction in progress (valid from
@@ -812,6 +838,25 @@ impl Session {
             return (line.end, ev);
         }
         let content = &input[..line.content_len()];
+        // The edge's protocol tests (postscreen's): RFC 2920 §3.1, only a
+        // client that saw PIPELINING in the EHLO reply may send a command
+        // before the previous one's reply; RFC 5321 §2.3.8, lines end in CRLF.
+        let edge = if self.cfg.reject_unoffered_pipelining
+            && line.end < input.len()
+            && self.greeted != Greeted::Ehlo
+        {
+            Some(CloseReason::UnofferedPipelining)
+        } else if self.cfg.reject_bare_lf_commands && !line.crlf {
+            Some(CloseReason::BareLfCommand)
+        } else {
+            None
+        };
+        if let Some(reason) = edge {
+            let first = self.refusals.len();
+            let ev = self.respond(out, Handled::close(reason));
+            self.refusals.name_since(first, content);
+            return (line.end, ev);
+        }
         let handled = self.command(content);
         if handled.effect == Effect::Lookup {
             // Its reply comes with the answer; keep the line to name it.
