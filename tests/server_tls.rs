@@ -170,6 +170,42 @@ fn openssl_s_client_starttls_and_implicit_tls_deliver() {
     }
     let t13 = "(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))";
     assert!(stored[0].text().contains(t13), "{}", stored[0].text());
+    // The spool record keeps version and cipher (TLV 0x0009/0x000A), and
+    // `ringmx spool ls --json` shows them.
+    let reader = ringmx::spool::SpoolReader::open(server.spool.path()).unwrap();
+    let tls: Vec<(Option<String>, Option<String>)> = reader
+        .messages()
+        .unwrap()
+        .map(|m| {
+            let e = m.unwrap().envelope;
+            (e.tls_version, e.tls_cipher)
+        })
+        .collect();
+    let v13 = (
+        Some("TLSv1.3".to_string()),
+        Some("TLS_AES_256_GCM_SHA384".to_string()),
+    );
+    assert_eq!(tls[0], v13);
+    assert_eq!(tls[1], v13);
+    assert_eq!(tls[2].0.as_deref(), Some("TLSv1.2"));
+    assert!(
+        tls[2]
+            .1
+            .as_deref()
+            .is_some_and(|c| c.starts_with("TLS_ECDHE_")),
+        "{tls:?}"
+    );
+    let out = common::ringmx()
+        .args(["spool", "ls", "--json", "--spool"])
+        .arg(server.spool.path())
+        .output()
+        .unwrap();
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        json.matches(r#""tls_version":"TLSv1.3""#).count(),
+        2,
+        "{json}"
+    );
 }
 
 /// The injection test (CVE-2011-0411 class): `STARTTLS\r\nRSET\r\n` in

@@ -850,6 +850,7 @@ impl Conn {
             mail_from: env.mail_from(),
             mail_params: env.raw_params(),
             rcpts: &rcpts,
+            tls: self.tls_trace.map(|t| (t.version, t.cipher)),
         };
         self.msg = match ShardSpool::begin(spool, id, &rec, &received) {
             Ok(w) => Msg::Open(Box::new(w)),
