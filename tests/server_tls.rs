@@ -573,6 +573,12 @@ fn sessions_resume_from_tickets_across_shards() {
         assert!(again.contains("Reused, TLSv1.3"), "{again}");
     }
     server.stop();
+    // The server counted them the same way.
+    let logs = server.logs();
+    assert!(
+        logs.contains("tls: handshakes=7 resumed=6 failed=0 starttls=0 implicit=7"),
+        "{logs}"
+    );
 }
 
 /// Reads one SMTP reply (all its lines).
@@ -786,4 +792,29 @@ fn postfix_delivers_over_starttls_with_encrypt() {
         plog.contains("TLS connection established to 127.0.0.1"),
         "{plog}"
     );
+}
+
+/// A client that connects to an implicit-TLS port and says nothing is
+/// dropped at the handshake timeout, logged and counted as failed.
+#[test]
+fn a_silent_handshake_times_out() {
+    let Some((_dir, pem, key)) = certs("tls-timeout") else {
+        return;
+    };
+    let (mut server, implicit) = tls_server(&pem, &key, &["--tls-handshake-timeout", "1s"]);
+    let mut tcp = TcpStream::connect(implicit).unwrap();
+    tcp.set_read_timeout(Some(STEP)).unwrap();
+    // The server closes; nothing was sent (no greeting before TLS).
+    let mut buf = Vec::new();
+    let _ = tcp.read_to_end(&mut buf);
+    assert!(buf.is_empty(), "{buf:?}");
+    let line = server.wait_log("tls handshake failed", STEP).unwrap();
+    assert!(line.contains("timed out after 1s"), "{line}");
+    assert!(server
+        .wait_log("outcome=tls-handshake-failed", STEP)
+        .is_some());
+    server.stop();
+    assert!(server
+        .logs()
+        .contains("tls: handshakes=0 resumed=0 failed=1"));
 }

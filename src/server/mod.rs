@@ -317,6 +317,21 @@ pub fn serve(cfg: Config) -> Result<Vec<ShardSummary>, ServerError> {
         "stopped: {} shards, {total} messages accepted",
         summaries.len()
     );
+    if let Some(a) = &tls {
+        let c = a.counters().snapshot();
+        crate::info!(
+            "tls: handshakes={} resumed={} failed={} starttls={} implicit={} \
+             pipelined_dropped={} reloads={} reload_failures={}",
+            c.handshakes,
+            c.resumed,
+            c.failed,
+            c.starttls,
+            c.implicit,
+            c.pipelined_dropped,
+            c.reloads,
+            c.reload_failures
+        );
+    }
     Ok(summaries)
 }
 

@@ -439,20 +439,27 @@ impl TlsConn {
     }
 
     /// Hands buffered ciphertext to rustls until it yields plaintext or
-    /// the buffer is empty.
+    /// the buffer is empty. Called only with ciphertext buffered and no
+    /// plaintext waiting in rustls, so it always takes some: an error
+    /// otherwise, never a caller spinning on it.
     fn feed(&mut self) -> Result<(), rustls::Error> {
+        let before = self.cin_start;
         while self.cin_start < self.cin_end {
             let mut rd = &self.cin[self.cin_start..self.cin_end];
             let n = match self.conn.read_tls(&mut rd) {
                 Ok(n) => n,
                 // Its plaintext buffer is full: read that first.
-                Err(_) => break,
+                Err(_) if self.cin_start > before => break,
+                Err(e) => return Err(rustls::Error::General(e.to_string())),
             };
             self.cin_start += n;
             let st = self.conn.process_new_packets()?;
             if n == 0 || st.plaintext_bytes_to_read() > 0 || st.peer_has_closed() {
                 break;
             }
+        }
+        if self.cin_start == before {
+            return Err(rustls::Error::General("TLS input not accepted".into()));
         }
         Ok(())
     }
