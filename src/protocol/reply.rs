@@ -233,6 +233,11 @@ mod tests {
             BARE_NEWLINE,
             SPOOL_FULL,
             SPOOL_ERROR,
+            READY_FOR_TLS,
+            TLS_UNAVAILABLE,
+            TLS_ALREADY_ACTIVE,
+            TLS_IN_TRANSACTION,
+            TLS_REQUIRED,
         ];
         for r in all {
             let s = std::str::from_utf8(r).unwrap();

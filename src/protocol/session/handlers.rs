@@ -7,7 +7,7 @@ use super::super::command::{self, BodyType, Command, MailParams};
 use super::super::recipients::{Lookup, Remote};
 use super::super::reply;
 use super::{Answer, Reply};
-use super::{BdatText, CloseReason, Effect, Greeted, Handled, Mode, Session, Tx};
+use super::{BdatText, CloseReason, Effect, Greeted, Handled, Mode, Session, Tls, Tx};
 
 impl Session {
     /// Parses one command line (terminator removed) and runs its handler.
@@ -90,11 +90,10 @@ impl Session {
     /// transaction; else no reply yet: the runtime answers through
     /// `handle_starttls`.
     fn starttls(&mut self) -> Handled<'static> {
-        if self.tls_active {
-            return Handled::error(reply::TLS_ALREADY_ACTIVE);
-        }
-        if !self.tls_offered {
-            return self.junk(Handled::error(reply::NOT_IMPLEMENTED));
+        match self.tls {
+            Tls::Active => return Handled::error(reply::TLS_ALREADY_ACTIVE),
+            Tls::Unavailable => return self.junk(Handled::error(reply::NOT_IMPLEMENTED)),
+            Tls::Offered => {}
         }
         if self.tx != Tx::Idle {
             return Handled::error(reply::TLS_IN_TRANSACTION);
@@ -131,7 +130,7 @@ impl Session {
         if self.tx != Tx::Idle {
             return Some(reply::NESTED_MAIL);
         }
-        if self.tls_required && !self.tls_active {
+        if self.tls_required && self.tls != Tls::Active {
             return Some(reply::TLS_REQUIRED);
         }
         // Parameters belong to extensions, which HELO did not negotiate.

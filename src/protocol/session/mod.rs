@@ -307,6 +307,17 @@ enum Tx {
     Chunking,
 }
 
+/// TLS on this connection, as the runtime reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tls {
+    /// No certificate (or not offered here): STARTTLS gets `502`.
+    Unavailable,
+    /// STARTTLS is advertised and accepted.
+    Offered,
+    /// The connection is encrypted (STARTTLS done, or implicit TLS).
+    Active,
+}
+
 /// Whether and how the client introduced itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Greeted {
@@ -440,12 +451,9 @@ pub struct Session {
     /// `DATA` or `BDAT`: names refusals at the end of a body.
     msg_verb: &'static str,
     shutdown_requested: bool,
-    /// STARTTLS is offered (a certificate is configured, TLS not active).
-    tls_offered: bool,
+    tls: Tls,
     /// MAIL before STARTTLS is refused (`tls.only`).
     tls_required: bool,
-    /// The connection is encrypted (STARTTLS done, or implicit TLS).
-    tls_active: bool,
     /// The runtime says the spool is over a backpressure mark: MAIL gets
     /// `452 4.3.1` (see [`Session::set_spool_full`]).
     spool_full: bool,
@@ -490,9 +498,8 @@ impl Session {
             refusals: Refusals::default(),
             msg_verb: "DATA",
             shutdown_requested: false,
-            tls_offered: false,
+            tls: Tls::Unavailable,
             tls_required: false,
-            tls_active: false,
             spool_full: false,
             messages_accepted: 0,
             last_input: now,
@@ -516,7 +523,7 @@ impl Session {
     /// the first five recipients ([`Envelope::rcpt_count`] still counts all).
     pub fn envelope(&self) -> Envelope<'_> {
         // RFC 3848: an S for TLS (SMTPS after HELO, as Postfix writes it).
-        let protocol = match (self.greeted, self.arena.params.smtputf8, self.tls_active) {
+        let protocol = match (self.greeted, self.arena.params.smtputf8, self.tls_active()) {
             (_, true, false) => "UTF8SMTP",
             (_, true, true) => "UTF8SMTPS",
             (Greeted::Ehlo, false, false) => "ESMTP",
@@ -548,14 +555,20 @@ impl Session {
     /// encrypted yet; else STARTTLS gets `502`), and `require` it before
     /// MAIL (`530 5.7.0`; `tls.only`). Call before the first input.
     pub fn set_tls(&mut self, offer: bool, require: bool) {
-        self.tls_offered = offer && !self.tls_active;
+        if self.tls != Tls::Active {
+            self.tls = if offer {
+                Tls::Offered
+            } else {
+                Tls::Unavailable
+            };
+        }
         self.tls_required = require;
     }
 
     /// Whether the connection is encrypted (as the runtime told
     /// [`Session::tls_started`]).
     pub fn tls_active(&self) -> bool {
-        self.tls_active
+        self.tls == Tls::Active
     }
 
     /// The answer to [`Event::Starttls`]: `ok`, TLS can start (`220`, then
@@ -579,8 +592,7 @@ impl Session {
     /// the client said before (it must EHLO again) and STARTTLS is no
     /// longer offered.
     pub fn tls_started(&mut self, now: Instant) {
-        self.tls_active = true;
-        self.tls_offered = false;
+        self.tls = Tls::Active;
         self.greeted = Greeted::No;
         self.helo.clear();
         self.end_transaction();
@@ -968,7 +980,7 @@ impl Session {
                 out,
                 &self.cfg.hostname,
                 self.cfg.max_message_bytes,
-                self.tls_offered,
+                self.tls == Tls::Offered,
             ),
             Some(Answer::Helo) => reply::write_helo(out, &self.cfg.hostname),
             Some(Answer::Queued(id)) => reply::write_queued(out, id),
