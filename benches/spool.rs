@@ -41,6 +41,7 @@ fn env() -> EnvelopeRecord<'static> {
         mail_from: "sender@example.org",
         mail_params: "BODY=8BITMIME",
         rcpts: RCPTS,
+        tls: None,
     }
 }
 

@@ -438,6 +438,45 @@ macro_rules! with_settings {
                     "plain" node_id "NAME"
                     "Node id in spool segment headers (default: the host name)";
             }
+
+            /// TLS: STARTTLS on every `listen` address once a certificate is set, and
+            /// implicit-TLS listeners (`server::tls`; README "TLS").
+            TlsConfig tls "TLS" {
+                /// Certificate chain, PEM (leaf first). Set: STARTTLS is offered on every
+                /// `server.listen` address. Read at start (unreadable, expired or not
+                /// matching the key: one line and exit 2) and on SIGHUP (a bad new one is
+                /// logged and the old one kept).
+                // Off by default: a certificate is the operator's to give.
+                cert: PathBuf = PathBuf::new(),
+                    "path" tls_cert "FILE"
+                    "Certificate chain (PEM, leaf first); turns STARTTLS on for every --listen";
+                /// Private key of `cert`, PEM (PKCS#8, PKCS#1 RSA or SEC1 EC).
+                key: PathBuf = PathBuf::new(),
+                    "path" tls_key "FILE"
+                    "Private key of --tls-cert (PEM: PKCS#8, RSA or EC)";
+                /// More certificates, chosen by the name the client asks for (SNI) when it
+                /// is one the certificate is valid for; `cert` is the default. Each is
+                /// `CERT_FILE:KEY_FILE`; TOML: a list of those strings.
+                sni: Vec<SniCert> = Vec::new(),
+                    "list" tls_sni "CERT:KEY"
+                    "Another certificate and key, used for the SNI names it is valid for; repeat for several";
+                /// Implicit-TLS listeners (port 465 style): TLS from the first byte.
+                listen: Vec<SocketAddr> = Vec::new(),
+                    "list" listen_tls "ADDR"
+                    "IP:PORT to accept SMTP over implicit TLS on (needs --tls-cert); repeat for several";
+                /// Refuse MAIL before STARTTLS (`530 5.7.0`) on the plain listeners. For
+                /// private relays only: RFC 3207 §4 forbids it on a publicly referenced MX
+                /// (a warning at start says so). Not REQUIRETLS (RFC 8689).
+                only: bool = false,
+                    "plain" tls_only "BOOL"
+                    "Refuse MAIL before STARTTLS (530 5.7.0); private relays only (RFC 3207 §4)";
+                /// How long a TLS handshake may take before the connection is dropped.
+                // A handshake is a few KB in two round trips: seconds even on a
+                // bad link; a client silent mid-handshake holds a slot for nothing.
+                handshake_timeout: Duration = Duration::from_secs(30),
+                    "duration" tls_handshake_timeout "DURATION"
+                    "Drop a connection whose TLS handshake takes longer than this";
+            }
         }
     };
 }
@@ -446,7 +485,7 @@ macro_rules! with_settings {
 /// generators outside this module (`use ringmx::config::types::*;`).
 #[doc(hidden)]
 pub mod types {
-    pub use super::{BareNewline, Cores, Durability, LogFormat, LogLevel};
+    pub use super::{BareNewline, Cores, Durability, LogFormat, LogLevel, SniCert};
     pub use crate::outlet::supervise::ShipTarget;
     pub use ipnet::IpNet;
     pub use std::net::SocketAddr;
@@ -527,6 +566,51 @@ pub struct Config {
     pub smtp: SmtpConfig,
     /// Where and how accepted messages are made durable.
     pub spool: SpoolConfig,
+    /// Certificates and TLS listeners.
+    pub tls: TlsConfig,
+}
+
+/// A certificate and its key chosen by SNI (`tls.sni`): `CERT_FILE:KEY_FILE`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SniCert {
+    /// Certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Its private key, PEM.
+    pub key: PathBuf,
+}
+
+impl FromStr for SniCert {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.rsplit_once(':') {
+            Some((c, k)) if !c.is_empty() && !k.is_empty() => Ok(SniCert {
+                cert: c.into(),
+                key: k.into(),
+            }),
+            _ => Err(format!("{s:?}: give CERT_FILE:KEY_FILE")),
+        }
+    }
+}
+
+impl TryFrom<String> for SniCert {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<SniCert> for String {
+    fn from(c: SniCert) -> String {
+        c.to_string()
+    }
+}
+
+impl fmt::Display for SniCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.cert.display(), self.key.display())
+    }
 }
 
 /// Which CPU cores get a shard.
@@ -870,6 +954,10 @@ pub enum ConfigError {
     /// A recipient lookup setting that cannot work (LDAP or verify).
     #[error("smtp.recipient_{0}")]
     RecipientLookup(String),
+    /// TLS settings that do not fit together (a key without a certificate,
+    /// a TLS listener without one, ...).
+    #[error("tls.{0}")]
+    Tls(String),
     /// The config file could not be read.
     #[error("cannot read config file {path}: {reason}")]
     Read {
@@ -945,7 +1033,52 @@ impl Config {
         crate::outlet::supervise::check_all(&s.ship).map_err(ConfigError::Ship)?;
         self.server.check_limits()?;
         self.spool.check_limits()?;
-        Ok(())
+        self.tls.validate(&s.listen)
+    }
+}
+
+impl TlsConfig {
+    /// Whether a certificate is configured (TLS is on).
+    pub fn enabled(&self) -> bool {
+        !self.cert.as_os_str().is_empty()
+    }
+
+    /// The TLS part of [`Config::validate`]: settings only; the files are
+    /// read by `server::tls` at start.
+    fn validate(&self, plain: &[SocketAddr]) -> Result<(), ConfigError> {
+        let err = |m: &str| Err(ConfigError::Tls(m.into()));
+        match (self.enabled(), self.key.as_os_str().is_empty()) {
+            (true, true) => return err("cert is set but tls.key is not: give --tls-key FILE"),
+            (false, false) => return err("key is set but tls.cert is not: give --tls-cert FILE"),
+            _ => {}
+        }
+        if !self.enabled() {
+            if !self.listen.is_empty() {
+                return err(
+                    "listen (--listen-tls) needs a certificate: give --tls-cert and --tls-key",
+                );
+            }
+            if !self.sni.is_empty() {
+                return err(
+                    "sni (--tls-sni) needs a default certificate: give --tls-cert and --tls-key",
+                );
+            }
+            if self.only {
+                return err("only (--tls-only) needs a certificate: give --tls-cert and --tls-key");
+            }
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(ConfigError::Zero("tls.handshake_timeout"));
+        }
+        for (i, a) in self.listen.iter().enumerate() {
+            // Port 0 picks a free port per listener: never a clash.
+            if a.port() != 0 && (self.listen[..i].contains(a) || plain.contains(a)) {
+                return Err(ConfigError::Tls(format!(
+                    "listen: {a} is given twice (or also in server.listen)"
+                )));
+            }
+        }
+        self.check_limits()
     }
 }
 

@@ -317,6 +317,9 @@ impl DeadLetters {
                     Some(r) if !r.is_empty() => r.clone(),
                     _ => env.rcpts.clone(),
                 },
+                // Not kept in dead-letter records (Received: still says it).
+                tls_version: None,
+                tls_cipher: None,
             },
             received.to_vec(),
             body.to_vec(),

@@ -83,7 +83,9 @@ pub enum Command<'a> {
     Vrfy,
     /// `HELP [string]`.
     Help,
-    /// A verb we know of but do not offer (EXPN, TURN, STARTTLS, AUTH, ...).
+    /// `STARTTLS` (RFC 3207).
+    Starttls,
+    /// A verb we know of but do not offer (EXPN, TURN, AUTH, ...).
     NotImplemented,
     /// An HTTP request line (GET, POST, ...): someone pointed a browser or
     /// a cross-protocol attack at us.
@@ -166,8 +168,10 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
         b"QUIT" => no_arg(arg, Command::Quit),
         b"VRFY" => Ok(Command::Vrfy),
         b"HELP" => Ok(Command::Help),
-        b"EXPN" | b"TURN" | b"ETRN" | b"ATRN" | b"STARTTLS" | b"AUTH" | b"SEND" | b"SOML"
-        | b"SAML" => Ok(Command::NotImplemented),
+        b"STARTTLS" => no_arg(arg, Command::Starttls),
+        b"EXPN" | b"TURN" | b"ETRN" | b"ATRN" | b"AUTH" | b"SEND" | b"SOML" | b"SAML" => {
+            Ok(Command::NotImplemented)
+        }
         b"GET" | b"POST" | b"HEAD" | b"PUT" | b"DELETE" | b"OPTIONS" | b"CONNECT" | b"PATCH"
         | b"TRACE" => Ok(Command::Http),
         _ => Err(ParseError::Unrecognized),
@@ -659,7 +663,8 @@ mod tests {
         assert_eq!(parse(b"VRFY root"), Ok(Command::Vrfy));
         assert_eq!(parse(b"HELP"), Ok(Command::Help));
         assert_eq!(parse(b"EXPN list"), Ok(Command::NotImplemented));
-        assert_eq!(parse(b"STARTTLS"), Ok(Command::NotImplemented));
+        assert_eq!(parse(b"STARTTLS"), Ok(Command::Starttls));
+        assert_eq!(parse(b"starttls x"), Err(ParseError::NoParams));
         assert_eq!(parse(b"GET / HTTP/1.1"), Ok(Command::Http));
         assert_eq!(parse(b"HELO"), Err(ParseError::HeloSyntax));
         assert_eq!(parse(b"XYZZY"), Err(ParseError::Unrecognized));

@@ -229,6 +229,8 @@ impl Driver<'_> {
                 Event::MessageEnd => self.commit(out),
                 // No directory here: a remote lookup answers as a failed one.
                 Event::Lookup => self.s.handle_lookup(Err(LookupFailed), out),
+                // Never offered here (no `set_tls`); answered as unavailable.
+                Event::Starttls => self.s.handle_starttls(false, out),
                 Event::Close(reason) => self.closed(reason),
             }
         }

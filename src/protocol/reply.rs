@@ -69,7 +69,8 @@ pub const HELP: Reply =
 pub const UNRECOGNIZED: Reply = b"500 5.5.2 Command unrecognized\r\n";
 /// Command line longer than smtp.max_command_line_bytes (RFC 5321 §4.5.3.1.4).
 pub const LINE_TOO_LONG: Reply = b"500 5.5.2 Line too long\r\n";
-/// A recognised verb that ringmx does not offer (EXPN, TURN, STARTTLS, AUTH...).
+/// A recognised verb that ringmx does not offer (EXPN, TURN, AUTH; STARTTLS
+/// without a certificate).
 pub const NOT_IMPLEMENTED: Reply = b"502 5.5.1 Command not implemented\r\n";
 /// HELO/EHLO without a domain.
 pub const HELO_SYNTAX: Reply = b"501 5.5.4 Syntax: HELO/EHLO domain\r\n";
@@ -105,6 +106,19 @@ pub const NEED_RCPT: Reply = b"554 5.5.1 No valid recipients\r\n";
 pub const DATA_AFTER_BDAT: Reply = b"503 5.5.1 DATA not allowed after BDAT in this transaction\r\n";
 /// BINARYMIME body without BDAT (RFC 3030 §3).
 pub const BINARYMIME_NEEDS_BDAT: Reply = b"503 5.5.1 BODY=BINARYMIME requires BDAT\r\n";
+
+// STARTTLS (RFC 3207).
+/// STARTTLS accepted: the TLS handshake follows (RFC 3207 §4).
+pub const READY_FOR_TLS: Reply = b"220 2.0.0 Ready to start TLS\r\n";
+/// TLS could not be started now (RFC 3207 §4).
+pub const TLS_UNAVAILABLE: Reply = b"454 4.7.0 TLS not available due to temporary reason\r\n";
+/// STARTTLS on a connection that is already encrypted.
+pub const TLS_ALREADY_ACTIVE: Reply = b"503 5.5.1 TLS already active\r\n";
+/// STARTTLS inside a mail transaction: RSET or finish it first.
+pub const TLS_IN_TRANSACTION: Reply =
+    b"503 5.5.1 STARTTLS not allowed inside a mail transaction\r\n";
+/// `tls.only`: MAIL before STARTTLS (RFC 3207 §4).
+pub const TLS_REQUIRED: Reply = b"530 5.7.0 Must issue a STARTTLS command first\r\n";
 
 // Policy.
 /// A recipient outside smtp.accepted_domains: no open relay (RFC 5321 §3.6.2).
@@ -150,10 +164,14 @@ pub fn write_greeting(out: &mut Vec<u8>, hostname: &str) {
     out.extend_from_slice(b" ESMTP ringmx\r\n");
 }
 
-/// Writes the EHLO reply (RFC 5321 §4.1.1.1) with our extensions.
-pub fn write_ehlo(out: &mut Vec<u8>, hostname: &str, max_message_bytes: u64) {
+/// Writes the EHLO reply (RFC 5321 §4.1.1.1) with our extensions;
+/// STARTTLS (RFC 3207) when `starttls`.
+pub fn write_ehlo(out: &mut Vec<u8>, hostname: &str, max_message_bytes: u64, starttls: bool) {
     out.extend_from_slice(b"250-");
     out.extend_from_slice(hostname.as_bytes());
+    if starttls {
+        out.extend_from_slice(b"\r\n250-STARTTLS");
+    }
     out.extend_from_slice(b"\r\n250-PIPELINING\r\n250-SIZE ");
     write_u64(out, max_message_bytes);
     out.extend_from_slice(
@@ -253,6 +271,11 @@ mod tests {
             BARE_NEWLINE,
             SPOOL_FULL,
             SPOOL_ERROR,
+            READY_FOR_TLS,
+            TLS_UNAVAILABLE,
+            TLS_ALREADY_ACTIVE,
+            TLS_IN_TRANSACTION,
+            TLS_REQUIRED,
         ];
         for r in all {
             let s = std::str::from_utf8(r).unwrap();

@@ -36,6 +36,9 @@ pub(crate) struct Harness {
     pub hold_commit: bool,
     /// The remote lookups asked for, in order.
     pub lookups: Vec<(Remote, String)>,
+    /// Per STARTTLS accepted: the input bytes dropped behind it (the
+    /// handshake is taken to succeed at once).
+    pub starttls_dropped: Vec<usize>,
 }
 
 impl Harness {
@@ -59,6 +62,7 @@ impl Harness {
             fail_commit: None,
             hold_commit: false,
             lookups: Vec::new(),
+            starttls_dropped: Vec::new(),
         }
     }
 
@@ -113,6 +117,14 @@ impl Harness {
                         .pending_lookup()
                         .expect("Lookup without a pending lookup");
                     self.lookups.push((r, to.to_owned()));
+                }
+                Event::Starttls => {
+                    // As the runtime: drop what was pipelined behind it.
+                    self.starttls_dropped.push(self.buf.len() - used);
+                    self.buf.clear();
+                    self.s.handle_starttls(true, &mut self.out);
+                    self.s.tls_started(self.now);
+                    continue;
                 }
                 Event::Close(reason) => {
                     assert_eq!(self.s.close_reason(), Some(reason));
@@ -1683,4 +1695,105 @@ fn spool_backpressure_refuses_mail_early_and_lets_a_transaction_finish() {
     h.s.set_spool_full(false);
     let r = h.feed(b"MAIL FROM:<a@example.org>\r\n");
     assert!(r.starts_with("250 "), "{r}");
+}
+
+/// RFC 3207: STARTTLS offered only with a certificate, refused inside a
+/// transaction and once TLS is on, and the session reset by the handshake.
+#[test]
+fn rfc3207_starttls_rules() {
+    let mut h = Harness::new();
+    assert!(!h.feed(b"EHLO c.example\r\n").contains("STARTTLS"));
+    assert_eq!(
+        h.feed(b"STARTTLS\r\n"),
+        "502 5.5.1 Command not implemented\r\n"
+    );
+
+    let mut h = Harness::new();
+    h.s.set_tls(true, false);
+    assert!(h.feed(b"EHLO c.example\r\n").contains("250-STARTTLS\r\n"));
+    assert_eq!(
+        h.feed(b"STARTTLS x\r\n"),
+        "501 5.5.4 This command takes no parameters\r\n"
+    );
+    h.feed(b"MAIL FROM:<a@b.example>\r\n");
+    assert_eq!(
+        h.feed(b"STARTTLS\r\n"),
+        "503 5.5.1 STARTTLS not allowed inside a mail transaction\r\n"
+    );
+    assert_eq!(
+        h.feed(b"RSET\r\nSTARTTLS\r\n"),
+        "250 2.0.0 Ok\r\n220 2.0.0 Ready to start TLS\r\n"
+    );
+    assert!(h.s.tls_active());
+    // §4.2: back to just connected; no STARTTLS any more.
+    assert_eq!(
+        h.feed(b"MAIL FROM:<a@b.example>\r\n"),
+        "503 5.5.1 Send HELO/EHLO first\r\n"
+    );
+    let ehlo = h.feed(b"EHLO c.example\r\n");
+    assert!(
+        ehlo.starts_with("250-") && !ehlo.contains("STARTTLS"),
+        "{ehlo}"
+    );
+    assert_eq!(h.feed(b"STARTTLS\r\n"), "503 5.5.1 TLS already active\r\n");
+    h.feed(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<u@example.com>\r\nDATA\r\n");
+    assert_eq!(h.s.envelope().protocol, "ESMTPS");
+}
+
+/// CVE-2011-0411 class: commands pipelined behind STARTTLS are dropped,
+/// never answered (the runtime would answer them inside TLS).
+#[test]
+fn rfc3207_input_pipelined_after_starttls_is_dropped() {
+    let mut h = Harness::new();
+    h.s.set_tls(true, false);
+    h.feed(b"EHLO c.example\r\n");
+    assert_eq!(
+        h.feed(b"STARTTLS\r\nRSET\r\n"),
+        "220 2.0.0 Ready to start TLS\r\n"
+    );
+    assert_eq!(h.starttls_dropped, [6]);
+    assert_eq!(h.feed(b"NOOP\r\n"), "250 2.0.0 Ok\r\n");
+}
+
+/// tls.only: MAIL needs TLS first (RFC 3207 §4's 530).
+#[test]
+fn rfc3207_tls_only_refuses_mail_in_plain_text() {
+    let mut h = Harness::new();
+    h.s.set_tls(true, true);
+    h.feed(b"EHLO c.example\r\n");
+    assert_eq!(
+        h.feed(b"MAIL FROM:<a@b.example>\r\n"),
+        "530 5.7.0 Must issue a STARTTLS command first\r\n"
+    );
+    h.feed(b"STARTTLS\r\n");
+    h.feed(b"EHLO c.example\r\n");
+    assert_eq!(
+        h.feed(b"MAIL FROM:<a@b.example>\r\n"),
+        "250 2.1.0 Sender ok\r\n"
+    );
+}
+
+/// TLS that cannot start: 454, and the session goes on in plain text.
+#[test]
+fn rfc3207_starttls_unavailable_is_454() {
+    let mut out = Vec::new();
+    let mut s = Session::new(
+        Rc::new(cfg()),
+        ClientInfo::default(),
+        Instant::now(),
+        LIFETIME,
+        &mut out,
+    );
+    s.set_tls(true, false);
+    let (_, ev) = s.handle_input(Instant::now(), b"STARTTLS\r\n", &mut out);
+    assert_eq!(ev, Event::Starttls);
+    out.clear();
+    s.handle_starttls(false, &mut out);
+    assert_eq!(
+        out,
+        b"454 4.7.0 TLS not available due to temporary reason\r\n"
+    );
+    assert!(!s.tls_active());
+    let (_, ev) = s.handle_input(Instant::now(), b"NOOP\r\n", &mut out);
+    assert_eq!(ev, Event::NeedInput);
 }

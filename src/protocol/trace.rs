@@ -6,6 +6,17 @@
 use super::command::{address_literal, valid_domain};
 use super::envelope::Envelope;
 
+/// The TLS a message arrived over, as `Received:` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsTrace {
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: &'static str,
+    /// The IANA cipher suite name, e.g. `TLS_AES_256_GCM_SHA384`.
+    pub cipher: &'static str,
+    /// The cipher's key bits.
+    pub bits: u16,
+}
+
 /// Appends the `Received:` header, CRLF-terminated and folded, e.g.
 ///
 /// ```text
@@ -15,10 +26,14 @@ use super::envelope::Envelope;
 /// ```
 ///
 /// `for` is written only with exactly one recipient, so a message to many
-/// does not disclose the others to each.
+/// does not disclose the others to each. Over TLS a line as Postfix writes
+/// it follows `from`:
+/// `(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))`
+/// (and the protocol, from the envelope, is `ESMTPS`).
 pub fn write_received(
     out: &mut Vec<u8>,
     env: &Envelope<'_>,
+    tls: Option<&TlsTrace>,
     hostname: &str,
     queue_id: &str,
     unix_secs: i64,
@@ -36,6 +51,14 @@ pub fn write_received(
             }
         }
         out.extend_from_slice(b"])");
+    }
+    if let Some(t) = tls {
+        out.extend_from_slice(b"\r\n\t(using ");
+        out.extend_from_slice(t.version.as_bytes());
+        out.extend_from_slice(b" with cipher ");
+        out.extend_from_slice(t.cipher.as_bytes());
+        let bits = t.bits.to_string();
+        out.extend_from_slice(format!(" ({bits}/{bits} bits))").as_bytes());
     }
     out.extend_from_slice(b"\r\n\tby ");
     out.extend_from_slice(hostname.as_bytes());
@@ -88,7 +111,7 @@ mod tests {
             "ESMTP",
         );
         let mut v = Vec::new();
-        write_received(&mut v, &env, "mx.example", "Q1", 1_795_959_882);
+        write_received(&mut v, &env, None, "mx.example", "Q1", 1_795_959_882);
         assert_eq!(
             String::from_utf8(v).unwrap(),
             "Received: from client.example ([192.0.2.1])\r\n\tby mx.example (ringmx) with ESMTP \
@@ -102,13 +125,39 @@ mod tests {
             "SMTP",
         );
         let mut v = Vec::new();
-        write_received(&mut v, &env, "mx.example", "Q2", 0);
+        write_received(&mut v, &env, None, "mx.example", "Q2", 0);
         let s = String::from_utf8(v).unwrap();
         assert!(
             s.starts_with("Received: from invalid-helo ([IPv6:2001:db8::1])\r\n"),
             "{s}"
         );
         assert!(!s.contains("for <"), "{s}");
+    }
+
+    #[test]
+    fn rfc3848_received_over_tls_names_version_and_cipher() {
+        let mut a = TxArena::default();
+        a.set_mail("s@src.example", MailParams::default(), "");
+        a.add_rcpt("u@example.com");
+        let env = Envelope::new(
+            &a,
+            Some("192.0.2.1:40000".parse().unwrap()),
+            "client.example",
+            "ESMTPS",
+        );
+        let tls = TlsTrace {
+            version: "TLSv1.3",
+            cipher: "TLS_AES_256_GCM_SHA384",
+            bits: 256,
+        };
+        let mut v = Vec::new();
+        write_received(&mut v, &env, Some(&tls), "mx.example", "Q1", 1_795_959_882);
+        assert_eq!(
+            String::from_utf8(v).unwrap(),
+            "Received: from client.example ([192.0.2.1])\r\n\t(using TLSv1.3 with cipher \
+             TLS_AES_256_GCM_SHA384 (256/256 bits))\r\n\tby mx.example (ringmx) with ESMTPS \
+             id Q1\r\n\tfor <u@example.com>; Sun, 29 Nov 2026 13:44:42 +0000\r\n"
+        );
     }
 
     #[test]
@@ -136,7 +185,7 @@ mod tests {
         a.add_rcpt("u@example.com");
         let env = Envelope::new(&a, None, "a(b))", "ESMTP");
         let mut v = Vec::new();
-        write_received(&mut v, &env, "mx.example", "Q3", 0);
+        write_received(&mut v, &env, None, "mx.example", "Q3", 0);
         let s = String::from_utf8(v).unwrap();
         assert!(s.starts_with("Received: from invalid-helo\r\n"), "{s}");
         assert_eq!(s.matches('(').count(), s.matches(')').count(), "{s}");

@@ -33,6 +33,7 @@ use super::lookup::{self, Answer};
 use super::pregreet;
 use super::shard::{ActiveGuard, Shard, Stats};
 use super::store::{self, EnvelopeRecord, MessageWriter, ShardSpool, SpoolError};
+use super::tls::{self, TlsConn};
 use crate::protocol::envelope::SHED_KEEP_RCPTS;
 use crate::protocol::rates::ClientRates;
 use crate::protocol::recipients::LookupFailed;
@@ -60,11 +61,13 @@ const LOOKUP_REPOLL: Duration = Duration::from_millis(50);
 const LINGER: Duration = Duration::from_secs(2);
 
 /// Serves one accepted connection to the end, then logs one line about it.
+/// `implicit_tls`: the listener is TLS from the first byte.
 pub(crate) async fn serve(
     shard: Rc<Shard>,
     mut stream: TcpStream,
     permit: StaticPermit,
     guard: ActiveGuard,
+    implicit_tls: bool,
 ) {
     let started = Instant::now();
     // The client's address: limits, logs and the session take it from
@@ -72,7 +75,8 @@ pub(crate) async fn serve(
     let peer = stream.peer_addr().ok();
     // Per-client limits first, then the greeting wait: a client over its
     // limit is told so at once.
-    let (ticket, greeted_bytes) = match edge(&shard, &mut stream, peer, started).await {
+    let (ticket, greeted_bytes) = match edge(&shard, &mut stream, peer, started, implicit_tls).await
+    {
         Ok(admitted) => admitted,
         Err((outcome, bytes_out)) => {
             ConnLog {
@@ -99,6 +103,10 @@ pub(crate) async fn serve(
     // The generation first: a swap in between is then picked up at once.
     let recipients_gen = shard.recipients.generation();
     session.set_recipients(shard.recipients.load());
+    session.set_tls(
+        shard.tls.is_some() && !implicit_tls,
+        shard.tls_only && !implicit_tls,
+    );
     let mut c = Conn {
         shard,
         stream,
@@ -110,8 +118,17 @@ pub(crate) async fn serve(
         shutdown_seen: false,
         bytes_in: 0,
         bytes_out: greeted_bytes,
+        tls: None,
+        tls_trace: None,
     };
-    let outcome = c.run().await;
+    let outcome = match implicit_tls {
+        // The greeting waits in `out` until the handshake is done.
+        true => match c.start_tls(true).await {
+            Ok(()) => c.run().await,
+            Err(o) => o,
+        },
+        false => c.run().await,
+    };
     let log = ConnLog {
         peer,
         shard: c.shard.id,
@@ -141,6 +158,7 @@ async fn edge(
     stream: &mut TcpStream,
     peer: Option<SocketAddr>,
     now: Instant,
+    implicit_tls: bool,
 ) -> Result<(Option<Rc<Ticket>>, u64), (Outcome, u64)> {
     let Some(ip) = peer.map(|p| p.ip()) else {
         return Ok((None, 0));
@@ -152,11 +170,20 @@ async fn edge(
                 Refused::TooManyConnections => reply::TOO_MANY_CONNECTIONS_FROM_CLIENT,
                 Refused::ConnectionRate => reply::CONNECTION_RATE,
             };
-            let sent = turn_away(shard, stream, reply).await;
+            // An implicit-TLS client cannot read a plaintext reply: it is
+            // closed without one.
+            let sent = if implicit_tls {
+                let _ = stream.close().await;
+                0
+            } else {
+                turn_away(shard, stream, reply).await
+            };
             return Err((Outcome::ClientLimit(r), sent));
         }
     };
-    if !pregreet::must_wait(shard, ip, now) {
+    // The greeting wait is for plaintext listeners: on an implicit-TLS one
+    // the client speaks first (its ClientHello), by design.
+    if implicit_tls || !pregreet::must_wait(shard, ip, now) {
         return Ok((Some(ticket), 0));
     }
     let mut first = Vec::with_capacity(64);
@@ -325,6 +352,8 @@ enum Outcome {
     WriteTimeout,
     /// The read buffer filled without the session consuming it: a bug.
     Stuck,
+    /// The TLS handshake failed (logged with its reason).
+    TlsHandshake,
 }
 
 impl fmt::Display for Outcome {
@@ -339,6 +368,7 @@ impl fmt::Display for Outcome {
             Outcome::WriteError(k) => write!(f, "write-error:{k:?}"),
             Outcome::WriteTimeout => f.write_str("write-timeout"),
             Outcome::Stuck => f.write_str("stuck"),
+            Outcome::TlsHandshake => f.write_str("tls-handshake-failed"),
         }
     }
 }
@@ -366,7 +396,7 @@ enum Msg {
 }
 
 /// What woke a wait for input.
-enum Wake {
+pub(super) enum Wake {
     Data(usize),
     Eof,
     Error(io::Error),
@@ -424,7 +454,7 @@ pub struct ConnMemoryBound {
 pub fn conn_memory_bound(cfg: &crate::config::Config) -> ConnMemoryBound {
     let (server, smtp) = (&cfg.server, &cfg.smtp);
     let mut ehlo = Vec::new();
-    reply::write_ehlo(&mut ehlo, &smtp.hostname, smtp.max_message_bytes);
+    reply::write_ehlo(&mut ehlo, &smtp.hostname, smtp.max_message_bytes, true);
     // The greeting and every other reply are shorter than EHLO's, or fixed
     // and under 128 bytes.
     let longest = ehlo.len().max(128) as u64;
@@ -529,11 +559,18 @@ struct Conn {
     shutdown_seen: bool,
     bytes_in: u64,
     bytes_out: u64,
+    /// Set once TLS is on (STARTTLS or an implicit-TLS listener): reads
+    /// and writes go through it.
+    tls: Option<Box<TlsConn>>,
+    /// Version and cipher, once the handshake is done.
+    tls_trace: Option<trace::TlsTrace>,
 }
 
 /// What `process` left to do.
 enum Step {
     NeedInput,
+    /// STARTTLS was accepted: answer it, then the handshake.
+    Starttls,
     /// Unsent replies reached [`REPLY_HIGH_WATER`]: write them, then process
     /// the input that is left before reading more.
     Flush,
@@ -547,6 +584,12 @@ impl Conn {
             if let Step::Close(reason) = step {
                 self.finish().await;
                 return Outcome::Session(reason);
+            }
+            if matches!(step, Step::Starttls) {
+                if let Err(o) = self.start_tls(false).await {
+                    return o;
+                }
+                continue;
             }
             // RFC 2920: everything the batch produced leaves in one write.
             if let Err(o) = self.flush().await {
@@ -585,6 +628,106 @@ impl Conn {
                 }
                 Wake::HardStop => return self.cut_off().await,
                 Wake::Stuck => return Outcome::Stuck,
+            }
+        }
+    }
+
+    /// STARTTLS (`implicit` false: drop what was pipelined behind it,
+    /// answer `220` or `454` in plain text) or an implicit-TLS listener,
+    /// then the handshake. Err: the connection is over (the handshake
+    /// failed, logged with its reason, or the 220 could not be written).
+    async fn start_tls(&mut self, implicit: bool) -> Result<(), Outcome> {
+        let Some(acceptor) = self.shard.tls.clone() else {
+            self.session.handle_starttls(false, &mut self.out);
+            return Ok(());
+        };
+        let peer = PeerDisplay(self.session.client().peer);
+        if !implicit {
+            // CVE-2011-0411 class: commands pipelined behind STARTTLS
+            // would otherwise be answered inside TLS as if sent there.
+            let dropped = self.rbuf.data().len();
+            if dropped > 0 {
+                self.rbuf.consume(dropped);
+                acceptor.counters().note_pipelined_dropped();
+                crate::info!(
+                    "starttls peer={peer} shard={}: dropped {dropped} bytes pipelined after \
+                     STARTTLS (RFC 3207 §5, CVE-2011-0411)",
+                    self.shard.id
+                );
+            }
+        }
+        let started = acceptor.start(implicit);
+        if !implicit {
+            if let Err(e) = &started {
+                crate::warn!(
+                    "starttls peer={peer} shard={}: cannot start TLS: {e}",
+                    self.shard.id
+                );
+            }
+            self.session.handle_starttls(started.is_ok(), &mut self.out);
+            self.flush().await?;
+        }
+        let mut t = match started {
+            Ok(t) => Box::new(t),
+            Err(e) => {
+                crate::warn!(
+                    "tls peer={peer} shard={}: cannot start TLS: {e}",
+                    self.shard.id
+                );
+                return if implicit {
+                    Err(Outcome::TlsHandshake)
+                } else {
+                    Ok(())
+                };
+            }
+        };
+        if let Err(reason) = tls::handshake(&mut self.stream, &mut t, &self.shard, &acceptor).await
+        {
+            // What an operator needs to act on a TLS-RPT report.
+            crate::info!(
+                "tls handshake failed peer={peer} shard={} sni={}: {reason}",
+                self.shard.id,
+                t.server_name().unwrap_or("-"),
+            );
+            let _ = self.stream.close().await;
+            return Err(Outcome::TlsHandshake);
+        }
+        self.tls_trace = t.trace();
+        if let Some(tt) = &self.tls_trace {
+            crate::debug!(
+                "tls peer={peer} shard={} {} {} sni={}",
+                self.shard.id,
+                tt.version,
+                tt.cipher,
+                t.server_name().unwrap_or("-"),
+            );
+        }
+        self.tls = Some(t);
+        self.session.tls_started(Instant::now());
+        Ok(())
+    }
+
+    /// Writes `out` (encrypted once TLS is on), bounded as
+    /// [`write_bounded`].
+    async fn send(
+        &mut self,
+        limit: Duration,
+        watch_hard_stop: bool,
+    ) -> Result<(), Option<io::ErrorKind>> {
+        match &mut self.tls {
+            None => {
+                write_bounded(
+                    &mut self.stream,
+                    &self.out,
+                    limit,
+                    &self.shard,
+                    watch_hard_stop,
+                )
+                .await
+            }
+            Some(t) => {
+                let bytes = t.seal(&self.out).map_err(|e| Some(e.kind()))?;
+                write_bounded(&mut self.stream, bytes, limit, &self.shard, watch_hard_stop).await
             }
         }
     }
@@ -690,6 +833,10 @@ impl Conn {
                     if let Some(reason) = self.lookup().await {
                         return Step::Close(reason);
                     }
+                }
+                Event::Starttls => {
+                    self.rbuf.consume(used);
+                    return Step::Starttls;
                 }
                 Event::Close(reason) => {
                     self.rbuf.consume(used);
@@ -804,6 +951,7 @@ impl Conn {
         trace::write_received(
             &mut received,
             &env,
+            self.tls_trace.as_ref(),
             &self.shard.live.smtp().hostname,
             id.as_str(),
             now,
@@ -816,6 +964,7 @@ impl Conn {
             mail_from: env.mail_from(),
             mail_params: env.raw_params(),
             rcpts: &rcpts,
+            tls: self.tls_trace.map(|t| (t.version, t.cipher)),
         };
         self.msg = match ShardSpool::begin(spool, id, &rec, &received) {
             Ok(w) => Msg::Open(Box::new(w)),
@@ -888,7 +1037,7 @@ impl Conn {
             None => self.session.read_timeout(),
         }
         .min(self.session.read_timeout());
-        let res = write_bounded(&mut self.stream, &self.out, limit, &self.shard, true).await;
+        let res = self.send(limit, true).await;
         self.bytes_out += self.out.len() as u64;
         self.out.clear();
         // A huge pipelined batch grew it; do not keep that for the session's life.
@@ -935,8 +1084,11 @@ impl Conn {
     /// Last reply, then a lingering close.
     async fn finish(&mut self) {
         self.log_refusals();
-        if !self.out.is_empty() {
-            let res = write_bounded(&mut self.stream, &self.out, LINGER, &self.shard, false).await;
+        if let Some(t) = &mut self.tls {
+            t.close();
+        }
+        if !self.out.is_empty() || self.tls.is_some() {
+            let res = self.send(LINGER, false).await;
             if res.is_ok() {
                 self.bytes_out += self.out.len() as u64;
             }
@@ -970,6 +1122,22 @@ impl Conn {
                 self.shard.id
             );
             return Wake::Stuck;
+        }
+        if let Some(t) = &mut self.tls {
+            // No idle release over TLS: rustls keeps its own buffers anyway.
+            let wake = tls::read_plain(
+                &mut self.stream,
+                t,
+                spare,
+                limit,
+                &self.shard,
+                watch_shutdown,
+            )
+            .await;
+            if let Wake::Data(n) = wake {
+                self.rbuf.filled(n);
+            }
+            return wake;
         }
         let wake = wait_readable(&mut self.stream, spare, first, &self.shard, watch_shutdown).await;
         if let Wake::Data(n) = wake {
@@ -1014,7 +1182,7 @@ impl Conn {
 /// stop. The read is polled first, so input already there always wins.
 /// Dropping a pending glommio read consumes nothing, so the losers of the
 /// race lose no bytes.
-async fn wait_readable(
+pub(super) async fn wait_readable(
     stream: &mut TcpStream,
     buf: &mut [u8],
     limit: Duration,
@@ -1055,7 +1223,7 @@ async fn wait_readable(
 
 /// `write_all` bounded by `limit` and, if `watch_hard_stop`, by the hard stop.
 /// `Err(None)`: timed out or stopped.
-async fn write_bounded(
+pub(super) async fn write_bounded(
     stream: &mut TcpStream,
     bytes: &[u8],
     limit: Duration,

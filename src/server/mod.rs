@@ -36,6 +36,7 @@ pub mod lookup;
 pub mod notify;
 pub mod recipients;
 pub mod reload;
+pub mod tls;
 pub mod uring;
 
 mod conn;
@@ -123,6 +124,9 @@ pub enum ServerError {
     /// `smtp.recipient_map` cannot be read or has a bad line.
     #[error(transparent)]
     RecipientMap(#[from] recipients::RecipientMapError),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// A system call the start-up needs failed.
     #[error("{0}")]
     System(String),
@@ -160,7 +164,25 @@ pub fn serve_reloading(
     let cpus = cfg.server.cores.resolve(&allowed)?;
     let shards = cpus.len() as u64;
 
-    let slack = fd_slack(shards, cfg.server.listen.len() as u64);
+    // Certificates first: a bad one is a settings error (exit 2).
+    let tls = tls::Acceptor::from_config(&cfg.tls)?;
+    if let Some(a) = &tls {
+        crate::info!("TLS certificates: {}", a.describe());
+    }
+    if cfg.tls.only {
+        crate::warn!(
+            "tls.only: MAIL before STARTTLS gets 530 5.7.0. RFC 3207 §4 forbids this on a \
+             publicly referenced MX (senders without TLS could not deliver): private relays only"
+        );
+    }
+    let listen: Vec<SocketAddr> = cfg
+        .server
+        .listen
+        .iter()
+        .chain(&cfg.tls.listen)
+        .copied()
+        .collect();
+    let slack = fd_slack(shards, listen.len() as u64);
     raise_nofile(
         shards * cfg.server.max_connections_per_shard as u64 + slack,
         slack,
@@ -185,8 +207,12 @@ pub fn serve_reloading(
             recipients::reload(&shared, &smtp.recipient_map, &smtp)
         }));
     }
+    if let Some(a) = &tls {
+        let (a, tcfg) = (Arc::clone(a), cfg.tls.clone());
+        reloads.push(Box::new(move || a.reload(&tcfg)));
+    }
 
-    let bound = listener::bind_all(&cfg.server.listen, cpus.len(), &cfg.server)?;
+    let bound = listener::bind_all(&listen, cpus.len(), &cfg.server)?;
 
     let reclaim = store::reclaim::Shared::new(cpus.len() as u32);
     let anvil = Arc::new(anvil::Anvil::new(&cfg.server));
@@ -206,6 +232,8 @@ pub fn serve_reloading(
             // Set below, once signals are blocked.
             lookups: None,
             sockets,
+            implicit_tls_from: cfg.server.listen.len(),
+            tls: tls.clone(),
             stop: OwnedFd::from(theirs),
             ready: shard::Ready::new(i as u32, ready_tx.clone()),
             pin: std::sync::Arc::clone(&reclaim.pins[i]),
@@ -266,7 +294,22 @@ pub fn serve_reloading(
         .spawn()
         .map_err(|e| ServerError::System(format!("cannot start the reclaimer thread: {e}")))?;
 
-    let addrs: Vec<String> = bound.addrs.iter().map(SocketAddr::to_string).collect();
+    let plain = cfg.server.listen.len();
+    if bound.addrs.len() > plain {
+        let tls_addrs: Vec<String> = bound.addrs[plain..]
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect();
+        // Before "listening on": scripts and tests read both.
+        crate::log::write(
+            Level::Info,
+            format_args!("listening with implicit TLS on {}", tls_addrs.join(" ")),
+        );
+    }
+    let addrs: Vec<String> = bound.addrs[..plain]
+        .iter()
+        .map(SocketAddr::to_string)
+        .collect();
     // Always written, whatever the level: scripts and tests wait for it.
     crate::log::write(
         Level::Info,
@@ -311,6 +354,21 @@ pub fn serve_reloading(
         "stopped: {} shards, {total} messages accepted",
         summaries.len()
     );
+    if let Some(a) = &tls {
+        let c = a.counters().snapshot();
+        crate::info!(
+            "tls: handshakes={} resumed={} failed={} starttls={} implicit={} \
+             pipelined_dropped={} reloads={} reload_failures={}",
+            c.handshakes,
+            c.resumed,
+            c.failed,
+            c.starttls,
+            c.implicit,
+            c.pipelined_dropped,
+            c.reloads,
+            c.reload_failures
+        );
+    }
     Ok(summaries)
 }
 
@@ -475,7 +533,7 @@ fn spawn_signal_thread(
                 if sig == libc::SIGHUP {
                     if reloads.is_empty() {
                         crate::info!(
-                            "SIGHUP: nothing to reload (no --config, no smtp.recipient_map)"
+                            "SIGHUP: nothing to reload (no --config, no smtp.recipient_map, no tls.cert)"
                         );
                     }
                     for r in &mut reloads {

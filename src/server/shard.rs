@@ -27,6 +27,7 @@ use super::lookup::{LookupPool, TtlCache};
 use super::recipients::SharedRecipients;
 use super::reload::{Live, ShardLive};
 use super::store;
+use super::tls::Acceptor;
 use crate::config::{Config, ServerConfig};
 use crate::protocol::RcptCounts;
 
@@ -130,6 +131,10 @@ pub(crate) struct Shard {
     /// Per-client limits and the greeting-wait pass cache, shared by
     /// every shard.
     pub(crate) anvil: Arc<Anvil>,
+    /// TLS, shared by every shard (`None`: no certificate configured).
+    pub(crate) tls: Option<Arc<Acceptor>>,
+    /// `tls.only`: MAIL before STARTTLS is refused on plain listeners.
+    pub(crate) tls_only: bool,
     /// One permit per open connection: the per-shard connection limit.
     permits: Rc<Semaphore>,
     /// One permit per connection being turned away: [`MAX_REJECTING`].
@@ -176,8 +181,12 @@ pub(crate) struct ShardStart {
     pub(crate) recipients: Arc<SharedRecipients>,
     /// The LDAP and verify lookup threads, if a domain has those policies.
     pub(crate) lookups: Option<Arc<LookupPool>>,
-    /// Bound and listening, one per listen address.
+    /// Bound and listening, one per listen address: `server.listen`, then
+    /// `tls.listen` (implicit TLS) from index `implicit_tls_from` on.
     pub(crate) sockets: Vec<socket2::Socket>,
+    pub(crate) implicit_tls_from: usize,
+    /// TLS, if a certificate is configured.
+    pub(crate) tls: Option<Arc<Acceptor>>,
     /// Readable (a byte, or EOF) when the process is told to stop.
     pub(crate) stop: OwnedFd,
     /// Start-up result, so the main thread can report it in one line.
@@ -246,6 +255,8 @@ pub(crate) async fn run(start: ShardStart) -> ShardSummary {
         recipients,
         lookups,
         sockets,
+        implicit_tls_from,
+        tls,
         stop,
         mut ready,
         pin,
@@ -281,6 +292,8 @@ pub(crate) async fn run(start: ShardStart) -> ShardSummary {
         lookups,
         lookup_cache: RefCell::new(TtlCache::new(config.smtp.recipient_cache_entries)),
         anvil,
+        tls,
+        tls_only: config.tls.only,
         permits: Rc::new(Semaphore::new(max)),
         rejecting: Rc::new(Semaphore::new(MAX_REJECTING)),
         active: Cell::new(0),
@@ -291,7 +304,10 @@ pub(crate) async fn run(start: ShardStart) -> ShardSummary {
     });
     let accept_loops: Vec<_> = listeners
         .into_iter()
-        .map(|l| glommio::spawn_local(accept_loop(Rc::clone(&shard), l)))
+        .enumerate()
+        .map(|(i, l)| {
+            glommio::spawn_local(accept_loop(Rc::clone(&shard), l, i >= implicit_tls_from))
+        })
         .collect();
     crate::debug!("shard {id} running on CPU {cpu}");
     ready.report(Ok(()));
@@ -378,8 +394,8 @@ enum Slot {
 /// connection away with `421 4.3.2` at once (RFC 5321 §3.8; a client over
 /// the limit should not sit silent until its greeting timeout). Only when
 /// [`MAX_REJECTING`] are being turned away do new connections wait in the
-/// kernel queue.
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+/// kernel queue. `implicit_tls`: connections start with a TLS handshake.
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, implicit_tls: bool) {
     loop {
         let slot = match shard.permits.try_acquire_static_permit(1) {
             Ok(p) => Slot::Permit(p),
@@ -436,8 +452,14 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         match slot {
             Slot::Permit(permit) => {
                 Stats::add(&shard.stats.connections, 1);
-                glommio::spawn_local(conn::serve(Rc::clone(&shard), stream, permit, guard))
-                    .detach();
+                glommio::spawn_local(conn::serve(
+                    Rc::clone(&shard),
+                    stream,
+                    permit,
+                    guard,
+                    implicit_tls,
+                ))
+                .detach();
             }
             Slot::Full(permit) => {
                 Stats::add(&shard.stats.rejected, 1);

@@ -499,6 +499,9 @@ pub struct EnvelopeRecord<'a> {
     pub mail_params: &'a str,
     /// Accepted recipients, in order, without angle brackets.
     pub rcpts: &'a [&'a str],
+    /// The TLS the message arrived over: version (`TLSv1.3`) and IANA
+    /// cipher suite name; `None` in plain text.
+    pub tls: Option<(&'a str, &'a str)>,
 }
 
 /// Where one fragment of a streamed message lies.
@@ -547,9 +550,9 @@ pub mod field {
     pub const TRACE: u16 = 0x0007;
     /// Reserved: the real client address behind a PROXY header (as CLIENT).
     pub const PROXY_CLIENT: u16 = 0x0008;
-    /// Reserved: the TLS protocol version, e.g. `TLSv1.3`.
+    /// The TLS protocol version, e.g. `TLSv1.3` (absent: plain text).
     pub const TLS_VERSION: u16 = 0x0009;
-    /// Reserved: the TLS cipher suite, IANA name.
+    /// The TLS cipher suite, IANA name.
     pub const TLS_CIPHER: u16 = 0x000A;
     /// Reserved: the authenticated (SASL) identity.
     pub const AUTH_ID: u16 = 0x000B;
@@ -621,6 +624,10 @@ pub fn encode_message_prefix(
     for r in env.rcpts {
         put_field(buf, field::RCPT, "recipient", r.as_bytes())?;
     }
+    if let Some((version, cipher)) = env.tls {
+        put_field(buf, field::TLS_VERSION, "TLS version", version.as_bytes())?;
+        put_field(buf, field::TLS_CIPHER, "TLS cipher", cipher.as_bytes())?;
+    }
     put_field(buf, field::TRACE, "Received header", received)?;
     put_field(buf, field::END, "end of envelope", &[])?;
     let body_len_at = buf.len();
@@ -663,6 +670,10 @@ pub struct MessageView<'a> {
     pub rcpts: Vec<&'a str>,
     /// The `Received:` header bytes.
     pub received: &'a [u8],
+    /// TLS version (`TLSv1.3`), if the message arrived over TLS.
+    pub tls_version: Option<&'a str>,
+    /// TLS cipher suite (IANA name), if the message arrived over TLS.
+    pub tls_cipher: Option<&'a str>,
     /// Total body length.
     pub body_len: u64,
     /// Earlier fragments holding the start of the body, in order.
@@ -782,6 +793,8 @@ pub fn decode_message(payload: &[u8]) -> Result<MessageView<'_>, &'static str> {
     let mut mail_from = None;
     let mut mail_params = None;
     let mut received = None;
+    let mut tls_version = None;
+    let mut tls_cipher = None;
     let mut rcpts = Vec::new();
     loop {
         let ty = c.u16()?;
@@ -827,6 +840,14 @@ pub fn decode_message(payload: &[u8]) -> Result<MessageView<'_>, &'static str> {
                 once(received.is_some())?;
                 received = Some(v);
             }
+            field::TLS_VERSION => {
+                once(tls_version.is_some())?;
+                tls_version = Some(text()?);
+            }
+            field::TLS_CIPHER => {
+                once(tls_cipher.is_some())?;
+                tls_cipher = Some(text()?);
+            }
             t if t & field::CRITICAL != 0 => {
                 return Err("critical envelope field this version does not know")
             }
@@ -843,6 +864,8 @@ pub fn decode_message(payload: &[u8]) -> Result<MessageView<'_>, &'static str> {
         mail_params: mail_params.unwrap_or(""),
         rcpts,
         received: received.unwrap_or(b""),
+        tls_version,
+        tls_cipher,
         body_len,
         frags,
         tail,
@@ -881,6 +904,8 @@ pub fn decode_message_v1(payload: &[u8]) -> Result<MessageView<'_>, &'static str
         mail_params,
         rcpts,
         received,
+        tls_version: None,
+        tls_cipher: None,
         body_len,
         frags,
         tail,
@@ -1079,6 +1104,7 @@ mod tests {
                 mail_from: "",
                 mail_params: "SIZE=10 BODY=8BITMIME",
                 rcpts: &rcpts,
+                tls: None,
             };
             let mut buf = Vec::new();
             start_record(&mut buf, Kind::Commit, 77);
@@ -1128,6 +1154,7 @@ mod tests {
             mail_from: "f@x",
             mail_params: "",
             rcpts: &["r@x"],
+            tls: None,
         };
         let at = encode_message_prefix(&mut buf, &env, b"R: x\r\n").unwrap();
         buf.extend_from_slice(b"body");
@@ -1137,7 +1164,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_skipped_unless_critical() {
-        for ty in [field::TLS_VERSION, field::AUTH_ID, 0x4321] {
+        for ty in [field::LOCAL_ADDR, field::AUTH_ID, 0x4321] {
             let b = with_extra_field(ty);
             let m = decode_message(&b).unwrap();
             assert_eq!(
@@ -1151,6 +1178,31 @@ mod tests {
     }
 
     #[test]
+    fn tls_version_and_cipher_round_trip() {
+        let mut env = EnvelopeRecord {
+            arrival_unix: 5,
+            client: None,
+            helo: "h",
+            mail_from: "f@x",
+            mail_params: "",
+            rcpts: &["r@x"],
+            tls: Some(("TLSv1.3", "TLS_AES_256_GCM_SHA384")),
+        };
+        let mut buf = Vec::new();
+        let at = encode_message_prefix(&mut buf, &env, b"R: x\r\n").unwrap();
+        set_body_len(&mut buf, at, 0);
+        let m = decode_message(&buf).unwrap();
+        assert_eq!(m.tls_version, Some("TLSv1.3"));
+        assert_eq!(m.tls_cipher, Some("TLS_AES_256_GCM_SHA384"));
+        env.tls = None;
+        buf.clear();
+        let at = encode_message_prefix(&mut buf, &env, b"R: x\r\n").unwrap();
+        set_body_len(&mut buf, at, 0);
+        let m = decode_message(&buf).unwrap();
+        assert_eq!((m.tls_version, m.tls_cipher), (None, None));
+    }
+
+    #[test]
     fn truncated_message_payloads_are_errors_not_panics() {
         let env = EnvelopeRecord {
             arrival_unix: 1,
@@ -1159,6 +1211,7 @@ mod tests {
             mail_from: "f@x",
             mail_params: "",
             rcpts: &["r@x"],
+            tls: None,
         };
         let mut buf = Vec::new();
         let at = encode_message_prefix(&mut buf, &env, b"R: x\r\n").unwrap();

@@ -82,6 +82,10 @@ pub struct StoredEnvelope {
     pub mail_params: String,
     /// Recipients, in order.
     pub rcpts: Vec<String>,
+    /// TLS version (`TLSv1.3`) when the message arrived over TLS.
+    pub tls_version: Option<String>,
+    /// TLS cipher suite (IANA name) when the message arrived over TLS.
+    pub tls_cipher: Option<String>,
 }
 
 /// A committed message. Holds the envelope, the trace header and at most
@@ -387,6 +391,8 @@ fn stored(
             mail_from: m.mail_from.to_owned(),
             mail_params: m.mail_params.to_owned(),
             rcpts: m.rcpts.iter().map(|s| (*s).to_owned()).collect(),
+            tls_version: m.tls_version.map(str::to_owned),
+            tls_cipher: m.tls_cipher.map(str::to_owned),
         },
         received: m.received.to_vec(),
         body_len: m.body_len,

@@ -135,6 +135,7 @@ fn envelope(helo: &str) -> EnvelopeRecord<'_> {
         mail_from: "sender@example.org",
         mail_params: "BODY=8BITMIME SIZE=100",
         rcpts: RCPTS,
+        tls: None,
     }
 }
 

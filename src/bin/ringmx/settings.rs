@@ -46,7 +46,7 @@ macro_rules! define_overrides {
                         .value_parser(clap::value_parser!(PathBuf))
                         .action(ArgAction::Set)
                         .help(
-                            "TOML file with the same settings as [server], [smtp] and [spool] \
+                            "TOML file with the same settings as [server], [smtp], [spool] and [tls] \
                              tables (keys as named below); flags override it",
                         ),
                     $($(

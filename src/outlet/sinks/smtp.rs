@@ -1349,6 +1349,8 @@ mod tests {
                     mail_from: "s@x".into(),
                     mail_params: String::new(),
                     rcpts: vec![format!("r{i}@x")],
+                    tls_version: None,
+                    tls_cipher: None,
                 };
                 StoredMessage::from_parts(
                     QueueId::new(0, i + 1).unwrap(),

@@ -7,7 +7,7 @@ use super::super::command::{self, BodyType, Command, MailParams};
 use super::super::recipients::{Lookup, Remote};
 use super::super::reply;
 use super::{Answer, Reply};
-use super::{BdatText, CloseReason, Effect, Greeted, Handled, Mode, Session, Tx};
+use super::{BdatText, CloseReason, Effect, Greeted, Handled, Mode, Session, Tls, Tx};
 
 impl Session {
     /// Parses one command line (terminator removed) and runs its handler.
@@ -41,6 +41,7 @@ impl Session {
             Command::Quit => Handled::close(CloseReason::Quit),
             Command::Vrfy => self.junk(Handled::reply(reply::VRFY)),
             Command::Help => self.junk(Handled::reply(reply::HELP)),
+            Command::Starttls => self.starttls(),
             Command::NotImplemented => self.junk(Handled::error(reply::NOT_IMPLEMENTED)),
             Command::Http => Handled::close(CloseReason::Http),
         }
@@ -84,6 +85,22 @@ impl Session {
         Handled::with(answer, self.reset_transaction())
     }
 
+    /// STARTTLS (RFC 3207 §4): `502` when not offered (no certificate, as
+    /// any verb we do not offer), `503` when TLS is already on or inside a
+    /// transaction; else no reply yet: the runtime answers through
+    /// `handle_starttls`.
+    fn starttls(&mut self) -> Handled<'static> {
+        match self.tls {
+            Tls::Active => return Handled::error(reply::TLS_ALREADY_ACTIVE),
+            Tls::Unavailable => return self.junk(Handled::error(reply::NOT_IMPLEMENTED)),
+            Tls::Offered => {}
+        }
+        if self.tx != Tx::Idle {
+            return Handled::error(reply::TLS_IN_TRANSACTION);
+        }
+        Handled::effect(Effect::Starttls)
+    }
+
     /// MAIL FROM (RFC 5321 §4.1.1.2).
     fn mail(&mut self, from: &str, params: MailParams, raw_params: &str) -> Handled<'static> {
         // Shutting down: no new transaction (one pipelined right after the
@@ -120,6 +137,9 @@ impl Session {
         }
         if self.tx != Tx::Idle {
             return Some(reply::NESTED_MAIL);
+        }
+        if self.tls_required && self.tls != Tls::Active {
+            return Some(reply::TLS_REQUIRED);
         }
         // Parameters belong to extensions, which HELO did not negotiate.
         if self.greeted == Greeted::Helo && !raw_params.is_empty() {

@@ -31,6 +31,14 @@
 //!      replies stay in command order. A lookup that does not answer by
 //!      [`Session::poll_timeout`] is answered `451 4.3.0` by
 //!      [`Session::handle_timeout`]; a later answer is ignored.
+//!    * [`Event::Starttls`]: the client asked for TLS (only when
+//!      [`Session::set_tls`] offered it). Drop any input left after the
+//!      STARTTLS line (RFC 3207 §5: a client must not pipeline past it),
+//!      then call [`Session::handle_starttls`] saying whether TLS can start:
+//!      it writes `220` or `454`. After `220` write the output, run the
+//!      handshake, then call [`Session::tls_started`]: the session is back
+//!      to just connected (EHLO again). A failed handshake ends the
+//!      connection (the stream is no longer SMTP).
 //!    * [`Event::Close`]: write the output buffer, then close; the
 //!      [`CloseReason`] says why. Any record still open is abandoned.
 //! 3. While waiting for input, arm a timer for [`Session::poll_timeout`]
@@ -240,6 +248,9 @@ pub enum Event<'a> {
     /// A RCPT awaits a remote lookup ([`Session::pending_lookup`]); answer
     /// it with `handle_lookup`.
     Lookup,
+    /// STARTTLS was accepted: drop the input behind it, answer with
+    /// `handle_starttls`, then hand over the TLS handshake.
+    Starttls,
     /// Flush replies, then close the connection.
     Close(CloseReason),
 }
@@ -294,6 +305,8 @@ enum Mode {
         /// `None`: too far away to represent.
         deadline: Option<Instant>,
     },
+    /// `Starttls` was returned; waiting for `handle_starttls`.
+    AwaitTls,
     /// The session is over.
     Closed(CloseReason),
 }
@@ -307,6 +320,17 @@ enum Tx {
     Envelope,
     /// BDAT chunks are being received; DATA is now forbidden.
     Chunking,
+}
+
+/// TLS on this connection, as the runtime reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tls {
+    /// No certificate (or not offered here): STARTTLS gets `502`.
+    Unavailable,
+    /// STARTTLS is advertised and accepted.
+    Offered,
+    /// The connection is encrypted (STARTTLS done, or implicit TLS).
+    Active,
 }
 
 /// Whether and how the client introduced itself.
@@ -350,6 +374,9 @@ enum Effect {
     MessageEnd,
     /// A RCPT awaits a remote lookup: [`Event::Lookup`].
     Lookup,
+    /// STARTTLS accepted: [`Event::Starttls`]; the reply waits for
+    /// `handle_starttls`.
+    Starttls,
     /// Write the reason's reply after the answer and end the session.
     Close(CloseReason),
 }
@@ -439,6 +466,9 @@ pub struct Session {
     /// `DATA` or `BDAT`: names refusals at the end of a body.
     msg_verb: &'static str,
     shutdown_requested: bool,
+    tls: Tls,
+    /// MAIL before STARTTLS is refused (`tls.only`).
+    tls_required: bool,
     /// The runtime says the spool is over a backpressure mark: MAIL gets
     /// `452 4.3.1` (see [`Session::set_spool_full`]).
     spool_full: bool,
@@ -486,6 +516,8 @@ impl Session {
             refusals: Refusals::default(),
             msg_verb: "DATA",
             shutdown_requested: false,
+            tls: Tls::Unavailable,
+            tls_required: false,
             spool_full: false,
             rates: None,
             messages_accepted: 0,
@@ -516,10 +548,14 @@ impl Session {
     /// [`Session::shed_envelope`]; after it, [`Envelope::rcpts`] lists only
     /// the first five recipients ([`Envelope::rcpt_count`] still counts all).
     pub fn envelope(&self) -> Envelope<'_> {
-        let protocol = match (self.greeted, self.arena.params.smtputf8) {
-            (_, true) => "UTF8SMTP",
-            (Greeted::Ehlo, false) => "ESMTP",
-            _ => "SMTP",
+        // RFC 3848: an S for TLS (SMTPS after HELO, as Postfix writes it).
+        let protocol = match (self.greeted, self.arena.params.smtputf8, self.tls_active()) {
+            (_, true, false) => "UTF8SMTP",
+            (_, true, true) => "UTF8SMTPS",
+            (Greeted::Ehlo, false, false) => "ESMTP",
+            (Greeted::Ehlo, false, true) => "ESMTPS",
+            (_, _, false) => "SMTP",
+            (_, _, true) => "SMTPS",
         };
         Envelope::new(&self.arena, self.client.peer, &self.helo, protocol)
     }
@@ -538,6 +574,57 @@ impl Session {
             "shed_envelope outside a message"
         );
         self.arena.shed();
+    }
+
+    /// What the runtime can do about TLS on this connection: `offer`
+    /// STARTTLS (a certificate is configured and the connection is not
+    /// encrypted yet; else STARTTLS gets `502`), and `require` it before
+    /// MAIL (`530 5.7.0`; `tls.only`). Call before the first input.
+    pub fn set_tls(&mut self, offer: bool, require: bool) {
+        if self.tls != Tls::Active {
+            self.tls = if offer {
+                Tls::Offered
+            } else {
+                Tls::Unavailable
+            };
+        }
+        self.tls_required = require;
+    }
+
+    /// Whether the connection is encrypted (as the runtime told
+    /// [`Session::tls_started`]).
+    pub fn tls_active(&self) -> bool {
+        self.tls == Tls::Active
+    }
+
+    /// The answer to [`Event::Starttls`]: `ok`, TLS can start (`220`, then
+    /// the handshake); else `454 4.7.0` and the session goes on in plain
+    /// text. Ignored unless STARTTLS was just accepted.
+    pub fn handle_starttls(&mut self, ok: bool, out: &mut Vec<u8>) {
+        if self.mode != Mode::AwaitTls {
+            return;
+        }
+        self.mode = Mode::Commands;
+        let r = if ok {
+            reply::READY_FOR_TLS
+        } else {
+            reply::TLS_UNAVAILABLE
+        };
+        self.respond(out, Handled::reply(r));
+    }
+
+    /// The TLS handshake completed at `now` (after STARTTLS, or at once on
+    /// an implicit-TLS listener): RFC 3207 §4.2, the session forgets what
+    /// the client said before (it must EHLO again) and STARTTLS is no
+    /// longer offered.
+    pub fn tls_started(&mut self, now: Instant) {
+        self.tls = Tls::Active;
+        self.greeted = Greeted::No;
+        self.helo.clear();
+        self.end_transaction();
+        self.scanner.reset();
+        self.mode = Mode::Commands;
+        self.last_input = now;
     }
 
     /// Sets the recipient map the following RCPTs are checked against
@@ -792,6 +879,10 @@ impl Session {
                     debug_assert!(false, "handle_input while awaiting a lookup");
                     return (pos, Event::NeedInput);
                 }
+                Mode::AwaitTls => {
+                    debug_assert!(false, "handle_input while awaiting handle_starttls");
+                    return (pos, Event::NeedInput);
+                }
                 Mode::Closed(r) => return (input.len(), Event::Close(r)),
             };
             pos += used;
@@ -930,9 +1021,12 @@ impl Session {
                 failed = true;
             }
             Some(Answer::Greeting) => reply::write_greeting(out, &self.cfg.hostname),
-            Some(Answer::Ehlo) => {
-                reply::write_ehlo(out, &self.cfg.hostname, self.cfg.max_message_bytes)
-            }
+            Some(Answer::Ehlo) => reply::write_ehlo(
+                out,
+                &self.cfg.hostname,
+                self.cfg.max_message_bytes,
+                self.tls == Tls::Offered,
+            ),
             Some(Answer::Helo) => reply::write_helo(out, &self.cfg.hostname),
             Some(Answer::Queued(id)) => reply::write_queued(out, id),
             Some(Answer::BdatOk(n)) => reply::write_bdat_ok(out, n),
@@ -951,6 +1045,10 @@ impl Session {
             Effect::MessageAbort => Some(Event::MessageAbort),
             Effect::MessageEnd => Some(Event::MessageEnd),
             Effect::Lookup => Some(Event::Lookup),
+            Effect::Starttls => {
+                self.mode = Mode::AwaitTls;
+                Some(Event::Starttls)
+            }
             Effect::Close(r) => Some(Event::Close(self.close(out, r))),
         }
     }

@@ -316,6 +316,8 @@ fn ls(reader: &SpoolReader, json: bool, out: &mut dyn Write) -> Result<Outcome, 
                 "mail_from": m.envelope.mail_from,
                 "mail_params": m.envelope.mail_params,
                 "rcpts": m.envelope.rcpts,
+                "tls_version": m.envelope.tls_version,
+                "tls_cipher": m.envelope.tls_cipher,
                 "body_bytes": m.body_len,
                 "fragments": m.fragments(),
             });
