@@ -29,6 +29,7 @@ use glommio::sync::StaticPermit;
 use glommio::timer::sleep;
 
 use super::lookup::{self, Answer};
+use super::proxy::{self, ProxyError};
 use super::shard::{ActiveGuard, Shard, Stats};
 use super::store::{self, EnvelopeRecord, MessageWriter, ShardSpool, SpoolError};
 use crate::protocol::envelope::SHED_KEEP_RCPTS;
@@ -59,12 +60,33 @@ const LINGER: Duration = Duration::from_secs(2);
 /// Serves one accepted connection to the end, then logs one line about it.
 pub(crate) async fn serve(
     shard: Rc<Shard>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     permit: StaticPermit,
     guard: ActiveGuard,
 ) {
     let started = Instant::now();
-    let peer = stream.peer_addr().ok();
+    // Who the client is, decided once (a PROXY header is read here, before
+    // the greeting; what follows it stays in `rbuf` for the session).
+    let mut rbuf = ReadBuf::default();
+    let from = match proxy::client_address(&shard, &mut stream, &mut rbuf).await {
+        Ok(p) => p,
+        Err(r) => {
+            // No greeting: the connection never reaches SMTP.
+            let _ = stream.close().await;
+            let log = ConnLog {
+                peer: r.peer,
+                via: None,
+                shard: shard.id,
+                started,
+                messages: 0,
+                bytes_in: r.bytes_in,
+                bytes_out: 0,
+            };
+            log.write(Outcome::Proxy(r.error));
+            return;
+        }
+    };
+    let peer = from.client;
     let mut out = Vec::with_capacity(shard.server.write_buffer_bytes);
     let mut session = Session::new(
         Rc::clone(&shard.smtp),
@@ -81,16 +103,17 @@ pub(crate) async fn serve(
         stream,
         session,
         recipients_gen,
-        rbuf: ReadBuf::default(),
+        rbuf,
         out,
         msg: Msg::None,
         shutdown_seen: false,
-        bytes_in: 0,
+        bytes_in: from.bytes_in,
         bytes_out: 0,
     };
     let outcome = c.run().await;
     let log = ConnLog {
         peer,
+        via: from.via,
         shard: c.shard.id,
         started,
         messages: c.session.messages_accepted(),
@@ -134,6 +157,7 @@ pub(crate) async fn reject(
     let _ = stream.close().await;
     let log = ConnLog {
         peer,
+        via: None,
         shard: shard.id,
         started,
         messages: 0,
@@ -176,6 +200,8 @@ async fn linger(stream: &mut TcpStream, shard: &Shard) {
 /// The facts of the one line logged per connection.
 struct ConnLog {
     peer: Option<SocketAddr>,
+    /// The load balancer, when a PROXY header named `peer`.
+    via: Option<SocketAddr>,
     shard: u32,
     started: Instant,
     messages: u64,
@@ -192,9 +218,10 @@ impl ConnLog {
         crate::log::write(
             crate::log::Level::Info,
             format_args!(
-                "conn peer={} shard={} duration_ms={} messages={} bytes_in={} bytes_out={} \
+                "conn peer={}{} shard={} duration_ms={} messages={} bytes_in={} bytes_out={} \
                  outcome={}",
                 PeerDisplay(self.peer),
+                ViaDisplay(self.via),
                 self.shard,
                 self.started.elapsed().as_millis(),
                 self.messages,
@@ -224,6 +251,8 @@ enum Outcome {
     WriteTimeout,
     /// The read buffer filled without the session consuming it: a bug.
     Stuck,
+    /// Closed before the greeting on a PROXY listener (`server::proxy`).
+    Proxy(ProxyError),
 }
 
 impl fmt::Display for Outcome {
@@ -236,6 +265,7 @@ impl fmt::Display for Outcome {
             Outcome::WriteError(k) => write!(f, "write-error:{k:?}"),
             Outcome::WriteTimeout => f.write_str("write-timeout"),
             Outcome::Stuck => f.write_str("stuck"),
+            Outcome::Proxy(e) => write!(f, "proxy-{}", e.as_str()),
         }
     }
 }
@@ -252,6 +282,18 @@ impl fmt::Display for PeerDisplay {
     }
 }
 
+/// ` via=ADDR` after the peer when a proxy stood between; nothing otherwise.
+struct ViaDisplay(Option<SocketAddr>);
+
+impl fmt::Display for ViaDisplay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(a) => write!(f, " via={a}"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The message being received.
 enum Msg {
     None,
@@ -263,7 +305,7 @@ enum Msg {
 }
 
 /// What woke a wait for input.
-enum Wake {
+pub(super) enum Wake {
     Data(usize),
     Eof,
     Error(io::Error),
@@ -358,7 +400,7 @@ const FIRST_READ_BYTES: usize = 4096;
 /// (bulk data, deep pipelining), given back when the connection idles with
 /// nothing unconsumed.
 #[derive(Default)]
-struct ReadBuf {
+pub(super) struct ReadBuf {
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -367,11 +409,11 @@ struct ReadBuf {
 }
 
 impl ReadBuf {
-    fn data(&self) -> &[u8] {
+    pub(super) fn data(&self) -> &[u8] {
         &self.buf[self.start..self.end]
     }
 
-    fn consume(&mut self, n: usize) {
+    pub(super) fn consume(&mut self, n: usize) {
         self.start += n;
         debug_assert!(self.start <= self.end);
         if self.start >= self.end {
@@ -382,7 +424,7 @@ impl ReadBuf {
 
     /// Room to read into, after moving the unconsumed tail to the front.
     /// Empty only if `size` bytes are unconsumed.
-    fn spare(&mut self, size: usize) -> &mut [u8] {
+    pub(super) fn spare(&mut self, size: usize) -> &mut [u8] {
         if self.buf.is_empty() {
             self.buf = vec![0; FIRST_READ_BYTES.min(size)];
         }
@@ -399,7 +441,7 @@ impl ReadBuf {
         &mut self.buf[self.end..]
     }
 
-    fn filled(&mut self, n: usize) {
+    pub(super) fn filled(&mut self, n: usize) {
         self.end += n;
         self.filled_up = self.end == self.buf.len();
     }
@@ -911,7 +953,7 @@ impl Conn {
 /// stop. The read is polled first, so input already there always wins.
 /// Dropping a pending glommio read consumes nothing, so the losers of the
 /// race lose no bytes.
-async fn wait_readable(
+pub(super) async fn wait_readable(
     stream: &mut TcpStream,
     buf: &mut [u8],
     limit: Duration,

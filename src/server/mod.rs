@@ -7,6 +7,7 @@
 //! | SO_REUSEPORT listener sockets, port-in-use probe | [`listener`] |
 //! | per-core state, accept loop, connection limit, shutdown | `shard.rs` |
 //! | one client connection driving the session | `conn.rs` |
+//! | PROXY protocol header: the real client address | [`proxy`] |
 //! | deleting shipped segments, backpressure (a thread) | [`crate::spool::reclaim`] |
 //! | the recipient map: load, share, reload on SIGHUP | [`recipients`] |
 //!
@@ -30,6 +31,7 @@
 
 pub mod listener;
 pub mod lookup;
+pub mod proxy;
 pub mod recipients;
 
 mod conn;
