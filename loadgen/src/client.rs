@@ -104,6 +104,9 @@ pub struct Settings {
     pub ack_log: bool,
     /// Chain messages on pipelined DATA connections (see [`Conn::send_mail`]).
     pub chain: bool,
+    /// `--proxy-source`: open with a PROXY v2 header from the next address
+    /// of this range ([`crate::proxy`]).
+    pub proxy_source: Option<ipnet::IpNet>,
 }
 
 /// An open SMTP session, past greeting and EHLO.
@@ -168,6 +171,15 @@ impl Conn {
             .and_then(|()| stream.set_read_timeout(Some(s.reply_timeout)))
             .and_then(|()| stream.set_write_timeout(Some(s.reply_timeout)));
         setup.map_err(|e| Failure::connect(&e.into()))?;
+        let mut stream = stream;
+        if let Some(net) = s.proxy_source {
+            let port = stream.local_addr().map_or(0, |a| a.port());
+            let header = crate::proxy::next_header(net, port, s.target);
+            stream
+                .write_all(&header)
+                .await
+                .map_err(|e| Failure::connect(&e))?;
+        }
         {
             let mut r = rec.borrow_mut();
             r.hists.record(Phase::Connect, nanos(connected - t0));

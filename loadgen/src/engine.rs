@@ -201,6 +201,7 @@ pub fn run(cfg: RunConfig) -> Result<Summary, RunError> {
         ack_log: cfg.ack_log.is_some(),
         // Open loop keeps each message's own start time: no chaining there.
         chain: cfg.chain && cfg.load == Load::Closed && cfg.scenario == Scenario::Mail,
+        proxy_source: cfg.proxy_source,
     };
     let plan = Arc::new(Plan {
         msgs: Messages::build(&cfg),
