@@ -11,7 +11,9 @@
 #   cargo build --release && tuning/proxy.sh
 #
 # Server on CPU $SERVER_CPU, loadgen on CPU $CLIENT_CPU; runs alternate
-# off/v2; prints each run, the medians and their ratio. Knobs from the env.
+# off/v2; prints each run (with the server's CPU seconds per 1,000
+# messages: on a shared machine steadier than msgs/s), the medians and
+# their ratios. Knobs from the env.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
@@ -29,7 +31,9 @@ LOADGEN=target/release/loadgen
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
-run_one() { # mode run -> "msgs_per_s p50_ms p99_ms errors"
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+run_one() { # mode run -> "msgs_per_s p50_ms p99_ms errors cpu_s_per_1k"
     local mode=$1 i=$2 spool="$work/spool-$1-$2" log="$work/server-$1-$2.log"
     local serve=() load=()
     if [ "$mode" = v2 ]; then
@@ -45,27 +49,37 @@ run_one() { # mode run -> "msgs_per_s p50_ms p99_ms errors"
         sleep 0.1
     done
     [ -n "$addr" ] || { echo "ringmx did not start: $(cat "$log")" >&2; exit 1; }
+    local t0 t1
+    t0=$(cpu_ticks "$pid")
     taskset -c "$CLIENT_CPU" "$LOADGEN" run --target "$addr" -q -c "$CONNS" --size "$SIZE" \
         --to-domain example.com --msgs-per-conn "$MSGS_PER_CONN" "${load[@]}" \
         --warmup "$WARMUP" --duration "$DURATION" --json "$work/run-$mode-$i.json" >/dev/null
+    t1=$(cpu_ticks "$pid")
     kill -TERM "$pid"; wait "$pid"
     python3 -c '
-import json, sys
+import json, os, sys
 s = json.load(open(sys.argv[1]))
 e = s["latency_ms"]["eod"]
-print("%.0f %.2f %.2f %d" % (s["msgs_per_s"], e["p50"], e["p99"], sum(s.get("errors", {}).values())))' \
-        "$work/run-$mode-$i.json"
+# Warm-up included: the ticks cover the whole loadgen run.
+n = s["messages"]["ok"] * (1 + float(sys.argv[3]) / float(sys.argv[4]))
+cpu = float(sys.argv[2]) / os.sysconf("SC_CLK_TCK")
+print("%.0f %.2f %.2f %d %.4f" % (s["msgs_per_s"], e["p50"], e["p99"],
+      sum(s.get("errors", {}).values()), cpu / n * 1000))' \
+        "$work/run-$mode-$i.json" "$((t1 - t0))" "${WARMUP%s}" "${DURATION%s}"
 }
 
-declare -A rates
-printf '%-4s %-4s %10s %9s %9s %7s\n' mode run msgs/s p50_ms p99_ms errors
+declare -A rates cpus
+printf '%-4s %-4s %10s %9s %9s %7s %12s\n' mode run msgs/s p50_ms p99_ms errors cpu_s/1k
 for i in $(seq "$RUNS"); do
     for mode in off v2; do
-        read -r r p50 p99 err <<<"$(run_one "$mode" "$i")"
+        read -r r p50 p99 err cpu <<<"$(run_one "$mode" "$i")"
         rates[$mode]+="$r "
-        printf '%-4s %-4s %10s %9s %9s %7s\n' "$mode" "$i" "$r" "$p50" "$p99" "$err"
+        cpus[$mode]+="$cpu "
+        printf '%-4s %-4s %10s %9s %9s %7s %12s\n' "$mode" "$i" "$r" "$p50" "$p99" "$err" "$cpu"
     done
 done
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 o=$(echo "${rates[off]}" | median); v=$(echo "${rates[v2]}" | median)
 echo "median msgs/s: off=$o v2=$v ratio v2/off=$(awk -v a="$v" -v b="$o" 'BEGIN{printf "%.3f", a/b}')"
+o=$(echo "${cpus[off]}" | median); v=$(echo "${cpus[v2]}" | median)
+echo "median server CPU s per 1k msgs: off=$o v2=$v ratio v2/off=$(awk -v a="$v" -v b="$o" 'BEGIN{printf "%.3f", a/b}')"
