@@ -34,12 +34,12 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::outlet::supervise::ShipTarget;
 use crate::protocol::command::{address_literal, valid_domain};
 use crate::units::{self, UnitError};
-use ipnet::IpNet;
 use kinds::{duration, list, path, plain, size};
 
 /// The log level, an enum (`error`, `warn`, `info`, `debug`) in TOML and
@@ -111,6 +111,30 @@ macro_rules! with_settings {
                 max_connection_lifetime: Duration = Duration::from_secs(3600),
                     "duration" max_connection_lifetime "DURATION"
                     "Upper bound on one connection's life; then 421 4.4.2";
+                /// Every connection on the listen addresses starts with a PROXY protocol
+                /// header (v1 or v2, auto-detected) from a load balancer in
+                /// `trusted_proxy`, which gives the real client address (for logs,
+                /// limits, `Received:` and the spool record). Anything else (another
+                /// peer, no header within `proxy_header_timeout`, a malformed or second
+                /// header) is closed without a greeting. Applies to all listeners: put
+                /// direct clients on another ringmx, or behind the proxy too.
+                // Off: a header is only safe from a peer we trust to write it.
+                proxy_protocol: bool = false,
+                    "plain" proxy_protocol "BOOL"
+                    "Expect a PROXY protocol v1/v2 header from a --trusted-proxy before SMTP on every listener";
+                /// Peers allowed to send the PROXY header (CIDRs such as `10.0.0.0/8`,
+                /// or one address as `192.0.2.7/32`); needed with `proxy_protocol`.
+                // Empty: nobody is trusted until named.
+                trusted_proxy: Vec<IpNet> = Vec::new(),
+                    "list" trusted_proxy "CIDR"
+                    "Load balancer allowed to send the PROXY header; repeat for several";
+                /// How long a connection on a `proxy_protocol` listener may take to send
+                /// its whole PROXY header; then it is closed without a greeting.
+                // As Postfix's smtpd_upstream_proxy_timeout: a proxy sends the header
+                // with (or right after) the handshake, so seconds are plenty.
+                proxy_header_timeout: Duration = Duration::from_secs(5),
+                    "duration" proxy_header_timeout "DURATION"
+                    "How long a proxied connection may take to send its PROXY header";
                 /// Lowest level of the lines logged.
                 log_level: LogLevel = LogLevel::Info,
                     "plain" log_level "LEVEL"
@@ -916,6 +940,12 @@ pub enum ConfigError {
         "server.client_table_entries is {0}; at most {MAX_CLIENT_TABLE_ENTRIES} (1.3 GiB) are allowed"
     )]
     ClientTable(usize),
+    /// PROXY headers expected, but from nobody.
+    #[error(
+        "server.proxy_protocol is on but server.trusted_proxy is empty: \
+         give --trusted-proxy CIDR for each load balancer"
+    )]
+    NoTrustedProxy,
     /// Nothing to listen on.
     #[error("server.listen is empty: give at least one --listen ADDR")]
     NoListen,
@@ -1029,6 +1059,9 @@ impl Config {
             Cores::Count(0) => return Err(ConfigError::Zero("server.cores")),
             Cores::List(l) if l.is_empty() => return Err(ConfigError::Zero("server.cores")),
             _ => {}
+        }
+        if s.proxy_protocol && s.trusted_proxy.is_empty() {
+            return Err(ConfigError::NoTrustedProxy);
         }
         crate::outlet::supervise::check_all(&s.ship).map_err(ConfigError::Ship)?;
         self.server.check_limits()?;

@@ -818,3 +818,88 @@ fn a_silent_handshake_times_out() {
         .logs()
         .contains("tls: handshakes=0 resumed=0 failed=1"));
 }
+
+/// Behind a PROXY header, on an implicit-TLS listener, the ClientHello may
+/// arrive in the same read as the header (a balancer forwards both as soon
+/// as it has them): it is TLS input, handed to the handshake, and the
+/// session that follows sees the header's client address.
+#[test]
+fn a_clienthello_in_the_same_read_as_a_proxy_header_starts_tls() {
+    let Some((_dir, pem, key)) = certs("tls-proxy") else {
+        return;
+    };
+    let Some(python) = common::require_tool("python3", "python3") else {
+        return;
+    };
+    let (mut server, implicit) = tls_server(
+        &pem,
+        &key,
+        &[
+            "--proxy-protocol",
+            "true",
+            "--trusted-proxy",
+            "127.0.0.1/32",
+        ],
+    );
+    // The first ClientHello comes out of a memory BIO, so that it goes in
+    // one write with the header; the rest of the handshake and the session
+    // run over the socket.
+    let script = format!(
+        r#"
+import socket, ssl
+ctx = ssl.create_default_context(cafile={pem:?})
+inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+tls = ctx.wrap_bio(inc, out, server_hostname="mx.test")
+s = socket.create_connection(("127.0.0.1", {port}), timeout=20)
+def pump(op):
+    while True:
+        try:
+            r = op()
+            if out.pending: s.sendall(out.read())
+            return r
+        except ssl.SSLWantReadError:
+            if out.pending: s.sendall(out.read())
+            data = s.recv(65536)
+            if not data: raise SystemExit("closed during TLS")
+            inc.write(data)
+try:
+    tls.do_handshake()
+except ssl.SSLWantReadError:
+    pass
+s.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 4242 465\r\n" + out.read())
+pump(tls.do_handshake)
+def reply():
+    buf = b""
+    while True:
+        buf += pump(lambda: tls.read(65536))
+        last = buf.rstrip(b"\r\n").split(b"\r\n")[-1]
+        if len(last) >= 4 and last[3:4] == b" ": return buf.decode()
+assert reply().startswith("220"), "greeting"
+for cmd, want in [("EHLO c.test", "250"), ("MAIL FROM:<p@src.test>", "250"),
+                  ("RCPT TO:<u@localhost>", "250"), ("DATA", "354"),
+                  ("Subject: behind a balancer\r\n\r\nhello\r\n.", "250"), ("QUIT", "221")]:
+    pump(lambda: tls.write((cmd + "\r\n").encode()))
+    r = reply()
+    assert r.split("\r\n")[-2][:3] == want, (cmd, r)
+print("ok")
+"#,
+        pem = s(&pem),
+        port = implicit.port(),
+    );
+    let out = Command::new(python).args(["-c", &script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        server.logs()
+    );
+    server.stop();
+    let stored = server.stored();
+    assert_eq!(stored.len(), 1);
+    let text = stored[0].text();
+    assert!(
+        text.contains("192.0.2.7") && text.contains("with ESMTPS"),
+        "{text}"
+    );
+}

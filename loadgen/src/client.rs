@@ -130,6 +130,9 @@ pub struct Settings {
     pub source_ips: Option<ipnet::IpNet>,
     /// Share of connections that are early talkers ([`pregreet`]).
     pub pregreet_fraction: f64,
+    /// `--proxy-source`: open with a PROXY v2 header from the next address
+    /// of this range ([`crate::proxy`]).
+    pub proxy_source: Option<ipnet::IpNet>,
 }
 
 /// Connections set up by this process (early talkers included), to pick
@@ -175,10 +178,26 @@ impl Settings {
         }
     }
 
+    /// Connects to the target and, with `--proxy-source`, sends the PROXY
+    /// v2 header first (early talkers too: a balancer always sends it).
+    async fn connect(&self) -> Result<TcpStream, Failure> {
+        use futures_lite::AsyncWriteExt;
+        let mut stream = self.connect_tcp().await?;
+        if let Some(net) = self.proxy_source {
+            let port = stream.local_addr().map_or(0, |a| a.port());
+            let header = crate::proxy::next_header(net, port, self.target);
+            stream
+                .write_all(&header)
+                .await
+                .map_err(|e| Failure::connect(&e))?;
+        }
+        Ok(stream)
+    }
+
     /// Connects to the target, from the next `--source-ips` address if set.
     /// That connect is a blocking one (glommio cannot bind first), bounded
     /// by `--connect-timeout`; on loopback it takes microseconds.
-    async fn connect(&self) -> Result<TcpStream, Failure> {
+    async fn connect_tcp(&self) -> Result<TcpStream, Failure> {
         let Some(net) = self.source_ips else {
             return TcpStream::connect_timeout(self.target, self.connect_timeout)
                 .await

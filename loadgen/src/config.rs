@@ -226,6 +226,9 @@ pub struct RunConfig {
     pub reply_timeout: Duration,
     /// Longest wait for a TCP connect.
     pub connect_timeout: Duration,
+    /// Send a PROXY v2 header from these addresses, one per connection in
+    /// turn (`--proxy-source`).
+    pub proxy_source: Option<ipnet::IpNet>,
     /// File that receives every acknowledged queue id, one per line.
     pub ack_log: Option<PathBuf>,
     /// File that receives the JSON summary.

@@ -204,6 +204,7 @@ pub fn run(cfg: RunConfig) -> Result<Summary, RunError> {
         tls: cfg.tls.clone(),
         source_ips: cfg.source_ips,
         pregreet_fraction: cfg.pregreet_fraction,
+        proxy_source: cfg.proxy_source,
     };
     let plan = Arc::new(Plan {
         msgs: Messages::build(&cfg),

@@ -33,6 +33,7 @@ pub mod engine;
 pub mod hlog;
 pub mod message;
 pub mod plot;
+pub mod proxy;
 pub mod reply;
 pub mod report;
 pub mod schedule;

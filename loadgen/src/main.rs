@@ -179,6 +179,12 @@ struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
     connect_timeout: Duration,
 
+    /// Open each connection with a PROXY protocol v2 header from IP, or from
+    /// the next address of CIDR (one loadgen looks like many clients); for
+    /// servers behind a load balancer (ringmx --proxy-protocol).
+    #[arg(long, value_name = "IP|CIDR", value_parser = loadgen::proxy::parse_source)]
+    proxy_source: Option<ipnet::IpNet>,
+
     /// Write every queue id the server acknowledged, one per line (the word
     /// after "queued as", else the whole reply text): for durability checks.
     #[arg(long, value_name = "FILE")]
@@ -339,6 +345,7 @@ fn to_config(a: RunArgs) -> Result<RunConfig, ConfigError> {
         ehlo: a.ehlo,
         reply_timeout: a.timeout,
         connect_timeout: a.connect_timeout,
+        proxy_source: a.proxy_source,
         ack_log: a.ack_log,
         json: a.json,
         hist_out: a.hist_out,

@@ -31,6 +31,7 @@ use glommio::timer::sleep;
 use super::anvil::{Refused, Ticket};
 use super::lookup::{self, Answer};
 use super::pregreet;
+use super::proxy::{self, ProxyError};
 use super::shard::{ActiveGuard, Shard, Stats};
 use super::store::{self, EnvelopeRecord, MessageWriter, ShardSpool, SpoolError};
 use super::tls::{self, TlsConn};
@@ -70,29 +71,50 @@ pub(crate) async fn serve(
     implicit_tls: bool,
 ) {
     let started = Instant::now();
-    // The client's address: limits, logs and the session take it from
-    // here (the one place a PROXY header's address replaces the socket's).
-    let peer = stream.peer_addr().ok();
-    // Per-client limits first, then the greeting wait: a client over its
-    // limit is told so at once.
-    let (ticket, greeted_bytes) = match edge(&shard, &mut stream, peer, started, implicit_tls).await
-    {
-        Ok(admitted) => admitted,
-        Err((outcome, bytes_out)) => {
-            ConnLog {
-                peer,
+    // Who the client is, decided once (a PROXY header is read here, before
+    // the greeting; what follows it stays in `rbuf` for the session).
+    let mut rbuf = ReadBuf::default();
+    let from = match proxy::client_address(&shard, &mut stream, &mut rbuf).await {
+        Ok(p) => p,
+        Err(r) => {
+            // No greeting: the connection never reaches SMTP.
+            let _ = stream.close().await;
+            let log = ConnLog {
+                peer: r.peer,
+                via: None,
                 shard: shard.id,
                 started,
                 messages: 0,
-                bytes_in: 0,
-                bytes_out,
-            }
-            .write(outcome);
-            drop(permit);
-            drop(guard);
+                bytes_in: r.bytes_in,
+                bytes_out: 0,
+            };
+            log.write(Outcome::Proxy(r.error));
             return;
         }
     };
+    let peer = from.client;
+    // Per-client limits first, then the greeting wait: a client over its
+    // limit is told so at once.
+    let early = rbuf.data();
+    let (ticket, greeted_bytes) =
+        match edge(&shard, &mut stream, peer, started, implicit_tls, early).await {
+            Ok(admitted) => admitted,
+            Err((outcome, bytes_out)) => {
+                ConnLog {
+                    peer,
+                    via: from.via,
+                    shard: shard.id,
+                    started,
+                    messages: 0,
+                    bytes_in: from.bytes_in,
+                    bytes_out,
+                }
+                .write(outcome);
+                drop(permit);
+                drop(guard);
+                return;
+            }
+        };
     let mut out = Vec::with_capacity(shard.server.write_buffer_bytes);
     // The settings as of the last reload, kept for this connection's life.
     let (smtp, lifetime) = shard.live.get();
@@ -112,11 +134,11 @@ pub(crate) async fn serve(
         stream,
         session,
         recipients_gen,
-        rbuf: ReadBuf::default(),
+        rbuf,
         out,
         msg: Msg::None,
         shutdown_seen: false,
-        bytes_in: 0,
+        bytes_in: from.bytes_in,
         bytes_out: greeted_bytes,
         tls: None,
         tls_trace: None,
@@ -131,6 +153,7 @@ pub(crate) async fn serve(
     };
     let log = ConnLog {
         peer,
+        via: from.via,
         shard: c.shard.id,
         started,
         messages: c.session.messages_accepted(),
@@ -159,6 +182,7 @@ async fn edge(
     peer: Option<SocketAddr>,
     now: Instant,
     implicit_tls: bool,
+    early: &[u8],
 ) -> Result<(Option<Rc<Ticket>>, u64), (Outcome, u64)> {
     let Some(ip) = peer.map(|p| p.ip()) else {
         return Ok((None, 0));
@@ -185,6 +209,13 @@ async fn edge(
     // the client speaks first (its ClientHello), by design.
     if implicit_tls || !pregreet::must_wait(shard, ip, now) {
         return Ok((Some(ticket), 0));
+    }
+    // Behind a PROXY header, a client may have talked in the same read.
+    if !early.is_empty() {
+        let talker = pregreet::classify(early);
+        talker.count(&shard.anvil);
+        let sent = turn_away(shard, stream, reply::PREGREET).await;
+        return Err((Outcome::Pregreet(talker), sent));
     }
     let mut first = Vec::with_capacity(64);
     reply::write_greeting_start(&mut first, &shard.live.smtp().hostname);
@@ -257,6 +288,7 @@ pub(crate) async fn reject(
     let _ = stream.close().await;
     let log = ConnLog {
         peer,
+        via: None,
         shard: shard.id,
         started,
         messages: 0,
@@ -299,6 +331,8 @@ async fn linger(stream: &mut TcpStream, shard: &Shard) {
 /// The facts of the one line logged per connection.
 struct ConnLog {
     peer: Option<SocketAddr>,
+    /// The load balancer, when a PROXY header named `peer`.
+    via: Option<SocketAddr>,
     shard: u32,
     started: Instant,
     messages: u64,
@@ -315,9 +349,10 @@ impl ConnLog {
         crate::log::write(
             crate::log::Level::Info,
             format_args!(
-                "conn peer={} shard={} duration_ms={} messages={} bytes_in={} bytes_out={} \
+                "conn peer={}{} shard={} duration_ms={} messages={} bytes_in={} bytes_out={} \
                  outcome={}",
                 PeerDisplay(self.peer),
+                ViaDisplay(self.via),
                 self.shard,
                 self.started.elapsed().as_millis(),
                 self.messages,
@@ -354,6 +389,8 @@ enum Outcome {
     Stuck,
     /// The TLS handshake failed (logged with its reason).
     TlsHandshake,
+    /// Closed before the greeting on a PROXY listener (`server::proxy`).
+    Proxy(ProxyError),
 }
 
 impl fmt::Display for Outcome {
@@ -369,6 +406,7 @@ impl fmt::Display for Outcome {
             Outcome::WriteTimeout => f.write_str("write-timeout"),
             Outcome::Stuck => f.write_str("stuck"),
             Outcome::TlsHandshake => f.write_str("tls-handshake-failed"),
+            Outcome::Proxy(e) => write!(f, "proxy-{}", e.as_str()),
         }
     }
 }
@@ -381,6 +419,18 @@ impl fmt::Display for PeerDisplay {
         match self.0 {
             Some(a) => write!(f, "{a}"),
             None => f.write_str("-"),
+        }
+    }
+}
+
+/// ` via=ADDR` after the peer when a proxy stood between; nothing otherwise.
+struct ViaDisplay(Option<SocketAddr>);
+
+impl fmt::Display for ViaDisplay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(a) => write!(f, " via={a}"),
+            None => Ok(()),
         }
     }
 }
@@ -491,7 +541,7 @@ const FIRST_READ_BYTES: usize = 4096;
 /// (bulk data, deep pipelining), given back when the connection idles with
 /// nothing unconsumed.
 #[derive(Default)]
-struct ReadBuf {
+pub(super) struct ReadBuf {
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -500,11 +550,11 @@ struct ReadBuf {
 }
 
 impl ReadBuf {
-    fn data(&self) -> &[u8] {
+    pub(super) fn data(&self) -> &[u8] {
         &self.buf[self.start..self.end]
     }
 
-    fn consume(&mut self, n: usize) {
+    pub(super) fn consume(&mut self, n: usize) {
         self.start += n;
         debug_assert!(self.start <= self.end);
         if self.start >= self.end {
@@ -515,7 +565,7 @@ impl ReadBuf {
 
     /// Room to read into, after moving the unconsumed tail to the front.
     /// Empty only if `size` bytes are unconsumed.
-    fn spare(&mut self, size: usize) -> &mut [u8] {
+    pub(super) fn spare(&mut self, size: usize) -> &mut [u8] {
         if self.buf.is_empty() {
             self.buf = vec![0; FIRST_READ_BYTES.min(size)];
         }
@@ -532,7 +582,7 @@ impl ReadBuf {
         &mut self.buf[self.end..]
     }
 
-    fn filled(&mut self, n: usize) {
+    pub(super) fn filled(&mut self, n: usize) {
         self.end += n;
         self.filled_up = self.end == self.buf.len();
     }
@@ -681,6 +731,15 @@ impl Conn {
                 };
             }
         };
+        if implicit {
+            // Behind a PROXY header, the ClientHello may have come in the
+            // same read as the header: it is TLS input, not SMTP.
+            let early = self.rbuf.data().len();
+            if early > 0 {
+                t.preload(self.rbuf.data());
+                self.rbuf.consume(early);
+            }
+        }
         if let Err(reason) = tls::handshake(&mut self.stream, &mut t, &self.shard, &acceptor).await
         {
             // What an operator needs to act on a TLS-RPT report.

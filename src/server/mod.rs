@@ -9,6 +9,7 @@
 //! | one client connection driving the session | `conn.rs` |
 //! | per-client limits across shards, greeting-wait pass cache | `anvil.rs` |
 //! | the early-talker test (greeting wait) | `pregreet.rs` |
+//! | PROXY protocol header: the real client address | [`proxy`] |
 //! | deleting shipped segments, backpressure (a thread) | [`crate::spool::reclaim`] |
 //! | the recipient map: load, share, reload on SIGHUP | [`recipients`] |
 //!
@@ -34,6 +35,7 @@ pub mod anvil;
 pub mod listener;
 pub mod lookup;
 pub mod notify;
+pub mod proxy;
 pub mod recipients;
 pub mod reload;
 pub mod tls;

@@ -438,6 +438,20 @@ impl TlsConn {
         &mut self.cin[self.cin_end..]
     }
 
+    /// Ciphertext already read from the socket before TLS started (what
+    /// followed a PROXY header in the same read): rustls gets it before
+    /// anything read later.
+    pub(crate) fn preload(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.cin_spare().len() < bytes.len() {
+            self.cin.resize(self.cin_end + bytes.len(), 0);
+        }
+        self.cin[self.cin_end..self.cin_end + bytes.len()].copy_from_slice(bytes);
+        self.cin_end += bytes.len();
+    }
+
     /// Hands buffered ciphertext to rustls until it yields plaintext or
     /// the buffer is empty. Called only with ciphertext buffered and no
     /// plaintext waiting in rustls, so it always takes some: an error

@@ -361,7 +361,12 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let s = TcpStream::connect_timeout(&addr, STEP).expect("connect");
+        Client::from_stream(TcpStream::connect_timeout(&addr, STEP).expect("connect"))
+    }
+
+    /// A client on a socket connected elsewhere (e.g. from another local
+    /// address).
+    pub fn from_stream(s: TcpStream) -> Client {
         s.set_read_timeout(Some(STEP)).unwrap();
         s.set_write_timeout(Some(STEP)).unwrap();
         s.set_nodelay(true).unwrap();
