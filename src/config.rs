@@ -107,6 +107,12 @@ macro_rules! with_settings {
                 max_connection_lifetime: Duration = Duration::from_secs(3600),
                     "duration" max_connection_lifetime "DURATION"
                     "Upper bound on one connection's life; then 421 4.4.2";
+                /// Addresses to serve Prometheus metrics on: `GET /metrics`, text format
+                /// 0.0.4, from a thread of its own (`server::metrics`). Empty: none.
+                // Off by default: another listening port is the operator's choice.
+                metrics: Vec<SocketAddr> = Vec::new(),
+                    "list" metrics "ADDR"
+                    "IP:PORT to serve Prometheus metrics on (GET /metrics); repeat for several; default: off";
                 /// Lowest level of the lines logged.
                 log_level: LogLevel = LogLevel::Info,
                     "plain" log_level "LEVEL"

@@ -21,6 +21,7 @@ use std::fmt;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
@@ -76,6 +77,8 @@ pub(crate) async fn serve(
     // The generation first: a swap in between is then picked up at once.
     let recipients_gen = shard.recipients.generation();
     session.set_recipients(shard.recipients.load());
+    session.count_commands_into(Arc::clone(&shard.metrics.commands));
+    shard.metrics.connections_open.add(1);
     let mut c = Conn {
         shard,
         stream,
@@ -101,6 +104,8 @@ pub(crate) async fn serve(
     let mut rcpt = c.shard.stats.rcpt.get();
     rcpt.add(&c.session.rcpt_counts());
     c.shard.stats.rcpt.set(rcpt);
+    c.shard.metrics.add_rcpt_counts(&c.session.rcpt_counts());
+    c.shard.metrics.connections_open.add(-1);
     drop(c);
     drop(permit);
     drop(guard);
@@ -723,6 +728,7 @@ impl Conn {
 
     /// End of data: make the message durable, then let the session reply.
     async fn commit_message(&mut self) {
+        let end_of_data = Instant::now();
         let result = match std::mem::replace(&mut self.msg, Msg::None) {
             Msg::Open(w) => match w.commit().await {
                 Ok(id) => Ok(id),
@@ -742,6 +748,8 @@ impl Conn {
             let st = &self.shard.stats;
             Stats::add(&st.messages, 1);
             Stats::add(&st.message_bytes, size);
+            self.shard.metrics.messages_accepted.inc();
+            self.shard.metrics.message_bytes.add(size);
             if crate::log::enabled(crate::log::Level::Info) {
                 let env = self.session.envelope();
                 // Never rate-limited: one line per accepted message.
@@ -759,6 +767,8 @@ impl Conn {
         }
         let result = result.as_ref().map(store::QueueId::as_str).map_err(|e| *e);
         self.session.handle_commit(result, &mut self.out);
+        let m = &self.shard.metrics;
+        m.end_of_data_seconds.record_duration(end_of_data.elapsed());
     }
 
     fn store_failed(&self, what: &str, e: &SpoolError) -> CommitError {
@@ -816,7 +826,12 @@ impl Conn {
     fn log_refusals(&mut self) {
         let peer = PeerDisplay(self.session.client().peer);
         let on = crate::log::enabled(crate::log::Level::Info);
-        for r in self.session.drain_refusals().filter(|_| on) {
+        let metrics = &self.shard.metrics;
+        for r in self.session.drain_refusals() {
+            metrics.note_refusal(&r);
+            if !on {
+                continue;
+            }
             crate::info!(
                 "NOQUEUE: reject: {} from {peer}: {} {} {}; shard={} arg={:?}",
                 r.verb,
