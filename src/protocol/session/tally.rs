@@ -66,32 +66,36 @@ impl CommandTally {
 /// The index in [`VERBS`] of a command line's verb (ASCII case ignored).
 #[inline]
 pub(super) fn verb_index(line: &[u8]) -> usize {
-    let end = memchr::memchr(b' ', line).unwrap_or(line.len());
-    let word = &line[..end];
-    if let Ok(w) = <[u8; 4]>::try_from(word) {
-        // Clearing bit 5 upper-cases a letter, and only letters map onto
-        // upper-case letters: an exact, case-blind compare.
-        let w = u32::from_be_bytes(w) & 0xDFDF_DFDF;
-        return match &w.to_be_bytes() {
-            b"HELO" => 0,
-            b"EHLO" => 1,
-            b"MAIL" => 2,
-            b"RCPT" => RCPT,
-            b"DATA" => 4,
-            b"BDAT" => BDAT,
-            b"RSET" => 6,
-            b"NOOP" => 7,
-            b"QUIT" => 8,
-            b"VRFY" => 9,
-            b"HELP" => 10,
-            b"AUTH" => 12,
-            _ => OTHER,
-        };
+    // No search for the space: every counted verb but STARTTLS has four
+    // letters, so look at the first four bytes and the one after them.
+    match line.get(..4).map(<[u8; 4]>::try_from) {
+        Some(Ok(w)) if line.len() == 4 || line[4] == b' ' => {
+            // Clearing bit 5 upper-cases a letter, and only letters map onto
+            // upper-case letters: an exact, case-blind compare.
+            match &(u32::from_be_bytes(w) & 0xDFDF_DFDF).to_be_bytes() {
+                b"HELO" => 0,
+                b"EHLO" => 1,
+                b"MAIL" => 2,
+                b"RCPT" => RCPT,
+                b"DATA" => 4,
+                b"BDAT" => BDAT,
+                b"RSET" => 6,
+                b"NOOP" => 7,
+                b"QUIT" => 8,
+                b"VRFY" => 9,
+                b"HELP" => 10,
+                b"AUTH" => 12,
+                _ => OTHER,
+            }
+        }
+        _ if line.len() >= 8
+            && line[..8].eq_ignore_ascii_case(b"STARTTLS")
+            && line.get(8).is_none_or(|&b| b == b' ') =>
+        {
+            11
+        }
+        _ => OTHER,
     }
-    if word.eq_ignore_ascii_case(b"STARTTLS") {
-        return 11;
-    }
-    OTHER
 }
 
 #[cfg(test)]
