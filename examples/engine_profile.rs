@@ -8,11 +8,14 @@
 //! valgrind --tool=callgrind target/release/examples/engine_profile 4000
 //! ```
 //! (instructions(4000) - instructions(2000)) / 2000 = instructions per transaction.
+//! A second argument `counted` makes the session count its commands into a
+//! metrics table, as the server's do (`--metrics`).
 
 use std::rc::Rc;
 
 use ringmx::config::SmtpConfig;
-use ringmx::protocol::replay::replay;
+use ringmx::protocol::replay::{replay, replay_counted};
+use ringmx::protocol::session::CommandTally;
 
 fn main() {
     let n: usize = std::env::args()
@@ -41,7 +44,26 @@ fn main() {
         input.extend_from_slice(b".\r\n");
     }
     let mut out = Vec::with_capacity(64 * 1024);
-    let r = replay(&cfg, &input, 16 * 1024, &mut out);
+    let counted = std::env::args().nth(2).is_some_and(|a| a == "counted");
+    let r = if counted {
+        let tally = std::sync::Arc::new(CommandTally::default());
+        let r = replay_counted(
+            &cfg,
+            &input,
+            16 * 1024,
+            &mut out,
+            std::sync::Arc::clone(&tally),
+        );
+        // EHLO, then MAIL, RCPT, DATA per transaction: all 2xx/3xx.
+        let total: u64 = (0..14)
+            .flat_map(|v| (0..2).map(move |c| (v, c)))
+            .map(|(v, c)| tally.get(v, c))
+            .sum();
+        assert_eq!(total, 1 + 3 * n as u64);
+        r
+    } else {
+        replay(&cfg, &input, 16 * 1024, &mut out)
+    };
     assert_eq!(r.messages, n as u64);
     println!("{} transactions, {} body bytes", r.messages, r.body_bytes);
 }

@@ -135,6 +135,12 @@ macro_rules! with_settings {
                 proxy_header_timeout: Duration = Duration::from_secs(5),
                     "duration" proxy_header_timeout "DURATION"
                     "How long a proxied connection may take to send its PROXY header";
+                /// Addresses to serve Prometheus metrics on: `GET /metrics`, text format
+                /// 0.0.4, from a thread of its own (`server::metrics`). Empty: none.
+                // Off by default: another listening port is the operator's choice.
+                metrics: Vec<SocketAddr> = Vec::new(),
+                    "list" metrics "ADDR"
+                    "IP:PORT to serve Prometheus metrics on (GET /metrics); repeat for several; default: off";
                 /// Lowest level of the lines logged.
                 log_level: LogLevel = LogLevel::Info,
                     "plain" log_level "LEVEL"

@@ -11,10 +11,13 @@
 //! | sizes and durations as written in flags and TOML | [`units`] |
 //! | calendar dates from Unix time, RFC 5322 dates | [`civil`] |
 //! | CPU affinity mask, resource limits (shared with loadgen) | [`sys`] |
+//! | metric instruments (single-writer counters, histograms) | [`metrics`] |
+//! | Prometheus `GET /metrics`: names, labels, the HTTP task | `server/metrics/` |
 
 pub mod civil;
 pub mod config;
 pub mod log;
+pub mod metrics;
 pub mod outlet;
 pub mod protocol;
 pub mod server;

@@ -65,7 +65,31 @@ pub struct Replay {
 /// which is what the fuzz targets look for.
 pub fn replay(cfg: &Rc<SmtpConfig>, input: &[u8], read: usize, out: &mut Vec<u8>) -> Replay {
     let lifetime = ServerConfig::default().max_connection_lifetime;
-    drive(cfg, lifetime, &[Step::Bytes(input)], read, false, out)
+    drive(cfg, lifetime, &[Step::Bytes(input)], read, false, None, out)
+}
+
+/// [`replay`] with the session counting its commands into `tally`, as the
+/// server's sessions do (examples/engine_profile measures the cost).
+///
+/// # Panics
+/// As [`replay`].
+pub fn replay_counted(
+    cfg: &Rc<SmtpConfig>,
+    input: &[u8],
+    read: usize,
+    out: &mut Vec<u8>,
+    tally: std::sync::Arc<super::session::CommandTally>,
+) -> Replay {
+    let lifetime = ServerConfig::default().max_connection_lifetime;
+    drive(
+        cfg,
+        lifetime,
+        &[Step::Bytes(input)],
+        read,
+        false,
+        Some(tally),
+        out,
+    )
 }
 
 /// Runs `steps` with reads of `read` bytes and a connection lifetime of
@@ -75,7 +99,7 @@ pub fn replay(cfg: &Rc<SmtpConfig>, input: &[u8], read: usize, out: &mut Vec<u8>
 /// As [`replay`].
 pub fn record(cfg: &Rc<SmtpConfig>, lifetime: Duration, steps: &[Step<'_>], read: usize) -> Replay {
     let mut out = Vec::new();
-    let mut r = drive(cfg, lifetime, steps, read, true, &mut out);
+    let mut r = drive(cfg, lifetime, steps, read, true, None, &mut out);
     r.replies = out;
     r
 }
@@ -138,6 +162,7 @@ fn drive(
     steps: &[Step<'_>],
     read: usize,
     record: bool,
+    tally: Option<std::sync::Arc<super::session::CommandTally>>,
     out: &mut Vec<u8>,
 ) -> Replay {
     // A runtime owns the clock; this one reads it once, for a base that
@@ -154,6 +179,9 @@ fn drive(
         fail_next: None,
         r: Replay::default(),
     };
+    if let Some(t) = tally {
+        d.s.count_commands_into(t);
+    }
     for step in steps {
         if d.r.closed.is_some() {
             break;

@@ -1797,3 +1797,38 @@ fn rfc3207_starttls_unavailable_is_454() {
     let (_, ev) = s.handle_input(Instant::now(), b"NOOP\r\n", &mut out);
     assert_eq!(ev, Event::NeedInput);
 }
+
+/// Every command line counts once, by its verb and its first reply's
+/// class: deferred replies (a RCPT's lookup, a BDAT chunk) when they are
+/// written, a DATA body's verdict not at all.
+#[test]
+fn commands_are_counted_by_verb_and_reply_class() {
+    use crate::protocol::session::{CommandTally, COUNTED_VERBS};
+    let tally = std::sync::Arc::new(CommandTally::default());
+    let mut h = with_remote();
+    h.s.count_commands_into(std::sync::Arc::clone(&tally));
+    h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@ldap.example>\r\nRCPT TO:<u@other.test>\r\n");
+    h.answer(Ok(Lookup::Exists));
+    h.feed(b"DATA\r\nhi\r\n.\r\nnoop\r\nXYZZY\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@example.com>\r\n");
+    h.feed(b"BDAT 2\r\nabBDAT 1 LAST\r\nc");
+    assert_eq!(h.stored.len(), 2);
+    h.feed(b"QUIT\r\n");
+    let get = |verb: &str, class: usize| {
+        let v = COUNTED_VERBS.iter().position(|&x| x == verb).unwrap();
+        tally.get(v, class)
+    };
+    let (ok, go_on, bad) = (0, 1, 3);
+    assert_eq!(get("EHLO", ok), 1);
+    assert_eq!(get("MAIL", ok), 2);
+    assert_eq!((get("RCPT", ok), get("RCPT", bad)), (2, 1));
+    assert_eq!((get("DATA", go_on), get("DATA", ok)), (1, 0));
+    assert_eq!(get("NOOP", ok), 1);
+    assert_eq!(get("other", bad), 1);
+    assert_eq!(get("BDAT", ok), 2);
+    assert_eq!(get("QUIT", ok), 1);
+    let total: u64 = (0..COUNTED_VERBS.len())
+        .flat_map(|v| (0..4).map(move |c| (v, c)))
+        .map(|(v, c)| tally.get(v, c))
+        .sum();
+    assert_eq!(total, 12, "one count per command line");
+}

@@ -21,6 +21,7 @@ use std::fmt;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
@@ -30,6 +31,7 @@ use glommio::timer::sleep;
 
 use super::anvil::{Refused, Ticket};
 use super::lookup::{self, Answer};
+use super::metrics::ConnRejected;
 use super::pregreet;
 use super::proxy::{self, ProxyError};
 use super::shard::{ActiveGuard, Shard, Stats};
@@ -89,6 +91,7 @@ pub(crate) async fn serve(
                 bytes_out: 0,
             };
             log.write(Outcome::Proxy(r.error));
+            shard.metrics.connections_rejected.inc(ConnRejected::Proxy);
             return;
         }
     };
@@ -100,6 +103,14 @@ pub(crate) async fn serve(
         match edge(&shard, &mut stream, peer, started, implicit_tls, early).await {
             Ok(admitted) => admitted,
             Err((outcome, bytes_out)) => {
+                let why = match outcome {
+                    Outcome::ClientLimit(_) => Some(ConnRejected::ClientLimit),
+                    Outcome::Pregreet(_) => Some(ConnRejected::Pregreet),
+                    _ => None,
+                };
+                if let Some(why) = why {
+                    shard.metrics.connections_rejected.inc(why);
+                }
                 ConnLog {
                     peer,
                     via: from.via,
@@ -129,6 +140,12 @@ pub(crate) async fn serve(
         shard.tls.is_some() && !implicit_tls,
         shard.tls_only && !implicit_tls,
     );
+    // Counting commands costs the engine a few percent of its instructions
+    // per transaction (README "Metrics"): only when someone can scrape them.
+    if !shard.server.metrics.is_empty() {
+        session.count_commands_into(Arc::clone(&shard.metrics.commands));
+    }
+    shard.metrics.connections_open.add(1);
     let mut c = Conn {
         shard,
         stream,
@@ -160,10 +177,18 @@ pub(crate) async fn serve(
         bytes_in: c.bytes_in,
         bytes_out: c.bytes_out,
     };
+    if matches!(outcome, Outcome::TlsHandshake) {
+        c.shard
+            .metrics
+            .connections_rejected
+            .inc(ConnRejected::TlsHandshake);
+    }
     log.write(outcome);
     let mut rcpt = c.shard.stats.rcpt.get();
     rcpt.add(&c.session.rcpt_counts());
     c.shard.stats.rcpt.set(rcpt);
+    c.shard.metrics.add_rcpt_counts(&c.session.rcpt_counts());
+    c.shard.metrics.connections_open.add(-1);
     drop(c);
     // The client's place in its per-IP count goes with the connection.
     drop(ticket);
@@ -1034,6 +1059,7 @@ impl Conn {
 
     /// End of data: make the message durable, then let the session reply.
     async fn commit_message(&mut self) {
+        let end_of_data = Instant::now();
         let result = match std::mem::replace(&mut self.msg, Msg::None) {
             Msg::Open(w) => match w.commit().await {
                 Ok(id) => Ok(id),
@@ -1053,6 +1079,8 @@ impl Conn {
             let st = &self.shard.stats;
             Stats::add(&st.messages, 1);
             Stats::add(&st.message_bytes, size);
+            self.shard.metrics.messages_accepted.inc();
+            self.shard.metrics.message_bytes.add(size);
             if crate::log::enabled(crate::log::Level::Info) {
                 let env = self.session.envelope();
                 // Never rate-limited: one line per accepted message.
@@ -1070,6 +1098,8 @@ impl Conn {
         }
         let result = result.as_ref().map(store::QueueId::as_str).map_err(|e| *e);
         self.session.handle_commit(result, &mut self.out);
+        let m = &self.shard.metrics;
+        m.end_of_data_seconds.record_duration(end_of_data.elapsed());
     }
 
     fn store_failed(&self, what: &str, e: &SpoolError) -> CommitError {
@@ -1127,7 +1157,12 @@ impl Conn {
     fn log_refusals(&mut self) {
         let peer = PeerDisplay(self.session.client().peer);
         let on = crate::log::enabled(crate::log::Level::Info);
-        for r in self.session.drain_refusals().filter(|_| on) {
+        let metrics = &self.shard.metrics;
+        for r in self.session.drain_refusals() {
+            metrics.note_refusal(&r);
+            if !on {
+                continue;
+            }
             crate::info!(
                 "NOQUEUE: reject: {} from {peer}: {} {} {}; shard={} arg={:?}",
                 r.verb,

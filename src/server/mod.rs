@@ -12,6 +12,7 @@
 //! | PROXY protocol header: the real client address | [`proxy`] |
 //! | deleting shipped segments, backpressure (a thread) | [`crate::spool::reclaim`] |
 //! | the recipient map: load, share, reload on SIGHUP | [`recipients`] |
+//! | Prometheus metrics: per-shard instruments, `GET /metrics` | `metrics/` |
 //!
 //! Start-up, on the main thread: resolve the cores, raise RLIMIT_NOFILE and
 //! RLIMIT_MEMLOCK where allowed, bind every shard's sockets (so "port in use"
@@ -42,6 +43,7 @@ pub mod tls;
 pub mod uring;
 
 mod conn;
+mod metrics;
 mod pregreet;
 mod shard;
 
@@ -221,6 +223,8 @@ pub fn serve_reloading(
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut stops = Vec::with_capacity(cpus.len());
     let mut starts = Vec::with_capacity(cpus.len());
+    let shard_metrics: Vec<Arc<metrics::ShardMetrics>> =
+        cpus.iter().map(|_| Arc::default()).collect();
     for (i, (cpu, sockets)) in cpus.iter().zip(bound.per_shard).enumerate() {
         let (ours, theirs) = UnixStream::pair()
             .map_err(|e| ServerError::System(format!("cannot create a socket pair: {e}")))?;
@@ -241,6 +245,7 @@ pub fn serve_reloading(
             pin: std::sync::Arc::clone(&reclaim.pins[i]),
             pressure: std::sync::Arc::clone(&reclaim.pressure),
             anvil: Arc::clone(&anvil),
+            metrics: Arc::clone(&shard_metrics[i]),
         });
     }
     drop(ready_tx);
@@ -296,6 +301,22 @@ pub fn serve_reloading(
         .spawn()
         .map_err(|e| ServerError::System(format!("cannot start the reclaimer thread: {e}")))?;
 
+    // `GET /metrics` once every shard runs; stops when this returns.
+    let _metrics = match cfg.server.metrics.is_empty() {
+        true => None,
+        false => {
+            let scrape = metrics::Scrape::new(shard_metrics, &cfg.spool.dir);
+            let m = metrics::start(&cfg.server.metrics, scrape).map_err(ServerError::System)?;
+            let at: Vec<String> = m
+                .addrs
+                .iter()
+                .map(|a| format!("http://{a}/metrics"))
+                .collect();
+            // Always written, like the line below: tests read the port from it.
+            crate::log::write(Level::Info, format_args!("metrics on {}", at.join(" ")));
+            Some(m)
+        }
+    };
     let plain = cfg.server.listen.len();
     if bound.addrs.len() > plain {
         let tls_addrs: Vec<String> = bound.addrs[plain..]

@@ -24,6 +24,7 @@ use glommio::timer::sleep;
 use super::anvil::Anvil;
 use super::conn;
 use super::lookup::{LookupPool, TtlCache};
+use super::metrics::{ConnRejected, ShardMetrics};
 use super::recipients::SharedRecipients;
 use super::reload::{Live, ShardLive};
 use super::store;
@@ -148,6 +149,8 @@ pub(crate) struct Shard {
     /// Fired when `active` drops to zero after shutdown.
     drained: Trigger,
     pub(crate) stats: Stats,
+    /// The shard's Prometheus instruments (written here, read by the scrape).
+    pub(crate) metrics: Arc<ShardMetrics>,
 }
 
 /// Keeps [`Shard::active`] up to date; held by every connection task.
@@ -197,6 +200,8 @@ pub(crate) struct ShardStart {
     pub(crate) pressure: Arc<AtomicBool>,
     /// Per-client limits, shared by every shard.
     pub(crate) anvil: Arc<Anvil>,
+    /// This shard's instruments, also held by the metrics scrape.
+    pub(crate) metrics: Arc<ShardMetrics>,
 }
 
 /// What a shard reports to the main thread at start: `Ok`, `Err(Some(why))`,
@@ -262,6 +267,7 @@ pub(crate) async fn run(start: ShardStart) -> ShardSummary {
         pin,
         pressure,
         anvil,
+        metrics,
     } = start;
     // From here on this thread never waits for stderr (see crate::log).
     crate::log::queue_this_thread();
@@ -273,6 +279,7 @@ pub(crate) async fn run(start: ShardStart) -> ShardSummary {
         }
     };
     spool.publish_pins_to(pin);
+    spool.publish_sync_metrics_to(metrics.sync_metrics());
     let listeners: Vec<TcpListener> = sockets
         .into_iter()
         // SAFETY: each fd is a bound, listening TCP socket that we own and
@@ -301,6 +308,7 @@ pub(crate) async fn run(start: ShardStart) -> ShardSummary {
         hard_stop: Trigger::new(),
         drained: Trigger::new(),
         stats: Stats::default(),
+        metrics,
     });
     let accept_loops: Vec<_> = listeners
         .into_iter()
@@ -437,6 +445,10 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, implicit_tls: bool
             Some(Ok(s)) => s,
             Some(Err(e)) => {
                 Stats::add(&shard.stats.accept_errors, 1);
+                shard
+                    .metrics
+                    .connections_rejected
+                    .inc(ConnRejected::AcceptError);
                 let e = std::io::Error::from(e);
                 crate::warn!("shard {}: accept failed: {e}", shard.id);
                 if matches!(
@@ -452,6 +464,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, implicit_tls: bool
         match slot {
             Slot::Permit(permit) => {
                 Stats::add(&shard.stats.connections, 1);
+                shard.metrics.connections_accepted.inc();
                 glommio::spawn_local(conn::serve(
                     Rc::clone(&shard),
                     stream,
@@ -463,6 +476,10 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, implicit_tls: bool
             }
             Slot::Full(permit) => {
                 Stats::add(&shard.stats.rejected, 1);
+                shard
+                    .metrics
+                    .connections_rejected
+                    .inc(ConnRejected::TooMany);
                 glommio::spawn_local(conn::reject(Rc::clone(&shard), stream, permit, guard))
                     .detach();
             }

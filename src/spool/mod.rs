@@ -51,4 +51,5 @@ pub use reader::{
     BodyReader, Problem, ShardMessages, ShardSummary, SpoolReader, StoredEnvelope, StoredMessage,
 };
 pub use recovery::{RecoveryReport, TailCut};
+pub(crate) use segment::available_bytes;
 pub use segment::{ShardSpool, SpoolStats, NO_PIN};

@@ -386,6 +386,9 @@ impl Session {
             }
             None => Handled::with(Answer::BdatOk(self.body_bytes), Effect::Continue),
         };
-        self.respond(out, handled)
+        let before = out.len();
+        let ev = self.respond(out, handled);
+        self.count_command(|| super::tally::BDAT, out, before);
+        ev
     }
 }

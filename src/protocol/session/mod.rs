@@ -68,6 +68,7 @@
 mod body;
 mod handlers;
 mod refusal;
+mod tally;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -87,6 +88,7 @@ use refusal::Refusals;
 use CloseReason::BdatUnknownSize;
 
 pub use refusal::Refusal;
+pub use tally::{CommandTally, CLASSES as REPLY_CLASSES, VERBS as COUNTED_VERBS};
 
 /// What the runtime knows about the client.
 #[derive(Debug, Clone, Copy, Default)]
@@ -463,6 +465,9 @@ pub struct Session {
     junk: u32,
     /// Refused commands not yet drained by the runtime.
     refusals: Refusals,
+    /// Where commands are counted by verb and reply class (the shard's
+    /// metrics); `None`: not counted.
+    tally: Option<Arc<CommandTally>>,
     /// `DATA` or `BDAT`: names refusals at the end of a body.
     msg_verb: &'static str,
     shutdown_requested: bool,
@@ -514,6 +519,7 @@ impl Session {
             errors: 0,
             junk: 0,
             refusals: Refusals::default(),
+            tally: None,
             msg_verb: "DATA",
             shutdown_requested: false,
             tls: Tls::Unavailable,
@@ -635,6 +641,21 @@ impl Session {
         self.recipients = map;
     }
 
+    /// Counts every command from now on into `tally`, by verb and reply
+    /// class (see `tally.rs` for what counts).
+    pub fn count_commands_into(&mut self, tally: Arc<CommandTally>) {
+        self.tally = Some(tally);
+    }
+
+    /// Counts the command of verb index `verb` if a reply to it was
+    /// written into `out` after offset `before`.
+    #[inline]
+    fn count_command(&self, verb: impl FnOnce() -> usize, out: &[u8], before: usize) {
+        if let (Some(t), Some(&first)) = (&self.tally, out.get(before)) {
+            t.note(verb(), first);
+        }
+    }
+
     /// RCPT commands so far, by outcome.
     pub fn rcpt_counts(&self) -> RcptCounts {
         self.rcpt_counts
@@ -719,9 +740,11 @@ impl Session {
         };
         self.pending_to = to;
         let first = self.refusals.len();
+        let before = out.len();
         // A close (the junk limit) shows as Event::Close on the next
         // handle_input.
         let _ = self.respond(out, h);
+        self.count_command(|| tally::RCPT, out, before);
         let line = std::mem::take(&mut self.pending_line);
         self.refusals.name_since(first, &line);
         self.pending_line = line;
@@ -851,7 +874,12 @@ impl Session {
         };
         self.end_transaction();
         self.mode = Mode::Commands;
+        let before = out.len();
         self.respond(out, Handled::with(answer, Effect::Continue));
+        // BDAT LAST's reply is its chunk's; DATA's end is the message's.
+        if self.msg_verb == "BDAT" {
+            self.count_command(|| tally::BDAT, out, before);
+        }
     }
 
     /// Consumes input handed in at `now`; see the module docs. Returns the
@@ -923,7 +951,9 @@ impl Session {
             let content = &input[..line.content_len()];
             let h = self.guard_pipelined_data(content, h, line.end < input.len());
             let first = self.refusals.len();
+            let before = out.len();
             let ev = self.respond(out, h);
+            self.count_command(|| tally::verb_index(content), out, before);
             self.refusals
                 .name_since(first, &input[..line.content_len()]);
             return (line.end, ev);
@@ -956,7 +986,9 @@ impl Session {
         }
         let handled = self.guard_pipelined_data(content, handled, line.end < input.len());
         let first = self.refusals.len();
+        let before = out.len();
         let ev = self.respond(out, handled);
+        self.count_command(|| tally::verb_index(content), out, before);
         self.refusals.name_since(first, content);
         (line.end, ev)
     }
@@ -992,8 +1024,10 @@ impl Session {
             Some(i) => {
                 self.mode = Mode::Commands;
                 let first = self.refusals.len();
+                let before = out.len();
                 let ev = self.respond(out, Handled::error(reply::LINE_TOO_LONG));
-                // Its start is gone: the record names no verb.
+                // Its start is gone: `other`, and the record names no verb.
+                self.count_command(|| tally::verb_index(b""), out, before);
                 self.refusals.name_since(first, b"");
                 (i + 1, ev)
             }

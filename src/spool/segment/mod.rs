@@ -201,6 +201,7 @@ impl ShardSpool {
             pin_out: RefCell::new(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(
                 NO_PIN,
             ))),
+            sync_metrics: RefCell::default(),
         });
         let writer = Writer::open(Rc::clone(&core), rec.append_to, rec.next_segment_seq).await?;
         let task = match queue {
@@ -289,6 +290,12 @@ impl ShardSpool {
         };
         self.core.claim.borrow_mut().take();
         r
+    }
+
+    /// Records each group commit's fdatasync time and batch size into
+    /// `metrics` from now on (the writer task is its only writer).
+    pub fn publish_sync_metrics_to(&self, metrics: std::sync::Arc<crate::metrics::SyncMetrics>) {
+        *self.core.sync_metrics.borrow_mut() = metrics;
     }
 
     /// Publishes this shard's in-flight pin into `slot` from now on: the

@@ -52,6 +52,10 @@ pub(crate) struct Core {
     /// The oldest pinned segment, published for the reclaimer thread;
     /// [`NO_PIN`] when nothing is in flight.
     pub(super) pin_out: RefCell<Arc<AtomicU64>>,
+    /// Where the writer records each group commit's fdatasync time and
+    /// batch size for the server's metrics (a private one until
+    /// `publish_sync_metrics_to`).
+    pub(super) sync_metrics: RefCell<Arc<crate::metrics::SyncMetrics>>,
 }
 
 /// The published pin when no message is in flight.

@@ -298,8 +298,13 @@ impl Writer {
     async fn sync(&self, seg: &mut Segment, unsynced: &mut Vec<(Location, Job)>, force: bool) {
         let fsync = self.core.cfg.durability == Durability::Fsync;
         if fsync && seg.durable < seg.size && (force || !unsynced.is_empty()) {
+            let started = std::time::Instant::now();
             match sync_file(&seg.file, &seg.path).await {
                 Ok(()) => {
+                    let m = self.core.sync_metrics.borrow();
+                    m.fdatasync_seconds.record_duration(started.elapsed());
+                    m.commits_per_fdatasync.record(unsynced.len() as u64);
+                    drop(m);
                     seg.durable = seg.size;
                     let mut st = self.core.stats.borrow_mut();
                     st.fdatasyncs += 1;
