@@ -920,6 +920,20 @@ impl Session {
         }
     }
 
+    /// The edge's protocol tests (postscreen's), if one fails for a command
+    /// line with more input `behind` it: RFC 2920 §3.1, only a client that
+    /// saw PIPELINING in the EHLO reply may send a command before the
+    /// previous one's reply; RFC 5321 §2.3.8, lines end in CRLF.
+    fn edge_refusal(&self, behind: bool, crlf: bool) -> Option<CloseReason> {
+        if self.cfg.reject_unoffered_pipelining && behind && self.greeted != Greeted::Ehlo {
+            Some(CloseReason::UnofferedPipelining)
+        } else if self.cfg.reject_bare_lf_commands && !crlf {
+            Some(CloseReason::BareLfCommand)
+        } else {
+            None
+        }
+    }
+
     /// Command mode: handles the next complete line, if any.
     fn commands<'a>(&mut self, input: &'a [u8], out: &mut Vec<u8>) -> (usize, Option<Event<'a>>) {
         // Shutting down, an idle session closes before its next command:
@@ -959,20 +973,7 @@ impl Session {
             return (line.end, ev);
         }
         let content = &input[..line.content_len()];
-        // The edge's protocol tests (postscreen's): RFC 2920 §3.1, only a
-        // client that saw PIPELINING in the EHLO reply may send a command
-        // before the previous one's reply; RFC 5321 §2.3.8, lines end in CRLF.
-        let edge = if self.cfg.reject_unoffered_pipelining
-            && line.end < input.len()
-            && self.greeted != Greeted::Ehlo
-        {
-            Some(CloseReason::UnofferedPipelining)
-        } else if self.cfg.reject_bare_lf_commands && !line.crlf {
-            Some(CloseReason::BareLfCommand)
-        } else {
-            None
-        };
-        if let Some(reason) = edge {
+        if let Some(reason) = self.edge_refusal(line.end < input.len(), line.crlf) {
             let first = self.refusals.len();
             let ev = self.respond(out, Handled::close(reason));
             self.refusals.name_since(first, content);
