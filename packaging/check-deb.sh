@@ -45,7 +45,7 @@ ctl=$(mktemp -d)
 dpkg-deb -e "$deb" "$ctl/DEBIAN"
 for f in usr/bin/ringmx etc/ringmx/ringmx.toml usr/share/man/man8/ringmx.8.gz \
          usr/lib/systemd/system/ringmx.service usr/share/doc/ringmx/copyright \
-         usr/share/doc/ringmx/changelog.Debian.gz; do
+         usr/share/doc/ringmx/changelog.Debian.gz usr/share/doc/ringmx/grafana.json; do
     [ -e "$root/$f" ] || fail "$f is not in $deb"
 done
 grep -qx /etc/ringmx/ringmx.toml "$ctl/DEBIAN/conffiles" || fail "/etc/ringmx/ringmx.toml is not a conffile"
@@ -65,4 +65,30 @@ sed "s|/usr/bin/ringmx|$root/usr/bin/ringmx|g" "$root/usr/lib/systemd/system/rin
 out=$(systemd-analyze verify --man=no "$unit/ringmx.service" 2>&1) || true
 rm -rf "$unit"
 [ -z "$out" ] || fail "systemd-analyze verify ringmx.service: $out"
+# What a newcomer does after `dpkg -i` and `systemctl start ringmx`: the
+# packaged binary on the packaged config (its spool and SMTP port moved to
+# scratch ones, as systemd's StateDirectory and port 25 are not ours here)
+# takes a message, and the metrics endpoint the config turns on counts it.
+spool=$(mktemp -d)
+"$root/usr/bin/ringmx" serve --config "$root/etc/ringmx/ringmx.toml" \
+    --listen 127.0.0.1:0 --spool "$spool/spool" 2>"$spool/log" &
+pid=$!
+addr=""
+for _ in $(seq 100); do
+    addr=$(grep -o 'listening on [0-9.:]*' "$spool/log" | awk '{print $3}') && [ -n "$addr" ] && break
+    sleep 0.1
+done
+[ -n "$addr" ] || { kill $pid; fail "the packaged server did not start: $(cat "$spool/log")"; }
+python3 - "$addr" <<'PY' || { kill $pid; fail "mail or metrics failed: $(cat "$spool/log")"; }
+import smtplib, sys, urllib.request
+host, port = sys.argv[1].rsplit(":", 1)
+with smtplib.SMTP(host, int(port), timeout=20) as s:
+    s.sendmail("a@example.org", ["postmaster@localhost"], "Subject: installed\r\n\r\nhi\r\n")
+page = urllib.request.urlopen("http://127.0.0.1:9325/metrics", timeout=20).read().decode()
+n = sum(float(l.rsplit(" ", 1)[1]) for l in page.splitlines()
+        if l.startswith("ringmx_messages_accepted_total{"))
+assert n == 1, page
+PY
+kill -TERM $pid; wait $pid || true
+rm -rf "$spool"
 echo "check-deb: ok: $deb"

@@ -400,3 +400,72 @@ fn connections_turned_away_at_the_edge_are_counted_by_reason() {
     assert_eq!(moved("client_limit"), 1.0);
     assert_eq!(moved("pregreet"), 1.0);
 }
+
+/// A STARTTLS session counts one TLS 1.3 handshake.
+#[test]
+fn tls_handshakes_are_counted_by_version() {
+    let Some(python) = python_with_parser() else {
+        return;
+    };
+    let Some(openssl) = common::require_tool("openssl", "openssl") else {
+        return;
+    };
+    let dir = common::TempDir::new("metrics-tls");
+    let (pem, key) = (dir.path().join("mx.pem"), dir.path().join("mx.key"));
+    let made = Command::new(openssl)
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args([
+            "-days",
+            "2",
+            "-subj",
+            "/CN=mx.test",
+            "-addext",
+            "subjectAltName=DNS:mx.test",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&pem)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let (s, metrics) = start(&[
+        "--tls-cert",
+        pem.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let count =
+        |v: &str| scrape(&python, metrics).sum("ringmx_tls_handshakes_total", &[("version", v)]);
+    let before = count("TLSv1.3");
+    let send = format!(
+        "import smtplib, ssl\nctx = ssl.create_default_context(cafile={:?})\n\
+         with smtplib.SMTP('127.0.0.1', {}, timeout=20) as c:\n    c.starttls(context=ctx)\n    c.noop()\n",
+        pem.to_str().unwrap(),
+        s.addr.port()
+    );
+    // smtplib checks the name against the certificate: mx.test.
+    let send = send.replace(
+        "starttls(context=ctx)",
+        "_host = 'mx.test'; c.starttls(context=ctx)",
+    );
+    let out = Command::new(&python).args(["-c", &send]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(count("TLSv1.3") - before, 1.0);
+}

@@ -382,6 +382,8 @@ fn the_packaged_unit_config_and_man_page_check_out() {
     let (code, out, err) = check_config(&root.join("packaging/ringmx.toml"), false);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("listen = [\"127.0.0.1:25\"]"), "{out}");
+    // `curl localhost:9325/metrics` works on a fresh install.
+    assert!(out.contains("metrics = [\"127.0.0.1:9325\"]"), "{out}");
 
     if let Some(analyze) = require_tool("systemd-analyze", "systemd") {
         let unit = std::fs::read_to_string(root.join("packaging/ringmx.service")).unwrap();

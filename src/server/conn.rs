@@ -31,7 +31,7 @@ use glommio::timer::sleep;
 
 use super::anvil::{Refused, Ticket};
 use super::lookup::{self, Answer};
-use super::metrics::ConnRejected;
+use super::metrics::{ConnRejected, TlsVersion};
 use super::pregreet;
 use super::proxy::{self, ProxyError};
 use super::shard::{ActiveGuard, Shard, Stats};
@@ -777,6 +777,16 @@ impl Conn {
             return Err(Outcome::TlsHandshake);
         }
         self.tls_trace = t.trace();
+        let m = &self.shard.metrics;
+        if let Some(tt) = &self.tls_trace {
+            m.tls_handshakes.inc(match tt.version {
+                "TLSv1.2" => TlsVersion::V12,
+                _ => TlsVersion::V13,
+            });
+        }
+        if t.resumed() {
+            m.tls_resumed.inc();
+        }
         if let Some(tt) = &self.tls_trace {
             crate::debug!(
                 "tls peer={peer} shard={} {} {} sni={}",

@@ -527,6 +527,11 @@ impl TlsConn {
     }
 
     /// The SNI name the client asked for, if any.
+    /// The handshake resumed a session (a ticket) instead of a full one.
+    pub(crate) fn resumed(&self) -> bool {
+        self.conn.handshake_kind() == Some(HandshakeKind::Resumed)
+    }
+
     pub(crate) fn server_name(&self) -> Option<&str> {
         self.conn.server_name()
     }

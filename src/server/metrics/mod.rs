@@ -97,6 +97,13 @@ shard_metrics! {
     /// Body bytes of the accepted messages.
     message_bytes: Counter = Counter::default(),
         "ringmx_message_bytes", "Body bytes of accepted messages.";
+    /// TLS handshakes completed, by protocol version (STARTTLS and
+    /// implicit TLS; failures are in `connections_rejected`).
+    tls_handshakes: ByLabel<TlsVersion> = ByLabel::default(),
+        "ringmx_tls_handshakes", "TLS handshakes completed, by protocol version.";
+    /// Of those, resumed from a ticket (no full handshake).
+    tls_resumed: Counter = Counter::default(),
+        "ringmx_tls_resumed", "TLS handshakes resumed from a session ticket.";
     /// Mail refused, by reason (see [`MsgRejected`]).
     messages_rejected: ByLabel<MsgRejected> = ByLabel::default(),
         "ringmx_messages_rejected",
@@ -292,6 +299,16 @@ label_values! {
         Proxy => "proxy",
         /// The TLS handshake failed (implicit TLS or STARTTLS).
         TlsHandshake => "tls_handshake",
+    }
+}
+
+label_values! {
+    /// The TLS version a handshake agreed on (rustls offers no other).
+    TlsVersion "version" {
+        /// TLS 1.2.
+        V12 => "TLSv1.2",
+        /// TLS 1.3.
+        V13 => "TLSv1.3",
     }
 }
 
