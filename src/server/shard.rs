@@ -463,8 +463,14 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, implicit_tls: bool
             }
             Slot::Full(permit) => {
                 Stats::add(&shard.stats.rejected, 1);
-                glommio::spawn_local(conn::reject(Rc::clone(&shard), stream, permit, guard))
-                    .detach();
+                glommio::spawn_local(conn::reject(
+                    Rc::clone(&shard),
+                    stream,
+                    permit,
+                    guard,
+                    implicit_tls,
+                ))
+                .detach();
             }
             Slot::Shutdown => unreachable!("returned above"),
         }
