@@ -74,6 +74,25 @@ fn check_config_prints_what_differs_and_refuses_a_bad_file_with_exit_2() {
     let (code, _, err) = check_config(&dir.path().join("missing.toml"), false);
     assert_eq!(code, Some(2));
     assert!(err.contains("missing.toml"), "{err}");
+
+    // The certificate is read as serve reads it: one serve would refuse
+    // (exit 2) fails the check too, before a restart or a SIGHUP meets it.
+    let pem = dir.path().join("mx.pem");
+    std::fs::write(&pem, "not a certificate\n").unwrap();
+    let tls = dir.path().join("tls.toml");
+    std::fs::write(
+        &tls,
+        format!(
+            "[smtp]\naccepted_domains = [\"a.example\"]\n[tls]\ncert = {p:?}\nkey = {p:?}\n",
+            p = pem.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = check_config(&tls, false);
+    assert_eq!(code, Some(2), "{out} {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("TLS certificate"), "{err}");
+    assert!(err.contains("mx.pem"), "{err}");
 }
 
 #[test]

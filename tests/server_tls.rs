@@ -903,3 +903,29 @@ print("ok")
         "{text}"
     );
 }
+
+/// Over the shard's connection limit, a client of an implicit-TLS
+/// listener is closed without a reply: a plaintext `421` is not TLS, and
+/// the client would take it for a broken record (as for the per-IP limits).
+#[test]
+fn over_the_connection_limit_an_implicit_tls_client_gets_no_plaintext() {
+    let Some((_dir, pem, key)) = certs("tls-limit") else {
+        return;
+    };
+    let (server, implicit) = tls_server(&pem, &key, &["--max-connections", "1"]);
+    // Holds the shard's one place (plain and TLS listeners share it).
+    let mut held = server.client();
+    held.ehlo();
+    let mut tcp = TcpStream::connect(implicit).unwrap();
+    tcp.set_read_timeout(Some(STEP)).unwrap();
+    let mut buf = Vec::new();
+    let _ = tcp.read_to_end(&mut buf);
+    assert!(buf.is_empty(), "{:?}", String::from_utf8_lossy(&buf));
+    assert!(
+        server
+            .wait_log("outcome=too-many-connections", STEP)
+            .is_some(),
+        "{}",
+        server.logs()
+    );
+}

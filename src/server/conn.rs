@@ -289,27 +289,32 @@ async fn turn_away(shard: &Shard, stream: &mut TcpStream, reply: reply::Reply) -
 /// (RFC 5321 §3.8), with the same log line as a served connection. The
 /// lingering close matters here most: a client that sent its EHLO before
 /// reading the greeting would otherwise get a reset that can destroy the
-/// 421 before it is read.
+/// 421 before it is read. On an implicit-TLS listener (`implicit_tls`) the
+/// client cannot read a plaintext reply: it is closed without one.
 pub(crate) async fn reject(
     shard: Rc<Shard>,
     mut stream: TcpStream,
     permit: StaticPermit,
     guard: ActiveGuard,
+    implicit_tls: bool,
 ) {
     let started = Instant::now();
     let peer = stream.peer_addr().ok();
     // A fresh socket's send buffer is empty: this write does not block;
     // the bound only keeps a broken socket from holding the task.
-    let ok = write_bounded(
-        &mut stream,
-        reply::TOO_MANY_CONNECTIONS,
-        LINGER,
-        &shard,
-        false,
-    )
-    .await
-    .is_ok();
-    linger(&mut stream, &shard).await;
+    let ok = !implicit_tls
+        && write_bounded(
+            &mut stream,
+            reply::TOO_MANY_CONNECTIONS,
+            LINGER,
+            &shard,
+            false,
+        )
+        .await
+        .is_ok();
+    if !implicit_tls {
+        linger(&mut stream, &shard).await;
+    }
     let _ = stream.close().await;
     let log = ConnLog {
         peer,

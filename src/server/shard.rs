@@ -480,8 +480,14 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, implicit_tls: bool
                     .metrics
                     .connections_rejected
                     .inc(ConnRejected::TooMany);
-                glommio::spawn_local(conn::reject(Rc::clone(&shard), stream, permit, guard))
-                    .detach();
+                glommio::spawn_local(conn::reject(
+                    Rc::clone(&shard),
+                    stream,
+                    permit,
+                    guard,
+                    implicit_tls,
+                ))
+                .detach();
             }
             Slot::Shutdown => unreachable!("returned above"),
         }

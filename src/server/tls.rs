@@ -393,6 +393,10 @@ fn der(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 /// (`YYYYMMDDHHMMSSZ`) as Unix seconds.
 fn asn1_time(tag: u8, v: &[u8]) -> Option<i64> {
     let s = std::str::from_utf8(v).ok()?.strip_suffix('Z')?;
+    // Digits only below: slicing a non-ASCII string by bytes could panic.
+    if !s.is_ascii() {
+        return None;
+    }
     let (year, rest) = match tag {
         0x17 if s.len() == 12 => {
             let yy: i64 = s[..2].parse().ok()?;
@@ -686,6 +690,9 @@ mod tests {
         assert_eq!(asn1_time(0x18, b"20261129134442Z"), Some(1_795_959_882));
         assert_eq!(asn1_time(0x18, b"2026112913444Z"), None);
         assert_eq!(asn1_time(0x17, b"700101000000"), None);
+        // Not ASCII: a bad time, not a panic slicing inside a character.
+        assert_eq!(asn1_time(0x17, "1\u{e9}101000000Z".as_bytes()), None);
+        assert_eq!(asn1_time(0x18, "2\u{e9}61129134442Z".as_bytes()), None);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `ringmx check-config --config FILE`: read and validate a config as
-//! `ringmx serve` would, then print the effective settings as TOML: only
-//! those that differ from the defaults (like `postconf -n`), or all of them
-//! with `--all`. The output is itself a valid config file.
+//! `ringmx serve` would (its recipient map and TLS certificates too), then
+//! print the effective settings as TOML: only those that differ from the
+//! defaults (like `postconf -n`), or all of them with `--all`. The output is
+//! itself a valid config file.
 
 use clap::Args;
 use ringmx::config::Config;
@@ -44,6 +45,9 @@ impl CheckConfigArgs {
             ringmx::server::recipients::load(map, ringmx::server::recipients::options(&cfg.smtp))
                 .map_err(|e| e.to_string())?;
         }
+        // So are the certificates: unreadable, expired or not matching the
+        // key, serve exits 2 (and a SIGHUP keeps the old ones).
+        ringmx::server::tls::Acceptor::from_config(&cfg.tls).map_err(|e| e.to_string())?;
         effective(&cfg, self.all)
     }
 }
