@@ -25,7 +25,7 @@ MSGS_PER_CONN=${MSGS_PER_CONN:-1}
 SOURCES=${SOURCES:-10.0.0.0/16}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
-RINGMX=target/release/ringmx
+RINGMX=${RINGMX:-target/release/ringmx}
 LOADGEN=target/release/loadgen
 [ -x "$RINGMX" ] && [ -x "$LOADGEN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 work=$(mktemp -d)
