@@ -8,9 +8,9 @@
 //! counts of what was refused, per reason ([`AnvilStats`]). And a second,
 //! smaller table: the clients that waited for the greeting
 //! (`server.greet_wait`) and until when they may skip it.
-//! Leaves to [`super::conn`]: the replies (`421 4.7.0` for a connection,
+//! Leaves to `super::conn`: the replies (`421 4.7.0` for a connection,
 //! `452 4.7.1` through the session for MAIL and RCPT) and the closing; to
-//! [`super::pregreet`]: the greeting wait itself.
+//! `super::pregreet`: the greeting wait itself.
 //!
 //! # The table
 //!
@@ -18,7 +18,7 @@
 //! word, the client key's 40-bit hash and its open connections (24 bits),
 //! and per rate a word with the start of its one-minute window (seconds)
 //! and the count in it (Postfix's anvil also counts in fixed windows of
-//! its time unit). A client's slot is one of [`PROBES`] neighbours of its
+//! its time unit). A client's slot is one of `PROBES` neighbours of its
 //! hash (linear probing). Every change is one compare-and-swap on one
 //! word, so a shard never waits for another beyond a retried CAS.
 //!

@@ -2,14 +2,14 @@
 //! balancer in front of ringmx writes one header with the client's real
 //! address before the client's first byte. This module decides, once per
 //! connection and before the greeting, which address the connection is
-//! from: [`client_address`] is the one place that yields it, whether the
+//! from: `client_address` is the one place that yields it, whether the
 //! listeners expect the header (`server.proxy_protocol`) or not.
 //!
 //! Owns: the trust check on the socket's peer (`server.trusted_proxy`), the
 //! header deadline (`server.proxy_header_timeout`), auto-detecting v1/v2
 //! ([`parse`], sans-IO; the `ppp` crate reads the bytes), refusing a second
 //! header ([`starts_header`]) and the reason each refusal is logged with.
-//! Leaves to [`super::conn`]: the read buffer (the bytes after the header
+//! Leaves to `super::conn`: the read buffer (the bytes after the header
 //! stay in it, unconsumed, for the session: SMTP pipelined behind the
 //! header is answered once, never parsed as part of it) and closing a
 //! refused connection without a greeting.

@@ -1,7 +1,7 @@
 //! TLS on SMTP connections: certificates, the shared rustls configuration,
 //! and driving one `rustls::ServerConnection` as bytes in / bytes out from
 //! the connection task (no tokio, no blocking: every wait is the same
-//! glommio read or write [`super::conn`] uses for plain text).
+//! glommio read or write `super::conn` uses for plain text).
 //!
 //! Owns: loading and checking the certificate files (at start: one line and
 //! exit 2; on SIGHUP: a bad file is logged and the old one kept), choosing
@@ -9,7 +9,7 @@
 //! every shard, since SO_REUSEPORT sends a reconnect to any shard), the
 //! handshake with its timeout and byte cap, decrypting into the caller's
 //! read buffer and encrypting replies, and the TLS counters.
-//! Leaves to [`super::conn`]: when to start TLS (STARTTLS, implicit
+//! Leaves to `super::conn`: when to start TLS (STARTTLS, implicit
 //! listeners), the read buffer the scanner reads, logging connections.
 //! Leaves to the session: every SMTP rule about STARTTLS.
 
