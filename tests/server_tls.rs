@@ -17,56 +17,11 @@ use common::{Server, TempDir};
 
 const STEP: Duration = Duration::from_secs(20);
 
-/// Runs the openssl command line in `dir`; panics with its stderr on failure.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A self-signed EC certificate `NAME.pem` / `NAME.key` in `dir`, valid for
-/// the DNS names given and 127.0.0.1.
-fn make_cert(dir: &Path, name: &str, dns: &[&str]) -> (PathBuf, PathBuf) {
-    let mut san: Vec<String> = dns.iter().map(|d| format!("DNS:{d}")).collect();
-    san.push("IP:127.0.0.1".into());
-    let (pem, key) = (format!("{name}.pem"), format!("{name}.key"));
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={}", dns.first().copied().unwrap_or(name)),
-            "-addext",
-            &format!("subjectAltName={}", san.join(",")),
-            "-keyout",
-            &key,
-            "-out",
-            &pem,
-        ],
-    );
-    (dir.join(pem), dir.join(key))
-}
-
 /// openssl is needed to make certificates: `None` skips (fails in CI).
 fn certs(tag: &str) -> Option<(TempDir, PathBuf, PathBuf)> {
     common::require_tool("openssl", "openssl")?;
     let dir = TempDir::new(tag);
-    let (pem, key) = make_cert(dir.path(), "mx", &["mx.test"]);
+    let (pem, key) = common::certs::make_cert(dir.path(), "mx", &["mx.test"]);
     Some((dir, pem, key))
 }
 
@@ -410,9 +365,9 @@ fn bad_certificates_at_start_exit_2_with_one_line() {
         return;
     };
     let d = dir.path();
-    let (_other_pem, other_key) = make_cert(d, "other", &["other.test"]);
+    let (_other_pem, other_key) = common::certs::make_cert(d, "other", &["other.test"]);
     // An expired certificate: openssl ca lets us set the dates.
-    openssl(
+    common::certs::openssl(
         d,
         &[
             "req",
@@ -438,7 +393,7 @@ fn bad_certificates_at_start_exit_2_with_one_line() {
     .unwrap();
     std::fs::write(d.join("index.txt"), "").unwrap();
     std::fs::write(d.join("serial"), "01\n").unwrap();
-    openssl(
+    common::certs::openssl(
         d,
         &[
             "ca",
@@ -511,7 +466,7 @@ fn sni_chooses_the_certificate_and_sighup_reloads_it() {
         return;
     };
     let d = dir.path();
-    let (opem, okey) = make_cert(d, "other", &["other.test", "*.wild.test"]);
+    let (opem, okey) = common::certs::make_cert(d, "other", &["other.test", "*.wild.test"]);
     let sni = format!("{}:{}", s(&opem), s(&okey));
     let (mut server, implicit) = tls_server(&pem, &key, &["--tls-sni", &sni]);
     let at = implicit.to_string();
@@ -522,7 +477,7 @@ fn sni_chooses_the_certificate_and_sighup_reloads_it() {
     assert!(who("nobody.test").contains("mx.test"));
 
     // Reload: the default becomes a new certificate.
-    let (npem, nkey) = make_cert(d, "new", &["new.test"]);
+    let (npem, nkey) = common::certs::make_cert(d, "new", &["new.test"]);
     std::fs::copy(&npem, &pem).unwrap();
     std::fs::copy(&nkey, &key).unwrap();
     server.signal(libc::SIGHUP);

@@ -664,19 +664,8 @@ fn the_receiver_goes_down_and_comes_back_on_the_same_port() {
 /// A CA and a `localhost`/127.0.0.1 certificate it signed, made with the
 /// openssl command line. `None`: openssl is missing (skipped).
 fn make_certs(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
-    let openssl = common::require_tool("openssl", "openssl")?;
-    let run = |args: &[&str]| {
-        let out = Command::new(&openssl)
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    common::require_tool("openssl", "openssl")?;
+    let run = |args: &[&str]| common::certs::openssl(dir, args);
     let ec = [
         "-newkey",
         "ec",
