@@ -65,30 +65,31 @@ sed "s|/usr/bin/ringmx|$root/usr/bin/ringmx|g" "$root/usr/lib/systemd/system/rin
 out=$(systemd-analyze verify --man=no "$unit/ringmx.service" 2>&1) || true
 rm -rf "$unit"
 [ -z "$out" ] || fail "systemd-analyze verify ringmx.service: $out"
-# What a newcomer does after `dpkg -i` and `systemctl start ringmx`: the
-# packaged binary on the packaged config (its spool and SMTP port moved to
-# scratch ones, as systemd's StateDirectory and port 25 are not ours here)
-# takes a message, and the metrics endpoint the config turns on counts it.
-spool=$(mktemp -d)
-"$root/usr/bin/ringmx" serve --config "$root/etc/ringmx/ringmx.toml" \
-    --listen 127.0.0.1:0 --spool "$spool/spool" 2>"$spool/log" &
-pid=$!
-addr=""
-for _ in $(seq 100); do
-    addr=$(grep -o 'listening on [0-9.:]*' "$spool/log" | awk '{print $3}') && [ -n "$addr" ] && break
-    sleep 0.1
-done
-[ -n "$addr" ] || { kill $pid; fail "the packaged server did not start: $(cat "$spool/log")"; }
-python3 - "$addr" <<'PY' || { kill $pid; fail "mail or metrics failed: $(cat "$spool/log")"; }
-import smtplib, sys, urllib.request
-host, port = sys.argv[1].rsplit(":", 1)
-with smtplib.SMTP(host, int(port), timeout=20) as s:
+# What a newcomer does: `dpkg -i`, `systemctl start ringmx` (here
+# packaging/unit-start.sh, which does what the installed unit says: no
+# systemd runs as PID 1 in CI), send mail to the configured port 25, and
+# see it in `curl localhost:9325/metrics`. Then the package is purged.
+# Only where we may install packages (CI's throwaway machine, as root).
+if [ "$(id -u)" = 0 ] && [ -n "${CI:-}${RINGMX_CI:-}" ]; then
+    dpkg -i "$deb" >/dev/null || fail "dpkg -i $deb failed"
+    log=$(mktemp)
+    packaging/unit-start.sh >"$log" 2>&1 &
+    pid=$!
+    stop() { kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true; dpkg --purge ringmx >/dev/null; rm -rf /var/lib/ringmx; }
+    for _ in $(seq 100); do grep -q 'listening on' "$log" && break; sleep 0.1; done
+    grep -q 'listening on' "$log" || { stop; fail "the installed ringmx did not start: $(cat "$log")"; }
+    python3 - <<'PY' || { stop; fail "mail or metrics failed: $(cat "$log")"; }
+import smtplib, urllib.request
+with smtplib.SMTP("127.0.0.1", 25, timeout=20) as s:
     s.sendmail("a@example.org", ["postmaster@localhost"], "Subject: installed\r\n\r\nhi\r\n")
 page = urllib.request.urlopen("http://127.0.0.1:9325/metrics", timeout=20).read().decode()
 n = sum(float(l.rsplit(" ", 1)[1]) for l in page.splitlines()
         if l.startswith("ringmx_messages_accepted_total{"))
 assert n == 1, page
 PY
-kill -TERM $pid; wait $pid || true
-rm -rf "$spool"
+    ps -o user= -p $pid | grep -qx ringmx || { stop; fail "ringmx did not run as the ringmx user"; }
+    stop
+    rm -f "$log"
+    echo "check-deb: installed, started as the unit says, took mail, counted it"
+fi
 echo "check-deb: ok: $deb"
