@@ -111,6 +111,14 @@ macro_rules! with_settings {
                 max_connection_lifetime: Duration = Duration::from_secs(3600),
                     "duration" max_connection_lifetime "DURATION"
                     "Upper bound on one connection's life; then 421 4.4.2";
+                /// Listeners for a load balancer: like `listen`, but every connection
+                /// starts with a PROXY header from a `trusted_proxy` (the rules of
+                /// `proxy_protocol`), so one process can take direct clients on `listen`
+                /// and balanced ones here.
+                // None: PROXY listeners are an explicit choice.
+                listen_proxy: Vec<SocketAddr> = Vec::new(),
+                    "list" listen_proxy "ADDR"
+                    "IP:PORT to accept SMTP behind a load balancer on (PROXY header first, from a --trusted-proxy); repeat for several";
                 /// Every connection on the listen addresses starts with a PROXY protocol
                 /// header (v1 or v2, auto-detected) from a load balancer in
                 /// `trusted_proxy`, which gives the real client address (for logs,
@@ -948,8 +956,8 @@ pub enum ConfigError {
     ClientTable(usize),
     /// PROXY headers expected, but from nobody.
     #[error(
-        "server.proxy_protocol is on but server.trusted_proxy is empty: \
-         give --trusted-proxy CIDR for each load balancer"
+        "server.proxy_protocol is on or server.listen_proxy is set, but server.trusted_proxy \
+         is empty: give --trusted-proxy CIDR for each load balancer"
     )]
     NoTrustedProxy,
     /// Nothing to listen on.
@@ -1066,7 +1074,7 @@ impl Config {
             Cores::List(l) if l.is_empty() => return Err(ConfigError::Zero("server.cores")),
             _ => {}
         }
-        if s.proxy_protocol && s.trusted_proxy.is_empty() {
+        if (s.proxy_protocol || !s.listen_proxy.is_empty()) && s.trusted_proxy.is_empty() {
             return Err(ConfigError::NoTrustedProxy);
         }
         crate::outlet::supervise::check_all(&s.ship).map_err(ConfigError::Ship)?;

@@ -374,3 +374,62 @@ fn loadgen_proxy_source_looks_like_many_clients() {
     // 32 connections take the range's 8 addresses in turn.
     assert!(ips.len() >= 4, "{ips:?}");
 }
+
+/// `--listen-proxy`: one process takes direct clients on `--listen` and
+/// balanced ones on its PROXY listener; only the latter needs the header.
+#[test]
+fn a_proxy_listener_beside_a_plain_one() {
+    let s = Server::start(&[
+        "--domain",
+        "example.com",
+        "--listen-proxy",
+        "127.0.0.1:0",
+        "--trusted-proxy",
+        "127.0.0.1/32",
+        "--proxy-header-timeout",
+        "1s",
+    ]);
+    let line = s
+        .wait_log("listening for PROXY on ", STEP)
+        .unwrap_or_else(|| panic!("no PROXY listener line:\n{}", s.logs()));
+    let proxy_addr: SocketAddr = line
+        .split("listening for PROXY on ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(proxy_addr, s.addr);
+    // Direct: greeted at once, no header.
+    let mut c = Client::connect(s.addr);
+    c.expect("220 ");
+    c.send("QUIT\r\n");
+    c.expect("221 ");
+    // Balanced: the header's client is the one logged.
+    let mut c = Client::connect(proxy_addr);
+    c.send(b"PROXY TCP4 192.0.2.9 127.0.0.1 4000 25\r\nQUIT\r\n");
+    c.expect("220 ");
+    c.expect("221 ");
+    assert!(
+        s.wait_log("conn peer=192.0.2.9:4000 via=127.0.0.1:", STEP)
+            .is_some(),
+        "{}",
+        s.logs()
+    );
+    // SMTP without a header on the PROXY listener: closed unanswered.
+    let mut c = TcpStream::connect(proxy_addr).unwrap();
+    std::io::Write::write_all(&mut c, b"EHLO direct.example\r\n").unwrap();
+    assert!(read_to_close(c).is_empty());
+    assert!(s.wait_log("outcome=proxy-malformed", STEP).is_some());
+}
+
+/// `--listen-proxy` without anyone trusted to send the header: a clear
+/// error at start.
+#[test]
+fn a_proxy_listener_needs_a_trusted_proxy() {
+    let (status, logs) = Server::try_start(&["--listen-proxy", "127.0.0.1:0"], &[])
+        .err()
+        .expect("refused at start");
+    assert_eq!(status.code(), Some(2), "{logs}");
+    assert!(logs.contains("trusted_proxy"), "{logs}");
+}

@@ -34,7 +34,7 @@ use super::lookup::{self, Answer};
 use super::metrics::{ConnRejected, TlsVersion};
 use super::pregreet;
 use super::proxy::{self, ProxyError};
-use super::shard::{ActiveGuard, Shard, Stats};
+use super::shard::{ActiveGuard, Listener, Shard, Stats};
 use super::store::{self, EnvelopeRecord, MessageWriter, ShardSpool, SpoolError};
 use super::tls::{self, TlsConn};
 use crate::protocol::envelope::SHED_KEEP_RCPTS;
@@ -64,19 +64,20 @@ const LOOKUP_REPOLL: Duration = Duration::from_millis(50);
 const LINGER: Duration = Duration::from_secs(2);
 
 /// Serves one accepted connection to the end, then logs one line about it.
-/// `implicit_tls`: the listener is TLS from the first byte.
+/// `kind`: what its listener's connections start with (TLS, a PROXY header).
 pub(crate) async fn serve(
     shard: Rc<Shard>,
     mut stream: TcpStream,
     permit: StaticPermit,
     guard: ActiveGuard,
-    implicit_tls: bool,
+    kind: Listener,
 ) {
+    let implicit_tls = kind.implicit_tls;
     let started = Instant::now();
     // Who the client is, decided once (a PROXY header is read here, before
     // the greeting; what follows it stays in `rbuf` for the session).
     let mut rbuf = ReadBuf::default();
-    let from = match proxy::client_address(&shard, &mut stream, &mut rbuf).await {
+    let from = match proxy::client_address(&shard, &mut stream, &mut rbuf, kind.proxy).await {
         Ok(p) => p,
         Err(r) => {
             // No greeting: the connection never reaches SMTP.

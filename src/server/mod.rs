@@ -183,6 +183,7 @@ pub fn serve_reloading(
         .server
         .listen
         .iter()
+        .chain(&cfg.server.listen_proxy)
         .chain(&cfg.tls.listen)
         .copied()
         .collect();
@@ -238,7 +239,8 @@ pub fn serve_reloading(
             // Set below, once signals are blocked.
             lookups: None,
             sockets,
-            implicit_tls_from: cfg.server.listen.len(),
+            proxy_from: cfg.server.listen.len(),
+            implicit_tls_from: cfg.server.listen.len() + cfg.server.listen_proxy.len(),
             tls: tls.clone(),
             stop: OwnedFd::from(theirs),
             ready: shard::Ready::new(i as u32, ready_tx.clone()),
@@ -318,8 +320,20 @@ pub fn serve_reloading(
         }
     };
     let plain = cfg.server.listen.len();
-    if bound.addrs.len() > plain {
-        let tls_addrs: Vec<String> = bound.addrs[plain..]
+    let proxied = plain + cfg.server.listen_proxy.len();
+    if proxied > plain {
+        let addrs: Vec<String> = bound.addrs[plain..proxied]
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect();
+        // Before "listening on", as the TLS line.
+        crate::log::write(
+            Level::Info,
+            format_args!("listening for PROXY on {}", addrs.join(" ")),
+        );
+    }
+    if bound.addrs.len() > proxied {
+        let tls_addrs: Vec<String> = bound.addrs[proxied..]
             .iter()
             .map(SocketAddr::to_string)
             .collect();

@@ -249,7 +249,8 @@ pub(super) struct Refused {
 }
 
 /// The real client address of a freshly accepted connection: the socket's
-/// peer, or on `server.proxy_protocol` listeners the one the PROXY header
+/// peer, or on a PROXY listener (`proxy_listener`: `server.listen_proxy`; or any
+/// with `server.proxy_protocol`) the one the PROXY header
 /// gives (read here, into `rbuf`, which keeps whatever follows the header).
 /// The one place the connection's address is decided: everything after it
 /// (per-client limits included) uses [`Peer::client`].
@@ -261,10 +262,11 @@ pub(super) async fn client_address(
     shard: &Shard,
     stream: &mut TcpStream,
     rbuf: &mut ReadBuf,
+    proxy_listener: bool,
 ) -> Result<Peer, Refused> {
     let socket = stream.peer_addr().ok().map(canonical);
     let cfg = &shard.server;
-    if !cfg.proxy_protocol {
+    if !(proxy_listener || cfg.proxy_protocol) {
         return Ok(Peer {
             client: socket,
             via: None,

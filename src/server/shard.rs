@@ -188,6 +188,9 @@ pub(crate) struct ShardStart {
     /// `tls.listen` (implicit TLS) from index `implicit_tls_from` on.
     pub(crate) sockets: Vec<socket2::Socket>,
     pub(crate) implicit_tls_from: usize,
+    /// `server.listen_proxy` (a PROXY header first) from index
+    /// `proxy_from` up to `implicit_tls_from`.
+    pub(crate) proxy_from: usize,
     /// TLS, if a certificate is configured.
     pub(crate) tls: Option<Arc<Acceptor>>,
     /// Readable (a byte, or EOF) when the process is told to stop.
@@ -261,6 +264,7 @@ pub(crate) async fn run(start: ShardStart) -> ShardSummary {
         lookups,
         sockets,
         implicit_tls_from,
+        proxy_from,
         tls,
         stop,
         mut ready,
@@ -314,7 +318,11 @@ pub(crate) async fn run(start: ShardStart) -> ShardSummary {
         .into_iter()
         .enumerate()
         .map(|(i, l)| {
-            glommio::spawn_local(accept_loop(Rc::clone(&shard), l, i >= implicit_tls_from))
+            let kind = Listener {
+                implicit_tls: i >= implicit_tls_from,
+                proxy: (proxy_from..implicit_tls_from).contains(&i),
+            };
+            glommio::spawn_local(accept_loop(Rc::clone(&shard), l, kind))
         })
         .collect();
     crate::debug!("shard {id} running on CPU {cpu}");
@@ -397,13 +405,24 @@ enum Slot {
     Shutdown,
 }
 
+/// What a listener's connections start with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Listener {
+    /// A TLS handshake (`tls.listen`).
+    pub(crate) implicit_tls: bool,
+    /// A PROXY header (`server.listen_proxy`; `server.proxy_protocol`
+    /// makes every listener expect one).
+    pub(crate) proxy: bool,
+}
+
 /// Accepts on one listener until shutdown. A slot is taken before `accept`:
 /// a connection permit, or when the shard is full a permit to turn the
 /// connection away with `421 4.3.2` at once (RFC 5321 §3.8; a client over
 /// the limit should not sit silent until its greeting timeout). Only when
 /// [`MAX_REJECTING`] are being turned away do new connections wait in the
-/// kernel queue. `implicit_tls`: connections start with a TLS handshake.
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, implicit_tls: bool) {
+/// kernel queue.
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: Listener) {
+    let implicit_tls = kind.implicit_tls;
     loop {
         let slot = match shard.permits.try_acquire_static_permit(1) {
             Ok(p) => Slot::Permit(p),
@@ -465,14 +484,8 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, implicit_tls: bool
             Slot::Permit(permit) => {
                 Stats::add(&shard.stats.connections, 1);
                 shard.metrics.connections_accepted.inc();
-                glommio::spawn_local(conn::serve(
-                    Rc::clone(&shard),
-                    stream,
-                    permit,
-                    guard,
-                    implicit_tls,
-                ))
-                .detach();
+                glommio::spawn_local(conn::serve(Rc::clone(&shard), stream, permit, guard, kind))
+                    .detach();
             }
             Slot::Full(permit) => {
                 Stats::add(&shard.stats.rejected, 1);
