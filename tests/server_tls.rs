@@ -884,3 +884,91 @@ fn over_the_connection_limit_an_implicit_tls_client_gets_no_plaintext() {
         server.logs()
     );
 }
+
+/// Idle TLS connections held by
+/// [`idle_tls_connections_stay_within_their_bound`], opened in waves of
+/// [`TLS_WAVE`] (each wave's release lines stay under the log's burst).
+const TLS_IDLE: usize = 400;
+const TLS_WAVE: usize = 50;
+
+/// The process's resident set, bytes.
+fn vm_rss(pid: i32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let l = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kb: u64 = l.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// Implicit TLS, one small message, then the connection stays open and
+/// silent.
+fn tls_small_transaction(
+    addr: SocketAddr,
+    n: usize,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let mut s = rustls_client(TcpStream::connect(addr).unwrap());
+    let mut r = BufReader::new(&mut s);
+    assert!(read_reply(&mut r).starts_with("220 "));
+    drop(r);
+    s.write_all(
+        b"EHLO idle.example\r\nMAIL FROM:<idle@example.org>\r\nRCPT TO:<u@localhost>\r\nDATA\r\n",
+    )
+    .unwrap();
+    s.flush().unwrap();
+    let mut r = BufReader::new(&mut s);
+    for want in ["250 ", "250 2.1.0", "250 2.1.5", "354 "] {
+        let got = read_reply(&mut r);
+        assert!(got.contains(want), "{want}: {got}");
+    }
+    drop(r);
+    s.write_all(format!("Subject: {n}\r\n\r\nhello\r\n.\r\n").as_bytes())
+        .unwrap();
+    s.flush().unwrap();
+    let mut r = BufReader::new(&mut s);
+    assert!(read_reply(&mut r).starts_with("250 2.0.0 Ok: queued as"));
+    drop(r);
+    s
+}
+
+#[test]
+fn idle_tls_connections_stay_within_their_bound() {
+    let Some((_dir, pem, key)) = certs("tls-idle") else {
+        return;
+    };
+    common::raise_nofile(2 * TLS_IDLE as u64 + 256);
+    let (server, addr) = tls_server(
+        &pem,
+        &key,
+        &["--max-connections", "2000", "--log-level", "debug"],
+    );
+    let bound = ringmx::server::conn_memory_bound(&ringmx::config::Config::default());
+    let released = |n: usize| {
+        server
+            .wait_log_nth("idle connection released", n, STEP)
+            .unwrap_or_else(|| panic!("hung: no idle release #{n}:\n{}", server.logs()));
+    };
+    // Warm up: the shard's one-time allocations (rustls's config, the
+    // ticket keys) go into the baseline.
+    let warm = tls_small_transaction(addr, 0);
+    released(1);
+    drop(warm);
+    let before = vm_rss(server.pid());
+    let mut idle = Vec::with_capacity(TLS_IDLE);
+    for w in 0..TLS_IDLE / TLS_WAVE {
+        for i in 0..TLS_WAVE {
+            idle.push(tls_small_transaction(addr, 1 + w * TLS_WAVE + i));
+        }
+        released(1 + (w + 1) * TLS_WAVE);
+    }
+    let after = vm_rss(server.pid());
+    let per_conn = after.saturating_sub(before) / TLS_IDLE as u64;
+    eprintln!("RSS before {before} after {after}: {per_conn} per idle TLS connection");
+    assert!(
+        per_conn <= bound.idle_tls,
+        "{per_conn} bytes per idle TLS connection; bound {}",
+        bound.idle_tls
+    );
+    drop(idle);
+    let mut server = server;
+    server.stop();
+    assert_eq!(server.stored().len(), TLS_IDLE + 1);
+}

@@ -516,6 +516,8 @@ const CONN_STATE_BYTES: u64 = 8 * 1024;
 pub struct ConnMemoryBound {
     /// Idle (silent for a second) outside a transaction: its state only.
     pub idle: u64,
+    /// The same over TLS: its state and rustls's.
+    pub idle_tls: u64,
     /// Outside a mail transaction, whatever the client sends or fails to
     /// read: state, read buffer, reply buffer.
     pub active: u64,
@@ -553,6 +555,7 @@ pub fn conn_memory_bound(cfg: &crate::config::Config) -> ConnMemoryBound {
     let shed = (SHED_KEEP_RCPTS as u64 + 1) * line;
     ConnMemoryBound {
         idle: CONN_STATE_BYTES,
+        idle_tls: CONN_STATE_BYTES + super::tls::IDLE_TLS_STATE_BYTES,
         active,
         // Before the body the arena, after it the record (larger) and the
         // shed arena; each may have doubled as it grew.
@@ -1233,21 +1236,8 @@ impl Conn {
             );
             return Wake::Stuck;
         }
-        if let Some(t) = &mut self.tls {
-            // No idle release over TLS: rustls keeps its own buffers anyway.
-            let wake = tls::read_plain(
-                &mut self.stream,
-                t,
-                spare,
-                limit,
-                &self.shard,
-                watch_shutdown,
-            )
-            .await;
-            if let Wake::Data(n) = wake {
-                self.rbuf.filled(n);
-            }
-            return wake;
+        if self.tls.is_some() {
+            return self.wait_input_tls(limit, watch_shutdown).await;
         }
         let wake = wait_readable(&mut self.stream, spare, first, &self.shard, watch_shutdown).await;
         if let Wake::Data(n) = wake {
@@ -1282,6 +1272,79 @@ impl Conn {
         if let Wake::Data(n) = wake {
             let spare = self.rbuf.spare(size);
             spare[..n].copy_from_slice(&one[..n]);
+            self.rbuf.filled(n);
+        }
+        wake
+    }
+}
+
+impl Conn {
+    /// [`Conn::wait_input`] over TLS: plaintext into the read buffer; after
+    /// [`IDLE_RELEASE`] without input, the read, reply and ciphertext
+    /// buffers go back and a 1-byte read of ciphertext waits, as without
+    /// TLS, so an idle TLS connection keeps only rustls's own state.
+    async fn wait_input_tls(&mut self, limit: Duration, watch_shutdown: bool) -> Wake {
+        let size = self.shard.server.read_buffer_bytes;
+        let Some(t) = self.tls.as_deref_mut() else {
+            return Wake::Stuck;
+        };
+        let started = Instant::now();
+        let first = limit.min(IDLE_RELEASE);
+        let spare = self.rbuf.spare(size);
+        let wake = tls::read_plain(
+            &mut self.stream,
+            t,
+            spare,
+            first,
+            &self.shard,
+            watch_shutdown,
+        )
+        .await;
+        if !matches!(wake, Wake::Timer) || limit <= IDLE_RELEASE || !self.rbuf.data().is_empty() {
+            if let Wake::Data(n) = wake {
+                self.rbuf.filled(n);
+            }
+            return wake;
+        }
+        let cin = t.release();
+        let held = (self.rbuf.buf.capacity(), self.out.capacity());
+        self.rbuf.release();
+        self.out = Vec::new();
+        crate::debug!(
+            "shard {}: idle connection released read={} reply={} buffer bytes (tls {cin})",
+            self.shard.id,
+            held.0 - self.rbuf.buf.capacity(),
+            held.1 - self.out.capacity(),
+        );
+        let mut one = [0u8; 1];
+        let rest = limit.saturating_sub(started.elapsed());
+        let wake = wait_readable(
+            &mut self.stream,
+            &mut one,
+            rest,
+            &self.shard,
+            watch_shutdown,
+        )
+        .await;
+        self.out.reserve(self.shard.server.write_buffer_bytes);
+        let Wake::Data(n) = wake else {
+            return wake;
+        };
+        t.preload(&one[..n]);
+        // The rest of the record (and of the batch) as a busy connection
+        // reads it.
+        let rest = limit.saturating_sub(started.elapsed());
+        let spare = self.rbuf.spare(size);
+        let wake = tls::read_plain(
+            &mut self.stream,
+            t,
+            spare,
+            rest,
+            &self.shard,
+            watch_shutdown,
+        )
+        .await;
+        if let Wake::Data(n) = wake {
             self.rbuf.filled(n);
         }
         wake
