@@ -829,8 +829,16 @@ impl Conn {
                 .await
             }
             Some(t) => {
+                // A write cut off by its deadline may have left part of a
+                // record on the wire: nothing after it would decrypt.
+                if t.cut {
+                    return Err(Some(io::ErrorKind::BrokenPipe));
+                }
                 let bytes = t.seal(&self.out).map_err(|e| Some(e.kind()))?;
-                write_bounded(&mut self.stream, bytes, limit, &self.shard, watch_hard_stop).await
+                let r = write_bounded(&mut self.stream, bytes, limit, &self.shard, watch_hard_stop)
+                    .await;
+                t.cut = r.is_err();
+                r
             }
         }
     }

@@ -214,6 +214,7 @@ impl Acceptor {
             cin_end: 0,
             cout: Vec::new(),
             closing: false,
+            cut: false,
         })
     }
 }
@@ -439,6 +440,10 @@ pub(crate) struct TlsConn {
     cout: Vec<u8>,
     /// [`TlsConn::close`] was called.
     closing: bool,
+    /// A write of this connection's ciphertext did not complete (timed
+    /// out, stopped, failed): the stream may end mid-record, so nothing
+    /// more is sent.
+    pub(crate) cut: bool,
 }
 
 impl TlsConn {
