@@ -1296,7 +1296,6 @@ impl Conn {
         let Some(t) = self.tls.as_deref_mut() else {
             return Wake::Stuck;
         };
-        let started = Instant::now();
         let first = limit.min(IDLE_RELEASE);
         let spare = self.rbuf.spare(size);
         let wake = tls::read_plain(
@@ -1325,7 +1324,9 @@ impl Conn {
             held.1 - self.out.capacity(),
         );
         let mut one = [0u8; 1];
-        let rest = limit.saturating_sub(started.elapsed());
+        // `first` has passed (its timer fired).
+        let started = Instant::now();
+        let rest = limit.saturating_sub(first);
         let wake = wait_readable(
             &mut self.stream,
             &mut one,
@@ -1341,7 +1342,7 @@ impl Conn {
         t.preload(&one[..n]);
         // The rest of the record (and of the batch) as a busy connection
         // reads it.
-        let rest = limit.saturating_sub(started.elapsed());
+        let rest = rest.saturating_sub(started.elapsed());
         let spare = self.rbuf.spare(size);
         let wake = tls::read_plain(
             &mut self.stream,

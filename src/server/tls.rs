@@ -686,7 +686,11 @@ pub(super) async fn read_plain(
     shard: &Shard,
     watch_shutdown: bool,
 ) -> Wake {
-    let until = Instant::now() + limit;
+    // The clock is read once per call on the common path (plaintext from
+    // the first socket read); a record that takes several reads is
+    // bounded by `limit` from that first read's start.
+    let start = Instant::now();
+    let mut waited = false;
     loop {
         match tls.conn.reader().read(spare) {
             // The client's close_notify.
@@ -695,8 +699,8 @@ pub(super) async fn read_plain(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Wake::Error(e),
         }
-        let left = until.saturating_duration_since(Instant::now());
         if tls.cin_start < tls.cin_end {
+            let left = limit.saturating_sub(start.elapsed());
             if let Err(e) = tls.feed(spare.len()) {
                 crate::info!(
                     "tls error peer={} shard={}: {e}",
@@ -712,9 +716,14 @@ pub(super) async fn read_plain(
             }
             continue;
         }
+        let left = match waited {
+            false => limit,
+            true => limit.saturating_sub(start.elapsed()),
+        };
         if left.is_zero() {
             return Wake::Timer;
         }
+        waited = true;
         match wait_readable(stream, tls.cin_spare(), left, shard, watch_shutdown).await {
             Wake::Data(n) => tls.cin_end += n,
             other => return other,
