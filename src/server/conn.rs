@@ -1118,6 +1118,7 @@ impl Conn {
             mail_params: env.raw_params(),
             rcpts: &rcpts,
             tls: self.tls_trace.map(|t| (t.version, t.cipher)),
+            auth: env.auth,
         };
         self.msg = match ShardSpool::begin(spool, id, &rec, &received) {
             Ok(w) => Msg::Open(Box::new(w)),
