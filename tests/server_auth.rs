@@ -539,3 +539,57 @@ fn postfix_relays_through_submission_with_sasl() {
     );
     assert_no_password(&server);
 }
+
+/// loadgen --auth over --starttls with a new connection per message
+/// (`--msgs-per-conn 1`): every message is a connection, a handshake, an
+/// AUTH and a relayed message; a wrong password is a refused session,
+/// counted, never a crash.
+#[test]
+fn loadgen_auth_submits_one_message_per_connection() {
+    let Some(su) = setup("auth-loadgen") else {
+        return;
+    };
+    let loadgen = Path::new(env!("CARGO_BIN_EXE_ringmx")).with_file_name("loadgen");
+    assert!(
+        loadgen.exists(),
+        "{} is missing: build it with `cargo build -p loadgen` (the workspace test run does)",
+        loadgen.display()
+    );
+    let (mut server, sub, _) = start(&su, &["--auth-max-failures", "100"]);
+    let json = su.dir.path().join("run.json");
+    let run = |user_pass: &str, n: &str| {
+        Command::new(&loadgen)
+            .args([
+                "run",
+                "--target",
+                &sub.to_string(),
+                "--to-domain",
+                "far.example",
+            ])
+            // The test certificate is self-signed (its own CA, which
+            // webpki refuses as a leaf): what is tested here is AUTH.
+            .args(["--starttls", "--tls-insecure"])
+            .args(["--auth", user_pass, "--msgs-per-conn", "1"])
+            .args(["-c", "2", "--messages", n, "--quiet"])
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .unwrap()
+    };
+    let out = run(&format!("bob:{PASSWORD}"), "12");
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["messages"]["ok"], 12, "{v}");
+    assert_eq!(v["replies"]["auth"]["2xx"], 12, "{v}");
+    assert_eq!(v["connections"]["opened"], 12, "{v}");
+    let out = run("bob:wrong", "3");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["replies"]["auth"]["5xx"], 3, "{}\n{v}", text(&out));
+    assert!(v["messages"]["ok"].as_u64().unwrap_or(0) == 0, "{v}");
+    server.stop();
+    let got = stored_auth(server.spool.path());
+    assert_eq!(got.len(), 12, "{}", server.logs());
+    assert!(got.iter().all(|m| m.1.as_deref() == Some("bob")));
+}
