@@ -283,6 +283,23 @@ mod tests {
         assert!(u.describe().starts_with("4 users ("), "{}", u.describe());
     }
 
+    /// What `doveadm pw -s BLF-CRYPT -r 5 -p secret` and `doveadm pw -s
+    /// ARGON2ID -p secret` (Dovecot 2.3.19) printed, pasted as they come.
+    #[test]
+    fn doveadm_output_verifies() {
+        let text = "a:{BLF-CRYPT}$2y$05$PRADJS.qsDKCoLKnAOHgHuQzQkEOIN6loObpVAO8R1GUamnGo5BxS\n\
+             b:{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$5hQxB+jYltCKut8yuyFobA$\
+             FaIwWF/EGzpJ0yKeHCsHmFMOPAutW/q0ZptIF+tE1bM\n";
+        let u = Users::parse(text, p()).unwrap();
+        assert!(u.verify("a", b"secret") && u.verify("b", b"secret"));
+        assert!(!u.verify("a", b"secreT") && !u.verify("b", b"secreT"));
+        let d = u.describe();
+        assert!(
+            d.contains("bcrypt cost 05") && d.contains("argon2id m=65536,t=3,p=1"),
+            "{d}"
+        );
+    }
+
     #[test]
     fn bad_lines_name_file_and_line_and_never_the_hash() {
         let alice = bcrypt_of("secret");
