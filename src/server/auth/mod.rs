@@ -2,7 +2,7 @@
 //! password check off the shard, failed attempts per client address.
 //!
 //! The engine runs the AUTH dialogue and says when it has credentials
-//! (`Event::Auth`); [`answer`] checks them on the shard's blocking thread
+//! (`Event::Auth`); `answer` checks them on the shard's blocking thread
 //! (`glommio::executor().spawn_blocking`: an argon2 or bcrypt check takes
 //! tens of milliseconds of CPU, which must not stall the shard's other
 //! connections) and hands the verdict back. The users live in an `Arc`
