@@ -5,7 +5,8 @@
 //! `smtp_sasl_auth_enable`; the spool read back for the identity field and
 //! `with ESMTPSA`. Negatives: no AUTH before TLS or on the MX listener, a
 //! bad password, MAIL without AUTH, `*`, the failure limit, a bad users
-//! file, and the password never in the log.
+//! file, a sender other than the login (--sender-login-match), and the
+//! password never in the log.
 
 mod common;
 
@@ -592,4 +593,41 @@ fn loadgen_auth_submits_one_message_per_connection() {
     let got = stored_auth(server.spool.path());
     assert_eq!(got.len(), 12, "{}", server.logs());
     assert!(got.iter().all(|m| m.1.as_deref() == Some("bob")));
+}
+
+/// --sender-login-match true: a logged-in user sends only as itself
+/// (`bob` as bob@ an accepted domain, `alice@example.com` as exactly
+/// that); anything else is `553 5.7.1`.
+#[test]
+fn sender_login_match_refuses_other_senders() {
+    let Some(su) = setup("auth-sender") else {
+        return;
+    };
+    let (mut server, sub, _) = start(&su, &["--sender-login-match", "true"]);
+    let script = format!(
+        r#"
+import smtplib, ssl
+ctx = ssl.create_default_context(cafile={pem:?})
+for user, own, other in (("bob", "bob@localhost", "alice@localhost"),
+                         ("alice@example.com", "alice@example.com", "bob@localhost")):
+    s = smtplib.SMTP("127.0.0.1", {sub})
+    s.starttls(context=ctx)
+    s.login(user, {pw:?})
+    code, _ = s.docmd("MAIL", "FROM:<%s>" % other)
+    assert code == 553, (user, code)
+    code, _ = s.docmd("MAIL", "FROM:<%s>" % own)
+    assert code == 250, (user, code)
+    s.rset()
+    s.quit()
+print("ok")
+"#,
+        pem = s(&su.pem),
+        sub = sub.port(),
+        pw = PASSWORD,
+    );
+    let Some(out) = python(&script) else {
+        return;
+    };
+    assert!(out.status.success(), "{}", text(&out));
+    server.stop();
 }
