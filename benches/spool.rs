@@ -42,6 +42,7 @@ fn env() -> EnvelopeRecord<'static> {
         mail_params: "BODY=8BITMIME",
         rcpts: RCPTS,
         tls: None,
+        auth: None,
     }
 }
 

@@ -515,6 +515,52 @@ macro_rules! with_settings {
                     "duration" tls_handshake_timeout "DURATION"
                     "Drop a connection whose TLS handshake takes longer than this";
             }
+
+            /// Submission (RFC 6409): listeners for senders that log in with SMTP AUTH
+            /// after TLS and may then send to any domain (`server::auth`; README
+            /// "Submission"). The `server.listen` addresses stay the MX role: mail for
+            /// `smtp.accepted_domains` only, no AUTH.
+            SubmissionConfig submission "Submission" {
+                /// Submission listeners (port 587 style): STARTTLS, then AUTH, then mail
+                /// to anywhere. Need a certificate (`tls.cert`) and `users`.
+                // None: relaying for logged-in users is an explicit choice.
+                listen: Vec<SocketAddr> = Vec::new(),
+                    "list" submission "ADDR"
+                    "IP:PORT to accept submission on (STARTTLS, then AUTH; needs --tls-cert and --users); repeat for several";
+                /// Submission listeners over implicit TLS (RFC 8314, port 465 style).
+                listen_tls: Vec<SocketAddr> = Vec::new(),
+                    "list" submission_tls "ADDR"
+                    "IP:PORT to accept submission over implicit TLS on (RFC 8314); repeat for several";
+                /// Who may log in: `user:hash` lines (`#` comments, blank lines; fields
+                /// after the hash, as in Dovecot's passwd-file, are ignored). Hashes are
+                /// argon2 PHC strings (`$argon2id$...`) or bcrypt (`$2y$`, `$2b$`, `$2a$`:
+                /// what `htpasswd -B` writes), optionally with Dovecot's `{ARGON2ID}` or
+                /// `{BLF-CRYPT}` prefix (`doveadm pw`). Read at start (a bad line stops it,
+                /// with file:line) and on SIGHUP (a bad file keeps the old users).
+                users: PathBuf = PathBuf::new(),
+                    "path" users "FILE"
+                    "File of user:hash lines (argon2id or bcrypt, as htpasswd -B or doveadm pw write them)";
+                /// Failed AUTH attempts a client address may make within
+                /// `auth_failure_window`; past it that address gets `421 4.7.0` on AUTH
+                /// and on new connections to a submission listener until the window ends.
+                // 5, as fail2ban's default maxretry: a user who mistypes gets a few
+                // tries, a password guesser gets 5 guesses per window per address.
+                auth_max_failures: u32 = 5,
+                    "plain" auth_max_failures "N"
+                    "Failed AUTH attempts per client address within --auth-failure-window; then 421 4.7.0";
+                /// The window `auth_max_failures` counts in, from the first failure.
+                // 10 minutes, as fail2ban's default findtime.
+                auth_failure_window: Duration = Duration::from_secs(600),
+                    "duration" auth_failure_window "DURATION"
+                    "How long failed AUTH attempts are remembered per client address";
+                /// MAIL FROM must be the login (or, for a login without `@`, that name at
+                /// one of `smtp.accepted_domains`); others get `553 5.7.1` (Postfix's
+                /// `reject_sender_login_mismatch`).
+                // Off: many setups let a user send as several addresses.
+                sender_login_match: bool = false,
+                    "plain" sender_login_match "BOOL"
+                    "MAIL FROM must be the authenticated user's own address (553 5.7.1 otherwise)";
+            }
         }
     };
 }
@@ -606,6 +652,8 @@ pub struct Config {
     pub spool: SpoolConfig,
     /// Certificates and TLS listeners.
     pub tls: TlsConfig,
+    /// Submission listeners, users, AUTH limits.
+    pub submission: SubmissionConfig,
 }
 
 /// A certificate and its key chosen by SNI (`tls.sni`): `CERT_FILE:KEY_FILE`.
@@ -1002,6 +1050,10 @@ pub enum ConfigError {
     /// a TLS listener without one, ...).
     #[error("tls.{0}")]
     Tls(String),
+    /// Submission settings that do not fit together (a listener without a
+    /// certificate or users, ...).
+    #[error("submission.{0}")]
+    Submission(String),
     /// The config file could not be read.
     #[error("cannot read config file {path}: {reason}")]
     Read {
@@ -1080,7 +1132,8 @@ impl Config {
         crate::outlet::supervise::check_all(&s.ship).map_err(ConfigError::Ship)?;
         self.server.check_limits()?;
         self.spool.check_limits()?;
-        self.tls.validate(&s.listen)
+        self.tls.validate(&s.listen)?;
+        self.submission.validate(self.tls.enabled())
     }
 }
 
@@ -1124,6 +1177,36 @@ impl TlsConfig {
                     "listen: {a} is given twice (or also in server.listen)"
                 )));
             }
+        }
+        self.check_limits()
+    }
+}
+
+impl SubmissionConfig {
+    /// Whether any submission listener is configured.
+    pub fn enabled(&self) -> bool {
+        !(self.listen.is_empty() && self.listen_tls.is_empty())
+    }
+
+    /// The submission part of [`Config::validate`]: settings only; the
+    /// users file is read by `server::auth` at start.
+    fn validate(&self, tls: bool) -> Result<(), ConfigError> {
+        let err = |m: &str| Err(ConfigError::Submission(m.into()));
+        if self.enabled() && !tls {
+            // RFC 6409 §4.3 with RFC 4954 §4: credentials only over TLS.
+            return err(
+                "listen (--submission, --submission-tls) needs a certificate: give --tls-cert \
+                 and --tls-key",
+            );
+        }
+        if self.enabled() && self.users.as_os_str().is_empty() {
+            return err("listen (--submission, --submission-tls) needs users: give --users FILE");
+        }
+        if self.auth_max_failures == 0 {
+            return Err(ConfigError::Zero("submission.auth_max_failures"));
+        }
+        if self.auth_failure_window.is_zero() {
+            return Err(ConfigError::Zero("submission.auth_failure_window"));
         }
         self.check_limits()
     }

@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::postfix::read_reply;
 use common::{Server, TempDir};
 
 const STEP: Duration = Duration::from_secs(20);
@@ -536,20 +537,6 @@ fn sessions_resume_from_tickets_across_shards() {
     );
 }
 
-/// Reads one SMTP reply (all its lines).
-fn read_reply(r: &mut impl BufRead) -> String {
-    let mut all = String::new();
-    loop {
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        assert!(!line.is_empty(), "connection closed after {all:?}");
-        all.push_str(&line);
-        if line.as_bytes().get(3) != Some(&b'-') {
-            return all;
-        }
-    }
-}
-
 /// A rustls client over `tcp`, handshake done. It does not check the
 /// server's certificate (what is tested here is the server's side).
 fn rustls_client(tcp: TcpStream) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
@@ -616,122 +603,19 @@ fn postfix_delivers_over_starttls_with_encrypt() {
     let Some((_dir, pem, key)) = certs("tls-postfix") else {
         return;
     };
-    let Some(postfix) = common::require_tool("postfix", "postfix") else {
-        return;
-    };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        common::skip("Postfix's master must run as root");
-        return;
-    }
     let (mut server, _) = tls_server(&pem, &key, &[]);
-    let w = TempDir::new("tls-postfix-q");
-    let wp = w.path();
-    // The postfix user must reach its queue under our temp directory.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(wp, std::fs::Permissions::from_mode(0o711)).unwrap();
-    for d in ["conf", "queue", "data"] {
-        std::fs::create_dir_all(wp.join(d)).unwrap();
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let w = wp.display();
-    std::fs::write(
-        wp.join("conf/main.cf"),
-        format!(
-            "compatibility_level = 3.6\nqueue_directory = {w}/queue\ndata_directory = {w}/data\n\
-             meta_directory = /etc/postfix\nmail_owner = postfix\nsetgid_group = postdrop\n\
-             maillog_file = {w}/postfix.log\nmaillog_file_prefixes = {w}\nmyhostname = postfix-sender.test\n\
-             inet_interfaces = 127.0.0.1\ninet_protocols = ipv4\nmynetworks = 127.0.0.0/8\n\
-             mydestination =\nalias_maps =\nlocal_recipient_maps =\n\
-             smtpd_relay_restrictions = permit_mynetworks, reject\n\
-             relayhost = [127.0.0.1]:{ringmx}\nsmtp_tls_security_level = encrypt\n\
-             smtp_tls_loglevel = 1\ndisable_dns_lookups = yes\nsmtp_dns_support_level = disabled\n\
-             smtp_host_lookup = native\nbiff = no\nin_flow_delay = 0\nqueue_minfree = 0\n",
-            ringmx = server.addr.port()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        wp.join("conf/master.cf"),
-        format!(
-            "127.0.0.1:{port} inet n - n - 4 smtpd\n\
-             cleanup unix n - n - 0 cleanup\nqmgr unix n - n 300 1 qmgr\n\
-             tlsmgr unix - - n 1000? 1 tlsmgr\nrewrite unix - - n - - trivial-rewrite\n\
-             bounce unix - - n - 0 bounce\ndefer unix - - n - 0 bounce\n\
-             trace unix - - n - 0 bounce\nverify unix - - n - 1 verify\n\
-             flush unix n - n 1000? 0 flush\nproxymap unix - - n - - proxymap\n\
-             smtp unix - - n - - smtp\nrelay unix - - n - - smtp\n\
-             error unix - - n - - error\nretry unix - - n - - error\n\
-             discard unix - - n - - discard\nanvil unix - - n - 1 anvil\n\
-             scache unix - - n - 1 scache\npostlog unix-dgram n - n - 1 postlogd\n"
-        ),
-    )
-    .unwrap();
-    let conf = wp.join("conf");
-    let pf = |args: &[&str]| {
-        let out = Command::new(&postfix)
-            .arg("-c")
-            .arg(&conf)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "postfix {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let Some(pf) = common::postfix::Postfix::start(
+        "tls-postfix-q",
+        server.addr.port(),
+        "smtp_tls_security_level = encrypt\n",
+    ) else {
+        return;
     };
-    pf(&["set-permissions"]);
-    pf(&["start"]);
-    // Stop Postfix however the test ends.
-    struct Stop<'a>(&'a dyn Fn(&[&str]));
-    impl Drop for Stop<'_> {
-        fn drop(&mut self) {
-            (self.0)(&["stop"]);
-        }
-    }
-    let _stop = Stop(&|a: &[&str]| {
-        let _ = Command::new("postfix")
-            .arg("-c")
-            .arg(&conf)
-            .args(a)
-            .output();
-    });
-    // Hand Postfix the message over SMTP (plain text, on its own port).
-    let mut c = None;
-    for _ in 0..200 {
-        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
-            c = Some(s);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let tcp = c.expect("postfix smtpd listening");
-    tcp.set_read_timeout(Some(STEP)).unwrap();
-    let mut r = BufReader::new(tcp.try_clone().unwrap());
-    let mut w2 = tcp;
-    assert!(read_reply(&mut r).starts_with("220 "));
-    for (cmd, want) in [
-        ("EHLO client.test\r\n", "250"),
-        ("MAIL FROM:<pf@src.test>\r\n", "250"),
-        ("RCPT TO:<u@localhost>\r\n", "250"),
-        ("DATA\r\n", "354"),
-        ("Subject: via postfix\r\n\r\nhello\r\n.\r\n", "250"),
-        ("QUIT\r\n", "221"),
-    ] {
-        w2.write_all(cmd.as_bytes()).unwrap();
-        let got = read_reply(&mut r);
-        assert!(got.starts_with(want), "{cmd:?}: {got}");
-    }
+    pf.submit("pf@src.test", "u@localhost", "via postfix");
     // Postfix relays it to ringmx on its own schedule: wait for the
     // accepted message's log line, not for a time.
     let line = server.wait_log("msg id=", Duration::from_secs(60));
-    let plog = std::fs::read_to_string(wp.join("postfix.log")).unwrap_or_default();
+    let plog = pf.log();
     assert!(line.is_some(), "{}\n--- postfix:\n{plog}", server.logs());
     server.stop();
     let stored = server.stored();

@@ -78,6 +78,7 @@ fn write_spool(root: &Path) -> BTreeMap<QueueId, (String, Vec<u8>)> {
                     mail_params: "BODY=8BITMIME",
                     rcpts: &rcpts,
                     tls: None,
+                    auth: None,
                 };
                 let id = spool.next_queue_id();
                 let rec = format!("Received: from client.example\r\n\tby mx.example id {id}\r\n");

@@ -164,6 +164,7 @@ fn a_server_on_a_version_1_spool_appends_version_2_segments() {
             mail_params: "",
             rcpts: &["c@example.com"],
             tls: None,
+            auth: None,
         };
         let mut w = spool.begin(id, &env, b"Received: v2\r\n").unwrap();
         w.write(b"v2 body\r\n").await.unwrap();
@@ -249,6 +250,7 @@ fn envelope<'a>(from: &'a str, rcpts: &'a [&'a str]) -> EnvelopeRecord<'a> {
         mail_params: "BODY=8BITMIME",
         rcpts,
         tls: None,
+        auth: None,
     }
 }
 
@@ -420,6 +422,7 @@ fn foreign_record(nonce: u64) -> Vec<u8> {
         mail_params: "",
         rcpts: &["victim@example.com"],
         tls: None,
+        auth: None,
     };
     let at = encode_message_prefix(&mut rec, &env, b"Received: ghost\r\n").unwrap();
     rec.extend_from_slice(b"boo\r\n");

@@ -229,6 +229,8 @@ pub struct RunConfig {
     /// Send a PROXY v2 header from these addresses, one per connection in
     /// turn (`--proxy-source`).
     pub proxy_source: Option<ipnet::IpNet>,
+    /// `--auth USER:PASS`: AUTH PLAIN after TLS on every connection.
+    pub auth: Option<String>,
     /// File that receives every acknowledged queue id, one per line.
     pub ack_log: Option<PathBuf>,
     /// File that receives the JSON summary.
@@ -354,6 +356,16 @@ impl RunConfig {
         }
         if self.messages == Some(0) {
             return invalid("--messages must be at least 1".into());
+        }
+        if let Some(a) = &self.auth {
+            if !a.contains(':') || a.starts_with(':') {
+                return invalid("--auth wants USER:PASS (the user name may not be empty)".into());
+            }
+            if self.tls.is_none() {
+                return invalid(
+                    "--auth needs --starttls or --tls: servers offer AUTH only over TLS".into(),
+                );
+            }
         }
         if !(0.0..=1.0).contains(&self.pregreet_fraction) {
             return invalid(format!(

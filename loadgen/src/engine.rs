@@ -205,6 +205,7 @@ pub fn run(cfg: RunConfig) -> Result<Summary, RunError> {
         source_ips: cfg.source_ips,
         pregreet_fraction: cfg.pregreet_fraction,
         proxy_source: cfg.proxy_source,
+        auth: cfg.auth.as_deref().map(crate::client::auth_plain_line),
     };
     let plan = Arc::new(Plan {
         msgs: Messages::build(&cfg),

@@ -179,6 +179,12 @@ struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
     connect_timeout: Duration,
 
+    /// Log in with AUTH PLAIN as USER (password PASS) after TLS on every
+    /// connection, for submission servers (needs --starttls or --tls). With
+    /// --msgs-per-conn 1: a new connection, TLS and AUTH per message.
+    #[arg(long, value_name = "USER:PASS")]
+    auth: Option<String>,
+
     /// Open each connection with a PROXY protocol v2 header from IP, or from
     /// the next address of CIDR (one loadgen looks like many clients); for
     /// servers behind a load balancer (ringmx --proxy-protocol).
@@ -346,6 +352,7 @@ fn to_config(a: RunArgs) -> Result<RunConfig, ConfigError> {
         reply_timeout: a.timeout,
         connect_timeout: a.connect_timeout,
         proxy_source: a.proxy_source,
+        auth: a.auth.clone(),
         ack_log: a.ack_log,
         json: a.json,
         hist_out: a.hist_out,

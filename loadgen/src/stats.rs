@@ -111,11 +111,13 @@ pub enum Command {
     Noop,
     /// QUIT.
     Quit,
+    /// AUTH PLAIN (`--auth`).
+    Auth,
 }
 
 impl Command {
     /// Number of commands.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 13;
     /// Every command, in report order.
     pub const ALL: [Command; Command::COUNT] = [
         Command::Greeting,
@@ -130,6 +132,7 @@ impl Command {
         Command::Starttls,
         Command::Noop,
         Command::Quit,
+        Command::Auth,
     ];
 
     /// The key used in JSON and reports.
@@ -147,6 +150,7 @@ impl Command {
             Command::Starttls => "starttls",
             Command::Noop => "noop",
             Command::Quit => "quit",
+            Command::Auth => "auth",
         }
     }
 }

@@ -320,6 +320,7 @@ impl DeadLetters {
                 // Not kept in dead-letter records (Received: still says it).
                 tls_version: None,
                 tls_cipher: None,
+                auth_id: None,
             },
             received.to_vec(),
             body.to_vec(),

@@ -39,6 +39,9 @@ pub struct MailParams {
     pub body: BodyType,
     /// SMTPUTF8 was given.
     pub smtputf8: bool,
+    /// AUTH= was given (RFC 4954 §5); its value is kept in the raw
+    /// parameters only.
+    pub auth: bool,
 }
 
 /// A parsed command line.
@@ -85,7 +88,14 @@ pub enum Command<'a> {
     Help,
     /// `STARTTLS` (RFC 3207).
     Starttls,
-    /// A verb we know of but do not offer (EXPN, TURN, AUTH, ...).
+    /// `AUTH mechanism [initial-response]` (RFC 4954 §4).
+    Auth {
+        /// The SASL mechanism name as sent (compare without case).
+        mechanism: &'a str,
+        /// The initial response, base64 (`=`: empty), if given.
+        initial: Option<&'a str>,
+    },
+    /// A verb we know of but do not offer (EXPN, TURN, ...).
     NotImplemented,
     /// An HTTP request line (GET, POST, ...): someone pointed a browser or
     /// a cross-protocol attack at us.
@@ -111,6 +121,8 @@ pub enum ParseError {
     BadAddress,
     /// An unknown or malformed MAIL/RCPT parameter.
     BadParam,
+    /// AUTH without a mechanism, or with more than an initial response.
+    AuthSyntax,
 }
 
 impl ParseError {
@@ -125,6 +137,7 @@ impl ParseError {
             ParseError::NoParams => reply::NO_PARAMS,
             ParseError::BadAddress => reply::BAD_ADDRESS,
             ParseError::BadParam => reply::BAD_PARAM,
+            ParseError::AuthSyntax => reply::AUTH_SYNTAX,
         }
     }
 }
@@ -169,7 +182,8 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
         b"VRFY" => Ok(Command::Vrfy),
         b"HELP" => Ok(Command::Help),
         b"STARTTLS" => no_arg(arg, Command::Starttls),
-        b"EXPN" | b"TURN" | b"ETRN" | b"ATRN" | b"AUTH" | b"SEND" | b"SOML" | b"SAML" => {
+        b"AUTH" => parse_auth(arg),
+        b"EXPN" | b"TURN" | b"ETRN" | b"ATRN" | b"SEND" | b"SOML" | b"SAML" => {
             Ok(Command::NotImplemented)
         }
         b"GET" | b"POST" | b"HEAD" | b"PUT" | b"DELETE" | b"OPTIONS" | b"CONNECT" | b"PATCH"
@@ -444,6 +458,14 @@ fn parse_mail(rest: &str) -> Result<Command<'_>, ParseError> {
             };
         } else if k.eq_ignore_ascii_case("SMTPUTF8") && v.is_none() {
             params.smtputf8 = true;
+        } else if k.eq_ignore_ascii_case("AUTH") {
+            // RFC 4954 §5: `AUTH=<>` or an xtext mailbox; recorded as given
+            // (in the raw parameters), trusted for nothing.
+            let v = v.ok_or(ParseError::BadParam)?;
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ParseError::BadParam);
+            }
+            params.auth = true;
         } else {
             return Err(ParseError::BadParam);
         }
@@ -453,6 +475,17 @@ fn parse_mail(rest: &str) -> Result<Command<'_>, ParseError> {
         params,
         raw_params,
     })
+}
+
+/// `AUTH mechanism [initial-response]` (RFC 4954 §4).
+fn parse_auth(arg: &str) -> Result<Command<'_>, ParseError> {
+    let mut it = arg.split(' ').filter(|s| !s.is_empty());
+    let mechanism = it.next().ok_or(ParseError::AuthSyntax)?;
+    let initial = it.next();
+    if it.next().is_some() {
+        return Err(ParseError::AuthSyntax);
+    }
+    Ok(Command::Auth { mechanism, initial })
 }
 
 fn parse_rcpt(rest: &str) -> Result<Command<'_>, ParseError> {
@@ -523,7 +556,8 @@ mod tests {
                 params: MailParams {
                     size: Some(1000),
                     body: BodyType::EightBitMime,
-                    smtputf8: false
+                    smtputf8: false,
+                    auth: false,
                 },
                 raw_params: "SIZE=1000 BODY=8BITMIME",
             }

@@ -114,6 +114,8 @@ pub struct Envelope<'a> {
     pub helo: &'a str,
     /// `SMTP`, `ESMTP` or `UTF8SMTP` (RFC 3848, RFC 6531 §3.7.3).
     pub protocol: &'static str,
+    /// The SMTP AUTH identity, if the client logged in.
+    pub auth: Option<&'a str>,
 }
 
 impl<'a> Envelope<'a> {
@@ -128,6 +130,7 @@ impl<'a> Envelope<'a> {
             client,
             helo,
             protocol,
+            auth: None,
         }
     }
 

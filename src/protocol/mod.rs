@@ -37,7 +37,11 @@ pub mod session;
 pub mod trace;
 
 pub use envelope::Envelope;
-pub use session::{ClientInfo, CloseReason, CommitError, Event, RcptCounts, Refusal, Session};
+pub use session::{
+    AuthVerdict, ClientInfo, CloseReason, CommitError, Event, RcptCounts, Refusal, Session,
+};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_auth;

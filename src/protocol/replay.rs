@@ -259,6 +259,10 @@ impl Driver<'_> {
                 Event::Lookup => self.s.handle_lookup(Err(LookupFailed), out),
                 // Never offered here (no `set_tls`); answered as unavailable.
                 Event::Starttls => self.s.handle_starttls(false, out),
+                // Never offered here (no `set_submission`); no users to ask.
+                Event::Auth => self
+                    .s
+                    .handle_auth(crate::protocol::AuthVerdict::Unavailable, out),
                 Event::Close(reason) => self.closed(reason),
             }
         }

@@ -120,6 +120,47 @@ pub const TLS_IN_TRANSACTION: Reply =
 /// `tls.only`: MAIL before STARTTLS (RFC 3207 §4).
 pub const TLS_REQUIRED: Reply = b"530 5.7.0 Must issue a STARTTLS command first\r\n";
 
+// SMTP AUTH (RFC 4954), on submission listeners only.
+/// AUTH accepted (RFC 4954 §6).
+pub const AUTH_OK: Reply = b"235 2.7.0 Authentication successful\r\n";
+/// A SASL challenge with no data (PLAIN without an initial response).
+pub const AUTH_CONTINUE: Reply = b"334 \r\n";
+/// LOGIN's first challenge: base64 of `Username:`.
+pub const AUTH_USERNAME: Reply = b"334 VXNlcm5hbWU6\r\n";
+/// LOGIN's second challenge: base64 of `Password:`.
+pub const AUTH_PASSWORD: Reply = b"334 UGFzc3dvcmQ6\r\n";
+/// Bad user name or password (RFC 4954 §6).
+pub const AUTH_FAILED: Reply = b"535 5.7.8 Authentication credentials invalid\r\n";
+/// AUTH before TLS on a submission listener (RFC 4954 §6: the mechanism
+/// needs an encrypted connection).
+pub const AUTH_NEEDS_TLS: Reply =
+    b"538 5.7.11 Encryption required for requested authentication mechanism\r\n";
+/// AUTH after a successful AUTH (RFC 4954 §4).
+pub const AUTH_ALREADY: Reply = b"503 5.5.1 Already authenticated\r\n";
+/// AUTH inside a mail transaction (RFC 4954 §4).
+pub const AUTH_IN_TRANSACTION: Reply = b"503 5.5.1 AUTH not allowed inside a mail transaction\r\n";
+/// AUTH before EHLO: the extension was not negotiated.
+pub const AUTH_NEEDS_EHLO: Reply = b"503 5.5.1 Send EHLO first\r\n";
+/// A mechanism other than PLAIN and LOGIN (RFC 4954 §4).
+pub const AUTH_MECHANISM: Reply = b"504 5.5.4 Unrecognized authentication type\r\n";
+/// AUTH syntax.
+pub const AUTH_SYNTAX: Reply = b"501 5.5.4 Syntax: AUTH mechanism [initial-response]\r\n";
+/// The client answered a challenge with `*` (RFC 4954 §4).
+pub const AUTH_CANCELLED: Reply = b"501 5.7.0 Authentication cancelled\r\n";
+/// A SASL response that is not base64, or not what the mechanism expects.
+pub const AUTH_BAD_RESPONSE: Reply = b"501 5.5.2 Cannot decode response\r\n";
+/// The users could not be checked now (RFC 4954 §6).
+pub const AUTH_TEMPFAIL: Reply = b"454 4.7.0 Temporary authentication failure\r\n";
+/// MAIL before AUTH on a submission listener (RFC 4954 §6).
+pub const AUTH_REQUIRED: Reply = b"530 5.7.0 Authentication required\r\n";
+/// submission.auth_max_failures reached within the window.
+pub const TOO_MANY_AUTH_FAILURES: Reply =
+    b"421 4.7.0 Too many failed authentications, try again later\r\n";
+/// submission.sender_login_match: MAIL FROM is not the login's address
+/// (Postfix's `reject_sender_login_mismatch`).
+pub const SENDER_LOGIN_MISMATCH: Reply =
+    b"553 5.7.1 Sender address rejected: not owned by the authenticated user\r\n";
+
 // Policy.
 /// A recipient outside smtp.accepted_domains: no open relay (RFC 5321 §3.6.2).
 pub const RELAY_DENIED: Reply = b"550 5.7.1 Relay access denied\r\n";
@@ -167,10 +208,24 @@ pub fn write_greeting(out: &mut Vec<u8>, hostname: &str) {
 /// Writes the EHLO reply (RFC 5321 §4.1.1.1) with our extensions;
 /// STARTTLS (RFC 3207) when `starttls`.
 pub fn write_ehlo(out: &mut Vec<u8>, hostname: &str, max_message_bytes: u64, starttls: bool) {
+    write_ehlo_auth(out, hostname, max_message_bytes, starttls, false);
+}
+
+/// [`write_ehlo`], with `AUTH PLAIN LOGIN` (RFC 4954 §3) when `auth`.
+pub fn write_ehlo_auth(
+    out: &mut Vec<u8>,
+    hostname: &str,
+    max_message_bytes: u64,
+    starttls: bool,
+    auth: bool,
+) {
     out.extend_from_slice(b"250-");
     out.extend_from_slice(hostname.as_bytes());
     if starttls {
         out.extend_from_slice(b"\r\n250-STARTTLS");
+    }
+    if auth {
+        out.extend_from_slice(b"\r\n250-AUTH PLAIN LOGIN");
     }
     out.extend_from_slice(b"\r\n250-PIPELINING\r\n250-SIZE ");
     write_u64(out, max_message_bytes);
@@ -276,6 +331,20 @@ mod tests {
             TLS_ALREADY_ACTIVE,
             TLS_IN_TRANSACTION,
             TLS_REQUIRED,
+            AUTH_OK,
+            AUTH_FAILED,
+            AUTH_NEEDS_TLS,
+            AUTH_ALREADY,
+            AUTH_IN_TRANSACTION,
+            AUTH_NEEDS_EHLO,
+            AUTH_MECHANISM,
+            AUTH_SYNTAX,
+            AUTH_CANCELLED,
+            AUTH_BAD_RESPONSE,
+            AUTH_TEMPFAIL,
+            AUTH_REQUIRED,
+            TOO_MANY_AUTH_FAILURES,
+            SENDER_LOGIN_MISMATCH,
         ];
         for r in all {
             let s = std::str::from_utf8(r).unwrap();

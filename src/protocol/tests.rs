@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use super::recipients::{Lookup, LookupFailed, MapOptions, RecipientMap, Remote};
-use super::session::{ClientInfo, CloseReason, CommitError, Event, Session};
+use super::session::{AuthVerdict, ClientInfo, CloseReason, CommitError, Event, Session};
 use crate::config::{BareNewline, SmtpConfig};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +39,11 @@ pub(crate) struct Harness {
     /// Per STARTTLS accepted: the input bytes dropped behind it (the
     /// handshake is taken to succeed at once).
     pub starttls_dropped: Vec<usize>,
+    /// Credentials AUTH handed over, in order; `alice`/`secret` is the one
+    /// right pair (see `tests_auth.rs`).
+    pub auths: Vec<(String, Vec<u8>)>,
+    /// A wrong password answers Blocked instead of Rejected.
+    pub auth_blocks: bool,
 }
 
 impl Harness {
@@ -63,6 +68,8 @@ impl Harness {
             hold_commit: false,
             lookups: Vec::new(),
             starttls_dropped: Vec::new(),
+            auths: Vec::new(),
+            auth_blocks: false,
         }
     }
 
@@ -124,6 +131,18 @@ impl Harness {
                     self.buf.clear();
                     self.s.handle_starttls(true, &mut self.out);
                     self.s.tls_started(self.now);
+                    continue;
+                }
+                Event::Auth => {
+                    let (u, p) = self.s.pending_auth().expect("Auth without credentials");
+                    let verdict = match (u, p) {
+                        ("alice", b"secret") => AuthVerdict::Accepted,
+                        _ if self.auth_blocks => AuthVerdict::Blocked,
+                        _ => AuthVerdict::Rejected,
+                    };
+                    self.auths.push((u.to_owned(), p.to_vec()));
+                    self.buf.drain(..used);
+                    self.s.handle_auth(verdict, &mut self.out);
                     continue;
                 }
                 Event::Close(reason) => {

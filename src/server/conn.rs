@@ -30,6 +30,7 @@ use glommio::sync::StaticPermit;
 use glommio::timer::sleep;
 
 use super::anvil::{Refused, Ticket};
+use super::auth;
 use super::lookup::{self, Answer};
 use super::metrics::{ConnRejected, TlsVersion};
 use super::pregreet;
@@ -97,6 +98,26 @@ pub(crate) async fn serve(
         }
     };
     let peer = from.client;
+    // A submission client over the failed-AUTH limit: turned away until
+    // its window ends (an implicit-TLS one without a plaintext reply).
+    if kind.submission && auth_blocked(&shard, peer) {
+        let sent = match implicit_tls {
+            true => 0,
+            false => turn_away(&shard, &mut stream, reply::TOO_MANY_AUTH_FAILURES).await,
+        };
+        let _ = stream.close().await;
+        let log = ConnLog {
+            peer,
+            via: from.via,
+            shard: shard.id,
+            started,
+            messages: 0,
+            bytes_in: from.bytes_in,
+            bytes_out: sent,
+        };
+        log.write(Outcome::AuthBlocked);
+        return;
+    }
     // Per-client limits first, then the greeting wait: a client over its
     // limit is told so at once.
     let early = rbuf.data();
@@ -139,8 +160,11 @@ pub(crate) async fn serve(
     session.set_recipients(shard.recipients.load());
     session.set_tls(
         shard.tls.is_some() && !implicit_tls,
-        shard.tls_only && !implicit_tls,
+        (shard.tls_only || kind.submission) && !implicit_tls,
     );
+    if let (true, Some(a)) = (kind.submission, &shard.auth) {
+        session.set_submission(a.sender_login_match);
+    }
     // Counting commands costs the engine a few percent of its instructions
     // per transaction (README "Metrics"): only when someone can scrape them.
     if !shard.server.metrics.is_empty() {
@@ -270,6 +294,14 @@ async fn edge(
         Wake::Error(e) => Err((Outcome::ReadError(e.kind()), sent)),
         Wake::Stuck => Err((Outcome::Stuck, sent)),
     }
+}
+
+/// Whether `peer` is over submission.auth_max_failures now.
+fn auth_blocked(shard: &Shard, peer: Option<SocketAddr>) -> bool {
+    shard
+        .auth
+        .as_ref()
+        .is_some_and(|a| a.blocked(peer.map(|p| p.ip()), Instant::now()))
 }
 
 /// One reply, then a lingering close (see [`reject`]); the bytes written.
@@ -422,6 +454,9 @@ enum Outcome {
     TlsHandshake,
     /// Closed before the greeting on a PROXY listener (`server::proxy`).
     Proxy(ProxyError),
+    /// A submission client over submission.auth_max_failures: `421 4.7.0`
+    /// before any session.
+    AuthBlocked,
 }
 
 impl fmt::Display for Outcome {
@@ -438,6 +473,7 @@ impl fmt::Display for Outcome {
             Outcome::Stuck => f.write_str("stuck"),
             Outcome::TlsHandshake => f.write_str("tls-handshake-failed"),
             Outcome::Proxy(e) => write!(f, "proxy-{}", e.as_str()),
+            Outcome::AuthBlocked => f.write_str("auth-blocked"),
         }
     }
 }
@@ -537,7 +573,13 @@ pub struct ConnMemoryBound {
 pub fn conn_memory_bound(cfg: &crate::config::Config) -> ConnMemoryBound {
     let (server, smtp) = (&cfg.server, &cfg.smtp);
     let mut ehlo = Vec::new();
-    reply::write_ehlo(&mut ehlo, &smtp.hostname, smtp.max_message_bytes, true);
+    reply::write_ehlo_auth(
+        &mut ehlo,
+        &smtp.hostname,
+        smtp.max_message_bytes,
+        true,
+        true,
+    );
     // The greeting and every other reply are shorter than EHLO's, or fixed
     // and under 128 bytes.
     let longest = ehlo.len().max(128) as u64;
@@ -949,6 +991,17 @@ impl Conn {
                     self.rbuf.consume(used);
                     return Step::Starttls;
                 }
+                Event::Auth => {
+                    self.rbuf.consume(used);
+                    let shard = Rc::clone(&self.shard);
+                    auth::answer(
+                        shard.auth.as_ref(),
+                        shard.id,
+                        &mut self.session,
+                        &mut self.out,
+                    )
+                    .await;
+                }
                 Event::Close(reason) => {
                     self.rbuf.consume(used);
                     if let Msg::Open(w) = std::mem::replace(&mut self.msg, Msg::None) {
@@ -1076,6 +1129,7 @@ impl Conn {
             mail_params: env.raw_params(),
             rcpts: &rcpts,
             tls: self.tls_trace.map(|t| (t.version, t.cipher)),
+            auth: env.auth,
         };
         self.msg = match ShardSpool::begin(spool, id, &rec, &received) {
             Ok(w) => Msg::Open(Box::new(w)),

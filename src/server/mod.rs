@@ -13,6 +13,7 @@
 //! | deleting shipped segments, backpressure (a thread) | [`crate::spool::reclaim`] |
 //! | the recipient map: load, share, reload on SIGHUP | [`recipients`] |
 //! | Prometheus metrics: per-shard instruments, `GET /metrics` | `metrics/` |
+//! | submission: users file, password checks, failed-AUTH limit | [`auth`] |
 //!
 //! Start-up, on the main thread: resolve the cores, raise RLIMIT_NOFILE and
 //! RLIMIT_MEMLOCK where allowed, bind every shard's sockets (so "port in use"
@@ -33,6 +34,7 @@
 //! signal exits the process at once (status 128 + signal).
 
 pub mod anvil;
+pub mod auth;
 pub mod listener;
 pub mod lookup;
 pub mod notify;
@@ -131,6 +133,9 @@ pub enum ServerError {
     /// The TLS certificate or key cannot be used.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// `submission.users` cannot be read or has a bad line.
+    #[error(transparent)]
+    Users(#[from] auth::users::UsersError),
     /// A system call the start-up needs failed.
     #[error("{0}")]
     System(String),
@@ -185,8 +190,20 @@ pub fn serve_reloading(
         .iter()
         .chain(&cfg.server.listen_proxy)
         .chain(&cfg.tls.listen)
+        .chain(&cfg.submission.listen)
+        .chain(&cfg.submission.listen_tls)
         .copied()
         .collect();
+    // Submission listeners come last (see `auth::Roles`).
+    let roles = submission_roles(&cfg);
+    let auth = auth::AuthService::from_config(&cfg.submission)?.map(Arc::new);
+    if let Some(a) = &auth {
+        crate::info!(
+            "submission users {}: {}",
+            cfg.submission.users.display(),
+            a.users().describe()
+        );
+    }
     let slack = fd_slack(shards, listen.len() as u64);
     raise_nofile(
         shards * cfg.server.max_connections_per_shard as u64 + slack,
@@ -216,6 +233,10 @@ pub fn serve_reloading(
         let (a, tcfg) = (Arc::clone(a), cfg.tls.clone());
         reloads.push(Box::new(move || a.reload(&tcfg)));
     }
+    if let Some(a) = &auth {
+        let (a, path) = (Arc::clone(a), cfg.submission.users.clone());
+        reloads.push(Box::new(move || auth::reload(&a, &path)));
+    }
 
     let bound = listener::bind_all(&listen, cpus.len(), &cfg.server)?;
 
@@ -242,6 +263,8 @@ pub fn serve_reloading(
             proxy_from: cfg.server.listen.len(),
             implicit_tls_from: cfg.server.listen.len() + cfg.server.listen_proxy.len(),
             tls: tls.clone(),
+            submission: roles,
+            auth: auth.clone(),
             stop: OwnedFd::from(theirs),
             ready: shard::Ready::new(i as u32, ready_tx.clone()),
             pin: std::sync::Arc::clone(&reclaim.pins[i]),
@@ -332,8 +355,9 @@ pub fn serve_reloading(
             format_args!("listening for PROXY on {}", addrs.join(" ")),
         );
     }
-    if bound.addrs.len() > proxied {
-        let tls_addrs: Vec<String> = bound.addrs[proxied..]
+    let implicit_end = proxied + cfg.tls.listen.len();
+    if implicit_end > proxied {
+        let tls_addrs: Vec<String> = bound.addrs[proxied..implicit_end]
             .iter()
             .map(SocketAddr::to_string)
             .collect();
@@ -343,6 +367,7 @@ pub fn serve_reloading(
             format_args!("listening with implicit TLS on {}", tls_addrs.join(" ")),
         );
     }
+    log_submission_listeners(&bound.addrs, roles);
     let addrs: Vec<String> = bound.addrs[..plain]
         .iter()
         .map(SocketAddr::to_string)
@@ -424,6 +449,42 @@ fn start_ships(cfg: &Config) -> Option<crate::outlet::supervise::Supervisor> {
             crate::error!("server.ship: cannot find this program's path ({e}); not shipping");
             None
         }
+    }
+}
+
+/// Where the submission listeners sit among the bound addresses.
+fn submission_roles(cfg: &Config) -> auth::Roles {
+    if !cfg.submission.enabled() {
+        return auth::Roles::none();
+    }
+    let from = cfg.server.listen.len() + cfg.server.listen_proxy.len() + cfg.tls.listen.len();
+    auth::Roles {
+        from,
+        tls_from: from + cfg.submission.listen.len(),
+    }
+}
+
+/// `listening for submission on ...` lines, before "listening on" (scripts
+/// and tests read them, as the TLS line).
+fn log_submission_listeners(addrs: &[SocketAddr], roles: auth::Roles) {
+    let show = |r: &[SocketAddr]| r.iter().map(SocketAddr::to_string).collect::<Vec<_>>();
+    let (from, tls_from) = (roles.from.min(addrs.len()), roles.tls_from.min(addrs.len()));
+    let starttls = show(&addrs[from..tls_from]);
+    if !starttls.is_empty() {
+        crate::log::write(
+            Level::Info,
+            format_args!("listening for submission on {}", starttls.join(" ")),
+        );
+    }
+    let implicit = show(&addrs[tls_from..]);
+    if !implicit.is_empty() {
+        crate::log::write(
+            Level::Info,
+            format_args!(
+                "listening for submission with implicit TLS on {}",
+                implicit.join(" ")
+            ),
+        );
     }
 }
 

@@ -22,6 +22,7 @@ use glommio::sync::{Semaphore, StaticPermit};
 use glommio::timer::sleep;
 
 use super::anvil::Anvil;
+use super::auth::{AuthService, Roles};
 use super::conn;
 use super::lookup::{LookupPool, TtlCache};
 use super::metrics::{ConnRejected, ShardMetrics};
@@ -134,6 +135,8 @@ pub(crate) struct Shard {
     pub(crate) anvil: Arc<Anvil>,
     /// TLS, shared by every shard (`None`: no certificate configured).
     pub(crate) tls: Option<Arc<Acceptor>>,
+    /// Users and failed-AUTH counts (`None`: no submission listener).
+    pub(crate) auth: Option<Arc<AuthService>>,
     /// `tls.only`: MAIL before STARTTLS is refused on plain listeners.
     pub(crate) tls_only: bool,
     /// One permit per open connection: the per-shard connection limit.
@@ -193,6 +196,10 @@ pub(crate) struct ShardStart {
     pub(crate) proxy_from: usize,
     /// TLS, if a certificate is configured.
     pub(crate) tls: Option<Arc<Acceptor>>,
+    /// Which listeners are submission ones (after all the others).
+    pub(crate) submission: Roles,
+    /// Users and failed-AUTH counts, if submission is configured.
+    pub(crate) auth: Option<Arc<AuthService>>,
     /// Readable (a byte, or EOF) when the process is told to stop.
     pub(crate) stop: OwnedFd,
     /// Start-up result, so the main thread can report it in one line.
@@ -266,6 +273,8 @@ pub(crate) async fn run(start: ShardStart) -> ShardSummary {
         implicit_tls_from,
         proxy_from,
         tls,
+        submission,
+        auth,
         stop,
         mut ready,
         pin,
@@ -304,6 +313,7 @@ pub(crate) async fn run(start: ShardStart) -> ShardSummary {
         lookup_cache: RefCell::new(TtlCache::new(config.smtp.recipient_cache_entries)),
         anvil,
         tls,
+        auth,
         tls_only: config.tls.only,
         permits: Rc::new(Semaphore::new(max)),
         rejecting: Rc::new(Semaphore::new(MAX_REJECTING)),
@@ -319,8 +329,10 @@ pub(crate) async fn run(start: ShardStart) -> ShardSummary {
         .enumerate()
         .map(|(i, l)| {
             let kind = Listener {
-                implicit_tls: i >= implicit_tls_from,
+                implicit_tls: (implicit_tls_from..submission.from).contains(&i)
+                    || i >= submission.tls_from,
                 proxy: (proxy_from..implicit_tls_from).contains(&i),
+                submission: i >= submission.from,
             };
             glommio::spawn_local(accept_loop(Rc::clone(&shard), l, kind))
         })
@@ -413,6 +425,9 @@ pub(crate) struct Listener {
     /// A PROXY header (`server.listen_proxy`; `server.proxy_protocol`
     /// makes every listener expect one).
     pub(crate) proxy: bool,
+    /// The submission role (`submission.listen`, `submission.listen_tls`):
+    /// STARTTLS and AUTH before MAIL, then mail to any domain.
+    pub(crate) submission: bool,
 }
 
 /// Accepts on one listener until shutdown. A slot is taken before `accept`:

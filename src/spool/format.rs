@@ -502,6 +502,8 @@ pub struct EnvelopeRecord<'a> {
     /// The TLS the message arrived over: version (`TLSv1.3`) and IANA
     /// cipher suite name; `None` in plain text.
     pub tls: Option<(&'a str, &'a str)>,
+    /// The SMTP AUTH identity the client logged in as; `None` if it did not.
+    pub auth: Option<&'a str>,
 }
 
 /// Where one fragment of a streamed message lies.
@@ -554,7 +556,7 @@ pub mod field {
     pub const TLS_VERSION: u16 = 0x0009;
     /// The TLS cipher suite, IANA name.
     pub const TLS_CIPHER: u16 = 0x000A;
-    /// Reserved: the authenticated (SASL) identity.
+    /// The authenticated (SMTP AUTH) identity, text.
     pub const AUTH_ID: u16 = 0x000B;
     /// Reserved: a header field for routing, `Name: value` unfolded; repeated.
     pub const ROUTING_HEADER: u16 = 0x000C;
@@ -628,6 +630,9 @@ pub fn encode_message_prefix(
         put_field(buf, field::TLS_VERSION, "TLS version", version.as_bytes())?;
         put_field(buf, field::TLS_CIPHER, "TLS cipher", cipher.as_bytes())?;
     }
+    if let Some(id) = env.auth {
+        put_field(buf, field::AUTH_ID, "AUTH identity", id.as_bytes())?;
+    }
     put_field(buf, field::TRACE, "Received header", received)?;
     put_field(buf, field::END, "end of envelope", &[])?;
     let body_len_at = buf.len();
@@ -674,6 +679,8 @@ pub struct MessageView<'a> {
     pub tls_version: Option<&'a str>,
     /// TLS cipher suite (IANA name), if the message arrived over TLS.
     pub tls_cipher: Option<&'a str>,
+    /// The SMTP AUTH identity, if the client logged in.
+    pub auth_id: Option<&'a str>,
     /// Total body length.
     pub body_len: u64,
     /// Earlier fragments holding the start of the body, in order.
@@ -795,6 +802,7 @@ pub fn decode_message(payload: &[u8]) -> Result<MessageView<'_>, &'static str> {
     let mut received = None;
     let mut tls_version = None;
     let mut tls_cipher = None;
+    let mut auth_id = None;
     let mut rcpts = Vec::new();
     loop {
         let ty = c.u16()?;
@@ -848,6 +856,10 @@ pub fn decode_message(payload: &[u8]) -> Result<MessageView<'_>, &'static str> {
                 once(tls_cipher.is_some())?;
                 tls_cipher = Some(text()?);
             }
+            field::AUTH_ID => {
+                once(auth_id.is_some())?;
+                auth_id = Some(text()?);
+            }
             t if t & field::CRITICAL != 0 => {
                 return Err("critical envelope field this version does not know")
             }
@@ -866,6 +878,7 @@ pub fn decode_message(payload: &[u8]) -> Result<MessageView<'_>, &'static str> {
         received: received.unwrap_or(b""),
         tls_version,
         tls_cipher,
+        auth_id,
         body_len,
         frags,
         tail,
@@ -906,6 +919,7 @@ pub fn decode_message_v1(payload: &[u8]) -> Result<MessageView<'_>, &'static str
         received,
         tls_version: None,
         tls_cipher: None,
+        auth_id: None,
         body_len,
         frags,
         tail,
@@ -1105,6 +1119,7 @@ mod tests {
                 mail_params: "SIZE=10 BODY=8BITMIME",
                 rcpts: &rcpts,
                 tls: None,
+                auth: None,
             };
             let mut buf = Vec::new();
             start_record(&mut buf, Kind::Commit, 77);
@@ -1155,6 +1170,7 @@ mod tests {
             mail_params: "",
             rcpts: &["r@x"],
             tls: None,
+            auth: None,
         };
         let at = encode_message_prefix(&mut buf, &env, b"R: x\r\n").unwrap();
         buf.extend_from_slice(b"body");
@@ -1164,7 +1180,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_skipped_unless_critical() {
-        for ty in [field::LOCAL_ADDR, field::AUTH_ID, 0x4321] {
+        for ty in [field::LOCAL_ADDR, 0x4321] {
             let b = with_extra_field(ty);
             let m = decode_message(&b).unwrap();
             assert_eq!(
@@ -1187,6 +1203,7 @@ mod tests {
             mail_params: "",
             rcpts: &["r@x"],
             tls: Some(("TLSv1.3", "TLS_AES_256_GCM_SHA384")),
+            auth: None,
         };
         let mut buf = Vec::new();
         let at = encode_message_prefix(&mut buf, &env, b"R: x\r\n").unwrap();
@@ -1203,6 +1220,29 @@ mod tests {
     }
 
     #[test]
+    fn auth_identity_round_trips() {
+        let mut env = EnvelopeRecord {
+            arrival_unix: 5,
+            client: None,
+            helo: "h",
+            mail_from: "f@x",
+            mail_params: "AUTH=f@x",
+            rcpts: &["r@x"],
+            tls: Some(("TLSv1.3", "TLS_AES_256_GCM_SHA384")),
+            auth: Some("alice"),
+        };
+        let mut buf = Vec::new();
+        let at = encode_message_prefix(&mut buf, &env, b"R: x\r\n").unwrap();
+        set_body_len(&mut buf, at, 0);
+        assert_eq!(decode_message(&buf).unwrap().auth_id, Some("alice"));
+        env.auth = None;
+        buf.clear();
+        let at = encode_message_prefix(&mut buf, &env, b"R: x\r\n").unwrap();
+        set_body_len(&mut buf, at, 0);
+        assert_eq!(decode_message(&buf).unwrap().auth_id, None);
+    }
+
+    #[test]
     fn truncated_message_payloads_are_errors_not_panics() {
         let env = EnvelopeRecord {
             arrival_unix: 1,
@@ -1212,6 +1252,7 @@ mod tests {
             mail_params: "",
             rcpts: &["r@x"],
             tls: None,
+            auth: None,
         };
         let mut buf = Vec::new();
         let at = encode_message_prefix(&mut buf, &env, b"R: x\r\n").unwrap();

@@ -86,6 +86,8 @@ pub struct StoredEnvelope {
     pub tls_version: Option<String>,
     /// TLS cipher suite (IANA name) when the message arrived over TLS.
     pub tls_cipher: Option<String>,
+    /// The SMTP AUTH identity, when the client logged in (submission).
+    pub auth_id: Option<String>,
 }
 
 /// A committed message. Holds the envelope, the trace header and at most
@@ -393,6 +395,7 @@ fn stored(
             rcpts: m.rcpts.iter().map(|s| (*s).to_owned()).collect(),
             tls_version: m.tls_version.map(str::to_owned),
             tls_cipher: m.tls_cipher.map(str::to_owned),
+            auth_id: m.auth_id.map(str::to_owned),
         },
         received: m.received.to_vec(),
         body_len: m.body_len,

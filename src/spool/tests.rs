@@ -136,6 +136,7 @@ fn envelope(helo: &str) -> EnvelopeRecord<'_> {
         mail_params: "BODY=8BITMIME SIZE=100",
         rcpts: RCPTS,
         tls: None,
+        auth: None,
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod certs;
 pub mod dialog;
+pub mod postfix;
 mod tools;
 
 #[allow(unused_imports)] // each test binary uses a different part

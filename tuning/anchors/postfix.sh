@@ -11,6 +11,7 @@
 # TLS (environment, read by `start`): POSTFIX_TLS_CERT=PEM POSTFIX_TLS_KEY=PEM
 # offer STARTTLS (smtpd_tls_security_level = may); add POSTFIX_TLS_WRAPPER=1
 # for implicit TLS on the port instead (smtpd_tls_wrappermode, port 465 style).
+# POSTFIX_EXTRA_MAIN_CF="lines" is appended to main.cf last (later lines win).
 #
 # Every accepted message is fsync'ed into WORKDIR/queue by cleanup(8) before
 # smtpd answers "250 2.0.0 Ok: queued as ...", and is put on HOLD, so nothing
@@ -27,6 +28,9 @@ PROCESS_LIMIT=${POSTFIX_PROCESS_LIMIT:-300}
 TLS_CERT=${POSTFIX_TLS_CERT:-}
 TLS_KEY=${POSTFIX_TLS_KEY:-}
 TLS_WRAPPER=${POSTFIX_TLS_WRAPPER:-}
+# Lines appended to main.cf after everything above (later lines win), e.g.
+# SASL for a submission benchmark (tuning/auth.sh).
+EXTRA_MAIN_CF=${POSTFIX_EXTRA_MAIN_CF:-}
 
 usage() {
     echo "usage: $0 start PORT WORKDIR | stop WORKDIR | count WORKDIR | check WORKDIR" >&2
@@ -114,6 +118,9 @@ queue_minfree = 0
 biff = no
 append_dot_mydomain = no
 EOF
+    if [ -n "$EXTRA_MAIN_CF" ]; then
+        printf '\n# POSTFIX_EXTRA_MAIN_CF\n%s\n' "$EXTRA_MAIN_CF" >>"$w/conf/main.cf.extra"
+    fi
     local smtpd_opts=
     if [ -n "$TLS_CERT" ]; then
         # Read by smtpd as root before it drops privileges. No session cache
@@ -156,6 +163,10 @@ EOF
     if [ -n "$TLS_CERT" ]; then
         # smtpd disables TLS without tlsmgr ("no entropy for TLS key generation").
         echo "tlsmgr                  unix  -       -       n       1000?   1       tlsmgr" >>"$w/conf/master.cf"
+    fi
+    if [ -f "$w/conf/main.cf.extra" ]; then
+        cat "$w/conf/main.cf.extra" >>"$w/conf/main.cf"
+        rm -f "$w/conf/main.cf.extra"
     fi
     echo "$port" >"$w/port"
 }

@@ -48,6 +48,9 @@ impl CheckConfigArgs {
         // So are the certificates: unreadable, expired or not matching the
         // key, serve exits 2 (and a SIGHUP keeps the old ones).
         ringmx::server::tls::Acceptor::from_config(&cfg.tls).map_err(|e| e.to_string())?;
+        // And the users file of the submission listeners.
+        ringmx::server::auth::AuthService::from_config(&cfg.submission)
+            .map_err(|e| e.to_string())?;
         effective(&cfg, self.all)
     }
 }

@@ -131,7 +131,10 @@ fn serve(flags: &ConfigOverrides) -> i32 {
             }
             // 2 for settings (like a usage error), 1 for the environment.
             match e {
-                ServerError::Config(_) | ServerError::RecipientMap(_) | ServerError::Tls(_) => 2,
+                ServerError::Config(_)
+                | ServerError::RecipientMap(_)
+                | ServerError::Tls(_)
+                | ServerError::Users(_) => 2,
                 _ => 1,
             }
         }

@@ -1351,6 +1351,7 @@ mod tests {
                     rcpts: vec![format!("r{i}@x")],
                     tls_version: None,
                     tls_cipher: None,
+                    auth_id: None,
                 };
                 StoredMessage::from_parts(
                     QueueId::new(0, i + 1).unwrap(),

@@ -7,7 +7,7 @@ use super::super::command::{self, BodyType, Command, MailParams};
 use super::super::recipients::{Lookup, Remote};
 use super::super::reply;
 use super::{Answer, Reply};
-use super::{BdatText, CloseReason, Effect, Greeted, Handled, Mode, Session, Tls, Tx};
+use super::{Auth, BdatText, CloseReason, Effect, Greeted, Handled, Mode, Session, Tls, Tx};
 
 impl Session {
     /// Parses one command line (terminator removed) and runs its handler.
@@ -42,6 +42,7 @@ impl Session {
             Command::Vrfy => self.junk(Handled::reply(reply::VRFY)),
             Command::Help => self.junk(Handled::reply(reply::HELP)),
             Command::Starttls => self.starttls(),
+            Command::Auth { mechanism, initial } => self.auth(mechanism, initial),
             Command::NotImplemented => self.junk(Handled::error(reply::NOT_IMPLEMENTED)),
             Command::Http => Handled::close(CloseReason::Http),
         }
@@ -50,7 +51,7 @@ impl Session {
     /// Counts a junk command (Postfix's `smtpd_junk_command_limit`): past
     /// smtp.max_junk_commands since the last accepted message, its one
     /// reply is the `421` that closes, instead of `h`.
-    fn junk(&mut self, h: Handled<'static>) -> Handled<'static> {
+    pub(super) fn junk(&mut self, h: Handled<'static>) -> Handled<'static> {
         if self.junk_over() {
             return Handled::close(CloseReason::TooManyJunk);
         }
@@ -141,6 +142,16 @@ impl Session {
         if self.tls_required && self.tls != Tls::Active {
             return Some(reply::TLS_REQUIRED);
         }
+        match self.auth {
+            // RFC 6409 §4.3 / RFC 4954 §6: submission needs a login.
+            Auth::Offered => return Some(reply::AUTH_REQUIRED),
+            // RFC 4954 §5: AUTH= belongs to the extension, not offered here.
+            Auth::Off if params.auth => return Some(reply::BAD_PARAM),
+            Auth::Done if self.sender_login_match && !self.owns_sender(from) => {
+                return Some(reply::SENDER_LOGIN_MISMATCH)
+            }
+            _ => {}
+        }
         // Parameters belong to extensions, which HELO did not negotiate.
         if self.greeted == Greeted::Helo && !raw_params.is_empty() {
             return Some(reply::BAD_PARAM);
@@ -162,6 +173,11 @@ impl Session {
         }
         if !to.is_ascii() && !self.arena.params.smtputf8 {
             return Handled::error(reply::UTF8_NOT_ALLOWED);
+        }
+        // RFC 6409 §4.3: a logged-in user may send anywhere; no relay
+        // check, no recipient lookups (those are the MX role's).
+        if self.auth == Auth::Done {
+            return self.rcpt_verdict(Lookup::Exists, to);
         }
         if !self.accepts_domain(domain) {
             self.rcpt_counts.relay_denied += 1;

@@ -39,6 +39,12 @@
 //!      handshake, then call [`Session::tls_started`]: the session is back
 //!      to just connected (EHLO again). A failed handshake ends the
 //!      connection (the stream is no longer SMTP).
+//!    * [`Event::Auth`]: AUTH gave a user name and password (submission
+//!      listeners only, see [`Session::set_submission`]);
+//!      [`Session::pending_auth`] says which. Check them off the shard,
+//!      then call [`Session::handle_auth`] with the verdict, which writes
+//!      `235`, `535`, `454` or the `421` that closes. Until then do not call
+//!      `handle_input`.
 //!    * [`Event::Close`]: write the output buffer, then close; the
 //!      [`CloseReason`] says why. Any record still open is abandoned.
 //! 3. While waiting for input, arm a timer for [`Session::poll_timeout`]
@@ -63,8 +69,9 @@
 //! an effect, and `Session::respond` is the one place that writes replies
 //! and counts failed commands. Message bodies (DATA and BDAT, with their
 //! shared text rules) are in `body.rs`; the records of refused commands in
-//! `refusal.rs`.
+//! `refusal.rs`; SMTP AUTH and its SASL exchange in `auth.rs`.
 
+mod auth;
 mod body;
 mod handlers;
 mod refusal;
@@ -87,6 +94,7 @@ use body::{BdatText, TextRules};
 use refusal::Refusals;
 use CloseReason::BdatUnknownSize;
 
+pub use auth::AuthVerdict;
 pub use refusal::Refusal;
 pub use tally::{CommandTally, CLASSES as REPLY_CLASSES, VERBS as COUNTED_VERBS};
 
@@ -172,6 +180,9 @@ pub enum CloseReason {
     /// A command line ended by a bare LF, with smtp.reject_bare_lf_commands:
     /// `554 5.5.1` (postscreen's bare newline test).
     BareLfCommand,
+    /// Failed AUTH attempts from the client's address reached
+    /// submission.auth_max_failures: `421 4.7.0`.
+    AuthFailures,
 }
 
 impl CloseReason {
@@ -189,6 +200,7 @@ impl CloseReason {
             CloseReason::TooManyJunk => reply::TOO_MANY_JUNK,
             CloseReason::UnofferedPipelining => reply::UNOFFERED_PIPELINING,
             CloseReason::BareLfCommand => reply::BARE_LF_COMMAND,
+            CloseReason::AuthFailures => reply::TOO_MANY_AUTH_FAILURES,
         }
     }
 
@@ -207,6 +219,7 @@ impl CloseReason {
             CloseReason::TooManyJunk => "too-many-junk",
             CloseReason::UnofferedPipelining => "unoffered-pipelining",
             CloseReason::BareLfCommand => "bare-lf-command",
+            CloseReason::AuthFailures => "too-many-auth-failures",
         }
     }
 }
@@ -224,6 +237,7 @@ impl CloseReason {
                 | CloseReason::TooManyJunk
                 | CloseReason::UnofferedPipelining
                 | CloseReason::BareLfCommand
+                | CloseReason::AuthFailures
         )
     }
 }
@@ -253,6 +267,9 @@ pub enum Event<'a> {
     /// STARTTLS was accepted: drop the input behind it, answer with
     /// `handle_starttls`, then hand over the TLS handshake.
     Starttls,
+    /// AUTH gave credentials ([`Session::pending_auth`]): verify them off
+    /// the shard, answer with `handle_auth`.
+    Auth,
     /// Flush replies, then close the connection.
     Close(CloseReason),
 }
@@ -309,6 +326,10 @@ enum Mode {
     },
     /// `Starttls` was returned; waiting for `handle_starttls`.
     AwaitTls,
+    /// A SASL exchange: the next line answers a `334` challenge.
+    Sasl(auth::Sasl),
+    /// `Auth` was returned; waiting for `handle_auth`.
+    AwaitAuth,
     /// The session is over.
     Closed(CloseReason),
 }
@@ -333,6 +354,18 @@ enum Tls {
     Offered,
     /// The connection is encrypted (STARTTLS done, or implicit TLS).
     Active,
+}
+
+/// SMTP AUTH on this connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    /// Not a submission listener: AUTH gets `502`, as any verb not offered.
+    Off,
+    /// A submission listener, not logged in yet: AUTH is offered after TLS,
+    /// MAIL gets `530 5.7.0`.
+    Offered,
+    /// Logged in as `Session::auth_user`: mail to any domain.
+    Done,
 }
 
 /// Whether and how the client introduced itself.
@@ -379,6 +412,9 @@ enum Effect {
     /// STARTTLS accepted: [`Event::Starttls`]; the reply waits for
     /// `handle_starttls`.
     Starttls,
+    /// AUTH credentials to check: [`Event::Auth`]; the reply waits for
+    /// `handle_auth`.
+    Auth,
     /// Write the reason's reply after the answer and end the session.
     Close(CloseReason),
 }
@@ -474,6 +510,13 @@ pub struct Session {
     tls: Tls,
     /// MAIL before STARTTLS is refused (`tls.only`).
     tls_required: bool,
+    auth: Auth,
+    /// The user name given to AUTH; once [`Auth::Done`], the identity.
+    auth_user: String,
+    /// The password awaiting a verdict; wiped as soon as it comes.
+    auth_secret: Vec<u8>,
+    /// submission.sender_login_match.
+    sender_login_match: bool,
     /// The runtime says the spool is over a backpressure mark: MAIL gets
     /// `452 4.3.1` (see [`Session::set_spool_full`]).
     spool_full: bool,
@@ -524,6 +567,10 @@ impl Session {
             shutdown_requested: false,
             tls: Tls::Unavailable,
             tls_required: false,
+            auth: Auth::Off,
+            auth_user: String::new(),
+            auth_secret: Vec::new(),
+            sender_login_match: false,
             spool_full: false,
             rates: None,
             messages_accepted: 0,
@@ -554,7 +601,8 @@ impl Session {
     /// [`Session::shed_envelope`]; after it, [`Envelope::rcpts`] lists only
     /// the first five recipients ([`Envelope::rcpt_count`] still counts all).
     pub fn envelope(&self) -> Envelope<'_> {
-        // RFC 3848: an S for TLS (SMTPS after HELO, as Postfix writes it).
+        // RFC 3848: an S for TLS (SMTPS after HELO, as Postfix writes it),
+        // an A for AUTH (RFC 6531 §3.7.3 for the UTF8 forms).
         let protocol = match (self.greeted, self.arena.params.smtputf8, self.tls_active()) {
             (_, true, false) => "UTF8SMTP",
             (_, true, true) => "UTF8SMTPS",
@@ -563,7 +611,19 @@ impl Session {
             (_, _, false) => "SMTP",
             (_, _, true) => "SMTPS",
         };
-        Envelope::new(&self.arena, self.client.peer, &self.helo, protocol)
+        let identity = self.auth_identity();
+        let protocol = match (identity.is_some(), protocol) {
+            (false, p) => p,
+            (true, "UTF8SMTP") => "UTF8SMTPA",
+            (true, "UTF8SMTPS") => "UTF8SMTPSA",
+            (true, "ESMTP") => "ESMTPA",
+            (true, "ESMTPS") => "ESMTPSA",
+            // AUTH needs EHLO: HELO sessions never get here.
+            (true, p) => p,
+        };
+        let mut env = Envelope::new(&self.arena, self.client.peer, &self.helo, protocol);
+        env.auth = identity;
+        env
     }
 
     /// Drops the envelope down to what the rest of the transaction needs:
@@ -597,6 +657,16 @@ impl Session {
         self.tls_required = require;
     }
 
+    /// Makes this a submission session (RFC 6409): AUTH is offered after
+    /// TLS, MAIL needs it (`530 5.7.0`), and a logged-in user may send to
+    /// any domain; with `sender_login_match`, only from its own address
+    /// (`553 5.7.1`). Call before the first input, with
+    /// [`Session::set_tls`] requiring TLS.
+    pub fn set_submission(&mut self, sender_login_match: bool) {
+        self.auth = Auth::Offered;
+        self.sender_login_match = sender_login_match;
+    }
+
     /// Whether the connection is encrypted (as the runtime told
     /// [`Session::tls_started`]).
     pub fn tls_active(&self) -> bool {
@@ -626,6 +696,12 @@ impl Session {
     pub fn tls_started(&mut self, now: Instant) {
         self.tls = Tls::Active;
         self.greeted = Greeted::No;
+        // RFC 4954 §4: what AUTH said before TLS counts for nothing (it is
+        // refused then anyway).
+        if self.auth == Auth::Done {
+            self.auth = Auth::Offered;
+        }
+        self.auth_user.clear();
         self.helo.clear();
         self.end_transaction();
         self.scanner.reset();
@@ -911,6 +987,11 @@ impl Session {
                     debug_assert!(false, "handle_input while awaiting handle_starttls");
                     return (pos, Event::NeedInput);
                 }
+                Mode::Sasl(_) => self.sasl_line(rest, out),
+                Mode::AwaitAuth => {
+                    debug_assert!(false, "handle_input while awaiting handle_auth");
+                    return (pos, Event::NeedInput);
+                }
                 Mode::Closed(r) => return (input.len(), Event::Close(r)),
             };
             pos += used;
@@ -968,15 +1049,14 @@ impl Session {
             let before = out.len();
             let ev = self.respond(out, h);
             self.count_command(|| tally::verb_index(content), out, before);
-            self.refusals
-                .name_since(first, &input[..line.content_len()]);
+            self.refusals.name_since(first, auth::redact(content));
             return (line.end, ev);
         }
         let content = &input[..line.content_len()];
         if let Some(reason) = self.edge_refusal(line.end < input.len(), line.crlf) {
             let first = self.refusals.len();
             let ev = self.respond(out, Handled::close(reason));
-            self.refusals.name_since(first, content);
+            self.refusals.name_since(first, auth::redact(content));
             return (line.end, ev);
         }
         let handled = self.command(content);
@@ -990,7 +1070,7 @@ impl Session {
         let before = out.len();
         let ev = self.respond(out, handled);
         self.count_command(|| tally::verb_index(content), out, before);
-        self.refusals.name_since(first, content);
+        self.refusals.name_since(first, auth::redact(content));
         (line.end, ev)
     }
 
@@ -1056,11 +1136,13 @@ impl Session {
                 failed = true;
             }
             Some(Answer::Greeting) => reply::write_greeting(out, &self.cfg.hostname),
-            Some(Answer::Ehlo) => reply::write_ehlo(
+            Some(Answer::Ehlo) => reply::write_ehlo_auth(
                 out,
                 &self.cfg.hostname,
                 self.cfg.max_message_bytes,
                 self.tls == Tls::Offered,
+                // RFC 4954 §4 with RFC 6409: only over TLS.
+                self.auth == Auth::Offered && self.tls == Tls::Active,
             ),
             Some(Answer::Helo) => reply::write_helo(out, &self.cfg.hostname),
             Some(Answer::Queued(id)) => reply::write_queued(out, id),
@@ -1084,6 +1166,7 @@ impl Session {
                 self.mode = Mode::AwaitTls;
                 Some(Event::Starttls)
             }
+            Effect::Auth => Some(Event::Auth),
             Effect::Close(r) => Some(Event::Close(self.close(out, r))),
         }
     }

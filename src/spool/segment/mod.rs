@@ -126,6 +126,7 @@ pub(crate) fn node_id(cfg: &SpoolConfig) -> Result<String, SpoolError> {
 ///         mail_params: "",
 ///         rcpts: &["b@example.com"],
 ///         tls: None,
+///         auth: None,
 ///     };
 ///     let mut msg = spool.begin(id, &env, b"Received: from client.example\r\n")?;
 ///     msg.write(b"Subject: hi\r\n\r\nhello\r\n").await?;

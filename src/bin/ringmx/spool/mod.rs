@@ -318,6 +318,7 @@ fn ls(reader: &SpoolReader, json: bool, out: &mut dyn Write) -> Result<Outcome, 
                 "rcpts": m.envelope.rcpts,
                 "tls_version": m.envelope.tls_version,
                 "tls_cipher": m.envelope.tls_cipher,
+                "auth": m.envelope.auth_id,
                 "body_bytes": m.body_len,
                 "fragments": m.fragments(),
             });
