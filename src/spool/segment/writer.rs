@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::time::Instant;
 
 use glommio::io::{BufferedFile, Directory, OpenOptions};
 
@@ -55,6 +56,10 @@ pub(super) struct Writer {
     next_segment_seq: u64,
     /// The recovered segment is already full: seal it before the first append.
     rotate_first: bool,
+    /// The current batch's first write submitted and last write complete,
+    /// for the commit stages (reset by each group commit's sync).
+    first_write: Option<Instant>,
+    last_write_done: Option<Instant>,
 }
 
 impl Writer {
@@ -74,6 +79,8 @@ impl Writer {
             seg: None,
             next_segment_seq,
             rotate_first: false,
+            first_write: None,
+            last_write_done: None,
         };
         let seg = match append_to {
             Some((seq, len, nonce)) => w.reopen(seq, len, nonce).await?,
@@ -132,8 +139,14 @@ impl Writer {
                 batch.extend(self.core.queue.borrow_mut().drain(..));
             }
             self.core.stats.borrow_mut().batches += 1;
+            // Commit stage "queue": the oldest commit's wait for this batch.
+            if let Some(oldest) = batch.iter().filter_map(|j| j.queued).min() {
+                let m = self.core.sync_metrics.borrow();
+                m.stages.queue.record_duration(oldest.elapsed());
+            }
             self.process(batch).await;
         }
+        self.log_stages();
         // Closing: anything written but not yet synced (fragments of
         // messages that were never committed) gets synced too.
         if let Some(mut seg) = self.seg.take() {
@@ -146,6 +159,33 @@ impl Writer {
                 .map_err(|e| SpoolError::glommio("closing", &seg.path, e))?;
         }
         Ok(())
+    }
+
+    /// One line, whatever the log level, with each commit stage's count,
+    /// mean, p50 and p99 (from the histograms, so approximate within a
+    /// bucket): where a durable commit's time went over this run.
+    fn log_stages(&self) {
+        let m = self.core.sync_metrics.borrow();
+        let st = &m.stages;
+        let mut line = format!("spool shard={} commit stages (us):", self.core.shard);
+        for (name, h) in [
+            ("queue", &st.queue),
+            ("write", &st.write),
+            ("gap", &st.gap),
+            ("fdatasync", &m.fdatasync_seconds),
+            ("wake", &st.wake),
+        ] {
+            let s = h.snapshot();
+            let us = |v: f64| v * 1e6;
+            line.push_str(&format!(
+                " {name}=n:{},mean:{:.1},p50:{:.1},p99:{:.1}",
+                s.count,
+                us(s.mean()),
+                us(s.quantile(0.5)),
+                us(s.quantile(0.99)),
+            ));
+        }
+        crate::log::write(crate::log::Level::Info, format_args!("{line}"));
     }
 
     fn needs_rotation(&self, len: u64) -> bool {
@@ -244,6 +284,8 @@ impl Writer {
             stamp_record(&mut j.bytes, seg.nonce);
         }
         let lens: Vec<u64> = run.iter().map(|j| j.bytes.len() as u64).collect();
+        let submitted = Instant::now();
+        self.first_write.get_or_insert(submitted);
         let buf = if run.len() == 1 {
             // One record: hand its buffer to the kernel as is, no copy.
             std::mem::take(&mut run[0].bytes)
@@ -254,7 +296,9 @@ impl Writer {
             }
             b
         };
-        match write_all(&seg.file, &seg.path, buf, start).await {
+        let wrote = write_all(&seg.file, &seg.path, buf, start).await;
+        self.last_write_done = Some(Instant::now());
+        match wrote {
             Ok(()) => {
                 seg.size = start + run_len;
                 let epoch = self.core.frag_epoch.get();
@@ -272,7 +316,11 @@ impl Writer {
                         unsynced.push((at, job));
                     } else {
                         st.fragments += 1;
-                        job.finish(Ok(Written { at, epoch }));
+                        job.finish(Ok(Written {
+                            at,
+                            epoch,
+                            answered_at: Instant::now(),
+                        }));
                     }
                 }
             }
@@ -295,10 +343,23 @@ impl Writer {
     /// Makes `unsynced` durable with one fdatasync (or, under
     /// `durability = none`, completes them as written). `force`: sync even
     /// with no job waiting (sealing, closing).
-    async fn sync(&self, seg: &mut Segment, unsynced: &mut Vec<(Location, Job)>, force: bool) {
+    async fn sync(&mut self, seg: &mut Segment, unsynced: &mut Vec<(Location, Job)>, force: bool) {
         let fsync = self.core.cfg.durability == Durability::Fsync;
+        // Commit stages "write" and "gap", for a sync that answers commits.
+        let (first, last) = (self.first_write.take(), self.last_write_done.take());
+        if !unsynced.is_empty() {
+            let m = self.core.sync_metrics.borrow();
+            if let (Some(f), Some(l)) = (first, last) {
+                m.stages
+                    .write
+                    .record_duration(l.saturating_duration_since(f));
+                if fsync {
+                    m.stages.gap.record_duration(l.elapsed());
+                }
+            }
+        }
         if fsync && seg.durable < seg.size && (force || !unsynced.is_empty()) {
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             match sync_file(&seg.file, &seg.path).await {
                 Ok(()) => {
                     let m = self.core.sync_metrics.borrow();
@@ -340,12 +401,17 @@ impl Writer {
         }
         let epoch = self.core.frag_epoch.get();
         let durable_end = seg.at(seg.durable);
+        let answered_at = Instant::now();
         let mut st = self.core.stats.borrow_mut();
         for (at, job) in unsynced.drain(..) {
             // Under fsync the durable position now covers the record's last byte.
             debug_assert!(!fsync || at < durable_end);
             st.commits += 1;
-            job.finish(Ok(Written { at, epoch }));
+            job.finish(Ok(Written {
+                at,
+                epoch,
+                answered_at,
+            }));
         }
     }
 
