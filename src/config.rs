@@ -423,6 +423,16 @@ macro_rules! with_settings {
                 group_commit_delay: Duration = Duration::ZERO,
                     "duration" group_commit_delay "DURATION"
                     "With fsync: wait this long for more commits before each fdatasync, e.g. 200us";
+                /// CPUs for the io_uring worker threads that run each shard's
+                /// fdatasyncs (and writes that would block): `all` leaves them where
+                /// the kernel puts them, on the shard's own CPU when shards are pinned,
+                /// so every group commit preempts its shard. A list (`2-3`, `3,`) moves
+                /// them to housekeeping CPUs (Linux 5.14+). See tuning/README.md.
+                // all: which CPUs are free for it is the host's business;
+                // tuning/commit.sh measures both (issue 15).
+                sync_cores: Cores = Cores::All,
+                    "plain" sync_cores "CORES"
+                    "CPUs for the io_uring workers that run spool fdatasyncs: all, or a list (2-3)";
                 /// Reject new messages with `452 4.3.1` when the spool's filesystem has
                 /// less than this free, bytes (checked at the start of each message,
                 /// re-read at most every 250 ms or 1 MiB appended). 0 disables the check;

@@ -16,7 +16,9 @@ issue's targets as ratios.
 
 Knobs (environment): ROUNDS (3), DURATION (5s), WARMUP (1s), CONNS (16,256),
 PER_CONN (100), SIZE (1k), SERVER_CPU (0), CLIENT_CPU (1), PROBE_SYNCS (600),
-EXTRA (extra `ringmx serve` flags for both modes, e.g. "--sync-cores 1"),
+EXTRA (extra `ringmx serve` flags for every run), ALT (flags for a third
+mode, "alt": fsync with these flags, run beside the other two, e.g.
+ALT="--sync-cores 1-1"),
 TMPDIR (where the scratch directory goes: put it on the disk under test).
 """
 
@@ -45,6 +47,7 @@ SERVER_CPU = E.get("SERVER_CPU", "0")
 CLIENT_CPU = E.get("CLIENT_CPU", "1")
 PROBE_SYNCS = int(E.get("PROBE_SYNCS", "600"))
 EXTRA = E.get("EXTRA", "").split()
+ALT = E.get("ALT", "").split()
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STAGES = ["queue", "write", "gap", "fdatasync", "wake"]
 
@@ -119,8 +122,10 @@ def run(work, mode, conns, tag):
     log, port = os.path.join(d, "ringmx.log"), free_port()
     srv = subprocess.Popen(
         ["taskset", "-c", SERVER_CPU, RINGMX, "serve", "--listen", "127.0.0.1:%d" % port,
-         "--cores", "1", "--log-level", "warn", "--durability", mode, "--domain", "example.com",
-         "--max-connections-per-ip", "0", "--spool", os.path.join(d, "spool")] + EXTRA,
+         "--cores", "1", "--log-level", "warn", "--durability", "fsync" if mode == "alt" else mode,
+         "--domain", "example.com",
+         "--max-connections-per-ip", "0", "--spool", os.path.join(d, "spool")] + EXTRA
+        + (ALT if mode == "alt" else []),
         stdout=subprocess.DEVNULL, stderr=open(log, "w"))
     try:
         if not wait_banner(port, 15):
@@ -146,7 +151,7 @@ def run(work, mode, conns, tag):
          "cpu_per_1k": (cpu1 - cpu0) * 1000.0 / accepted if accepted else float("nan"),
          "fail": m["temp_fail"] + m["perm_fail"] + m["error"]}
     cpf = re.findall(r"commits_per_fdatasync=([0-9.]+)", text)
-    if cpf and mode == "fsync":
+    if cpf and mode != "none":
         r["cpf"] = float(cpf[-1])
     for st in STAGES:
         g = re.search(r" %s=n:(\d+),mean:([0-9.]+),p50:([0-9.]+),p99:([0-9.]+)" % st, text)
@@ -169,7 +174,7 @@ def main():
     print("load average before: %s" % open("/proc/loadavg").read().split(" ", 3)[:3])
     print("scratch: %s (%s)" % (work, subprocess.run(["df", "-T", work], capture_output=True,
                                                      text=True).stdout.splitlines()[-1].split()[1]))
-    print("extra flags: %s" % (" ".join(EXTRA) or "-"))
+    print("extra flags: %s; alt (fsync with): %s" % (" ".join(EXTRA) or "-", " ".join(ALT) or "-"))
     probes, res = [], {}
     hdr = "%-6s %5s %5s %9s %8s %8s %9s %6s  %s" % (
         "mode", "conns", "round", "msgs/s", "p50_ms", "p99_ms", "cpu/1k_s", "c/fs",
@@ -182,7 +187,9 @@ def main():
             print("probe %d: fdatasync after 4 KiB append p50 %.3f p99 %.3f ms; after 4 KiB overwrite "
                   "p50 %.3f p99 %.3f ms" % (i + 1, *p["append"], *p["overwrite"]))
             for conns in CONNS:
-                order = ["fsync", "none"] if i % 2 == 0 else ["none", "fsync"]
+                order = ["fsync", "none"] + (["alt"] if ALT else [])
+                if i % 2:
+                    order.reverse()
                 for mode in order:
                     r = run(work, mode, conns, "%s-%d-%d" % (mode, conns, i))
                     res.setdefault((mode, conns), []).append(r)
@@ -206,19 +213,22 @@ def main():
     for (mode, conns), rs in sorted(res.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         print("%-6s %5d %9.0f %8.2f %8.2f %9.3f %6s  %s" % (
             mode, conns, med(rs, "msgs_per_s"), med(rs, "p50"), med(rs, "p99"), med(rs, "cpu_per_1k"),
-            "%.1f" % med(rs, "cpf") if mode == "fsync" else "-",
+            "%.1f" % med(rs, "cpf") if mode != "none" else "-",
             " ".join("%-14s" % ("%.0f/%.0f" % (med(rs, s + "_mean"), med(rs, s + "_p50"))) for s in STAGES)))
     print("\ntargets (issue 15):")
-    if (("fsync", 16) in res) and (("none", 16) in res):
-        f, n = res[("fsync", 16)], res[("none", 16)]
-        print("  16 conns: eod p50 %.2f ms = %.2fx device append fdatasync p50 (target <= 2), "
-              "%.2fx overwrite p50" % (med(f, "p50"), med(f, "p50") / ap50, med(f, "p50") / op50))
-        print("  16 conns: durable/none msgs/s %.2f (target >= 0.5)" % (med(f, "msgs_per_s") / med(n, "msgs_per_s")))
-        print("  16 conns: durable/none CPU per message %.2f (target <= 1.3)" % (med(f, "cpu_per_1k") / med(n, "cpu_per_1k")))
-    if (("fsync", 256) in res) and (("none", 256) in res):
-        f, n = res[("fsync", 256)], res[("none", 256)]
-        print("  256 conns: durable/none msgs/s %.2f (target >= 0.95), CPU per message %.2f"
-              % (med(f, "msgs_per_s") / med(n, "msgs_per_s"), med(f, "cpu_per_1k") / med(n, "cpu_per_1k")))
+    for dm in ["fsync", "alt"]:
+        if ((dm, 16) in res) and (("none", 16) in res):
+            f, n = res[(dm, 16)], res[("none", 16)]
+            print("  %s, 16 conns: eod p50 %.2f ms = %.2fx device append fdatasync p50 (target <= 2), "
+                  "%.2fx overwrite p50" % (dm, med(f, "p50"), med(f, "p50") / ap50, med(f, "p50") / op50))
+            print("  %s, 16 conns: durable/none msgs/s %.2f (target >= 0.5)"
+                  % (dm, med(f, "msgs_per_s") / med(n, "msgs_per_s")))
+            print("  %s, 16 conns: durable/none CPU per message %.2f (target <= 1.3)"
+                  % (dm, med(f, "cpu_per_1k") / med(n, "cpu_per_1k")))
+        if ((dm, 256) in res) and (("none", 256) in res):
+            f, n = res[(dm, 256)], res[("none", 256)]
+            print("  %s, 256 conns: durable/none msgs/s %.2f (target >= 0.95), CPU per message %.2f"
+                  % (dm, med(f, "msgs_per_s") / med(n, "msgs_per_s"), med(f, "cpu_per_1k") / med(n, "cpu_per_1k")))
     print("load average after: %s" % open("/proc/loadavg").read().split(" ", 3)[:3])
 
 
