@@ -38,6 +38,11 @@ struct Segment {
     broken: bool,
     /// The nonce from its header, stamped into every record appended.
     nonce: u64,
+    /// The file's length: `size` plus the zeros written ahead of the
+    /// records (see [`Writer::prewrite`]).
+    file_len: u64,
+    /// Writing zeros ahead failed here: append as before.
+    prewrite_failed: bool,
 }
 
 impl Segment {
@@ -126,6 +131,8 @@ impl Writer {
             durable: len,
             broken: false,
             nonce,
+            file_len: len,
+            prewrite_failed: false,
         })
     }
 
@@ -150,7 +157,11 @@ impl Writer {
         // Closing: anything written but not yet synced (fragments of
         // messages that were never committed) gets synced too.
         if let Some(mut seg) = self.seg.take() {
-            if self.core.cfg.durability == Durability::Fsync && seg.durable < seg.size {
+            let prewritten = seg.file_len > seg.size;
+            self.cut_prewritten(&mut seg).await;
+            if self.core.cfg.durability == Durability::Fsync
+                && (seg.durable < seg.size || prewritten)
+            {
                 self.sync(&mut seg, &mut Vec::new(), true).await;
             }
             seg.file
@@ -159,6 +170,65 @@ impl Writer {
                 .map_err(|e| SpoolError::glommio("closing", &seg.path, e))?;
         }
         Ok(())
+    }
+
+    /// `spool.prewrite_bytes` under fsync (0: off); nothing is synced under none.
+    fn prewrite_bytes(&self) -> u64 {
+        if self.core.cfg.durability != Durability::Fsync {
+            return 0;
+        }
+        self.core.cfg.prewrite_bytes
+    }
+
+    /// Makes sure the file already holds blocks (zeros) up to `end` before
+    /// records are written there: an fdatasync after an overwrite of
+    /// written blocks flushes data alone, while one after an append that
+    /// grows the file also commits the journal (size, extents). Zeros after
+    /// the last record are the end of data (SPOOL-FORMAT.md, "End of
+    /// data"), so a crash leaves nothing to misread; the next group commit's
+    /// fdatasync covers them like the records. A failed zero write only
+    /// costs the speed-up: records go on being appended.
+    async fn prewrite(&mut self, end: u64) {
+        let step = self.prewrite_bytes();
+        let limit = self.core.cfg.segment_bytes;
+        let Some(seg) = self.seg.as_mut() else {
+            return;
+        };
+        if step == 0 || seg.broken || seg.prewrite_failed || end <= seg.file_len {
+            return;
+        }
+        let from = seg.file_len.max(seg.size);
+        // Not past the segment's limit (it is sealed there), unless this
+        // run alone goes past it.
+        let to = (end + step).min(limit.max(end));
+        if to <= from {
+            return;
+        }
+        let zeros = vec![0u8; (to - from) as usize];
+        match write_all(&seg.file, &seg.path, zeros, from).await {
+            Ok(()) => seg.file_len = to,
+            Err(e) => {
+                seg.prewrite_failed = true;
+                crate::warn!(
+                    "spool shard={}: writing zeros ahead of the records: {e}; appending instead",
+                    self.core.shard
+                );
+            }
+        }
+    }
+
+    /// Cuts the zeros written ahead away (sealing, closing), so a finished
+    /// segment ends with its last record.
+    async fn cut_prewritten(&self, seg: &mut Segment) {
+        if seg.broken || (seg.file_len <= seg.size && !seg.prewrite_failed) {
+            return;
+        }
+        match truncate(&seg.file, &seg.path, seg.size).await {
+            Ok(()) => seg.file_len = seg.size,
+            // Zeros after the last record (or the seal) are still the end
+            // of data; recovery cuts them at the next start.
+            Err(e) => crate::warn!("spool shard={}: {e}", self.core.shard),
+        }
     }
 
     /// One line, whatever the log level, with each commit stage's count,
@@ -238,6 +308,10 @@ impl Writer {
                 run.push(job);
             }
             if !run.is_empty() {
+                if let Some(seg) = self.seg.as_ref() {
+                    let end = seg.size + run_len;
+                    self.prewrite(end).await;
+                }
                 self.write_run(run, run_len, &mut unsynced).await;
             }
         }
@@ -431,10 +505,14 @@ impl Writer {
                 match write_all(&seg.file, &seg.path, seal, seg.size).await {
                     Ok(()) => {
                         seg.size += SEAL_RECORD_LEN as u64;
-                        let mut st = self.core.stats.borrow_mut();
-                        st.records += 1;
-                        st.bytes += SEAL_RECORD_LEN as u64;
-                        st.written = seg.at(seg.size);
+                        {
+                            let mut st = self.core.stats.borrow_mut();
+                            st.records += 1;
+                            st.bytes += SEAL_RECORD_LEN as u64;
+                            st.written = seg.at(seg.size);
+                        }
+                        // The seal's fdatasync below makes the cut durable too.
+                        self.cut_prewritten(&mut seg).await;
                     }
                     Err(e) => {
                         // Unsealed is fine: recovery then scans this segment in full.
@@ -540,6 +618,8 @@ impl Writer {
             durable: size,
             broken: false,
             nonce,
+            file_len: size,
+            prewrite_failed: false,
         })
     }
 }
@@ -583,13 +663,16 @@ fn segment_nonce(path: &std::path::Path) -> u64 {
 async fn rollback_write(seg: &mut Segment, start: u64) -> Result<(), SpoolError> {
     seg.size = start;
     let failed = match truncate(&seg.file, &seg.path, start).await {
-        Ok(()) => match sync_file(&seg.file, &seg.path).await {
-            Ok(()) => {
-                seg.durable = start;
-                return Ok(());
+        Ok(()) => {
+            seg.file_len = start;
+            match sync_file(&seg.file, &seg.path).await {
+                Ok(()) => {
+                    seg.durable = start;
+                    return Ok(());
+                }
+                Err(e) => e,
             }
-            Err(e) => e,
-        },
+        }
         Err(t) => {
             crate::error!("spool: {t}; marking offset {start} as the end instead");
             seg.broken = true;
@@ -616,7 +699,9 @@ async fn rollback_write(seg: &mut Segment, start: u64) -> Result<(), SpoolError>
         "spool {}: {failed}; cutting back to the durable offset {durable}",
         seg.path.display()
     );
-    if truncate(&seg.file, &seg.path, durable).await.is_err() {
+    if truncate(&seg.file, &seg.path, durable).await.is_ok() {
+        seg.file_len = durable;
+    } else {
         let mark = encode_end_mark(seg.nonce);
         if let Err(e) = write_all(&seg.file, &seg.path, mark, durable).await {
             crate::error!(
