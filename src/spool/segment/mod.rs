@@ -118,7 +118,8 @@ fn bind_sync_workers(cfg: &SpoolConfig, shard: u32) {
         crate::config::Cores::List(l) => l.clone(),
         crate::config::Cores::Count(n) => {
             crate::warn!(
-                "spool shard={shard}: spool.sync_cores = {n} is a count; it takes a list of CPUs                  (2-3, or 3, for one); io_uring workers stay where the kernel puts them"
+                "spool shard={shard}: spool.sync_cores = {n} is a count; it takes a list of CPUs \
+                 (2-3, or 3, for one); io_uring workers stay where the kernel puts them"
             );
             return;
         }
