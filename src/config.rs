@@ -423,6 +423,30 @@ macro_rules! with_settings {
                 group_commit_delay: Duration = Duration::ZERO,
                     "duration" group_commit_delay "DURATION"
                     "With fsync: wait this long for more commits before each fdatasync, e.g. 200us";
+                /// CPUs for the io_uring worker threads that run each shard's
+                /// fdatasyncs (and writes that would block): `all` leaves them where
+                /// the kernel puts them, on the shard's own CPU when shards are pinned,
+                /// so every group commit preempts its shard. A list (`2-3`, `3,`) moves
+                /// them to housekeeping CPUs (Linux 5.14+). See tuning/README.md.
+                // all: which CPUs are free for it is the host's business;
+                // tuning/commit.sh measures both (issue 15).
+                sync_cores: Cores = Cores::All,
+                    "plain" sync_cores "CORES"
+                    "CPUs for the io_uring workers that run spool fdatasyncs: all, or a list (2-3)";
+                /// With `durability = fsync`: keep the current segment's file this many
+                /// bytes longer than its records by writing zeros ahead of them, so a
+                /// group commit's fdatasync overwrites blocks the file already has
+                /// instead of growing it (which makes ext4 and XFS commit their journal
+                /// on every sync). Zeros after the last record are the end of data
+                /// (SPOOL-FORMAT.md); sealing and shutdown cut them away. 0 (the
+                /// default): append. 1m is a good value on ext4/XFS; see tuning/README.md.
+                // Off by default: tuning/commit.sh (issue 15) with 1m gave the
+                // 16-connection batch fdatasync p50 258 -> 188 us and eod p50
+                // 0.90 -> 0.67 ms, measured on one shared, noisy VM only. A
+                // tailing reader scans the zeros once per poll: keep it near 1m.
+                prewrite_bytes: u64 = 0,
+                    "size" prewrite "SIZE"
+                    "With fsync: write zeros this far ahead of the records (0: append)";
                 /// Reject new messages with `452 4.3.1` when the spool's filesystem has
                 /// less than this free, bytes (checked at the start of each message,
                 /// re-read at most every 250 ms or 1 MiB appended). 0 disables the check;

@@ -171,6 +171,37 @@ pub struct HistogramSnapshot {
     pub sum: f64,
 }
 
+impl HistogramSnapshot {
+    /// The mean, 0 when empty.
+    pub fn mean(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.sum / self.count as f64
+        }
+    }
+
+    /// The `q` quantile (0..=1) estimated as Prometheus'
+    /// `histogram_quantile` does: linear within the bucket that holds it
+    /// (the last bound for values above it); 0 when empty.
+    pub fn quantile(&self, q: f64) -> f64 {
+        if self.count == 0 {
+            return 0.0;
+        }
+        let rank = q.clamp(0.0, 1.0) * self.count as f64;
+        let (mut seen, mut lower) = (0u64, 0.0);
+        for &(upper, n) in &self.buckets {
+            if n > 0 && (seen + n) as f64 >= rank {
+                let into = (rank - seen as f64) / n as f64;
+                return lower + (upper - lower) * into;
+            }
+            seen += n;
+            lower = upper;
+        }
+        lower
+    }
+}
+
 /// What a shard's spool writer records about its group commits; the spool
 /// writes it (`ShardSpool::publish_sync_metrics_to`), the server exposes it.
 #[derive(Debug)]
@@ -179,13 +210,67 @@ pub struct SyncMetrics {
     pub fdatasync_seconds: Arc<Histogram>,
     /// Messages acknowledged by each fdatasync (its batch size).
     pub commits_per_fdatasync: Arc<Histogram>,
+    /// Stages of a group commit, once per batch (see [`CommitStages`]).
+    pub stages: CommitStages,
 }
+
+/// Where a durable commit's time goes, one histogram per stage, recorded
+/// once per batch (the wake stage once per message): queue (the oldest
+/// commit's wait for the writer to take its batch), write (the batch's
+/// first write submitted to its last write complete), gap (last write
+/// complete to the fdatasync submitted), the fdatasync itself
+/// ([`SyncMetrics::fdatasync_seconds`]), and wake (the fdatasync complete to
+/// the session running again with its verdict, ready to reply).
+#[derive(Debug)]
+pub struct CommitStages {
+    /// Oldest commit submitted to its batch taken by the writer.
+    pub queue: Arc<Histogram>,
+    /// The batch's writes, first submitted to last complete.
+    pub write: Arc<Histogram>,
+    /// Last write complete to the fdatasync submitted.
+    pub gap: Arc<Histogram>,
+    /// fdatasync complete to the session resumed with its verdict.
+    pub wake: Arc<Histogram>,
+}
+
+impl Default for CommitStages {
+    fn default() -> Self {
+        let h = || Arc::new(Histogram::seconds(STAGE_BOUNDS_NS));
+        Self {
+            queue: h(),
+            write: h(),
+            gap: h(),
+            wake: h(),
+        }
+    }
+}
+
+/// Bounds for the stages of a commit, nanoseconds: 1 µs to 1 s, finer than
+/// [`LATENCY_BOUNDS_NS`] because most stages take microseconds.
+pub const STAGE_BOUNDS_NS: &[u64] = &[
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    100_000_000,
+    1_000_000_000,
+];
 
 impl Default for SyncMetrics {
     fn default() -> Self {
         Self {
             fdatasync_seconds: Arc::new(Histogram::seconds(LATENCY_BOUNDS_NS)),
             commits_per_fdatasync: Arc::new(Histogram::counts(BATCH_BOUNDS)),
+            stages: CommitStages::default(),
         }
     }
 }

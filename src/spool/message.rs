@@ -184,10 +184,20 @@ impl MessageWriter {
             durable,
             needs_epoch,
             id: self.id,
+            queued: durable.then(std::time::Instant::now),
             done: Rc::clone(&done),
         };
-        self.spool.core().submit(job)?;
-        done.wait().await
+        let core = self.spool.core();
+        core.submit(job)?;
+        let w = done.wait().await?;
+        if durable {
+            core.sync_metrics
+                .borrow()
+                .stages
+                .wake
+                .record_duration(w.answered_at.elapsed());
+        }
+        Ok(w)
     }
 
     /// Completes the message: writes its final record and returns once it is

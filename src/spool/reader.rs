@@ -1109,6 +1109,24 @@ impl ShardMessages {
         Ok(seg.refresh_len()? > before)
     }
 
+    /// [`Self::grew`], or an intact record (or end mark) now starts at
+    /// `pos`, where zeros or a write under way were seen: a server that
+    /// writes zeros ahead of its records (`spool.prewrite_bytes`) writes
+    /// records *inside* the file and cuts the zeros away when it seals,
+    /// so the file can end up shorter, not longer, with new records in it.
+    fn changed_at(&mut self, pos: u64) -> Result<bool, SpoolError> {
+        if self.grew()? {
+            return Ok(true);
+        }
+        let Some(seg) = self.cur.as_mut() else {
+            return Ok(false);
+        };
+        Ok(matches!(
+            seg.next(pos, Payload::Verify)?,
+            Step::Record(_) | Step::EndMark
+        ))
+    }
+
     /// Lists segments newer than those already seen; true if there are any.
     fn refill(&mut self) -> Result<bool, SpoolError> {
         if !self.pending.is_empty() {
@@ -1208,7 +1226,21 @@ impl ShardMessages {
             }
             // One read of the header (and of a message's payload) per
             // record: other records are hopped over on their header alone.
-            match seg.next(self.pos, Payload::LoadMessages(&mut self.buf))? {
+            let step = match seg.next(self.pos, Payload::LoadMessages(&mut self.buf)) {
+                Ok(step) => step,
+                Err(e) => {
+                    // A server that writes zeros ahead of its records
+                    // (`spool.prewrite_bytes`) cuts them when it seals: the
+                    // file can end before the length read earlier.
+                    let before = seg.len();
+                    if seg.refresh_len()? < before {
+                        self.after_shrink();
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
+            match step {
                 step @ (Step::End | Step::EndMark) => {
                     if !self.refill()? {
                         return Ok(None);
@@ -1279,6 +1311,11 @@ impl ShardMessages {
         let (start, damage) = seg.damage_after_skip(prev, pos)?;
         let len = seg.len();
         match damage {
+            // Zeros written ahead of the records (`spool.prewrite_bytes`):
+            // the server may have written the record at `pos`, and the ones
+            // after it that the search just found, since `pos` read as
+            // zeros. It writes in order, so `pos` is whole: read on.
+            Damage::Middle(_) if start == pos && seg.intact_at(pos)? => self.step(),
             Damage::Middle(next) => {
                 self.pos = next;
                 self.here.offset = next;
@@ -1298,7 +1335,7 @@ impl ShardMessages {
                 // else stay here, where the next poll looks again.
                 if self.refill()? {
                     // A write under way then, finished now: read it.
-                    if !self.grew()? {
+                    if !self.changed_at(start)? {
                         self.next_segment();
                     }
                     self.step()
@@ -1313,7 +1350,7 @@ impl ShardMessages {
                     return Ok(None);
                 }
                 // A write under way then, finished now: read it.
-                if self.grew()? {
+                if self.changed_at(start)? {
                     return self.step();
                 }
                 self.next_segment();

@@ -138,12 +138,15 @@ fn walk(
         loop {
             match seg.next(pos, Payload::Skip)? {
                 Step::End | Step::EndMark => break,
-                Step::Bad(_) => match seg.damage_after_skip(prev, pos)?.1 {
-                    Damage::Middle(next) => {
+                Step::Bad(_) => match seg.damage_after_skip(prev, pos)? {
+                    // Written since it read as zeros (a server writing zeros
+                    // ahead of its records): read it again.
+                    (start, Damage::Middle(_)) if start == pos && seg.intact_at(pos)? => {}
+                    (_, Damage::Middle(next)) => {
                         prev = None;
                         pos = next;
                     }
-                    Damage::Zeros | Damage::Tail => break,
+                    (_, Damage::Zeros | Damage::Tail) => break,
                 },
                 Step::Record(m) => {
                     let k = m.header.kind;
@@ -159,6 +162,10 @@ fn walk(
                                 });
                             }
                         } else if let Damage::Middle(next) = seg.classify(pos)? {
+                            if seg.intact_at(pos)? {
+                                // Written meanwhile (see above): read it again.
+                                continue;
+                            }
                             // Not intact: no reader ships it. Step over it.
                             prev = None;
                             pos = next;

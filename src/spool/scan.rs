@@ -433,6 +433,17 @@ impl SegmentFile {
         Ok(None)
     }
 
+    /// Whether an intact record (or end mark) starts at `pos` now: after
+    /// [`Self::classify`] found damage there in a segment a server may be
+    /// writing over zeros it wrote ahead, the record may have been written
+    /// since.
+    pub(crate) fn intact_at(&self, pos: u64) -> Result<bool, SpoolError> {
+        Ok(matches!(
+            self.next(pos, Payload::Verify)?,
+            Step::Record(_) | Step::EndMark
+        ))
+    }
+
     /// What lies at `pos`, where no intact record starts.
     pub(crate) fn classify(&self, pos: u64) -> Result<Damage, SpoolError> {
         if let Some(next) = self.resync(pos + 1)? {

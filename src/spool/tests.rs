@@ -10,7 +10,7 @@ use std::rc::Rc;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use super::format::{segment_file_name, Kind, FILE_HEADER_LEN};
-use super::scan::{Payload, SegmentFile, Step};
+use super::scan::{list_segments, Payload, SegmentFile, Step};
 use super::segment::faults;
 use super::*;
 use crate::config::{Durability, SpoolConfig};
@@ -183,6 +183,7 @@ async fn assert_survives_power_cut(spool: &ShardSpool, id: QueueId, body: &[u8])
         };
         let mut bytes = std::fs::read(&p).unwrap();
         bytes.truncate(usize::try_from(synced).unwrap());
+        forget_unsynced_overwrites(&p, &mut bytes);
         std::fs::write(to.join(p.file_name().unwrap()), bytes).unwrap();
     }
     // The restart: recovery cuts torn tails and broken segments.
@@ -1336,10 +1337,20 @@ fn lose_unsynced(root: &Path) {
         let p = e.unwrap().path();
         let synced =
             faults::synced_len(&p).unwrap_or_else(|| panic!("{} was never synced", p.display()));
-        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
-        if f.metadata().unwrap().len() > synced {
-            f.set_len(synced).unwrap();
-        }
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes.truncate(usize::try_from(synced).unwrap());
+        forget_unsynced_overwrites(&p, &mut bytes);
+        std::fs::write(&p, bytes).unwrap();
+    }
+}
+
+/// A power cut also loses what was written over zeros the file already
+/// held (`spool.prewrite_bytes`) after its last fdatasync: those bytes
+/// read as the zeros they were.
+fn forget_unsynced_overwrites(p: &Path, bytes: &mut [u8]) {
+    if let Some(z) = faults::synced_zeros_from(p) {
+        let z = usize::try_from(z).unwrap().min(bytes.len());
+        bytes[z..].fill(0);
     }
 }
 
@@ -1792,12 +1803,30 @@ fn a_tailing_reader_goes_on_from_where_the_server_cut_its_segment() {
 /// rotations with several readers on a busy machine.
 #[test]
 fn a_tailing_reader_misses_no_commit_when_the_server_rotates_under_it() {
+    // Tiny segments: a rotation every few messages.
+    tailing_readers_miss_no_commit(&cfg(4096, 4096, Durability::None));
+}
+
+/// The same race with zeros written ahead of the records
+/// (`spool.prewrite_bytes`, here the whole 4 KiB segment): a reader sees
+/// zeros where the next record will be, the server then writes it inside
+/// the file, seals and cuts the zeros away, so the file ends up no longer
+/// than the reader last saw it. A reader that judged "did it change" by
+/// the file's length alone moved on to the next segment and skipped those
+/// records.
+#[test]
+fn a_tailing_reader_misses_no_commit_written_over_zeros_ahead() {
+    let mut c = cfg(4096, 4096, Durability::Fsync);
+    c.prewrite_bytes = 4096;
+    tailing_readers_miss_no_commit(&c);
+}
+
+fn tailing_readers_miss_no_commit(c: &SpoolConfig) {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let dir = TempDir::in_memory("tailrace");
     let root = dir.path().to_owned();
-    // Tiny segments: a rotation every few messages.
-    let c = cfg(4096, 4096, Durability::None);
+    let c = c.clone();
     let done = Arc::new(AtomicBool::new(false));
     let readers: Vec<_> = (0..4)
         .map(|_| {
@@ -1820,7 +1849,14 @@ fn a_tailing_reader_misses_no_commit_when_the_server_rotates_under_it() {
         let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
         let mut v = Vec::new();
         for i in 0..4000u64 {
-            v.push(store(&spool, &body(300, i), 300).await.unwrap());
+            // Not `store`: its power-cut check per commit would make the
+            // fsync variant take minutes, and the race is the point here.
+            let id = spool.next_queue_id();
+            let mut w = spool
+                .begin(id, &envelope("client.example"), &received(id))
+                .unwrap();
+            w.write(&body(300, i)).await.unwrap();
+            v.push(w.commit().await.unwrap());
         }
         spool.close().await.unwrap();
         v
@@ -1837,6 +1873,85 @@ fn a_tailing_reader_misses_no_commit_when_the_server_rotates_under_it() {
             all.len()
         );
     }
+}
+
+/// `spool.prewrite_bytes`: the live segment is longer than its records
+/// (zeros ahead of them); a copy taken then (as a crash leaves it) reads
+/// back exactly the committed messages, no zero byte is ever taken for a
+/// record, recovery cuts the zeros and appending goes on; sealed segments
+/// and a closed one end with their last record.
+#[test]
+fn zeros_written_ahead_are_the_end_of_data_and_sealing_cuts_them() {
+    let dir = TempDir::new("prewrite");
+    let root = dir.path().to_owned();
+    let crash = TempDir::new("prewrite-crash");
+    let mut c = cfg(1024, 64 * 1024, Durability::Fsync);
+    c.prewrite_bytes = 16 * 1024;
+    let shard = root.join(super::format::shard_dir_name(0));
+    let mut want = BTreeMap::new();
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        for i in 0..150u64 {
+            // Small messages and streamed ones (fragments, then a commit).
+            let b = body(if i % 10 == 0 { 3000 } else { 700 }, i);
+            want.insert(store(&spool, &b, 700).await.unwrap(), b);
+        }
+        let (segs, _) = list_segments(&shard).unwrap();
+        assert!(segs.len() >= 3, "want rotations: {segs:?}");
+        let (_, live) = segs.last().unwrap();
+        let len = std::fs::metadata(live).unwrap().len();
+        let data_end = spool.stats().written.offset;
+        assert!(
+            len > data_end,
+            "no zeros ahead: file {len}, records end {data_end}"
+        );
+        for (_, p) in &segs[..segs.len() - 1] {
+            let (_, end, kind, _) = *records(p).last().unwrap();
+            assert_eq!(kind, Kind::Seal, "{}", p.display());
+            assert_eq!(
+                end,
+                std::fs::metadata(p).unwrap().len(),
+                "zeros after the seal"
+            );
+        }
+        // A crash now: the page cache survives (SIGKILL), zeros and all.
+        let to = crash.path().join(super::format::shard_dir_name(0));
+        std::fs::create_dir_all(&to).unwrap();
+        for (_, p) in &segs {
+            std::fs::copy(p, to.join(p.file_name().unwrap())).unwrap();
+        }
+        assert_eq!(read_all(&root), want);
+        spool.close().await.unwrap();
+        let (segs, _) = list_segments(&shard).unwrap();
+        let (_, last) = segs.last().unwrap();
+        let (_, end, _, _) = *records(last).last().unwrap();
+        assert_eq!(
+            end,
+            std::fs::metadata(last).unwrap().len(),
+            "zeros left at close"
+        );
+    });
+    assert_eq!(read_all(crash.path()), want);
+    assert_verify_clean(crash.path());
+    // Recovery cuts the zeros (nothing to quarantine) and appending goes on.
+    run(|| async {
+        let spool = ShardSpool::open(crash.path(), 0, &c).await.unwrap();
+        let rec = spool.recovery();
+        assert!(
+            rec.damaged.is_empty() && rec.lost_bodies.is_empty(),
+            "{rec:?}"
+        );
+        assert_eq!(rec.cuts.len(), 1, "{rec:?}");
+        assert_eq!(
+            rec.cuts[0].quarantine, None,
+            "the cut tail was all zero: {rec:?}"
+        );
+        let b = body(500, 999);
+        want.insert(store(&spool, &b, 500).await.unwrap(), b);
+        spool.close().await.unwrap();
+    });
+    assert_eq!(read_all(crash.path()), want);
+    assert_verify_clean(crash.path());
 }
 
 /// For other modules' tests: a spool at `root` with `n` messages of `len`

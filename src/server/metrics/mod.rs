@@ -32,7 +32,10 @@ use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::metrics::{Counter, Gauge, Histogram, SyncMetrics, BATCH_BOUNDS, LATENCY_BOUNDS_NS};
+use crate::metrics::{
+    CommitStages, Counter, Gauge, Histogram, SyncMetrics, BATCH_BOUNDS, LATENCY_BOUNDS_NS,
+    STAGE_BOUNDS_NS,
+};
 use crate::protocol::reply::{self, Reply};
 use crate::protocol::session::{CommandTally, COUNTED_VERBS, REPLY_CLASSES};
 use crate::protocol::Refusal;
@@ -122,6 +125,22 @@ shard_metrics! {
     commits_per_fdatasync: Arc<Histogram> = Arc::new(Histogram::counts(BATCH_BOUNDS)),
         "ringmx_spool_commits_per_fdatasync",
         "Messages made durable by each spool fdatasync (group-commit batch size).";
+    /// Commit stage: oldest commit queued to its batch taken by the writer.
+    commit_queue_seconds: Arc<Histogram> = Arc::new(Histogram::seconds(STAGE_BOUNDS_NS)),
+        "ringmx_spool_commit_queue_seconds",
+        "Per group commit: the oldest commit's wait for the writer to take its batch.";
+    /// Commit stage: the batch's writes, first submitted to last complete.
+    commit_write_seconds: Arc<Histogram> = Arc::new(Histogram::seconds(STAGE_BOUNDS_NS)),
+        "ringmx_spool_commit_write_seconds",
+        "Per group commit: the batch's writes, first submitted to last complete.";
+    /// Commit stage: last write complete to the fdatasync submitted.
+    commit_gap_seconds: Arc<Histogram> = Arc::new(Histogram::seconds(STAGE_BOUNDS_NS)),
+        "ringmx_spool_commit_gap_seconds",
+        "Per group commit: last write complete to the fdatasync submitted.";
+    /// Commit stage: fdatasync complete to the session resumed.
+    commit_wake_seconds: Arc<Histogram> = Arc::new(Histogram::seconds(STAGE_BOUNDS_NS)),
+        "ringmx_spool_commit_wake_seconds",
+        "Per message: the commit's fdatasync complete to its session resumed to reply.";
 }
 
 impl ShardMetrics {
@@ -130,6 +149,12 @@ impl ShardMetrics {
         Arc::new(SyncMetrics {
             fdatasync_seconds: Arc::clone(&self.fdatasync_seconds),
             commits_per_fdatasync: Arc::clone(&self.commits_per_fdatasync),
+            stages: CommitStages {
+                queue: Arc::clone(&self.commit_queue_seconds),
+                write: Arc::clone(&self.commit_write_seconds),
+                gap: Arc::clone(&self.commit_gap_seconds),
+                wake: Arc::clone(&self.commit_wake_seconds),
+            },
         })
     }
 

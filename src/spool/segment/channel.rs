@@ -6,6 +6,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
+use std::time::Instant;
 
 use futures_lite::future::poll_fn;
 
@@ -20,6 +21,9 @@ pub(crate) struct Written {
     pub(crate) at: Location,
     /// [`Core::frag_epoch`](super::shared::Core::frag_epoch) when it was written.
     pub(crate) epoch: u64,
+    /// When the writer answered (after the fdatasync for a durable record):
+    /// the session measures its own wake-up from here.
+    pub(crate) answered_at: Instant,
 }
 
 /// One record for the writer task.
@@ -32,6 +36,8 @@ pub(crate) struct Job {
     pub(crate) needs_epoch: Option<u64>,
     /// The message the record belongs to.
     pub(crate) id: QueueId,
+    /// When it was queued (durable records only: the commit stages start here).
+    pub(crate) queued: Option<Instant>,
     pub(crate) done: Rc<Completion>,
 }
 

@@ -9,6 +9,10 @@ thread_local! {
     /// Per file, its length when its last fdatasync returned: what a
     /// power loss would leave of it.
     static SYNCED: RefCell<HashMap<PathBuf, u64>> = RefCell::new(HashMap::new());
+    /// Per file, where the zeros at its end began when its last fdatasync
+    /// returned: records written there later (over zeros written ahead,
+    /// `spool.prewrite_bytes`) were not covered by it.
+    static ZEROS: RefCell<HashMap<PathBuf, u64>> = RefCell::new(HashMap::new());
     /// Per file, how many fdatasyncs returned.
     static SYNCS_DONE: RefCell<HashMap<PathBuf, u64>> = RefCell::new(HashMap::new());
     static WRITES: RefCell<VecDeque<Option<(usize, i32)>>> =
@@ -52,8 +56,10 @@ pub(super) fn take_sync() -> Option<i32> {
 
 pub(super) fn note_sync(path: &Path) {
     let len = std::fs::metadata(path).map_or(0, |m| m.len());
+    let zeros = zeros_from(path, len);
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     SYNCED.with(|s| s.borrow_mut().insert(path.clone(), len));
+    ZEROS.with(|s| s.borrow_mut().insert(path.clone(), zeros));
     SYNCS_DONE.with(|s| *s.borrow_mut().entry(path).or_default() += 1);
 }
 
@@ -70,4 +76,33 @@ pub(crate) fn syncs_done(path: &Path) -> u64 {
 pub(crate) fn synced_len(path: &Path) -> Option<u64> {
     let path = std::fs::canonicalize(path).ok()?;
     SYNCED.with(|s| s.borrow().get(&path).copied())
+}
+
+/// Where the run of zero bytes that ends `path` (of `len` bytes) begins.
+fn zeros_from(path: &Path, len: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let Ok(f) = std::fs::File::open(path) else {
+        return len;
+    };
+    let mut end = len;
+    let mut buf = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let n = buf.len().min(end as usize);
+        if f.read_exact_at(&mut buf[..n], end - n as u64).is_err() {
+            return end;
+        }
+        if let Some(i) = buf[..n].iter().rposition(|&b| b != 0) {
+            return end - n as u64 + i as u64 + 1;
+        }
+        end -= n as u64;
+    }
+    0
+}
+
+/// Where the zeros that ended `path` began when an fdatasync of it last
+/// returned on this thread: bytes there now were not made durable by it,
+/// though the file was already that long. `None` if none returned.
+pub(crate) fn synced_zeros_from(path: &Path) -> Option<u64> {
+    let path = std::fs::canonicalize(path).ok()?;
+    ZEROS.with(|s| s.borrow().get(&path).copied())
 }

@@ -44,6 +44,7 @@
 //! | the writer task: batches, group commit, rotation, cut-back | `writer.rs` |
 //! | write, truncate, fdatasync (with test faults) | `file_io.rs`, `faults.rs` |
 //! | the `min_free_bytes` floor | `free_space.rs` |
+//! | `sync_cores`: where io_uring workers run | `iowq.rs` |
 //! | counters | `stats.rs` ([`SpoolStats`]) |
 
 use std::cell::{Cell, RefCell};
@@ -69,6 +70,7 @@ mod channel;
 pub(crate) mod faults;
 mod file_io;
 mod free_space;
+mod iowq;
 mod shared;
 mod stats;
 mod writer;
@@ -105,6 +107,27 @@ pub(crate) fn node_id(cfg: &SpoolConfig) -> Result<String, SpoolError> {
         why,
     })?;
     Ok(cfg.node_id.clone())
+}
+
+/// Applies `spool.sync_cores` to this thread's io_uring workers. Only
+/// where they run changes, never whether mail is safe: a failure is one
+/// warning and the shard goes on.
+fn bind_sync_workers(cfg: &SpoolConfig, shard: u32) {
+    let cpus = match &cfg.sync_cores {
+        crate::config::Cores::All => return,
+        crate::config::Cores::List(l) => l.clone(),
+        crate::config::Cores::Count(n) => {
+            crate::warn!(
+                "spool shard={shard}: spool.sync_cores = {n} is a count; it takes a list of CPUs \
+                 (2-3, or 3, for one); io_uring workers stay where the kernel puts them"
+            );
+            return;
+        }
+    };
+    match iowq::bind_io_workers(&cpus) {
+        Ok(()) => crate::debug!("spool shard={shard}: io_uring workers on CPUs {cpus:?}"),
+        Err(e) => crate::warn!("spool shard={shard}: {e}; io_uring workers stay where they are"),
+    }
 }
 
 /// One shard's spool. Single-threaded: create, use and drop it on the
@@ -173,6 +196,8 @@ impl ShardSpool {
         queue: Option<TaskQueueHandle>,
     ) -> Result<Rc<Self>, SpoolError> {
         QueueId::new(shard, 0)?;
+        // Before recovery's I/O, so no worker exists yet with the old affinity.
+        bind_sync_workers(cfg, shard);
         let lock = DirLock::acquire(root)?;
         let claim = lock.claim_shard(shard)?;
         let dir = lock.root().join(shard_dir_name(shard));

@@ -55,7 +55,7 @@ pub(crate) struct Core {
     /// Where the writer records each group commit's fdatasync time and
     /// batch size for the server's metrics (a private one until
     /// `publish_sync_metrics_to`).
-    pub(super) sync_metrics: RefCell<Arc<crate::metrics::SyncMetrics>>,
+    pub(crate) sync_metrics: RefCell<Arc<crate::metrics::SyncMetrics>>,
 }
 
 /// The published pin when no message is in flight.
