@@ -540,7 +540,7 @@ macro_rules! with_settings {
                 users: PathBuf = PathBuf::new(),
                     "path" users "FILE"
                     "File of user:hash lines (argon2id or bcrypt, as htpasswd -B or doveadm pw write them)";
-                /// Failed AUTH attempts a client address may make within
+                /// Failed AUTH attempts a client address (IPv6: its /64) may make within
                 /// `auth_failure_window`; past it that address gets `421 4.7.0` on AUTH
                 /// and on new connections to a submission listener until the window ends.
                 // 5, as fail2ban's default maxretry: a user who mistypes gets a few

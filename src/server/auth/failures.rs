@@ -1,6 +1,7 @@
-//! Failed AUTH attempts per client address, shared by every shard: a small
-//! lock-free table of `AtomicU64` words, as the anvil's greeting-pass cache
-//! (`server::anvil`), so counting costs a hash and a compare-and-swap.
+//! Failed AUTH attempts per client (an IPv4 address or an IPv6 /64),
+//! shared by every shard: a small lock-free table of `AtomicU64` words, as
+//! the anvil's greeting-pass cache (`server::anvil`), so counting costs a
+//! hash and a compare-and-swap.
 //!
 //! A word is `tag (32 bits) | window end, seconds since start (24) | count
 //! (8)`. The window opens at a client's first failure and lasts
@@ -51,8 +52,14 @@ impl AuthFailures {
         (now.saturating_duration_since(self.epoch).as_secs()).min(u64::from(MAX_SECS)) as u32
     }
 
+    /// The client: an IPv4 address, or the /64 of an IPv6 one (one
+    /// subscriber's usual allocation, as the anvil keys clients).
     fn key(&self, ip: IpAddr) -> (u32, usize) {
-        let h = self.hasher.hash_one(ip);
+        let k: (u8, u64) = match ip.to_canonical() {
+            IpAddr::V4(a) => (4, u64::from(u32::from(a))),
+            IpAddr::V6(a) => (6, (u128::from(a) >> 64) as u64),
+        };
+        let h = self.hasher.hash_one(k);
         ((h >> 32) as u32 | 1, h as usize)
     }
 
@@ -149,6 +156,23 @@ mod tests {
         assert!(!f.blocked(a, later));
         assert!(!f.fail(a, later));
         assert!(!f.blocked(a, later));
+    }
+
+    /// One subscriber gets a whole IPv6 /64 (as the anvil keys clients):
+    /// counting each address alone would give it 2^64 times the limit.
+    #[test]
+    fn an_ipv6_64_counts_as_one_client() {
+        let f = AuthFailures::new(2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert!(!f.fail(ip("2001:db8:1:2::1"), t0));
+        assert!(f.fail(ip("2001:db8:1:2:ffff::9"), t0));
+        assert!(f.blocked(ip("2001:db8:1:2::77"), t0));
+        // The next /64 is someone else.
+        assert!(!f.blocked(ip("2001:db8:1:3::1"), t0));
+        // An IPv4 client seen on a dual-stack listener is the same client.
+        assert!(!f.fail(ip("192.0.2.9"), t0));
+        assert!(f.fail(ip("::ffff:192.0.2.9"), t0));
+        assert!(f.blocked(ip("192.0.2.9"), t0));
     }
 
     #[test]
