@@ -1133,7 +1133,17 @@ impl Config {
         self.server.check_limits()?;
         self.spool.check_limits()?;
         self.tls.validate(&s.listen)?;
-        self.submission.validate(self.tls.enabled())
+        self.submission.validate(self.tls.enabled())?;
+        // The session takes AUTH lines of SASL_LINE_BYTES (RFC 4954 §4).
+        let sasl = crate::protocol::session::SASL_LINE_BYTES;
+        if self.submission.enabled() && s.read_buffer_bytes <= sasl {
+            return Err(ConfigError::Submission(format!(
+                "listen needs server.read_buffer_bytes over {sasl} (RFC 4954 AUTH lines), \
+                 not {}: raise it",
+                s.read_buffer_bytes
+            )));
+        }
+        Ok(())
     }
 }
 
