@@ -564,7 +564,7 @@ macro_rules! with_settings {
                 users: PathBuf = PathBuf::new(),
                     "path" users "FILE"
                     "File of user:hash lines (argon2id or bcrypt, as htpasswd -B or doveadm pw write them)";
-                /// Failed AUTH attempts a client address may make within
+                /// Failed AUTH attempts a client address (IPv6: its /64) may make within
                 /// `auth_failure_window`; past it that address gets `421 4.7.0` on AUTH
                 /// and on new connections to a submission listener until the window ends.
                 // 5, as fail2ban's default maxretry: a user who mistypes gets a few
@@ -1157,7 +1157,17 @@ impl Config {
         self.server.check_limits()?;
         self.spool.check_limits()?;
         self.tls.validate(&s.listen)?;
-        self.submission.validate(self.tls.enabled())
+        self.submission.validate(self.tls.enabled())?;
+        // The session takes AUTH lines of SASL_LINE_BYTES (RFC 4954 §4).
+        let sasl = crate::protocol::session::SASL_LINE_BYTES;
+        if self.submission.enabled() && s.read_buffer_bytes <= sasl {
+            return Err(ConfigError::Submission(format!(
+                "listen needs server.read_buffer_bytes over {sasl} (RFC 4954 AUTH lines), \
+                 not {}: raise it",
+                s.read_buffer_bytes
+            )));
+        }
+        Ok(())
     }
 }
 

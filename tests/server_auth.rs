@@ -425,6 +425,15 @@ fn bad_users_files_and_settings_exit_2() {
             [&tls[..], &["--submission-tls", "127.0.0.1:0"]].concat(),
             "needs users: give --users FILE".into(),
         ),
+        (
+            [
+                &tls[..],
+                &["--users", s(&su.users), "--submission", "127.0.0.1:0"],
+                &["--read-buffer", "8192"],
+            ]
+            .concat(),
+            "read_buffer_bytes over 12288 (RFC 4954 AUTH lines), not 8192".into(),
+        ),
     ];
     for (extra, want) in &cases {
         let (status, logs) = match Server::try_start(&base, extra) {
@@ -630,4 +639,66 @@ print("ok")
     };
     assert!(out.status.success(), "{}", text(&out));
     server.stop();
+}
+
+/// RFC 4954 §4: a server must take the longest response its mechanisms
+/// make (PLAIN: up to 255 octets of each field, over 1000 in base64),
+/// whatever its command line limit. A 600-character password (a token)
+/// over PLAIN's initial response and over LOGIN's 334 line both log in;
+/// an AUTH line past 12288 octets is refused and the session goes on.
+#[test]
+fn long_sasl_responses_log_in() {
+    let Some(su) = setup("auth-long") else {
+        return;
+    };
+    let long_pw: String = (0..600).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let mut users = std::fs::read_to_string(&su.users).unwrap();
+    users.push_str(&format!("carol:{}\n", argon2_hash(&long_pw)));
+    std::fs::write(&su.users, users).unwrap();
+    let (mut server, sub, _) = start(&su, &[]);
+    let script = format!(
+        r#"
+import smtplib, ssl
+ctx = ssl.create_default_context(cafile={pem:?})
+msg = "Subject: long\r\n\r\nhello\r\n"
+for mech in ("PLAIN", "LOGIN"):
+    with smtplib.SMTP("127.0.0.1", {sub}) as s:
+        s.starttls(context=ctx)
+        s.ehlo()
+        s.user, s.password = "carol", {pw:?}
+        code, text = s.auth(mech, getattr(s, "auth_" + mech.lower()))
+        assert code == 235, (mech, code, text)
+        s.sendmail(mech.lower() + "@example.com", ["x@far.example"], msg)
+with smtplib.SMTP("127.0.0.1", {sub}) as s:
+    s.starttls(context=ctx)
+    s.ehlo()
+    code, _ = s.docmd("AUTH", "PLAIN " + "A" * 12300)
+    assert code == 500, code
+    code, _ = s.docmd("NOOP")
+    assert code == 250, code
+print("ok")
+"#,
+        pem = s(&su.pem),
+        sub = sub.port(),
+        pw = long_pw,
+    );
+    let Some(out) = python(&script) else {
+        return;
+    };
+    assert!(out.status.success(), "{}", text(&out));
+    server.stop();
+    let got: Vec<(String, Option<String>)> = stored_auth(server.spool.path())
+        .into_iter()
+        .map(|(f, a, _)| (f, a))
+        .collect();
+    let carol = Some("carol".to_string());
+    assert_eq!(
+        got,
+        [
+            ("plain@example.com".to_string(), carol.clone()),
+            ("login@example.com".to_string(), carol)
+        ]
+    );
+    let logs = server.logs();
+    assert!(!logs.contains(&long_pw), "the password in the log:\n{logs}");
 }

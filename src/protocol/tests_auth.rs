@@ -131,7 +131,8 @@ fn cancel_empty_bad_base64_unknown_mechanism_and_order() {
 fn a_sasl_line_over_the_limit_ends_the_exchange() {
     let mut h = submission();
     assert_eq!(h.feed(b"AUTH PLAIN\r\n"), "334 \r\n");
-    let long = "A".repeat(2000);
+    // Over RFC 4954's 12288 octets (a 2000-octet response is taken).
+    let long = "A".repeat(super::session::SASL_LINE_BYTES + 8);
     let r = h.feed(format!("{long}\r\n").as_bytes());
     assert_eq!(r, s(reply::LINE_TOO_LONG));
     // Back to commands: the next line is a command again.

@@ -11,6 +11,13 @@
 use super::super::reply;
 use super::{Answer, Auth, CloseReason, Effect, Greeted, Handled, Mode, Session, Tls, Tx};
 
+/// The longest AUTH command line or SASL response line taken, CRLF
+/// included, whatever smtp.max_command_line_bytes says: RFC 4954 §4, a
+/// server takes the longest response its mechanisms make (PLAIN's is over
+/// 1000 octets of base64), and 12288 is the figure RFC 4954 gives. The
+/// read buffer must be larger (checked with the settings).
+pub const SASL_LINE_BYTES: usize = 12288;
+
 /// Where a SASL exchange stands: which client line comes next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Sasl {
@@ -65,6 +72,20 @@ impl Session {
         match initial {
             Some(r) => self.sasl_response(step, r.as_bytes()),
             None => self.challenge(step),
+        }
+    }
+
+    /// The line limit in command mode for a line starting with `input`:
+    /// [`SASL_LINE_BYTES`] for AUTH where it is offered, else
+    /// smtp.max_command_line_bytes.
+    pub(super) fn command_line_cap(&self, input: &[u8]) -> usize {
+        let limit = self.cfg.max_command_line_bytes;
+        let is_auth = input
+            .get(..5)
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"AUTH "));
+        match is_auth && self.auth == Auth::Offered && self.tls == Tls::Active {
+            true => limit.max(SASL_LINE_BYTES),
+            false => limit,
         }
     }
 
@@ -139,8 +160,8 @@ impl Session {
         Handled::effect(Effect::Auth)
     }
 
-    /// A line in [`Mode::Sasl`]: the client's answer to a 334. Over the
-    /// command line limit it is dropped to its end and answered `500`
+    /// A line in [`Mode::Sasl`]: the client's answer to a 334. Over
+    /// [`SASL_LINE_BYTES`] it is dropped to its end and answered `500`
     /// (the exchange is over); only CRLF-terminated lines are read.
     pub(super) fn sasl_line<'a>(
         &mut self,
@@ -150,8 +171,9 @@ impl Session {
         let Mode::Sasl(step) = self.mode else {
             return (0, Some(super::Event::NeedInput));
         };
+        let cap = self.cfg.max_command_line_bytes.max(SASL_LINE_BYTES);
         let Some(line) = self.scanner.next_line(input) else {
-            if input.len() >= self.cfg.max_command_line_bytes {
+            if input.len() >= cap {
                 self.forget_credentials();
                 self.scanner.reset();
                 self.mode = Mode::DiscardLine;
@@ -159,7 +181,7 @@ impl Session {
             }
             return (0, Some(super::Event::NeedInput));
         };
-        let h = if line.content_len() + 2 > self.cfg.max_command_line_bytes {
+        let h = if line.content_len() + 2 > cap {
             self.mode = Mode::Commands;
             self.forget_credentials();
             Handled::error(reply::LINE_TOO_LONG)

@@ -94,7 +94,7 @@ use body::{BdatText, TextRules};
 use refusal::Refusals;
 use CloseReason::BdatUnknownSize;
 
-pub use auth::AuthVerdict;
+pub use auth::{AuthVerdict, SASL_LINE_BYTES};
 pub use refusal::Refusal;
 pub use tally::{CommandTally, CLASSES as REPLY_CLASSES, VERBS as COUNTED_VERBS};
 
@@ -1024,8 +1024,9 @@ impl Session {
         if self.shutdown_requested && !self.in_transaction() {
             return (0, self.respond(out, Handled::close(CloseReason::Shutdown)));
         }
+        let cap = self.command_line_cap(input);
         let Some(line) = self.scanner.next_line(input) else {
-            if input.len() >= self.cfg.max_command_line_bytes {
+            if input.len() >= cap {
                 if is_bdat(input) {
                     return (0, self.respond(out, Handled::close(BdatUnknownSize)));
                 }
@@ -1037,7 +1038,7 @@ impl Session {
             }
             return (0, Some(Event::NeedInput));
         };
-        if line.content_len() + 2 > self.cfg.max_command_line_bytes {
+        if line.content_len() + 2 > cap {
             // An overlong BDAT: its size is unreadable, like a malformed one.
             let h = match is_bdat(input) {
                 true => Handled::close(BdatUnknownSize),

@@ -1,8 +1,9 @@
-//! Failed AUTH attempts per client address, shared by every shard: a small
-//! lock-free table of `AtomicU64` words, as the anvil's greeting-pass cache
-//! (`server::anvil`), so counting costs a hash and a compare-and-swap.
+//! Failed AUTH attempts per client (an IPv4 address or an IPv6 /64),
+//! shared by every shard: a small lock-free table of `AtomicU64` words, as
+//! the anvil's greeting-pass cache (`server::anvil`), so counting costs a
+//! hash and a compare-and-swap.
 //!
-//! A word is `tag (32 bits) | window end, seconds since start (24) | count
+//! A word is `tag (24 bits) | window end, seconds since start (32) | count
 //! (8)`. The window opens at a client's first failure and lasts
 //! `submission.auth_failure_window`; at `submission.auth_max_failures`
 //! failures within it the client is blocked until it ends. A full table
@@ -20,9 +21,8 @@ use std::time::{Duration, Instant};
 const ENTRIES: usize = 4096;
 /// Slots looked at per address.
 const PROBES: usize = 4;
-/// The most the 24-bit window end can count (194 days of uptime); later,
-/// windows are clamped there (they still count, just never expire).
-const MAX_SECS: u32 = (1 << 24) - 1;
+/// The most the 32-bit window end can count (136 years of uptime).
+const MAX_SECS: u32 = u32::MAX;
 
 /// The per-address failure counts; see the module docs.
 #[derive(Debug)]
@@ -51,9 +51,16 @@ impl AuthFailures {
         (now.saturating_duration_since(self.epoch).as_secs()).min(u64::from(MAX_SECS)) as u32
     }
 
+    /// The client: an IPv4 address, or the /64 of an IPv6 one (one
+    /// subscriber's usual allocation, as the anvil keys clients).
     fn key(&self, ip: IpAddr) -> (u32, usize) {
-        let h = self.hasher.hash_one(ip);
-        ((h >> 32) as u32 | 1, h as usize)
+        let k: (u8, u64) = match ip.to_canonical() {
+            IpAddr::V4(a) => (4, u64::from(u32::from(a))),
+            IpAddr::V6(a) => (6, (u128::from(a) >> 64) as u64),
+        };
+        let h = self.hasher.hash_one(k);
+        // 24 bits of tag, never 0 (an unused word).
+        ((h >> 40) as u32 | 1, h as usize)
     }
 
     /// Whether `ip` is blocked at `now`: the limit reached within a window
@@ -101,9 +108,9 @@ impl AuthFailures {
             let (end, count) = if own && end > now_s {
                 (end, count.saturating_add(1).min(255))
             } else {
-                (now_s.saturating_add(self.window_secs).min(MAX_SECS), 1)
+                (now_s.saturating_add(self.window_secs), 1)
             };
-            let new = (u64::from(tag) << 32) | (u64::from(end) << 8) | u64::from(count);
+            let new = (u64::from(tag) << 40) | (u64::from(end) << 8) | u64::from(count);
             if self.words[idx]
                 .compare_exchange(old, new, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
@@ -115,11 +122,7 @@ impl AuthFailures {
 }
 
 fn split(w: u64) -> (u32, u32, u32) {
-    (
-        (w >> 32) as u32,
-        ((w >> 8) & 0xff_ffff) as u32,
-        (w & 0xff) as u32,
-    )
+    ((w >> 40) as u32, (w >> 8) as u32, (w & 0xff) as u32)
 }
 
 #[cfg(test)]
@@ -149,6 +152,36 @@ mod tests {
         assert!(!f.blocked(a, later));
         assert!(!f.fail(a, later));
         assert!(!f.blocked(a, later));
+    }
+
+    /// One subscriber gets a whole IPv6 /64 (as the anvil keys clients):
+    /// counting each address alone would give it 2^64 times the limit.
+    #[test]
+    fn an_ipv6_64_counts_as_one_client() {
+        let f = AuthFailures::new(2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert!(!f.fail(ip("2001:db8:1:2::1"), t0));
+        assert!(f.fail(ip("2001:db8:1:2:ffff::9"), t0));
+        assert!(f.blocked(ip("2001:db8:1:2::77"), t0));
+        // The next /64 is someone else.
+        assert!(!f.blocked(ip("2001:db8:1:3::1"), t0));
+        // An IPv4 client seen on a dual-stack listener is the same client.
+        assert!(!f.fail(ip("192.0.2.9"), t0));
+        assert!(f.fail(ip("::ffff:192.0.2.9"), t0));
+        assert!(f.blocked(ip("192.0.2.9"), t0));
+    }
+
+    /// A server up for longer than the old 24-bit window end (194 days)
+    /// still blocks, and still forgets.
+    #[test]
+    fn the_limit_still_works_after_months_of_uptime() {
+        let f = AuthFailures::new(2, Duration::from_secs(60));
+        let t = Instant::now() + Duration::from_secs(200 * 86_400);
+        let a = ip("192.0.2.1");
+        assert!(!f.fail(a, t));
+        assert!(f.fail(a, t + Duration::from_secs(1)));
+        assert!(f.blocked(a, t + Duration::from_secs(2)));
+        assert!(!f.blocked(a, t + Duration::from_secs(61)));
     }
 
     #[test]
