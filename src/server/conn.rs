@@ -994,13 +994,7 @@ impl Conn {
                 Event::Auth => {
                     self.rbuf.consume(used);
                     let shard = Rc::clone(&self.shard);
-                    auth::answer(
-                        shard.auth.as_ref(),
-                        shard.id,
-                        &mut self.session,
-                        &mut self.out,
-                    )
-                    .await;
+                    auth::answer(&shard, &mut self.session, &mut self.out).await;
                 }
                 Event::Close(reason) => {
                     self.rbuf.consume(used);

@@ -62,7 +62,7 @@ pub struct LookupPool {
 struct Job {
     remote: Remote,
     address: String,
-    reply: Arc<Slot>,
+    reply: Arc<Slot<Answer>>,
 }
 
 /// What the lookup threads need, read once from the settings.
@@ -124,14 +124,14 @@ impl LookupPool {
     /// Queues a lookup of `address`; `Err` if the queue is full (the
     /// directory or next hop is not keeping up: answer `451` now).
     pub fn ask(&self, remote: Remote, address: &str) -> Result<PendingAnswer, LookupFailed> {
-        let reply = Arc::new(Slot::default());
+        let (reply, pending) = PendingAnswer::new();
         let job = Job {
             remote,
             address: address.to_owned(),
-            reply: Arc::clone(&reply),
+            reply,
         };
         match self.jobs.try_send(job) {
-            Ok(()) => Ok(PendingAnswer(reply)),
+            Ok(()) => Ok(pending),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(LookupFailed),
         }
     }
@@ -167,12 +167,19 @@ pub fn describe(smtp: &SmtpConfig) -> String {
     parts.join("; ")
 }
 
-/// A one-shot answer from a lookup thread to a shard task.
-#[derive(Debug, Default)]
-struct Slot(Mutex<(Option<Answer>, Option<Waker>)>);
+/// A one-shot answer from a plain thread (a lookup, a password check) to
+/// a shard task.
+#[derive(Debug)]
+pub(crate) struct Slot<T>(Mutex<(Option<T>, Option<Waker>)>);
 
-impl Slot {
-    fn set(&self, answer: Answer) {
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Slot(Mutex::new((None, None)))
+    }
+}
+
+impl<T> Slot<T> {
+    pub(crate) fn set(&self, answer: T) {
         let waker = {
             let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
             g.0 = Some(answer);
@@ -186,14 +193,23 @@ impl Slot {
     }
 }
 
-/// The answer to [`LookupPool::ask`], awaited on the shard.
+/// The answer in a [`Slot`], awaited on the shard: [`LookupPool::ask`]'s,
+/// or a password check's.
 #[derive(Debug)]
-pub struct PendingAnswer(Arc<Slot>);
+pub struct PendingAnswer<T = Answer>(Arc<Slot<T>>);
 
-impl Future for PendingAnswer {
-    type Output = Answer;
+impl<T> PendingAnswer<T> {
+    /// A slot for a thread to answer in, and its awaitable end.
+    pub(crate) fn new() -> (Arc<Slot<T>>, Self) {
+        let slot = Arc::new(Slot::default());
+        (Arc::clone(&slot), PendingAnswer(slot))
+    }
+}
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+impl<T> Future for PendingAnswer<T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
         let mut g = self.0 .0.lock().unwrap_or_else(|e| e.into_inner());
         match g.0.take() {
             Some(a) => Poll::Ready(a),
@@ -205,7 +221,7 @@ impl Future for PendingAnswer {
     }
 }
 
-impl Drop for PendingAnswer {
+impl<T> Drop for PendingAnswer<T> {
     /// Given up on (timed out, hard stop): the thread's answer must not
     /// wake a task that no longer waits for it.
     fn drop(&mut self) {

@@ -287,6 +287,10 @@ pub fn serve_reloading(
     if lookups.is_some() {
         crate::info!("recipient lookups: {}", lookup::describe(&cfg.smtp));
     }
+    if let Some(a) = &auth {
+        a.start()
+            .map_err(|e| ServerError::System(format!("cannot start the password threads: {e}")))?;
+    }
     spawn_signal_thread(stops, cfg.server.shutdown_grace, reloads)?;
 
     let mut handles = Vec::with_capacity(starts.len());

@@ -2,10 +2,14 @@
 //! password check off the shard, failed attempts per client address.
 //!
 //! The engine runs the AUTH dialogue and says when it has credentials
-//! (`Event::Auth`); `answer` checks them on the shard's blocking thread
-//! (`glommio::executor().spawn_blocking`: an argon2 or bcrypt check takes
-//! tens of milliseconds of CPU, which must not stall the shard's other
-//! connections) and hands the verdict back. The users live in an `Arc`
+//! (`Event::Auth`); `answer` queues them for the password threads (an
+//! argon2 or bcrypt check takes milliseconds to tens of milliseconds of
+//! CPU, which must not stall the shard's other connections) and hands the
+//! verdict back. The threads are plain, unpinned threads shared by the
+//! shards, at most half the CPUs, so a flood of AUTH attempts leaves the
+//! shards CPU; their queue is bounded (a full queue answers `454 4.7.0` at
+//! once) and a session waits no longer than its command timeout, nor past
+//! the hard stop. The users live in an `Arc`
 //! swapped on SIGHUP ([`reload`]); a bad new file is logged and the old
 //! users kept. Failures are counted per client address across shards
 //! ([`failures`]); past submission.auth_max_failures the client gets
@@ -17,11 +21,18 @@
 pub mod failures;
 pub mod users;
 
+use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use futures_lite::future;
+use glommio::timer::sleep;
+
+use super::lookup::{PendingAnswer, Slot};
+use super::shard::Shard;
 use crate::config::SubmissionConfig;
 use crate::protocol::{AuthVerdict, Session};
 use failures::AuthFailures;
@@ -47,10 +58,26 @@ impl Roles {
     }
 }
 
+/// Checks queued per password thread before new ones get `454` at once:
+/// with doveadm's argon2id (about 80 ms) a full queue is 2.5 s of work.
+const QUEUE_PER_THREAD: usize = 32;
+
+/// One password check for the threads.
+struct Check {
+    users: Arc<Users>,
+    name: String,
+    password: Vec<u8>,
+    reply: Arc<Slot<bool>>,
+}
+
 /// Everything AUTH needs, shared by every shard.
 #[derive(Debug)]
 pub struct AuthService {
     users: Mutex<Arc<Users>>,
+    /// The password threads' queue.
+    checks: SyncSender<Check>,
+    /// Its other end until [`AuthService::start`] hands it to the threads.
+    unstarted: Mutex<Option<mpsc::Receiver<Check>>>,
     /// Failed attempts per client address.
     pub failures: AuthFailures,
     /// submission.sender_login_match.
@@ -68,11 +95,41 @@ impl AuthService {
             return Ok(None);
         }
         let users = Users::load(&cfg.users)?;
+        let (checks, rx) = mpsc::sync_channel(password_threads() * QUEUE_PER_THREAD);
         Ok(Some(AuthService {
             users: Mutex::new(Arc::new(users)),
+            checks,
+            unstarted: Mutex::new(Some(rx)),
             failures: AuthFailures::new(cfg.auth_max_failures, cfg.auth_failure_window),
             sender_login_match: cfg.sender_login_match,
         }))
+    }
+
+    /// Starts the password threads (once; after the server has blocked
+    /// its signals, so that SIGHUP and SIGTERM reach only the signal
+    /// thread).
+    ///
+    /// # Errors
+    /// A thread cannot be started.
+    pub fn start(&self) -> std::io::Result<()> {
+        let Some(rx) = self
+            .unstarted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return Ok(());
+        };
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..password_threads() {
+            let rx = Arc::clone(&rx);
+            // Detached: each ends when the service (its queue's sender)
+            // is dropped.
+            std::thread::Builder::new()
+                .name(format!("ringmx-auth{i}"))
+                .spawn(move || check_passwords(&rx))?;
+        }
+        Ok(())
     }
 
     /// The current users.
@@ -92,6 +149,33 @@ impl AuthService {
     }
 }
 
+impl fmt::Debug for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the password.
+        f.debug_struct("Check").field("name", &self.name).finish()
+    }
+}
+
+/// Half the CPUs, at least one: hashing never takes every core from the
+/// shards.
+fn password_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+fn check_passwords(rx: &Mutex<mpsc::Receiver<Check>>) {
+    loop {
+        // One thread at a time waits on the queue; the others on the lock.
+        let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let Ok(mut job) = job else { return };
+        // The session stopped waiting (its timeout, the hard stop).
+        if Arc::strong_count(&job.reply) > 1 {
+            let ok = job.users.verify(&job.name, &job.password);
+            job.reply.set(ok);
+        }
+        job.password.iter_mut().for_each(|b| *b = 0);
+    }
+}
+
 /// SIGHUP: rereads the users file; swaps the new users in only if the file
 /// is valid, and logs what happened either way.
 pub fn reload(svc: &AuthService, path: &Path) {
@@ -108,21 +192,18 @@ pub fn reload(svc: &AuthService, path: &Path) {
     }
 }
 
-/// Answers the session's `Event::Auth`: checks its credentials on the
-/// blocking thread, counts a failure against the client's address, and
-/// hands the verdict to the session (which writes the reply). `shard_id`
-/// and the session's peer name the log line; the password never does, nor
-/// the user name of a failed attempt (users type passwords there too).
-pub(crate) async fn answer(
-    svc: Option<&Arc<AuthService>>,
-    shard_id: u32,
-    session: &mut Session,
-    out: &mut Vec<u8>,
-) {
+/// Answers the session's `Event::Auth`: queues its credentials for the
+/// password threads, waits for the verdict (at most the session's command
+/// timeout, and not past the hard stop: `454 4.7.0` then), counts a
+/// failure against the client's address, and hands the verdict to the
+/// session (which writes the reply). The session's peer names the log
+/// line; the password never does, nor the user name of a failed attempt
+/// (users type passwords there too).
+pub(crate) async fn answer(shard: &Shard, session: &mut Session, out: &mut Vec<u8>) {
     let Some((user, password)) = session.pending_auth() else {
         return;
     };
-    let Some(svc) = svc else {
+    let Some(svc) = shard.auth.as_ref() else {
         // Only submission sessions offer AUTH, and they have the service.
         session.handle_auth(AuthVerdict::Unavailable, out);
         return;
@@ -130,19 +211,37 @@ pub(crate) async fn answer(
     let peer = session.client().peer;
     let ip = peer.map(|p| p.ip());
     if svc.blocked(ip, Instant::now()) {
-        log(shard_id, peer, "blocked", None);
+        log(shard.id, peer, "blocked", None);
         session.handle_auth(AuthVerdict::Blocked, out);
         return;
     }
-    let users = svc.users();
-    let (name, mut pw) = (user.to_owned(), password.to_vec());
-    let (ok, name) = glommio::executor()
-        .spawn_blocking(move || {
-            let ok = users.verify(&name, &pw);
-            pw.iter_mut().for_each(|b| *b = 0);
-            (ok, name)
-        })
-        .await;
+    let name = user.to_owned();
+    let (reply, pending) = PendingAnswer::new();
+    let check = Check {
+        users: svc.users(),
+        name: name.clone(),
+        password: password.to_vec(),
+        reply,
+    };
+    if svc.checks.try_send(check).is_err() {
+        crate::warn!(
+            "shard {}: password check queue full; answering 454",
+            shard.id
+        );
+        session.handle_auth(AuthVerdict::Unavailable, out);
+        return;
+    }
+    let limit = session.read_timeout();
+    let ok = future::or(async { Some(pending.await) }, async {
+        future::or(sleep(limit), shard.hard_stop.wait()).await;
+        None
+    })
+    .await;
+    let Some(ok) = ok else {
+        log(shard.id, peer, "unanswered", None);
+        session.handle_auth(AuthVerdict::Unavailable, out);
+        return;
+    };
     let verdict = match ok {
         true => AuthVerdict::Accepted,
         false if ip.is_some_and(|ip| svc.failures.fail(ip, Instant::now())) => AuthVerdict::Blocked,
@@ -153,7 +252,7 @@ pub(crate) async fn answer(
         AuthVerdict::Blocked => "failed-now-blocked",
         _ => "failed",
     };
-    log(shard_id, peer, what, ok.then_some(name.as_str()));
+    log(shard.id, peer, what, ok.then_some(name.as_str()));
     session.handle_auth(verdict, out);
 }
 
