@@ -193,7 +193,7 @@ impl<T> Slot<T> {
     }
 }
 
-/// The answer in a [`Slot`], awaited on the shard: [`LookupPool::ask`]'s,
+/// The answer in a `Slot`, awaited on the shard: [`LookupPool::ask`]'s,
 /// or a password check's.
 #[derive(Debug)]
 pub struct PendingAnswer<T = Answer>(Arc<Slot<T>>);
