@@ -1303,19 +1303,35 @@ impl Conn {
         if !matches!(wake, Wake::Timer) || limit <= IDLE_RELEASE {
             return wake;
         }
-        // Idle: give the buffers back and wait with a 1-byte read.
+        let (wake, one) = self.idle_wait(limit - first, 0, watch_shutdown).await;
+        if let Wake::Data(n) = wake {
+            let spare = self.rbuf.spare(size);
+            spare[..n].copy_from_slice(&one[..n]);
+            self.rbuf.filled(n);
+        }
+        wake
+    }
+
+    /// Idle: gives the read and reply buffers back (`tls` bytes of TLS
+    /// buffer already went, for the log line) and waits up to `rest` with
+    /// a 1-byte read, whose byte the caller puts where it belongs.
+    async fn idle_wait(
+        &mut self,
+        rest: Duration,
+        tls: usize,
+        watch_shutdown: bool,
+    ) -> (Wake, [u8; 1]) {
         let held = (self.rbuf.buf.capacity(), self.out.capacity());
         self.rbuf.release();
         self.out = Vec::new();
         // Tests check this line: the release is otherwise invisible.
         crate::debug!(
-            "shard {}: idle connection released read={} reply={} buffer bytes",
+            "shard {}: idle connection released read={} reply={} tls={tls} buffer bytes",
             self.shard.id,
             held.0 - self.rbuf.buf.capacity(),
             held.1 - self.out.capacity(),
         );
         let mut one = [0u8; 1];
-        let rest = limit - first;
         let wake = wait_readable(
             &mut self.stream,
             &mut one,
@@ -1325,12 +1341,7 @@ impl Conn {
         )
         .await;
         self.out.reserve(self.shard.server.write_buffer_bytes);
-        if let Wake::Data(n) = wake {
-            let spare = self.rbuf.spare(size);
-            spare[..n].copy_from_slice(&one[..n]);
-            self.rbuf.filled(n);
-        }
-        wake
+        (wake, one)
     }
 }
 
@@ -1362,30 +1373,15 @@ impl Conn {
             return wake;
         }
         let cin = t.release();
-        let held = (self.rbuf.buf.capacity(), self.out.capacity());
-        self.rbuf.release();
-        self.out = Vec::new();
-        crate::debug!(
-            "shard {}: idle connection released read={} reply={} buffer bytes (tls {cin})",
-            self.shard.id,
-            held.0 - self.rbuf.buf.capacity(),
-            held.1 - self.out.capacity(),
-        );
-        let mut one = [0u8; 1];
         // `first` has passed (its timer fired).
         let started = Instant::now();
         let rest = limit.saturating_sub(first);
-        let wake = wait_readable(
-            &mut self.stream,
-            &mut one,
-            rest,
-            &self.shard,
-            watch_shutdown,
-        )
-        .await;
-        self.out.reserve(self.shard.server.write_buffer_bytes);
+        let (wake, one) = self.idle_wait(rest, cin, watch_shutdown).await;
         let Wake::Data(n) = wake else {
             return wake;
+        };
+        let Some(t) = self.tls.as_deref_mut() else {
+            return Wake::Stuck;
         };
         t.preload(&one[..n]);
         // The rest of the record (and of the batch) as a busy connection
