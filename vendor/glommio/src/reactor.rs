@@ -260,10 +260,14 @@ impl Reactor {
                 let source =
                     self.new_source(raw, SourceType::Read(PollableStatus::Pollable, None), None);
                 self.sys.read_dma(&source, 0, alignment as usize);
-                let iopoll = if let Err(err) = source.collect_rw().await {
-                    if let Some(libc::ENOTSUP) = err.raw_os_error() {
-                        false
-                    } else {
+                let iopoll = match source.collect_rw().await {
+                    // ringmx patch: a read that found nothing (an empty
+                    // file) never reached the device and proves nothing;
+                    // leave the device unprobed and the file off the poll ring.
+                    Ok(0) => return false,
+                    Ok(_) => true,
+                    Err(err) if err.raw_os_error() == Some(libc::ENOTSUP) => false,
+                    Err(err) => {
                         // The IO requests failed, but not because the poll ring doesn't work.
                         error!(
                             "got unexpected error when probing iopoll support for file {path:?} \
@@ -272,8 +276,6 @@ impl Reactor {
                         );
                         false
                     }
-                } else {
-                    true
                 };
                 sysfs::BlockDevice::set_iopoll_support(major, minor, iopoll);
                 iopoll
