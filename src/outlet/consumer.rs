@@ -605,6 +605,7 @@ pub fn lag_bytes(spool: &SpoolReader, shard: u32, pos: Location) -> Result<u64, 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(OutletError::io("listing", dir, e)),
     };
+    let mut segs = Vec::new();
     for entry in rd.flatten() {
         let name = entry.file_name();
         let crate::spool::format::SegmentName::Current(seq) =
@@ -612,7 +613,14 @@ pub fn lag_bytes(spool: &SpoolReader, shard: u32, pos: Location) -> Result<u64, 
         else {
             continue;
         };
-        let len = entry.metadata().map_or(0, |m| m.len());
+        segs.push((seq, entry.path(), entry.metadata().map_or(0, |m| m.len())));
+    }
+    let newest = segs.iter().map(|s| s.0).max();
+    for (seq, path, mut len) in segs {
+        // Not the zeros a server writes ahead of its records.
+        if Some(seq) == newest {
+            len = crate::spool::data_end(&path, len).unwrap_or(len);
+        }
         if seq > pos.segment {
             total += len;
         } else if seq == pos.segment {

@@ -419,6 +419,27 @@ fn check_segment_header(seg: &SegmentFile, shard: u32, seq: u64) -> Result<(), S
     Ok(())
 }
 
+/// Where the records of the segment at `path` (`len` bytes long) end: see
+/// [`SegmentFile::records_end`]; its length where it cannot be opened as a
+/// segment (being created, damaged: the readers judge it).
+pub(crate) fn data_end(path: &Path, len: u64) -> Result<u64, SpoolError> {
+    let mut tries = 0;
+    loop {
+        let seg = match SegmentFile::open(path) {
+            Ok(seg) => seg,
+            Err(_) => return Ok(len),
+        };
+        match seg.records_end() {
+            // The server sealed it and cut its zeros under the reads: the
+            // file is final now, read it again.
+            Err(_) if tries < 3 && seg.file().metadata().is_ok_and(|m| m.len() < seg.len()) => {
+                tries += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
 impl SpoolReader {
     /// Opens the spool at `root`.
     ///
@@ -521,7 +542,7 @@ impl SpoolReader {
             .len();
         Ok(Some(Location {
             segment: *seq,
-            offset: len,
+            offset: data_end(path, len)?,
         }))
     }
 
@@ -1095,6 +1116,16 @@ impl ShardMessages {
         }
     }
 
+    /// Whether the current segment is shorter now than when its length was
+    /// last read (the length is then the new one).
+    fn shrank(&mut self) -> Result<bool, SpoolError> {
+        let Some(seg) = self.cur.as_mut() else {
+            return Ok(false);
+        };
+        let before = seg.len();
+        Ok(seg.refresh_len()? < before)
+    }
+
     /// Whether the current segment is longer now than when its length was
     /// last read. Called once a newer segment is listed: the server appends
     /// nothing to a segment after creating the next one, so this length is
@@ -1317,6 +1348,21 @@ impl ShardMessages {
             // zeros. It writes in order, so `pos` is whole: read on.
             Damage::Middle(_) if start == pos && seg.intact_at(pos)? => self.step(),
             Damage::Middle(next) => {
+                // The newest segment of a running server: the writer's
+                // O_DIRECT write of a run (`spool.direct_io`) is split into
+                // device requests that finish in any order, so a record can
+                // be torn while one after it in the same write is whole
+                // already. Look again at the next poll, as for a torn tail;
+                // damage that stays is reported once a newer segment exists
+                // or the server has stopped.
+                if !self.refill()? {
+                    let root = self.dir.parent().unwrap_or(&self.dir);
+                    if lock_holder(root)?.is_some() {
+                        return Ok(None);
+                    }
+                } else if self.changed_at(start)? {
+                    return self.step();
+                }
                 self.pos = next;
                 self.here.offset = next;
                 self.prev = None;
@@ -1381,7 +1427,20 @@ impl Iterator for ShardMessages {
                 self.after_shrink();
             }
         }
-        match self.step() {
+        let mut step = self.step();
+        // A server that writes zeros ahead of its records (`spool.prewrite_bytes`,
+        // `spool.direct_io`) cuts them when it seals, so the file can end
+        // before a length read earlier, under any of the reads a step makes
+        // (a record, the damage check after it, the seal): read again with
+        // the new length. Bounded, as every cut makes the file shorter.
+        for _ in 0..3 {
+            if step.is_ok() || !matches!(self.shrank(), Ok(true)) {
+                break;
+            }
+            self.after_shrink();
+            step = self.step();
+        }
+        match step {
             Ok(Some(m)) => Some(Ok(m)),
             // Not done: a later poll sees what is appended by then.
             Ok(None) => {

@@ -611,12 +611,17 @@ impl Reclaimer {
     }
 }
 
-/// Segment bytes at or after `from`.
+/// Segment bytes at or after `from` (the newest segment's up to the end
+/// of its records: not the zeros a server writes ahead of them).
 fn lag_bytes(segs: &[(u64, PathBuf)], from: Location) -> u64 {
+    let newest = segs.last().map(|(s, _)| *s);
     segs.iter()
         .filter(|(s, _)| *s >= from.segment)
         .filter_map(|(s, p)| {
-            let len = std::fs::metadata(p).ok()?.len();
+            let mut len = std::fs::metadata(p).ok()?.len();
+            if Some(*s) == newest {
+                len = super::reader::data_end(p, len).unwrap_or(len);
+            }
             Some(if *s == from.segment {
                 len.saturating_sub(from.offset)
             } else {

@@ -471,6 +471,48 @@ impl SegmentFile {
         Ok((start, self.classify(start)?))
     }
 
+    /// Where the records end: the file's length, unless the file ends in
+    /// zeros (a server writing zeros ahead of its records,
+    /// `spool.prewrite_bytes` or `spool.direct_io`); then the end of the
+    /// last record before them. Bisects over 4 KiB blocks for where the
+    /// zeros start, then hops over record headers from an intact record a
+    /// little before that: a few dozen reads, not the whole segment.
+    pub(crate) fn records_end(&self) -> Result<u64, SpoolError> {
+        const BLOCK: u64 = 4096;
+        // Back from the zeros' start to look for an intact record: longer
+        // records are found by the walk from the start instead.
+        const BACK: u64 = 256 << 10;
+        let (start, len) = (self.data_start(), self.len);
+        if len <= start || !self.all_zero(len - 1, len)? {
+            return Ok(len);
+        }
+        let zero_block = |b: u64| self.all_zero((b * BLOCK).max(start), ((b + 1) * BLOCK).min(len));
+        // The first all-zero block of the trailing run. Blocks of zeros
+        // inside a record can mislead the bisection; the hop below still
+        // ends at the true end, from any intact record before it.
+        let (mut lo, mut hi) = (start / BLOCK, (len - 1) / BLOCK);
+        if zero_block(hi)? {
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if zero_block(mid)? {
+                    hi = mid;
+                } else {
+                    lo = mid + 1;
+                }
+            }
+        }
+        let from = (hi * BLOCK).saturating_sub(BACK).max(start);
+        let mut pos = if from == start {
+            start
+        } else {
+            self.resync(from)?.unwrap_or(start)
+        };
+        while let Step::Record(m) = self.next(pos, Payload::Skip)? {
+            pos = m.end();
+        }
+        Ok(pos)
+    }
+
     /// Whether bytes `from..to` are all zero.
     pub(crate) fn all_zero(&self, from: u64, to: u64) -> Result<bool, SpoolError> {
         let mut buf = vec![0u8; CHUNK];
