@@ -206,9 +206,11 @@ impl HistogramSnapshot {
 /// writes it (`ShardSpool::publish_sync_metrics_to`), the server exposes it.
 #[derive(Debug)]
 pub struct SyncMetrics {
-    /// Time each group-commit fdatasync took.
+    /// Time each group-commit fdatasync took (none where the batch was
+    /// written O_DSYNC, `spool.direct_io`).
     pub fdatasync_seconds: Arc<Histogram>,
-    /// Messages acknowledged by each fdatasync (its batch size).
+    /// Messages acknowledged by each group commit (its batch size), made
+    /// durable by one fdatasync or one O_DSYNC write.
     pub commits_per_fdatasync: Arc<Histogram>,
     /// Stages of a group commit, once per batch (see [`CommitStages`]).
     pub stages: CommitStages,

@@ -89,12 +89,14 @@ fn consumer_at(spool: &Path, name: &str, at: Option<Location>) {
 }
 
 /// The end of the newest segment: a consumer that has shipped everything.
+/// Where a consumer that shipped everything stands: the end of the newest
+/// segment's records (not of its file, which may hold zeros written ahead).
 fn caught_up(spool: &Path) -> Location {
-    let seq = *segments(spool).last().unwrap();
-    Location {
-        segment: seq,
-        offset: seg_len(spool, seq),
-    }
+    SpoolReader::open(spool)
+        .unwrap()
+        .shard_end(0)
+        .unwrap()
+        .unwrap()
 }
 
 fn start_of(segment: u64) -> Location {

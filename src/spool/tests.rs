@@ -58,7 +58,7 @@ impl Drop for TempDir {
 
 /// Runs `f` on a fresh glommio executor (small io_memory: the default
 /// 8 MiB memlock limit is enough for a few at once).
-fn run<F: Future>(f: impl FnOnce() -> F) -> F::Output {
+pub(crate) fn run<F: Future>(f: impl FnOnce() -> F) -> F::Output {
     let _slot = ExecutorSlot::take();
     LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(256 << 10)
@@ -232,10 +232,21 @@ fn assert_verify_clean(root: &Path) {
 
 #[test]
 fn small_and_streamed_messages_round_trip_across_reopen() {
+    round_trip_across_reopen(true);
+}
+
+/// The same through the page cache (`spool.direct_io = false`).
+#[test]
+fn small_and_streamed_messages_round_trip_across_reopen_buffered() {
+    round_trip_across_reopen(false);
+}
+
+fn round_trip_across_reopen(direct_io: bool) {
     let dir = TempDir::new("roundtrip");
     let root = dir.path().to_owned();
     // 4 KiB buffer, 64 KiB segments: many fragments and many rotations.
-    let c = cfg(4096, 64 << 10, Durability::Fsync);
+    let mut c = cfg(4096, 64 << 10, Durability::Fsync);
+    c.direct_io = direct_io;
     let mut want = BTreeMap::new();
     run(|| async {
         let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
@@ -1273,7 +1284,10 @@ fn disk_full_for_real_fails_with_full_and_recovers_when_space_returns() {
     };
     let root = mnt.join("spool");
     let filler = mnt.join("filler");
-    let c = cfg(16 << 10, 256 << 10, Durability::Fsync);
+    let mut c = cfg(16 << 10, 256 << 10, Durability::Fsync);
+    // Appending, so the write that meets the full disk is a message's: with
+    // `spool.direct_io` the zeros written ahead hold space for the next MiB.
+    c.direct_io = false;
     let mut want = BTreeMap::new();
     run(|| async {
         let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
@@ -1483,7 +1497,10 @@ fn node_id_is_the_setting_or_the_host_name_and_bad_ones_refuse_the_start() {
 fn the_cut_after_a_failed_write_is_synced_before_the_refusal() {
     let dir = TempDir::new("cutsync");
     let root = dir.path().to_owned();
-    let c = cfg(1 << 20, 64 << 20, Durability::Fsync);
+    let mut c = cfg(1 << 20, 64 << 20, Durability::Fsync);
+    // File lengths are the point: no zeros ahead (`spool.direct_io` writes
+    // them; its cut-back is checked by the power-cut oracle elsewhere).
+    c.direct_io = false;
     run(|| async {
         let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
         let a = body(500, 1);
@@ -1672,6 +1689,95 @@ fn a_reader_resumes_at_any_position_it_reported() {
     assert_eq!(after_gc.last().unwrap().0, all.last().unwrap().0);
 }
 
+/// `shard_end` (and the lag figures) count the live segment's records,
+/// not the zeros written ahead of them (`spool.direct_io` keeps 1 MiB):
+/// a consumer that drains "what was committed when it started" stops
+/// there, and a caught-up consumer shows no lag. The bisection for the
+/// zeros is misled by a body holding 8 KiB of zeros, and a last record
+/// longer than its look-back is found by a walk from the start.
+#[test]
+fn the_shard_ends_where_its_records_end_not_where_the_zeros_do() {
+    let dir = TempDir::new("records-end");
+    let root = dir.path().to_owned();
+    let mut c = cfg(1 << 20, 64 << 20, Durability::Fsync);
+    c.direct_io = true;
+    let mut zeroed = body(40 << 10, 3);
+    zeroed[16 << 10..24 << 10].fill(0);
+    let bodies = [body(700, 1), zeroed, body(600 << 10, 4), body(300, 5)];
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        let r = SpoolReader::open(&root).unwrap();
+        for b in &bodies {
+            store(&spool, b, 64 << 10).await.unwrap();
+            let written = spool.stats().written;
+            let seg = root
+                .join("shard-0")
+                .join(segment_file_name(written.segment));
+            let file_len = std::fs::metadata(&seg).unwrap().len();
+            assert!(file_len > written.offset, "zeros ahead: {file_len}");
+            assert_eq!(r.shard_end(0).unwrap(), Some(written));
+            let lag = crate::outlet::consumer::lag_bytes(&r, 0, written).unwrap();
+            assert_eq!(lag, 0, "a caught-up consumer lags by nothing");
+        }
+        spool.close().await.unwrap();
+    });
+}
+
+/// A torn record in the newest segment of a running server, with an intact
+/// one after it, is a write under way (`spool.direct_io` writes a run as
+/// device requests that finish in any order), not damage: a tailing reader
+/// waits there and reads every record once the write is whole. Once the
+/// server has stopped, the same bytes are damage, reported and stepped over.
+#[test]
+fn a_torn_record_before_a_whole_one_in_a_running_servers_segment_is_waited_for() {
+    use std::os::unix::fs::FileExt;
+    let dir = TempDir::new("torn-live");
+    let root = dir.path().to_owned();
+    let c = cfg(1 << 20, 64 << 20, Durability::Fsync);
+    let seg = root.join("shard-0").join(segment_file_name(1));
+    let mut ids = Vec::new();
+    let mut torn_at = 0;
+    let flip = |at: u64| {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&seg)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x55], at).unwrap();
+    };
+    run(|| async {
+        let spool = ShardSpool::open(&root, 0, &c).await.unwrap();
+        for i in 0..3 {
+            let before = spool.stats().written.offset;
+            ids.push(store(&spool, &body(2000, i), 2000).await.unwrap());
+            if i == 1 {
+                torn_at = (before + spool.stats().written.offset) / 2;
+            }
+        }
+        flip(torn_at);
+        let r = SpoolReader::open(&root).unwrap();
+        let mut it = r.shard_messages(0);
+        let got: Vec<QueueId> = drain_now(&mut it).into_iter().map(|x| x.0).collect();
+        assert_eq!(got, ids[..1], "waits at the torn record, skips nothing");
+        flip(torn_at);
+        let got: Vec<QueueId> = drain_now(&mut it).into_iter().map(|x| x.0).collect();
+        assert_eq!(got, ids[1..], "the write done, every record is read");
+        spool.close().await.unwrap();
+    });
+    // Stopped: damage now. Cut, it is reported once; the mail after it stays.
+    flip(torn_at);
+    let r = SpoolReader::open(&root).unwrap();
+    let all: Vec<_> = r.shard_messages(0).collect();
+    assert_eq!(all.iter().filter(|m| m.is_err()).count(), 1, "{all:?}");
+    let ok: Vec<QueueId> = all
+        .into_iter()
+        .filter_map(|m| m.ok().map(|m| m.id))
+        .collect();
+    assert_eq!(ok, vec![ids[0], ids[2]]);
+}
+
 #[test]
 fn a_reader_that_returned_none_sees_what_is_appended_later() {
     let dir = TempDir::new("tail");
@@ -1818,6 +1924,18 @@ fn a_tailing_reader_misses_no_commit_when_the_server_rotates_under_it() {
 fn a_tailing_reader_misses_no_commit_written_over_zeros_ahead() {
     let mut c = cfg(4096, 4096, Durability::Fsync);
     c.prewrite_bytes = 4096;
+    c.direct_io = false;
+    tailing_readers_miss_no_commit(&c);
+}
+
+/// The same with `spool.direct_io`, which rewrites the block holding the
+/// end of the records with every commit, writes whole blocks past the
+/// segment's limit when it seals, and cuts them: a reader that saw the
+/// longer file met "file shrank" and stopped for good.
+#[test]
+fn a_tailing_reader_misses_no_commit_written_with_direct_io() {
+    let mut c = cfg(4096, 4096, Durability::Fsync);
+    c.direct_io = true;
     tailing_readers_miss_no_commit(&c);
 }
 

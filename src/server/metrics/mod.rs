@@ -118,13 +118,16 @@ shard_metrics! {
     end_of_data_seconds: Histogram = Histogram::seconds(LATENCY_BOUNDS_NS),
         "ringmx_end_of_data_reply_seconds",
         "Time from a message's end of data to its reply (the durable commit).";
-    /// Time each group-commit fdatasync took (recorded by the spool writer).
+    /// Time each group-commit fdatasync took (recorded by the spool writer;
+    /// a batch written O_DSYNC with `spool.direct_io` needs none).
     fdatasync_seconds: Arc<Histogram> = Arc::new(Histogram::seconds(LATENCY_BOUNDS_NS)),
-        "ringmx_spool_fdatasync_seconds", "Time each spool fdatasync took.";
-    /// Messages each fdatasync made durable (group-commit batch size).
+        "ringmx_spool_fdatasync_seconds",
+        "Time each spool fdatasync took (none where a batch was written O_DSYNC, spool.direct_io).";
+    /// Messages each group commit made durable (its batch size), by one
+    /// fdatasync or one O_DSYNC write.
     commits_per_fdatasync: Arc<Histogram> = Arc::new(Histogram::counts(BATCH_BOUNDS)),
         "ringmx_spool_commits_per_fdatasync",
-        "Messages made durable by each spool fdatasync (group-commit batch size).";
+        "Messages made durable by each group commit, one fdatasync or O_DSYNC write (batch size).";
     /// Commit stage: oldest commit queued to its batch taken by the writer.
     commit_queue_seconds: Arc<Histogram> = Arc::new(Histogram::seconds(STAGE_BOUNDS_NS)),
         "ringmx_spool_commit_queue_seconds",
@@ -466,7 +469,7 @@ impl Scrape {
         let gauges: [SpoolGauge; 3] = [
             (
                 "ringmx_spool_bytes",
-                "Bytes in the shard's spool segment files.",
+                "Bytes in the shard's spool segment files (zeros written ahead included).",
                 |f| f.bytes,
             ),
             (

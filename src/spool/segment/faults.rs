@@ -2,7 +2,7 @@
 //! thread fail; and an oracle of what each fdatasync made durable.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 
 thread_local! {
@@ -15,6 +15,10 @@ thread_local! {
     static ZEROS: RefCell<HashMap<PathBuf, u64>> = RefCell::new(HashMap::new());
     /// Per file, how many fdatasyncs returned.
     static SYNCS_DONE: RefCell<HashMap<PathBuf, u64>> = RefCell::new(HashMap::new());
+    /// Files written (or cut) without O_DSYNC since their last fdatasync
+    /// (`spool.direct_io`): an O_DSYNC write may make only itself durable
+    /// (FUA), so it proves nothing about them.
+    static DIRTY: RefCell<HashSet<PathBuf>> = RefCell::new(HashSet::new());
     static WRITES: RefCell<VecDeque<Option<(usize, i32)>>> =
         const { RefCell::new(VecDeque::new()) };
     static SYNCS: RefCell<VecDeque<i32>> = const { RefCell::new(VecDeque::new()) };
@@ -54,10 +58,29 @@ pub(super) fn take_sync() -> Option<i32> {
     SYNCS.with(|s| s.borrow_mut().pop_front())
 }
 
+fn key(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
+}
+
+/// A write or truncate of `path` without O_DSYNC returned.
+pub(super) fn note_plain_write(path: &Path) {
+    DIRTY.with(|d| d.borrow_mut().insert(key(path)));
+}
+
+/// A write of `path` with O_DSYNC returned: the file as it is now is
+/// durable only if nothing was written plain since the last fdatasync.
+pub(super) fn note_dsync_write(path: &Path) {
+    if !DIRTY.with(|d| d.borrow().contains(&key(path))) {
+        note_sync(path);
+    }
+}
+
+/// An fdatasync of `path` returned: the file as it is now is durable.
 pub(super) fn note_sync(path: &Path) {
     let len = std::fs::metadata(path).map_or(0, |m| m.len());
     let zeros = zeros_from(path, len);
-    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let path = key(path);
+    DIRTY.with(|d| d.borrow_mut().remove(&path));
     SYNCED.with(|s| s.borrow_mut().insert(path.clone(), len));
     ZEROS.with(|s| s.borrow_mut().insert(path.clone(), zeros));
     SYNCS_DONE.with(|s| *s.borrow_mut().entry(path).or_default() += 1);

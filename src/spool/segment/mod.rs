@@ -66,6 +66,7 @@ use super::EnvelopeRecord;
 use crate::config::SpoolConfig;
 
 mod channel;
+mod direct;
 #[cfg(test)]
 pub(crate) mod faults;
 mod file_io;

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
 
-use glommio::io::{BufferedFile, Directory, OpenOptions};
+use glommio::io::Directory;
 
 use super::channel::{Job, Written};
-use super::file_io::{sync_file, truncate, write_all};
+use super::file_io::{sync_file, truncate, write_all, SegFile};
 use super::shared::Core;
 use crate::config::Durability;
 use crate::spool::error::SpoolError;
@@ -25,9 +25,13 @@ use crate::spool::format::{
 /// extra memory of a batch full of fragments.
 const MAX_RUN_BYTES: u64 = 1 << 20;
 
+/// Zeros written ahead of the records with `spool.direct_io` when
+/// `spool.prewrite_bytes` is 0.
+const DIRECT_PREWRITE_BYTES: u64 = 1 << 20;
+
 /// The segment being appended to.
 struct Segment {
-    file: BufferedFile,
+    file: SegFile,
     path: PathBuf,
     seq: u64,
     /// Bytes written (the file's length).
@@ -65,6 +69,8 @@ pub(super) struct Writer {
     /// for the commit stages (reset by each group commit's sync).
     first_write: Option<Instant>,
     last_write_done: Option<Instant>,
+    /// `spool.direct_io` under fsync, where the filesystem takes O_DIRECT.
+    direct: bool,
 }
 
 impl Writer {
@@ -79,6 +85,9 @@ impl Writer {
         append_to: Option<(u64, u64, u64)>,
         next_segment_seq: u64,
     ) -> Result<Self, SpoolError> {
+        let direct = core.cfg.direct_io
+            && core.cfg.durability == Durability::Fsync
+            && direct_io_works(&core.dir, core.shard);
         let mut w = Writer {
             core,
             seg: None,
@@ -86,6 +95,7 @@ impl Writer {
             rotate_first: false,
             first_write: None,
             last_write_done: None,
+            direct,
         };
         let seg = match append_to {
             Some((seq, len, nonce)) => w.reopen(seq, len, nonce).await?,
@@ -105,16 +115,11 @@ impl Writer {
     async fn reopen(&mut self, seq: u64, len: u64, nonce: u64) -> Result<Segment, SpoolError> {
         let cfg = &self.core.cfg;
         let path = self.core.dir.join(segment_file_name(seq));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .buffered_open(&path)
-            .await
-            .map_err(|e| SpoolError::glommio("opening segment", &path, e))?;
+        let mut file = SegFile::open(&path, false, len, self.direct_opts()).await?;
         if cfg.durability == Durability::Fsync {
             // A previous run under `durability = none` may have left
             // bytes only in the page cache; from now on they count as durable.
-            sync_file(&file, &path).await?;
+            sync_file(&mut file, &path).await?;
         }
         // Never append to a segment a previous run wrote: a consumer may have
         // read records there that were written but not yet fdatasync'd when
@@ -123,6 +128,7 @@ impl Writer {
         // of what it shipped, and it would skip them. Sealed at its recovered
         // length instead, the old segment ends before any such checkpoint.
         self.rotate_first = true;
+        let file_len = file.len_after(len);
         Ok(Segment {
             file,
             path,
@@ -131,7 +137,7 @@ impl Writer {
             durable: len,
             broken: false,
             nonce,
-            file_len: len,
+            file_len,
             prewrite_failed: false,
         })
     }
@@ -164,20 +170,36 @@ impl Writer {
             {
                 self.sync(&mut seg, &mut Vec::new(), true).await;
             }
-            seg.file
-                .close()
-                .await
-                .map_err(|e| SpoolError::glommio("closing", &seg.path, e))?;
+            seg.file.close(&seg.path).await?;
         }
         Ok(())
     }
 
-    /// `spool.prewrite_bytes` under fsync (0: off); nothing is synced under none.
+    /// `spool.direct_io`, which only applies under fsync: under none
+    /// nothing waits for the device, and the page cache is the fast path.
+    fn direct(&self) -> bool {
+        self.direct
+    }
+
+    /// How [`SegFile::open`] opens a segment: with O_DIRECT, the zeros'
+    /// step and limit.
+    fn direct_opts(&self) -> Option<(u64, u64)> {
+        self.direct()
+            .then(|| (self.prewrite_bytes(), self.core.cfg.segment_bytes))
+    }
+
+    /// `spool.prewrite_bytes` under fsync (0: off); nothing is synced under
+    /// none. With O_DIRECT, 1 MiB when unset: a direct write that grows the
+    /// file waits for a worker thread and a journal commit, which is what
+    /// direct writes are there to avoid.
     fn prewrite_bytes(&self) -> u64 {
         if self.core.cfg.durability != Durability::Fsync {
             return 0;
         }
-        self.core.cfg.prewrite_bytes
+        match self.core.cfg.prewrite_bytes {
+            0 if self.direct() => DIRECT_PREWRITE_BYTES,
+            n => n,
+        }
     }
 
     /// Makes sure the file already holds blocks (zeros) up to `end` before
@@ -194,6 +216,10 @@ impl Writer {
         let Some(seg) = self.seg.as_mut() else {
             return;
         };
+        // An O_DIRECT segment writes its zeros ahead itself, in the background.
+        if matches!(seg.file, SegFile::Direct(_)) {
+            return;
+        }
         if step == 0 || seg.broken || seg.prewrite_failed || end <= seg.file_len {
             return;
         }
@@ -205,7 +231,7 @@ impl Writer {
             return;
         }
         let zeros = vec![0u8; (to - from) as usize];
-        match write_all(&seg.file, &seg.path, zeros, from).await {
+        match write_all(&mut seg.file, &seg.path, zeros, from, false).await {
             Ok(()) => seg.file_len = to,
             Err(e) => {
                 seg.prewrite_failed = true;
@@ -223,7 +249,7 @@ impl Writer {
         if seg.broken || (seg.file_len <= seg.size && !seg.prewrite_failed) {
             return;
         }
-        match truncate(&seg.file, &seg.path, seg.size).await {
+        match truncate(&mut seg.file, &seg.path, seg.size).await {
             Ok(()) => seg.file_len = seg.size,
             // Zeros after the last record (or the seal) are still the end
             // of data; recovery cuts them at the next start.
@@ -370,11 +396,13 @@ impl Writer {
             }
             b
         };
-        let wrote = write_all(&seg.file, &seg.path, buf, start).await;
+        let commit = run.iter().any(|j| j.durable);
+        let wrote = write_all(&mut seg.file, &seg.path, buf, start, commit).await;
         self.last_write_done = Some(Instant::now());
         match wrote {
             Ok(()) => {
                 seg.size = start + run_len;
+                seg.file_len = seg.file.len_after(seg.size).max(seg.file_len);
                 let epoch = self.core.frag_epoch.get();
                 let mut st = self.core.stats.borrow_mut();
                 st.written = seg.at(seg.size);
@@ -434,10 +462,14 @@ impl Writer {
         }
         if fsync && seg.durable < seg.size && (force || !unsynced.is_empty()) {
             let started = Instant::now();
-            match sync_file(&seg.file, &seg.path).await {
-                Ok(()) => {
+            match sync_file(&mut seg.file, &seg.path).await {
+                Ok(synced) => {
                     let m = self.core.sync_metrics.borrow();
-                    m.fdatasync_seconds.record_duration(started.elapsed());
+                    // Commits written O_DSYNC (`spool.direct_io`) synced
+                    // as they were written: one durable write, no fdatasync.
+                    if synced {
+                        m.fdatasync_seconds.record_duration(started.elapsed());
+                    }
                     m.commits_per_fdatasync.record(unsynced.len() as u64);
                     drop(m);
                     seg.durable = seg.size;
@@ -502,9 +534,10 @@ impl Writer {
                     },
                     seg.nonce,
                 );
-                match write_all(&seg.file, &seg.path, seal, seg.size).await {
+                match write_all(&mut seg.file, &seg.path, seal, seg.size, false).await {
                     Ok(()) => {
                         seg.size += SEAL_RECORD_LEN as u64;
+                        seg.file_len = seg.file.len_after(seg.size).max(seg.file_len);
                         {
                             let mut st = self.core.stats.borrow_mut();
                             st.records += 1;
@@ -540,7 +573,7 @@ impl Writer {
             // Never drop a segment with unsynced bytes under fsync: they
             // were either synced or cut away (and the epoch bumped).
             debug_assert!(self.core.cfg.durability != Durability::Fsync || seg.durable == seg.size);
-            if let Err(e) = seg.file.close().await {
+            if let Err(e) = seg.file.close(&seg.path).await {
                 crate::warn!(
                     "spool shard={}: closing {}: {e}",
                     self.core.shard,
@@ -569,13 +602,7 @@ impl Writer {
         let seq = self.next_segment_seq;
         self.next_segment_seq += 1;
         let path = self.core.dir.join(segment_file_name(seq));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .buffered_open(&path)
-            .await
-            .map_err(|e| SpoolError::glommio("creating segment", &path, e))?;
+        let mut file = SegFile::open(&path, true, 0, self.direct_opts()).await?;
         let nonce = segment_nonce(&path);
         let header = FileHeader::new(
             self.core.shard,
@@ -586,8 +613,8 @@ impl Writer {
             &self.core.node_id,
         );
         let made = async {
-            write_all(&file, &path, header.encode().to_vec(), 0).await?;
-            sync_file(&file, &path).await?;
+            write_all(&mut file, &path, header.encode().to_vec(), 0, false).await?;
+            sync_file(&mut file, &path).await?;
             let dir = Directory::open(&self.core.dir)
                 .await
                 .map_err(|e| SpoolError::glommio("opening directory", &self.core.dir, e))?;
@@ -605,11 +632,12 @@ impl Writer {
                     path.display()
                 );
             }
-            let _ = file.close().await;
+            let _ = file.close(&path).await;
             return Err(e);
         }
         self.core.stats.borrow_mut().segments_created += 1;
         let size = FILE_HEADER_LEN as u64;
+        let file_len = file.len_after(size);
         Ok(Segment {
             file,
             path,
@@ -618,9 +646,46 @@ impl Writer {
             durable: size,
             broken: false,
             nonce,
-            file_len: size,
+            file_len,
             prewrite_failed: false,
         })
+    }
+}
+
+/// Whether the filesystem holding `dir` opens files with O_DIRECT (some
+/// FUSE and network filesystems refuse it at open with EINVAL); if not, a
+/// warning says segments are written through the page cache. The probe is
+/// a nameless O_TMPFILE where the filesystem has those (nothing is left
+/// behind by a crash), else a file created and removed at once.
+fn direct_io_works(dir: &std::path::Path, shard: u32) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |extra: i32, path: &std::path::Path, create: bool| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(create)
+            .custom_flags(libc::O_DIRECT | extra)
+            .open(path)
+    };
+    let mut opened = open(libc::O_TMPFILE, dir, false);
+    if let Err(e) = &opened {
+        if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) {
+            let probe = dir.join(".direct-io-probe");
+            opened = open(0, &probe, true);
+            let _ = std::fs::remove_file(&probe);
+        }
+    }
+    match opened {
+        Ok(_) => true,
+        Err(e) => {
+            crate::warn!(
+                "spool shard={shard}: {} does not take O_DIRECT ({e}); \
+                 writing segments through the page cache (spool.direct_io)",
+                dir.display()
+            );
+            false
+        }
     }
 }
 
@@ -662,11 +727,11 @@ fn segment_nonce(path: &std::path::Path) -> u64 {
 /// abandoned; the caller fails every job still waiting for a sync.
 async fn rollback_write(seg: &mut Segment, start: u64) -> Result<(), SpoolError> {
     seg.size = start;
-    let failed = match truncate(&seg.file, &seg.path, start).await {
+    let failed = match truncate(&mut seg.file, &seg.path, start).await {
         Ok(()) => {
             seg.file_len = start;
-            match sync_file(&seg.file, &seg.path).await {
-                Ok(()) => {
+            match sync_file(&mut seg.file, &seg.path).await {
+                Ok(_) => {
                     seg.durable = start;
                     return Ok(());
                 }
@@ -677,12 +742,12 @@ async fn rollback_write(seg: &mut Segment, start: u64) -> Result<(), SpoolError>
             crate::error!("spool: {t}; marking offset {start} as the end instead");
             seg.broken = true;
             let mark = encode_end_mark(seg.nonce);
-            let marked = match write_all(&seg.file, &seg.path, mark, start).await {
-                Ok(()) => sync_file(&seg.file, &seg.path).await,
+            let marked = match write_all(&mut seg.file, &seg.path, mark, start, false).await {
+                Ok(()) => sync_file(&mut seg.file, &seg.path).await,
                 Err(e) => Err(e),
             };
             match marked {
-                Ok(()) => {
+                Ok(_) => {
                     seg.durable = start;
                     return Ok(());
                 }
@@ -699,11 +764,11 @@ async fn rollback_write(seg: &mut Segment, start: u64) -> Result<(), SpoolError>
         "spool {}: {failed}; cutting back to the durable offset {durable}",
         seg.path.display()
     );
-    if truncate(&seg.file, &seg.path, durable).await.is_ok() {
+    if truncate(&mut seg.file, &seg.path, durable).await.is_ok() {
         seg.file_len = durable;
     } else {
         let mark = encode_end_mark(seg.nonce);
-        if let Err(e) = write_all(&seg.file, &seg.path, mark, durable).await {
+        if let Err(e) = write_all(&mut seg.file, &seg.path, mark, durable, false).await {
             crate::error!(
                 "spool {}: cannot cut or mark the end at offset {durable}: {e}; \
                  records written after it were answered as failed but may be read again",
