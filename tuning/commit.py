@@ -3,7 +3,8 @@
     cargo build --release && tuning/commit.sh
 
 Each round: a device probe (fdatasync p50/p99 after a 4 KiB append, and
-after a 4 KiB overwrite inside a pre-written file, in the scratch directory
+after a 4 KiB overwrite inside a pre-written file, and a whole 4 KiB
+O_DIRECT|O_DSYNC overwrite, write and flush, in the scratch directory
 the spools live in), then ringmx `--durability fsync` and `none` at each
 connection count, the order of the two alternating from round to round.
 One shard pinned to SERVER_CPU, loadgen to CLIENT_CPU, SIZE messages,
@@ -19,10 +20,12 @@ PER_CONN (100), SIZE (1k), SERVER_CPU (0), CLIENT_CPU (1), PROBE_SYNCS (600),
 EXTRA (extra `ringmx serve` flags for every run), ALT (flags for a third
 mode, "alt": fsync with these flags, run beside the other two, e.g.
 ALT="--sync-cores 1-1"),
-TMPDIR (where the scratch directory goes: put it on the disk under test).
+TMPDIR (where the scratch directory goes: put it on the disk under test),
+RINGMX and LOADGEN (the binaries; default target/release/).
 """
 
 import json
+import mmap
 import os
 import re
 import shutil
@@ -34,9 +37,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RINGMX = os.path.join(ROOT, "target/release/ringmx")
-LOADGEN = os.path.join(ROOT, "target/release/loadgen")
 E = os.environ
+RINGMX = E.get("RINGMX", os.path.join(ROOT, "target/release/ringmx"))
+LOADGEN = E.get("LOADGEN", os.path.join(ROOT, "target/release/loadgen"))
 ROUNDS = int(E.get("ROUNDS", "3"))
 DURATION = E.get("DURATION", "5s")
 WARMUP = E.get("WARMUP", "1s")
@@ -84,6 +87,21 @@ def probe(work):
         ts.append((time.perf_counter() - t) * 1e3)
     os.close(fd)
     out["overwrite"] = (pct(ts, 0.5), pct(ts, 0.99))
+    # A whole durable write, as ringmx's O_DIRECT commits do it: one 4 KiB
+    # O_DIRECT|O_DSYNC overwrite of those blocks (write + device flush).
+    ts = []
+    try:
+        fd = os.open(path2, os.O_WRONLY | os.O_DIRECT | os.O_DSYNC)
+        buf = mmap.mmap(-1, 4096)
+        buf.write(block)
+        for i in range(PROBE_SYNCS):
+            t = time.perf_counter()
+            os.pwrite(fd, buf, i * 4096)
+            ts.append((time.perf_counter() - t) * 1e3)
+        os.close(fd)
+        out["dsync"] = (pct(ts, 0.5), pct(ts, 0.99))
+    except OSError:
+        out["dsync"] = (float("nan"), float("nan"))
     os.unlink(path)
     os.unlink(path2)
     return out
@@ -185,7 +203,8 @@ def main():
             p = probe(work)
             probes.append(p)
             print("probe %d: fdatasync after 4 KiB append p50 %.3f p99 %.3f ms; after 4 KiB overwrite "
-                  "p50 %.3f p99 %.3f ms" % (i + 1, *p["append"], *p["overwrite"]))
+                  "p50 %.3f p99 %.3f ms; O_DIRECT|O_DSYNC 4 KiB write p50 %.3f p99 %.3f ms"
+                  % (i + 1, *p["append"], *p["overwrite"], *p["dsync"]))
             for conns in CONNS:
                 order = ["fsync", "none"] + (["alt"] if ALT else [])
                 if i % 2:
@@ -205,9 +224,12 @@ def main():
     ap99 = statistics.median(p["append"][1] for p in probes)
     op50 = statistics.median(p["overwrite"][0] for p in probes)
     op99 = statistics.median(p["overwrite"][1] for p in probes)
+    dp50 = statistics.median(p["dsync"][0] for p in probes)
+    dp99 = statistics.median(p["dsync"][1] for p in probes)
     print("\nmedians of %d rounds (%s, %s msgs/conn, %s, warm-up %s)" % (ROUNDS, SIZE, PER_CONN, DURATION, WARMUP))
     print("device fdatasync: after append p50 %.3f p99 %.3f ms; after overwrite p50 %.3f p99 %.3f ms"
           % (ap50, ap99, op50, op99))
+    print("device durable write (4 KiB O_DIRECT|O_DSYNC): p50 %.3f p99 %.3f ms" % (dp50, dp99))
     print("%-6s %5s %9s %8s %8s %9s %6s  %s" % ("mode", "conns", "msgs/s", "p50_ms", "p99_ms", "cpu/1k_s", "c/fs",
                                                " ".join("%-14s" % s for s in STAGES) + " (stage mean/p50 us)"))
     for (mode, conns), rs in sorted(res.items(), key=lambda kv: (kv[0][1], kv[0][0])):
@@ -220,7 +242,8 @@ def main():
         if ((dm, 16) in res) and (("none", 16) in res):
             f, n = res[(dm, 16)], res[("none", 16)]
             print("  %s, 16 conns: eod p50 %.2f ms = %.2fx device append fdatasync p50 (target <= 2), "
-                  "%.2fx overwrite p50" % (dm, med(f, "p50"), med(f, "p50") / ap50, med(f, "p50") / op50))
+                  "%.2fx overwrite p50, %.2fx durable write p50"
+                  % (dm, med(f, "p50"), med(f, "p50") / ap50, med(f, "p50") / op50, med(f, "p50") / dp50))
             print("  %s, 16 conns: durable/none msgs/s %.2f (target >= 0.5)"
                   % (dm, med(f, "msgs_per_s") / med(n, "msgs_per_s")))
             print("  %s, 16 conns: durable/none CPU per message %.2f (target <= 1.3)"
