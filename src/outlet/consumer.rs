@@ -599,7 +599,6 @@ pub fn lag_bytes(spool: &SpoolReader, shard: u32, pos: Location) -> Result<u64, 
     let dir = spool
         .root()
         .join(crate::spool::format::shard_dir_name(shard));
-    let mut total = 0;
     let rd = match std::fs::read_dir(&dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -613,21 +612,10 @@ pub fn lag_bytes(spool: &SpoolReader, shard: u32, pos: Location) -> Result<u64, 
         else {
             continue;
         };
-        segs.push((seq, entry.path(), entry.metadata().map_or(0, |m| m.len())));
+        segs.push((seq, entry.path()));
     }
-    let newest = segs.iter().map(|s| s.0).max();
-    for (seq, path, mut len) in segs {
-        // Not the zeros a server writes ahead of its records.
-        if Some(seq) == newest {
-            len = crate::spool::data_end(&path, len).unwrap_or(len);
-        }
-        if seq > pos.segment {
-            total += len;
-        } else if seq == pos.segment {
-            total += len.saturating_sub(pos.offset);
-        }
-    }
-    Ok(total)
+    segs.sort_unstable_by_key(|(seq, _)| *seq);
+    Ok(crate::spool::reclaim::lag_bytes(&segs, pos))
 }
 
 #[cfg(test)]

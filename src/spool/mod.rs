@@ -47,7 +47,6 @@ pub use format::{EnvelopeRecord, Location};
 pub use lock::{lock_holder, DirLock, LOCK_FILE};
 pub use message::MessageWriter;
 pub use queue_id::QueueId;
-pub(crate) use reader::data_end;
 pub use reader::{
     BodyReader, Problem, ShardMessages, ShardSummary, SpoolReader, StoredEnvelope, StoredMessage,
 };

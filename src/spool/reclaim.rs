@@ -611,9 +611,10 @@ impl Reclaimer {
     }
 }
 
-/// Segment bytes at or after `from` (the newest segment's up to the end
-/// of its records: not the zeros a server writes ahead of them).
-fn lag_bytes(segs: &[(u64, PathBuf)], from: Location) -> u64 {
+/// Segment bytes at or after `from` in `segs` (sorted by sequence, as
+/// [`list_segments`] gives them; the newest segment's up to the end of its
+/// records: not the zeros a server writes ahead of them).
+pub(crate) fn lag_bytes(segs: &[(u64, PathBuf)], from: Location) -> u64 {
     let newest = segs.last().map(|(s, _)| *s);
     segs.iter()
         .filter(|(s, _)| *s >= from.segment)

@@ -69,7 +69,9 @@ pub(super) struct Writer {
     /// for the commit stages (reset by each group commit's sync).
     first_write: Option<Instant>,
     last_write_done: Option<Instant>,
-    /// `spool.direct_io` under fsync, where the filesystem takes O_DIRECT.
+    /// `spool.direct_io` under fsync (under none nothing waits for the
+    /// device: the page cache is the fast path), where the filesystem
+    /// takes O_DIRECT.
     direct: bool,
 }
 
@@ -175,16 +177,10 @@ impl Writer {
         Ok(())
     }
 
-    /// `spool.direct_io`, which only applies under fsync: under none
-    /// nothing waits for the device, and the page cache is the fast path.
-    fn direct(&self) -> bool {
-        self.direct
-    }
-
     /// How [`SegFile::open`] opens a segment: with O_DIRECT, the zeros'
     /// step and limit.
     fn direct_opts(&self) -> Option<(u64, u64)> {
-        self.direct()
+        self.direct
             .then(|| (self.prewrite_bytes(), self.core.cfg.segment_bytes))
     }
 
@@ -197,7 +193,7 @@ impl Writer {
             return 0;
         }
         match self.core.cfg.prewrite_bytes {
-            0 if self.direct() => DIRECT_PREWRITE_BYTES,
+            0 if self.direct => DIRECT_PREWRITE_BYTES,
             n => n,
         }
     }
